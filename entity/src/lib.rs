@@ -1,0 +1,4 @@
+//! sea-orm entities for the provisioning schema; they mirror `migration/` column for column.
+
+pub mod users;
+pub mod workspaces;

@@ -1,0 +1,22 @@
+//! The provisioning schema, one file per migration, applied in order by [`Migrator`].
+//!
+//! The first migration is the product's database design exactly as specified; anything the service
+//! needs beyond it lives in later migrations so the design stays recognisable.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261128_000001_create_users_and_workspaces;
+mod m20261128_000002_add_users_clerk_updated_at;
+
+/// Every migration of the schema, oldest first.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261128_000001_create_users_and_workspaces::Migration),
+            Box::new(m20261128_000002_add_users_clerk_updated_at::Migration),
+        ]
+    }
+}

@@ -1,0 +1,113 @@
+//! Connecting to PostgreSQL and bringing its schema up to date.
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement,
+};
+use tracing::info;
+
+use crate::config::DatabaseSettings;
+
+/// SQLSTATE of CREATE DATABASE when another process created it first.
+const DUPLICATE_DATABASE: &str = "42P04";
+
+/// Opens the pool with the product's settings.
+pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, DbErr> {
+    let mut options = ConnectOptions::new(settings.url.clone());
+    options
+        .max_connections(settings.max_connections)
+        .connect_timeout(settings.connect_timeout)
+        .acquire_timeout(settings.connect_timeout)
+        .idle_timeout(settings.idle_timeout)
+        .sqlx_logging(false);
+    Database::connect(options).await
+}
+
+/// Creates the database named in the URL when it is missing, then applies pending migrations.
+/// Safe to run from several processes at once.
+pub async fn migrate(settings: &DatabaseSettings) -> Result<DatabaseConnection, DbErr> {
+    create_database_if_missing(settings).await?;
+    let db = connect(settings).await?;
+    Migrator::up(&db, None).await?;
+    info!(database = %settings.redacted_url(), "migrations applied");
+    Ok(db)
+}
+
+/// Connects to the server's `postgres` database to create ours; a no-op when it exists.
+async fn create_database_if_missing(settings: &DatabaseSettings) -> Result<(), DbErr> {
+    let (server_url, name) = split_database_url(&settings.url)?;
+    let admin = connect(&DatabaseSettings {
+        url: server_url,
+        max_connections: 1,
+        ..settings.clone()
+    })
+    .await?;
+    let exists = admin
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT 1 FROM pg_database WHERE datname = $1",
+            [name.clone().into()],
+        ))
+        .await?
+        .is_some();
+    if !exists {
+        let create = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+        match admin.execute_unprepared(&create).await {
+            Ok(_) => info!(database = %name, "database created"),
+            Err(err) if sqlstate(&err).as_deref() == Some(DUPLICATE_DATABASE) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    admin.close().await
+}
+
+/// Splits `postgres://host/name` into the maintenance database's URL and `name`.
+fn split_database_url(raw: &str) -> Result<(String, String), DbErr> {
+    let mut url = url::Url::parse(raw)
+        .map_err(|e| DbErr::Custom(format!("DATABASE_URL is not a URL: {e}")))?;
+    let name = percent_encoding::percent_decode_str(url.path().trim_start_matches('/'))
+        .decode_utf8_lossy()
+        .into_owned();
+    if name.is_empty() {
+        return Err(DbErr::Custom("DATABASE_URL names no database".into()));
+    }
+    url.set_path("/postgres");
+    Ok((url.to_string(), name))
+}
+
+/// The SQLSTATE of a database error, if the server sent one.
+pub fn sqlstate(err: &DbErr) -> Option<String> {
+    match err {
+        DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e))
+        | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e))
+        | DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e)) => e
+            .as_database_error()
+            .and_then(|db| db.code())
+            .map(|code| code.into_owned()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_database_name_is_split_from_the_server_url() {
+        let (server, name) = split_database_url("postgres://u:p@h:5433/my_db?sslmode=disable").unwrap();
+        assert_eq!(server, "postgres://u:p@h:5433/postgres?sslmode=disable");
+        assert_eq!(name, "my_db");
+    }
+
+    #[test]
+    fn percent_encoded_names_are_decoded() {
+        let (_, name) = split_database_url("postgres://h/my%20db").unwrap();
+        assert_eq!(name, "my db");
+    }
+
+    #[test]
+    fn a_url_without_a_database_is_refused() {
+        assert!(split_database_url("postgres://h").is_err());
+        assert!(split_database_url("not a url").is_err());
+    }
+}

@@ -1,0 +1,62 @@
+use super::{AvatarUrl, ClerkTime, DerivedUsername, Email, PersonName, UserId, Username};
+
+/// A Clerk webhook, validated: what provisioning acts on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// `user.created` or `user.updated`: make the row match the profile and ensure the workspace.
+    UserChanged(UserProfile),
+    /// `user.deleted`: remove the user; the cascade removes the workspace.
+    UserDeleted(UserDeletion),
+    /// Any other Clerk event type: recognised so callers can acknowledge and ignore it.
+    Unsupported { event_type: String },
+}
+
+impl Event {
+    /// Clerk's `type`, for logs and metric labels.
+    pub fn event_type(&self) -> &str {
+        match self {
+            Self::UserChanged(profile) if profile.is_creation => "user.created",
+            Self::UserChanged(_) => "user.updated",
+            Self::UserDeleted(_) => "user.deleted",
+            Self::Unsupported { event_type } => event_type,
+        }
+    }
+
+    pub fn user_id(&self) -> Option<&UserId> {
+        match self {
+            Self::UserChanged(profile) => Some(&profile.id),
+            Self::UserDeleted(deletion) => Some(&deletion.id),
+            Self::Unsupported { .. } => None,
+        }
+    }
+}
+
+/// The user as Clerk last saw them, with every field already valid for the schema.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserProfile {
+    pub id: UserId,
+    pub is_creation: bool,
+    pub email: Email,
+    pub username: UsernameChoice,
+    pub first_name: Option<PersonName>,
+    pub last_name: Option<PersonName>,
+    pub avatar_url: Option<AvatarUrl>,
+    /// Clerk's `updated_at`: an event older than what the row reflects is stale.
+    pub updated_at: ClerkTime,
+}
+
+/// Where the username comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UsernameChoice {
+    /// The user picked it in Clerk; it replaces whatever is stored.
+    Chosen(Username),
+    /// Clerk has none: keep the stored one, or pick from the derived pair for a new user.
+    Derived(DerivedUsername),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserDeletion {
+    pub id: UserId,
+    /// The event's `timestamp`: a deletion older than the stored state is stale.
+    pub deleted_at: ClerkTime,
+}

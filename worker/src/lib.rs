@@ -1,0 +1,23 @@
+//! Provisioning service for Clerk sign-ups.
+//!
+//! A Clerk webhook body becomes a validated [`domain::Event`] in [`clerk`]; [`provision`] applies
+//! it to PostgreSQL in one transaction; [`error`] decides whether a failure is worth retrying.
+//!
+//! - [`config`]: settings from environment variables and flags.
+//! - [`telemetry`]: log set-up.
+//! - [`clerk`]: Clerk's webhook shapes and their conversion into domain types.
+//! - [`domain`]: validated types (user id, email, username, names, avatar, workspace name, event).
+//! - [`provision`]: the provisioning transaction and its [`provision::Outcome`].
+//! - [`error`]: the transient/permanent taxonomy and the one database-error classifier.
+//! - [`db`]: connection pool and migrations; [`health`]: the database health check.
+//! - [`cli`]: the `worker` command line.
+
+pub mod clerk;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod error;
+pub mod health;
+pub mod provision;
+pub mod telemetry;

@@ -1,1 +1,156 @@
+//! The integration-test harness: every test gets its own PostgreSQL database, created fresh and
+//! dropped when the test ends (even when it panics), so tests run in parallel and leave nothing.
+//!
+//! Tests talk to the real server at `TEST_DATABASE_SERVER` (default
+//! `postgres://postgres@127.0.0.1:5432`). If it is not reachable they fail and say how to start it.
 
+pub mod clerk;
+
+use std::path::PathBuf;
+
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement};
+use worker::config::DatabaseSettings;
+
+const DEFAULT_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+const START_POSTGRES: &str =
+    "start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start";
+
+/// The server tests create their databases on.
+pub fn server_url() -> String {
+    std::env::var("TEST_DATABASE_SERVER").unwrap_or_else(|_| DEFAULT_SERVER.to_owned())
+}
+
+/// A database of this test's own. Dropped (with its connections) when the value is.
+pub struct TestDb {
+    pub name: String,
+    pub settings: DatabaseSettings,
+    pub conn: DatabaseConnection,
+}
+
+impl TestDb {
+    /// A fresh database with every migration applied, through the product's own `migrate`.
+    pub async fn migrated() -> Self {
+        let settings = DatabaseSettings::for_url(format!("{}/{}", server_url(), unique_name()));
+        let conn = worker::db::migrate(&settings).await.unwrap_or_else(|err| {
+            panic!(
+                "PostgreSQL at {} is not usable ({err}); {START_POSTGRES}",
+                server_url()
+            )
+        });
+        Self::from_parts(settings, conn)
+    }
+
+    /// A fresh, empty database: no migration applied.
+    pub async fn empty() -> Self {
+        let name = unique_name();
+        admin_execute(&format!("CREATE DATABASE \"{name}\"")).await;
+        let settings = DatabaseSettings::for_url(format!("{}/{name}", server_url()));
+        let conn = worker::db::connect(&settings)
+            .await
+            .unwrap_or_else(|err| panic!("cannot connect to {name}: {err}"));
+        Self::from_parts(settings, conn)
+    }
+
+    /// A name for a database that does not exist yet, dropped with this value's name.
+    pub fn unused_name() -> String {
+        unique_name()
+    }
+
+    fn from_parts(settings: DatabaseSettings, conn: DatabaseConnection) -> Self {
+        let name = settings
+            .url
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        Self {
+            name,
+            settings,
+            conn,
+        }
+    }
+
+    /// Runs SQL that returns nothing, panicking with the SQL on failure.
+    pub async fn execute(&self, sql: &str) {
+        self.conn
+            .execute_unprepared(sql)
+            .await
+            .unwrap_or_else(|err| panic!("{sql}: {err}"));
+    }
+
+    /// The first column of the first row, as i64 (counts, mostly).
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        let row = self
+            .conn
+            .query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
+            .await
+            .unwrap_or_else(|err| panic!("{sql}: {err}"))
+            .unwrap_or_else(|| panic!("{sql}: no row"));
+        row.try_get_by_index::<i64>(0)
+            .unwrap_or_else(|err| panic!("{sql}: {err}"))
+    }
+
+    /// Rows of `sql` as JSON objects, for assertions on whole rows.
+    pub async fn rows(&self, sql: &str) -> Vec<serde_json::Value> {
+        let wrapped = format!("SELECT to_jsonb(t) AS row FROM ({sql}) t");
+        self.conn
+            .query_all_raw(Statement::from_string(DbBackend::Postgres, &wrapped))
+            .await
+            .unwrap_or_else(|err| panic!("{sql}: {err}"))
+            .into_iter()
+            .map(|row| {
+                row.try_get::<serde_json::Value>("", "row")
+                    .expect("jsonb row")
+            })
+            .collect()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        drop_database(self.name.clone());
+    }
+}
+
+/// Drops a database (closing its connections) from a thread of its own, since `Drop` cannot await.
+pub fn drop_database(name: String) {
+    let dropper = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let admin = Database::connect(format!("{}/postgres", server_url())).await?;
+            let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+            admin.execute_unprepared(&sql).await?;
+            admin.close().await
+        })?;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+    });
+    if let Ok(Err(err)) = dropper.join() {
+        eprintln!("warning: could not drop a test database: {err}");
+    }
+}
+
+async fn admin_execute(sql: &str) {
+    let admin = Database::connect(format!("{}/postgres", server_url()))
+        .await
+        .unwrap_or_else(|err| {
+            panic!(
+                "PostgreSQL at {} is not reachable ({err}); {START_POSTGRES}",
+                server_url()
+            )
+        });
+    admin
+        .execute_unprepared(sql)
+        .await
+        .unwrap_or_else(|err| panic!("{sql}: {err}"));
+}
+
+fn unique_name() -> String {
+    format!("it_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The shared example payloads (`../shared/clerk/` beside the project root).
+pub fn shared_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared")
+}

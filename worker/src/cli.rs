@@ -22,7 +22,11 @@ pub const EXIT_PERMANENT: u8 = 65;
 pub const EXIT_TRANSIENT: u8 = 75;
 
 #[derive(Debug, Parser)]
-#[command(name = "worker", version, about = "Provisions users and workspaces from Clerk events")]
+#[command(
+    name = "worker",
+    version,
+    about = "Provisions users and workspaces from Clerk events"
+)]
 pub struct Cli {
     /// Log line format on stderr.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t, global = true)]

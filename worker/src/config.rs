@@ -100,7 +100,10 @@ mod tests {
     #[test]
     fn passwords_never_appear_in_the_redacted_url() {
         let settings = DatabaseSettings::for_url("postgres://app:s3cret@db:5432/provisioning");
-        assert_eq!(settings.redacted_url(), "postgres://app:***@db:5432/provisioning");
+        assert_eq!(
+            settings.redacted_url(),
+            "postgres://app:***@db:5432/provisioning"
+        );
         assert!(!format!("{settings:?}").contains("s3cret"));
     }
 }

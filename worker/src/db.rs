@@ -94,7 +94,8 @@ mod tests {
 
     #[test]
     fn the_database_name_is_split_from_the_server_url() {
-        let (server, name) = split_database_url("postgres://u:p@h:5433/my_db?sslmode=disable").unwrap();
+        let (server, name) =
+            split_database_url("postgres://u:p@h:5433/my_db?sslmode=disable").unwrap();
         assert_eq!(server, "postgres://u:p@h:5433/postgres?sslmode=disable");
         assert_eq!(name, "my_db");
     }

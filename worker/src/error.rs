@@ -117,11 +117,9 @@ impl ProvisionError {
 
 fn classify_sqlx(err: &sqlx::Error, detail: String) -> ProvisionError {
     match err {
-        sqlx::Error::Database(db) => classify_sqlstate(
-            db.code().as_deref().unwrap_or(""),
-            db.constraint(),
-            detail,
-        ),
+        sqlx::Error::Database(db) => {
+            classify_sqlstate(db.code().as_deref().unwrap_or(""), db.constraint(), detail)
+        }
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::Protocol(_)
@@ -142,10 +140,7 @@ fn classify_sqlstate(code: &str, constraint: Option<&str>, detail: String) -> Pr
             ProvisionError::Unavailable(detail)
         }
         (_, "23505") => classify_unique_violation(constraint, detail),
-        (_, "23514") => ProvisionError::Permanent(Rejected::new(
-            check_reason(constraint),
-            detail,
-        )),
+        (_, "23514") => ProvisionError::Permanent(Rejected::new(check_reason(constraint), detail)),
         ("22", _) | (_, "23502") => {
             ProvisionError::Permanent(Rejected::new(FailureReason::ConstraintViolation, detail))
         }
@@ -187,7 +182,9 @@ mod tests {
 
     #[test]
     fn connection_and_server_state_errors_mean_the_database_is_unavailable() {
-        for code in ["08006", "08001", "53300", "28P01", "3D000", "42P01", "57P01", "57P03"] {
+        for code in [
+            "08006", "08001", "53300", "28P01", "3D000", "42P01", "57P01", "57P03",
+        ] {
             let err = classify_sqlstate(code, None, String::new());
             assert!(matches!(err, ProvisionError::Unavailable(_)), "{code}");
         }

@@ -38,8 +38,10 @@ impl HealthReport {
     }
 
     fn from_checks(checks: Checks, error: Option<String>) -> Self {
-        let healthy =
-            checks.connection && checks.users_table && checks.workspaces_table && checks.constraints;
+        let healthy = checks.connection
+            && checks.users_table
+            && checks.workspaces_table
+            && checks.constraints;
         Self {
             healthy,
             checks,

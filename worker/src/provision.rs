@@ -59,7 +59,10 @@ pub struct Provisioned {
 
 /// Applies one validated Clerk event in one transaction.
 #[instrument(skip_all, fields(event_type = event.event_type(), user_id = event.user_id().map(UserId::as_ref)))]
-pub async fn provision(db: &DatabaseConnection, event: &Event) -> Result<Provisioned, ProvisionError> {
+pub async fn provision(
+    db: &DatabaseConnection,
+    event: &Event,
+) -> Result<Provisioned, ProvisionError> {
     match event {
         Event::UserChanged(profile) => provision_user(db, profile).await,
         Event::UserDeleted(deletion) => delete_user(db, deletion).await,
@@ -161,12 +164,10 @@ SELECT id, FALSE AS created FROM workspaces WHERE user_id = $1
 
 /// Whether the stored row reflects a newer Clerk event than $2 (only asked when the upsert
 /// changed nothing, to tell a stale event from a duplicate).
-const STORED_IS_NEWER: &str =
-    "SELECT clerk_updated_at > $2 AS newer FROM users WHERE id = $1";
+const STORED_IS_NEWER: &str = "SELECT clerk_updated_at > $2 AS newer FROM users WHERE id = $1";
 
 /// Deletes the user ($1) unless the row reflects a Clerk event newer than the deletion ($2).
-const DELETE_USER: &str =
-    "DELETE FROM users WHERE id = $1 AND clerk_updated_at <= $2 RETURNING id";
+const DELETE_USER: &str = "DELETE FROM users WHERE id = $1 AND clerk_updated_at <= $2 RETURNING id";
 
 const USER_EXISTS: &str = "SELECT TRUE AS present FROM users WHERE id = $1";
 
@@ -200,7 +201,9 @@ async fn upsert_user_and_workspace(
 async fn upsert_user(txn: &DatabaseTransaction, profile: &UserProfile) -> Result<UserWrite, DbErr> {
     let (username, fallback, derived) = match &profile.username {
         UsernameChoice::Chosen(name) => (name.as_ref(), None, false),
-        UsernameChoice::Derived(pair) => (pair.preferred.as_ref(), Some(pair.fallback.as_ref()), true),
+        UsernameChoice::Derived(pair) => {
+            (pair.preferred.as_ref(), Some(pair.fallback.as_ref()), true)
+        }
     };
     let values: [Value; 9] = [
         profile.id.as_ref().into(),
@@ -235,9 +238,15 @@ async fn ensure_workspace(
 }
 
 async fn stored_is_newer(txn: &DatabaseTransaction, profile: &UserProfile) -> Result<bool, DbErr> {
-    let values = [profile.id.as_ref().into(), profile.updated_at.as_datetime().into()];
-    let row = txn.query_one_raw(statement(STORED_IS_NEWER, values)).await?;
-    row.as_ref().map_or(Ok(false), |row| row.try_get("", "newer"))
+    let values = [
+        profile.id.as_ref().into(),
+        profile.updated_at.as_datetime().into(),
+    ];
+    let row = txn
+        .query_one_raw(statement(STORED_IS_NEWER, values))
+        .await?;
+    row.as_ref()
+        .map_or(Ok(false), |row| row.try_get("", "newer"))
 }
 
 async fn delete_user(
@@ -253,8 +262,14 @@ async fn delete_user_in(
     txn: &DatabaseTransaction,
     deletion: &UserDeletion,
 ) -> Result<Provisioned, DbErr> {
-    let values = [deletion.id.as_ref().into(), deletion.deleted_at.as_datetime().into()];
-    let deleted = txn.query_one_raw(statement(DELETE_USER, values)).await?.is_some();
+    let values = [
+        deletion.id.as_ref().into(),
+        deletion.deleted_at.as_datetime().into(),
+    ];
+    let deleted = txn
+        .query_one_raw(statement(DELETE_USER, values))
+        .await?
+        .is_some();
     let outcome = if deleted {
         Outcome::Deleted
     } else if present(txn, &deletion.id).await? {

@@ -24,7 +24,8 @@ pub fn parse_event(body: &[u8]) -> Result<Event, Rejected> {
         "user.created" | "user.updated" => {
             let user: RawUser = parse_data(envelope.data)?;
             let is_creation = envelope.event_type == "user.created";
-            profile_from(user, is_creation, envelope.timestamp).map(Event::UserChanged)
+            profile_from(user, is_creation, envelope.timestamp)
+                .map(|profile| Event::UserChanged(Box::new(profile)))
         }
         "user.deleted" => {
             let user: RawDeletedUser = parse_data(envelope.data)?;
@@ -87,7 +88,9 @@ fn primary_email(user: &RawUser) -> Result<Email, Rejected> {
         .iter()
         .find(is_primary)
         .or_else(|| user.email_addresses.first())
-        .ok_or_else(|| Rejected::new(FailureReason::MissingEmail, "the user has no email address"))?;
+        .ok_or_else(|| {
+            Rejected::new(FailureReason::MissingEmail, "the user has no email address")
+        })?;
     Email::parse(&entry.email_address)
 }
 

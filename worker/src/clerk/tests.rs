@@ -27,7 +27,7 @@ fn clerk_user() -> Value {
 
 fn parse_profile(data: Value) -> Result<UserProfile, Rejected> {
     match parse_event(&user_body("user.created", data))? {
-        Event::UserChanged(profile) => Ok(profile),
+        Event::UserChanged(profile) => Ok(*profile),
         other => panic!("expected a user change, got {other:?}"),
     }
 }
@@ -56,7 +56,10 @@ fn null_names_and_unknown_fields_are_fine() {
     let profile = parse_profile(clerk_user()).unwrap();
     assert_eq!(profile.first_name.unwrap().as_ref(), "Kenji");
     assert_eq!(profile.last_name, None);
-    assert_eq!(profile.updated_at.as_datetime().timestamp_millis(), 1_764_300_001_000);
+    assert_eq!(
+        profile.updated_at.as_datetime().timestamp_millis(),
+        1_764_300_001_000
+    );
     assert!(profile.is_creation);
 }
 
@@ -65,7 +68,10 @@ fn a_chosen_username_is_kept() {
     let mut data = clerk_user();
     data["username"] = json!("kenji_w");
     let profile = parse_profile(data).unwrap();
-    assert_eq!(profile.username, UsernameChoice::Chosen(Username::parse("kenji_w").unwrap()));
+    assert_eq!(
+        profile.username,
+        UsernameChoice::Chosen(Username::parse("kenji_w").unwrap())
+    );
 }
 
 #[test]
@@ -80,7 +86,10 @@ fn no_email_at_all_is_missing_email() {
 fn an_unmatched_primary_id_falls_back_to_the_first_address() {
     let mut data = clerk_user();
     data["primary_email_address_id"] = Value::Null;
-    assert_eq!(parse_profile(data).unwrap().email.as_ref(), "k.work@corp.example");
+    assert_eq!(
+        parse_profile(data).unwrap().email.as_ref(),
+        "k.work@corp.example"
+    );
 }
 
 #[test]
@@ -90,7 +99,11 @@ fn invalid_fields_that_matter_are_rejected_with_their_reason() {
         ("id", json!("user 1"), FailureReason::InvalidUserId),
         ("username", json!("a.b"), FailureReason::InvalidUsername),
         ("updated_at", json!(-5), FailureReason::InvalidPayload),
-        ("email_addresses", json!([{"id": "idn_2", "email_address": "nope"}]), FailureReason::InvalidEmail),
+        (
+            "email_addresses",
+            json!([{"id": "idn_2", "email_address": "nope"}]),
+            FailureReason::InvalidEmail,
+        ),
     ];
     for (field, value, reason) in cases {
         let mut data = clerk_user();
@@ -118,7 +131,8 @@ fn wrongly_typed_fields_are_invalid_payload() {
 
 #[test]
 fn an_update_is_not_a_creation() {
-    let Event::UserChanged(profile) = parse_event(&user_body("user.updated", clerk_user())).unwrap()
+    let Event::UserChanged(profile) =
+        parse_event(&user_body("user.updated", clerk_user())).unwrap()
     else {
         panic!("expected a user change");
     };
@@ -127,18 +141,27 @@ fn an_update_is_not_a_creation() {
 
 #[test]
 fn a_deletion_needs_only_the_id_and_the_event_timestamp() {
-    let body = user_body("user.deleted", json!({"object": "user", "deleted": true, "id": "user_2abc"}));
+    let body = user_body(
+        "user.deleted",
+        json!({"object": "user", "deleted": true, "id": "user_2abc"}),
+    );
     let Event::UserDeleted(deletion) = parse_event(&body).unwrap() else {
         panic!("expected a deletion");
     };
     assert_eq!(deletion.id.as_ref(), "user_2abc");
-    assert_eq!(deletion.deleted_at.as_datetime().timestamp_millis(), 1_764_300_000_120);
+    assert_eq!(
+        deletion.deleted_at.as_datetime().timestamp_millis(),
+        1_764_300_000_120
+    );
 }
 
 #[test]
 fn a_deletion_without_id_is_rejected() {
     let body = user_body("user.deleted", json!({"object": "user", "deleted": true}));
-    assert_eq!(parse_event(&body).unwrap_err().reason, FailureReason::InvalidUserId);
+    assert_eq!(
+        parse_event(&body).unwrap_err().reason,
+        FailureReason::InvalidUserId
+    );
 }
 
 #[test]
@@ -146,15 +169,29 @@ fn other_event_types_are_unsupported_not_errors() {
     let body = br#"{"type":"session.created","data":{"id":"sess_1","whatever":true}}"#;
     assert_eq!(
         parse_event(body).unwrap(),
-        Event::Unsupported { event_type: "session.created".into() }
+        Event::Unsupported {
+            event_type: "session.created".into()
+        }
     );
 }
 
 #[test]
 fn bodies_that_are_not_clerk_events_are_invalid_payload() {
-    for body in [&b"not json"[..], b"", b"[]", b"{}", br#"{"type":7}"#, br#"{"type":"user.created"}"#] {
+    for body in [
+        &b"not json"[..],
+        b"",
+        b"[]",
+        b"{}",
+        br#"{"type":7}"#,
+        br#"{"type":"user.created"}"#,
+    ] {
         let err = parse_event(body).unwrap_err();
-        assert_eq!(err.reason, FailureReason::InvalidPayload, "{}", String::from_utf8_lossy(body));
+        assert_eq!(
+            err.reason,
+            FailureReason::InvalidPayload,
+            "{}",
+            String::from_utf8_lossy(body)
+        );
     }
 }
 
@@ -162,14 +199,23 @@ fn bodies_that_are_not_clerk_events_are_invalid_payload() {
 fn every_shared_example_parses_as_its_readme_says() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/clerk");
     let read = |name: &str| std::fs::read(format!("{dir}/{name}")).unwrap();
-    assert!(matches!(parse_event(&read("user_created.json")), Ok(Event::UserChanged(_))));
-    assert!(matches!(parse_event(&read("user_updated.json")), Ok(Event::UserChanged(_))));
-    assert!(matches!(parse_event(&read("user_deleted.json")), Ok(Event::UserDeleted(_))));
+    assert!(matches!(
+        parse_event(&read("user_created.json")),
+        Ok(Event::UserChanged(_))
+    ));
+    assert!(matches!(
+        parse_event(&read("user_updated.json")),
+        Ok(Event::UserChanged(_))
+    ));
+    assert!(matches!(
+        parse_event(&read("user_deleted.json")),
+        Ok(Event::UserDeleted(_))
+    ));
     let phone_only = parse_event(&read("user_created_phone_only.json")).unwrap_err();
     assert_eq!(phone_only.reason, FailureReason::MissingEmail);
-    let Ok(Event::UserChanged(kenji)) =
-        parse_event(&read("user_created_null_username_second_email_primary.json"))
-    else {
+    let Ok(Event::UserChanged(kenji)) = parse_event(&read(
+        "user_created_null_username_second_email_primary.json",
+    )) else {
         panic!("expected a user change");
     };
     assert_eq!(kenji.email.as_ref(), "kenji+signup@example.org");

@@ -39,7 +39,13 @@ mod tests {
 
     #[test]
     fn non_urls_and_other_schemes_are_refused() {
-        for raw in ["", "not a url", "/relative/path", "javascript:alert(1)", "ftp://x.io/a.png"] {
+        for raw in [
+            "",
+            "not a url",
+            "/relative/path",
+            "javascript:alert(1)",
+            "ftp://x.io/a.png",
+        ] {
             assert!(AvatarUrl::parse(raw).is_none(), "{raw}");
         }
         assert!(AvatarUrl::parse(&format!("https://x.io/{}", "a".repeat(2048))).is_none());

@@ -4,7 +4,7 @@ use super::{AvatarUrl, ClerkTime, DerivedUsername, Email, PersonName, UserId, Us
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// `user.created` or `user.updated`: make the row match the profile and ensure the workspace.
-    UserChanged(UserProfile),
+    UserChanged(Box<UserProfile>),
     /// `user.deleted`: remove the user; the cascade removes the workspace.
     UserDeleted(UserDeletion),
     /// Any other Clerk event type: recognised so callers can acknowledge and ignore it.

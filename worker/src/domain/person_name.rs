@@ -49,7 +49,9 @@ mod tests {
 
     #[test]
     fn ordinary_names_are_kept_trimmed() {
-        let name = PersonName::from_clerk(Some("  López García ")).into_option().unwrap();
+        let name = PersonName::from_clerk(Some("  López García "))
+            .into_option()
+            .unwrap();
         assert_eq!(name.as_ref(), "López García");
     }
 
@@ -63,7 +65,10 @@ mod tests {
     #[test]
     fn fifty_characters_are_kept_whole() {
         let raw = "é".repeat(50);
-        assert!(matches!(PersonName::from_clerk(Some(&raw)), NameInput::Kept(_)));
+        assert!(matches!(
+            PersonName::from_clerk(Some(&raw)),
+            NameInput::Kept(_)
+        ));
     }
 
     #[test]

@@ -107,7 +107,14 @@ mod tests {
 
     #[test]
     fn invalid_usernames_are_rejected() {
-        for raw in ["", "ab", "marta.lopez", "with space", "ñandú", &"x".repeat(31)] {
+        for raw in [
+            "",
+            "ab",
+            "marta.lopez",
+            "with space",
+            "ñandú",
+            &"x".repeat(31),
+        ] {
             let err = Username::parse(raw).unwrap_err();
             assert_eq!(err.reason, FailureReason::InvalidUsername, "{raw}");
         }
@@ -115,21 +122,35 @@ mod tests {
 
     #[test]
     fn derived_username_comes_from_the_email_local_part() {
-        let derived = derive("kenji+signup@example.org", "user_3IUHw5u6kOqRgyTUEVE6dSQYtQE");
+        let derived = derive(
+            "kenji+signup@example.org",
+            "user_3IUHw5u6kOqRgyTUEVE6dSQYtQE",
+        );
         assert_eq!(derived.preferred.as_ref(), "kenji_signup");
         assert_eq!(derived.fallback.as_ref(), "kenji_signup_6dSQYtQE");
     }
 
     #[test]
     fn derivation_is_deterministic() {
-        let a = derive("kenji+signup@example.org", "user_3IUHw5u6kOqRgyTUEVE6dSQYtQE");
-        let b = derive("kenji+signup@example.org", "user_3IUHw5u6kOqRgyTUEVE6dSQYtQE");
+        let a = derive(
+            "kenji+signup@example.org",
+            "user_3IUHw5u6kOqRgyTUEVE6dSQYtQE",
+        );
+        let b = derive(
+            "kenji+signup@example.org",
+            "user_3IUHw5u6kOqRgyTUEVE6dSQYtQE",
+        );
         assert_eq!(a, b);
     }
 
     #[test]
     fn short_odd_and_long_local_parts_still_give_valid_usernames() {
-        for email in ["a@x.io", "..@x.io", "%+-@x.io", &format!("{}@x.io", "long".repeat(20))] {
+        for email in [
+            "a@x.io",
+            "..@x.io",
+            "%+-@x.io",
+            &format!("{}@x.io", "long".repeat(20)),
+        ] {
             let derived = derive(email, "user_2abcDEF");
             assert!(is_valid(derived.preferred.as_ref()), "{email}: {derived:?}");
             assert!(is_valid(derived.fallback.as_ref()), "{email}: {derived:?}");

@@ -1,0 +1,5 @@
+//! The `worker` binary, built here for the process-level tests.
+
+fn main() -> std::process::ExitCode {
+    worker::cli::main()
+}

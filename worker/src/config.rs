@@ -3,6 +3,7 @@
 //! Defaults are the product's: they work against a local PostgreSQL. Secrets (the database URL
 //! may carry a password) are hidden from `--help` and never logged unredacted.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -63,14 +64,7 @@ impl DatabaseSettings {
 
     /// The URL with any password replaced, fit for logs and error messages.
     pub fn redacted_url(&self) -> String {
-        match url::Url::parse(&self.url) {
-            Ok(mut parsed) if parsed.password().is_some() => {
-                let _ = parsed.set_password(Some("***"));
-                parsed.to_string()
-            }
-            Ok(parsed) => parsed.to_string(),
-            Err(_) => "<unparseable DATABASE_URL>".to_owned(),
-        }
+        redact(&self.url)
     }
 }
 
@@ -82,6 +76,166 @@ impl std::fmt::Debug for DatabaseSettings {
             .field("connect_timeout", &self.connect_timeout)
             .field("idle_timeout", &self.idle_timeout)
             .finish()
+    }
+}
+
+/// Where the broker is and what the topology is called. Every name is configurable, and a
+/// prefix lets tests (or several environments on one broker) keep their topologies apart.
+#[derive(Clone, Args)]
+pub struct BrokerSettings {
+    /// RabbitMQ URL (`amqp://user:password@host:port/vhost`).
+    #[arg(
+        long = "amqp-url",
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true,
+        global = true
+    )]
+    pub url: String,
+
+    /// Prepended to every exchange and queue name below.
+    #[arg(
+        long = "amqp-name-prefix",
+        env = "AMQP_NAME_PREFIX",
+        default_value = "",
+        global = true
+    )]
+    pub name_prefix: String,
+
+    /// Durable topic exchange Clerk events are published to (routing key = event type).
+    #[arg(
+        long = "amqp-exchange",
+        env = "AMQP_EXCHANGE",
+        default_value = "clerk.events",
+        global = true
+    )]
+    pub exchange: String,
+
+    /// Quorum queue the worker consumes.
+    #[arg(
+        long = "amqp-queue",
+        env = "AMQP_QUEUE",
+        default_value = "workspace.provisioning",
+        global = true
+    )]
+    pub queue: String,
+
+    /// Binding of the queue to the exchange.
+    #[arg(
+        long = "amqp-binding-key",
+        env = "AMQP_BINDING_KEY",
+        default_value = "user.*",
+        global = true
+    )]
+    pub binding_key: String,
+
+    /// Exchange dead letters go to.
+    #[arg(
+        long = "amqp-dead-letter-exchange",
+        env = "AMQP_DEAD_LETTER_EXCHANGE",
+        default_value = "clerk.events.dlx",
+        global = true
+    )]
+    pub dead_letter_exchange: String,
+
+    /// Quorum queue holding dead letters for operators.
+    #[arg(
+        long = "amqp-dead-letter-queue",
+        env = "AMQP_DEAD_LETTER_QUEUE",
+        default_value = "workspace.provisioning.dlq",
+        global = true
+    )]
+    pub dead_letter_queue: String,
+
+    /// Deliveries of one message before the broker dead-letters it (`x-delivery-limit`): the
+    /// guard against a message that crashes the worker again and again.
+    #[arg(
+        long = "amqp-delivery-limit",
+        env = "AMQP_DELIVERY_LIMIT",
+        default_value_t = 10,
+        global = true
+    )]
+    pub delivery_limit: u32,
+}
+
+impl BrokerSettings {
+    /// The settings with defaults, pointed at `url` with `prefix`: what tests start from.
+    pub fn with_prefix(url: impl Into<String>, prefix: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            name_prefix: prefix.into(),
+            exchange: "clerk.events".into(),
+            queue: "workspace.provisioning".into(),
+            binding_key: "user.*".into(),
+            dead_letter_exchange: "clerk.events.dlx".into(),
+            dead_letter_queue: "workspace.provisioning.dlq".into(),
+            delivery_limit: 10,
+        }
+    }
+
+    /// The URL with any password replaced, fit for logs.
+    pub fn redacted_url(&self) -> String {
+        redact(&self.url)
+    }
+}
+
+impl std::fmt::Debug for BrokerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerSettings")
+            .field("url", &self.redacted_url())
+            .field("name_prefix", &self.name_prefix)
+            .field("exchange", &self.exchange)
+            .field("queue", &self.queue)
+            .field("delivery_limit", &self.delivery_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How the consumer takes and retries deliveries.
+#[derive(Clone, Debug, Args)]
+pub struct ConsumerSettings {
+    /// Unacknowledged deliveries the broker sends ahead (`basic.qos`).
+    #[arg(long, env = "PREFETCH", default_value_t = 64)]
+    pub prefetch: u16,
+
+    /// Provisionings running at once.
+    #[arg(long, env = "MAX_CONCURRENCY", default_value_t = 16)]
+    pub max_concurrency: usize,
+
+    /// First retry delay; each further retry doubles it (full jitter).
+    #[arg(long, env = "RETRY_INITIAL_DELAY", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub retry_initial_delay: Duration,
+
+    /// Longest retry delay.
+    #[arg(long, env = "RETRY_MAX_DELAY", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub retry_max_delay: Duration,
+
+    /// Attempts for an event-specific transient error (deadlock, timeout) before it is
+    /// dead-lettered as `retries_exhausted`. A database outage never uses up attempts.
+    #[arg(long, env = "RETRY_MAX_ATTEMPTS", default_value_t = 8)]
+    pub retry_max_attempts: u32,
+
+    /// On SIGTERM/SIGINT, how long in-flight deliveries get to finish.
+    #[arg(long, env = "SHUTDOWN_GRACE_PERIOD", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace_period: Duration,
+}
+
+/// The ops HTTP server: `/metrics`, `/healthz`, `/readyz`.
+#[derive(Clone, Debug, Args)]
+pub struct OpsSettings {
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9000")]
+    pub metrics_addr: SocketAddr,
+}
+
+/// Replaces the password of a URL, for logs and error messages.
+fn redact(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(parsed) => parsed.to_string(),
+        Err(_) => "<unparseable url>".to_owned(),
     }
 }
 
@@ -105,5 +259,7 @@ mod tests {
             "postgres://app:***@db:5432/provisioning"
         );
         assert!(!format!("{settings:?}").contains("s3cret"));
+        let broker = BrokerSettings::with_prefix("amqp://app:s3cret@mq:5672/%2f", "");
+        assert!(!format!("{broker:?}").contains("s3cret"));
     }
 }

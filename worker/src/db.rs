@@ -11,8 +11,20 @@ use crate::config::DatabaseSettings;
 /// SQLSTATE of CREATE DATABASE when another process created it first.
 const DUPLICATE_DATABASE: &str = "42P04";
 
-/// Opens the pool with the product's settings.
+/// Opens the pool with the product's settings, failing now if the database cannot be reached.
 pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, DbErr> {
+    Database::connect(options(settings)).await
+}
+
+/// A pool that connects on first use: long-running services start (and report not ready)
+/// while the database is down, and their queries fail as `database_unavailable` until it is up.
+pub async fn connect_lazy(settings: &DatabaseSettings) -> Result<DatabaseConnection, DbErr> {
+    let mut options = options(settings);
+    options.connect_lazy(true);
+    Database::connect(options).await
+}
+
+fn options(settings: &DatabaseSettings) -> ConnectOptions {
     let mut options = ConnectOptions::new(settings.url.clone());
     options
         .max_connections(settings.max_connections)
@@ -20,7 +32,7 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
         .acquire_timeout(settings.connect_timeout)
         .idle_timeout(settings.idle_timeout)
         .sqlx_logging(false);
-    Database::connect(options).await
+    options
 }
 
 /// Creates the database named in the URL when it is missing, then applies pending migrations.

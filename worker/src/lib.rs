@@ -1,6 +1,6 @@
 //! Provisioning service for Clerk sign-ups.
 //!
-//! A Clerk webhook body becomes a validated [`domain::Event`] in [`clerk`]; [`provision`] applies
+//! A Clerk webhook body, taken from RabbitMQ by [`consumer`], becomes a validated [`domain::Event`] in [`clerk`]; [`provision`] applies
 //! it to PostgreSQL in one transaction; [`error`] decides whether a failure is worth retrying.
 //!
 //! - [`config`]: settings from environment variables and flags.
@@ -10,14 +10,26 @@
 //! - [`provision`]: the provisioning transaction and its [`provision::Outcome`].
 //! - [`error`]: the transient/permanent taxonomy and the one database-error classifier.
 //! - [`db`]: connection pool and migrations; [`health`]: the database health check.
+//! - [`broker`]: RabbitMQ connection, topology and confirmed publishing.
+//! - [`consumer`]: the delivery loop with reconnection and graceful shutdown.
+//! - [`retry`]: the pure retry policy (decide, backoff with full jitter).
+//! - [`dead_letter`]: dead-letter headers and publishing.
+//! - [`metrics`]: every metric name and its recording function; [`ops`]: `/metrics`, `/healthz`,
+//!   `/readyz`.
 //! - [`cli`]: the `worker` command line.
 
+pub mod broker;
 pub mod clerk;
 pub mod cli;
 pub mod config;
+pub mod consumer;
 pub mod db;
+pub mod dead_letter;
 pub mod domain;
 pub mod error;
 pub mod health;
+pub mod metrics;
+pub mod ops;
 pub mod provision;
+pub mod retry;
 pub mod telemetry;

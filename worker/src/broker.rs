@@ -1,0 +1,230 @@
+//! RabbitMQ: connecting, declaring the topology, and publishing with confirms. Shared by the
+//! consumer (dead letters) and, later, the ingress and the replay tool, so every part of the
+//! product declares exactly the same topology.
+
+use std::time::Duration;
+
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
+
+use crate::config::BrokerSettings;
+
+/// Header the ingress sets to the time it received the event, in milliseconds since the epoch
+/// (the AMQP `timestamp` property only has seconds). `event_lag_seconds` starts there.
+pub const RECEIVED_AT_HEADER: &str = "x-received-at-ms";
+
+/// The names the product's exchanges and queues go by, with the prefix applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topology {
+    pub exchange: String,
+    pub queue: String,
+    pub binding_key: String,
+    pub dead_letter_exchange: String,
+    pub dead_letter_queue: String,
+    pub delivery_limit: u32,
+}
+
+impl Topology {
+    pub fn from_settings(settings: &BrokerSettings) -> Self {
+        let prefixed = |name: &str| format!("{}{name}", settings.name_prefix);
+        Self {
+            exchange: prefixed(&settings.exchange),
+            queue: prefixed(&settings.queue),
+            binding_key: settings.binding_key.clone(),
+            dead_letter_exchange: prefixed(&settings.dead_letter_exchange),
+            dead_letter_queue: prefixed(&settings.dead_letter_queue),
+            delivery_limit: settings.delivery_limit,
+        }
+    }
+}
+
+/// Why a publish did not make it safely into a queue.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("broker error: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("the broker refused the message (nack)")]
+    Nacked,
+    #[error("no queue is bound for routing key {0:?}: the message was returned")]
+    Unroutable(String),
+    #[error("no confirm from the broker within {0:?}")]
+    TimedOut(Duration),
+}
+
+/// Opens a connection named after this process, so operators can find it in the management UI.
+pub async fn connect(settings: &BrokerSettings, role: &str) -> Result<Connection, lapin::Error> {
+    let name = format!("{role}@{}#{}", hostname(), std::process::id());
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect(&settings.url, properties).await
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_owned())
+}
+
+/// Declares exchanges, queues and bindings. Idempotent: every process runs it at start-up and
+/// after each reconnect, with the same arguments (a mismatch is a broker error worth seeing).
+pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), lapin::Error> {
+    let durable_exchange = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    let durable_queue = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    for exchange in [&topology.exchange, &topology.dead_letter_exchange] {
+        channel
+            .exchange_declare(
+                exchange.as_str().into(),
+                ExchangeKind::Topic,
+                durable_exchange,
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    channel
+        .queue_declare(
+            topology.dead_letter_queue.as_str().into(),
+            durable_queue,
+            quorum_arguments(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            topology.dead_letter_queue.as_str().into(),
+            topology.dead_letter_exchange.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_declare(
+            topology.queue.as_str().into(),
+            durable_queue,
+            main_queue_arguments(topology),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            topology.queue.as_str().into(),
+            topology.exchange.as_str().into(),
+            topology.binding_key.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
+}
+
+fn quorum_arguments() -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-queue-type".into(), long_string("quorum"));
+    arguments
+}
+
+/// Quorum queue that dead-letters, at least once, what exceeds the delivery limit. At-least-once
+/// dead-lettering requires `reject-publish` overflow (RabbitMQ >= 3.10).
+fn main_queue_arguments(topology: &Topology) -> FieldTable {
+    let mut arguments = quorum_arguments();
+    arguments.insert(
+        "x-dead-letter-exchange".into(),
+        long_string(&topology.dead_letter_exchange),
+    );
+    arguments.insert(
+        "x-dead-letter-strategy".into(),
+        long_string("at-least-once"),
+    );
+    arguments.insert("x-overflow".into(), long_string("reject-publish"));
+    arguments.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(i64::from(topology.delivery_limit)),
+    );
+    arguments
+}
+
+pub fn long_string(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+/// A channel in confirm mode: every publish on it is acknowledged by the broker.
+pub async fn confirm_channel(connection: &Connection) -> Result<Channel, lapin::Error> {
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
+}
+
+/// Publishes `body` as a persistent, mandatory message and waits for the broker's confirm.
+/// Success means a queue holds the message: a nack, a return (unroutable, though still acked) or
+/// no answer within `timeout` are all failures.
+pub async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+    timeout: Duration,
+) -> Result<(), PublishError> {
+    let mandatory = BasicPublishOptions {
+        mandatory: true,
+        ..BasicPublishOptions::default()
+    };
+    let confirm = async {
+        channel
+            .basic_publish(
+                ShortString::from(exchange),
+                ShortString::from(routing_key),
+                mandatory,
+                body,
+                properties.with_delivery_mode(2),
+            )
+            .await?
+            .await
+    };
+    let confirmation = tokio::time::timeout(timeout, confirm)
+        .await
+        .map_err(|_| PublishError::TimedOut(timeout))??;
+    match confirmation {
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable(routing_key.to_owned())),
+        Confirmation::Nack(_) => Err(PublishError::Nacked),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prefix_applies_to_every_name_but_not_the_binding() {
+        let settings = BrokerSettings::with_prefix("amqp://h", "t1.");
+        let topology = Topology::from_settings(&settings);
+        assert_eq!(topology.exchange, "t1.clerk.events");
+        assert_eq!(topology.queue, "t1.workspace.provisioning");
+        assert_eq!(topology.dead_letter_exchange, "t1.clerk.events.dlx");
+        assert_eq!(topology.dead_letter_queue, "t1.workspace.provisioning.dlq");
+        assert_eq!(topology.binding_key, "user.*");
+    }
+
+    #[test]
+    fn the_main_queue_is_a_quorum_queue_with_a_delivery_limit_and_dead_lettering() {
+        let topology = Topology::from_settings(&BrokerSettings::with_prefix("amqp://h", ""));
+        let arguments = main_queue_arguments(&topology);
+        let get = |key: &str| arguments.inner().get(key).cloned();
+        assert_eq!(get("x-queue-type"), Some(long_string("quorum")));
+        assert_eq!(get("x-delivery-limit"), Some(AMQPValue::LongLongInt(10)));
+        assert_eq!(
+            get("x-dead-letter-exchange"),
+            Some(long_string("clerk.events.dlx"))
+        );
+    }
+}

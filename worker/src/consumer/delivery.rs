@@ -1,0 +1,261 @@
+//! One delivery, from bytes to its fate: parse, provision (retrying as the policy decides), then
+//! acknowledge or dead-letter. The ack comes only after the transaction committed.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use lapin::Channel;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::types::AMQPValue;
+use sea_orm::DatabaseConnection;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::broker::RECEIVED_AT_HEADER;
+use crate::clerk;
+use crate::dead_letter::{self, Failure};
+use crate::domain::Event;
+use crate::error::{ProvisionError, Rejected};
+use crate::metrics;
+use crate::provision::{self, Outcome, Provisioned};
+use crate::retry::{Attempts, Decision, RetryPolicy};
+
+/// Provisions deliveries; shared by every delivery task of one broker session.
+pub struct Processor {
+    pub db: DatabaseConnection,
+    pub policy: RetryPolicy,
+    /// Confirm-mode channel dead letters are published on.
+    pub dead_letters: Channel,
+    pub dead_letter_exchange: String,
+    pub shutdown: CancellationToken,
+}
+
+/// What the logs and metrics say about a delivery.
+struct Context {
+    event_id: String,
+    event_type: String,
+    user_id: Option<String>,
+}
+
+impl Processor {
+    /// Takes one delivery to its end: acked, dead-lettered, or (on shutdown mid-retry) returned
+    /// to the queue. Never drops it silently.
+    pub async fn process(&self, delivery: Delivery) {
+        metrics::deliveries_in_flight(1.0);
+        let parsed = clerk::parse_event(&delivery.data);
+        let context = Context::of(&delivery, &parsed);
+        let mut attempts = Attempts {
+            made: redeliveries(&delivery),
+            budgeted: 0,
+        };
+        let mut delays = self.policy.delays();
+        let mut first_failed_at = None;
+        loop {
+            let started = Instant::now();
+            let result = attempt(&self.db, &parsed).await;
+            let elapsed = started.elapsed();
+            attempts = RetryPolicy::count(&result, attempts);
+            let err = match result {
+                Ok(provisioned) => {
+                    self.acknowledge(&delivery, &context, provisioned, attempts, elapsed)
+                        .await;
+                    break;
+                }
+                Err(err) => err,
+            };
+            metrics::record_failed_attempt(elapsed);
+            let first_failed_at = *first_failed_at.get_or_insert_with(Utc::now);
+            match self.policy.decide(&err, attempts) {
+                Decision::Retry => {
+                    if !self
+                        .wait_to_retry(&context, &err, attempts, &mut delays)
+                        .await
+                    {
+                        self.give_back(&delivery, &context, &err).await;
+                        break;
+                    }
+                }
+                Decision::DeadLetter(reason) => {
+                    let failure = Failure {
+                        reason,
+                        detail: err.to_string(),
+                        attempts: attempts.made,
+                        first_failed_at,
+                        last_failed_at: Utc::now(),
+                    };
+                    self.dead_letter(&delivery, &context, failure).await;
+                    break;
+                }
+            }
+        }
+        metrics::deliveries_in_flight(-1.0);
+    }
+
+    async fn acknowledge(
+        &self,
+        delivery: &Delivery,
+        context: &Context,
+        provisioned: Provisioned,
+        attempts: Attempts,
+        elapsed: Duration,
+    ) {
+        metrics::record_outcome(&context.event_type, provisioned.outcome, elapsed);
+        if let Some(lag) = lag_since_received(delivery) {
+            metrics::record_lag(lag);
+        }
+        let duration_ms = elapsed.as_secs_f64() * 1000.0;
+        if provisioned.outcome == Outcome::Created {
+            info!(
+                user_id = context.user_id.as_deref(),
+                event_id = %context.event_id,
+                workspace_id = provisioned.workspace_id.as_deref(),
+                attempt = attempts.made,
+                duration_ms,
+                "WORKSPACE_CREATED"
+            );
+        } else {
+            info!(
+                user_id = context.user_id.as_deref(),
+                event_id = %context.event_id,
+                event_type = %context.event_type,
+                outcome = provisioned.outcome.as_str(),
+                attempt = attempts.made,
+                duration_ms,
+                "event processed"
+            );
+        }
+        if let Err(err) = delivery.acker.ack(BasicAckOptions::default()).await {
+            // The broker will deliver it again; provisioning absorbs the repeat.
+            warn!(event_id = %context.event_id, error = %err, "ack failed");
+        }
+    }
+
+    async fn dead_letter(&self, delivery: &Delivery, context: &Context, failure: Failure) {
+        let published = dead_letter::publish(
+            &self.dead_letters,
+            &self.dead_letter_exchange,
+            delivery,
+            &failure,
+        )
+        .await;
+        if let Err(err) = published {
+            // Not in the dead-letter queue, so it must not leave the main queue either.
+            error!(event_id = %context.event_id, error = %err, "dead-lettering failed; requeueing");
+            nack_requeue(delivery, context).await;
+            return;
+        }
+        metrics::record_dead_letter(&context.event_type, failure.reason);
+        error!(
+            user_id = context.user_id.as_deref(),
+            event_id = %context.event_id,
+            event_type = %context.event_type,
+            reason = failure.reason.as_str(),
+            detail = %failure.detail,
+            attempt = failure.attempts,
+            "WORKSPACE_FAILED"
+        );
+        if let Err(err) = delivery.acker.ack(BasicAckOptions::default()).await {
+            warn!(event_id = %context.event_id, error = %err, "ack after dead-lettering failed");
+        }
+    }
+
+    /// Sleeps before the next attempt; false when shutdown interrupted the wait.
+    async fn wait_to_retry(
+        &self,
+        context: &Context,
+        err: &ProvisionError,
+        attempts: Attempts,
+        delays: &mut impl Iterator<Item = Duration>,
+    ) -> bool {
+        let delay = delays.next().unwrap_or(self.policy.max_delay);
+        metrics::record_retry(err.reason_code());
+        warn!(
+            user_id = context.user_id.as_deref(),
+            event_id = %context.event_id,
+            attempt = attempts.made,
+            reason = err.reason_code(),
+            error = %err,
+            retry_in_ms = delay.as_millis() as u64,
+            "provisioning failed; retrying"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(delay) => true,
+            () = self.shutdown.cancelled() => false,
+        }
+    }
+
+    /// Shutting down with this delivery unfinished: it goes back to the queue.
+    async fn give_back(&self, delivery: &Delivery, context: &Context, err: &ProvisionError) {
+        info!(event_id = %context.event_id, error = %err, "shutting down; returning the delivery to the queue");
+        nack_requeue(delivery, context).await;
+    }
+}
+
+async fn attempt(
+    db: &DatabaseConnection,
+    parsed: &Result<Event, Rejected>,
+) -> Result<Provisioned, ProvisionError> {
+    match parsed {
+        Ok(event) => provision::provision(db, event).await,
+        Err(rejected) => Err(rejected.clone().into()),
+    }
+}
+
+async fn nack_requeue(delivery: &Delivery, context: &Context) {
+    let requeue = BasicNackOptions {
+        requeue: true,
+        multiple: false,
+    };
+    if let Err(err) = delivery.acker.nack(requeue).await {
+        warn!(event_id = %context.event_id, error = %err, "nack failed; the broker requeues on close");
+    }
+}
+
+impl Context {
+    fn of(delivery: &Delivery, parsed: &Result<Event, Rejected>) -> Self {
+        let event_id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |id| id.as_str().to_owned());
+        let (event_type, user_id) = match parsed {
+            Ok(event) => (
+                event.event_type().to_owned(),
+                event.user_id().map(|id| id.as_ref().to_owned()),
+            ),
+            Err(_) => (delivery.routing_key.as_str().to_owned(), None),
+        };
+        Self {
+            event_id,
+            event_type,
+            user_id,
+        }
+    }
+}
+
+/// Earlier deliveries of this message (quorum queues count them in `x-delivery-count`).
+fn redeliveries(delivery: &Delivery) -> u32 {
+    header_i64(delivery, "x-delivery-count")
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(0)
+}
+
+/// Time since the ingress received the event, from the millisecond header it sets.
+fn lag_since_received(delivery: &Delivery) -> Option<Duration> {
+    let received = header_i64(delivery, RECEIVED_AT_HEADER)?;
+    let lag_ms = Utc::now().timestamp_millis().checked_sub(received)?;
+    u64::try_from(lag_ms).ok().map(Duration::from_millis)
+}
+
+fn header_i64(delivery: &Delivery, name: &str) -> Option<i64> {
+    let headers = delivery.properties.headers().as_ref()?;
+    match headers.inner().get(name)? {
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongUInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::Timestamp(n) => i64::try_from(*n).ok(),
+        _ => None,
+    }
+}

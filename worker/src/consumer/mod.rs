@@ -1,0 +1,194 @@
+//! The consumer: takes deliveries from the provisioning queue and provisions them, for as long
+//! as the process runs, across broker and database outages.
+//!
+//! One session is one broker connection. When it is lost (connection or channel closed, or the
+//! consumer cancelled by the broker, which simply ends the stream), the loop reconnects with
+//! backoff, redeclares and resumes. Deliveries of the lost session were never acknowledged, so
+//! the broker hands them out again; provisioning absorbs the repeat.
+
+mod delivery;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::StreamExt;
+use lapin::Connection;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use sea_orm::DatabaseConnection;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::broker::{self, Topology};
+use crate::config::{BrokerSettings, ConsumerSettings};
+use crate::metrics;
+use crate::retry::RetryPolicy;
+
+pub use delivery::Processor;
+
+/// Whether a component currently holds what it needs; `/readyz` reads it.
+#[derive(Clone, Debug, Default)]
+pub struct ReadyFlag(Arc<AtomicBool>);
+
+impl ReadyFlag {
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Everything the consumer needs, built once at start-up.
+pub struct Consumer {
+    pub broker: BrokerSettings,
+    pub settings: ConsumerSettings,
+    pub db: DatabaseConnection,
+    /// Set while a broker session is up.
+    pub connected: ReadyFlag,
+}
+
+/// How a session ended.
+enum SessionEnd {
+    Shutdown,
+    Lost(String),
+}
+
+impl Consumer {
+    fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            initial_delay: self.settings.retry_initial_delay,
+            max_delay: self.settings.retry_max_delay,
+            max_attempts: self.settings.retry_max_attempts,
+        }
+    }
+
+    /// Consumes until `shutdown` is cancelled, then lets in-flight deliveries finish within the
+    /// grace period. Never returns early on broker or database trouble: it waits and reconnects.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let in_flight = TaskTracker::new();
+        let mut reconnect_delays = self.retry_policy().delays();
+        loop {
+            let end = self.session(&in_flight, &shutdown).await;
+            self.set_connected(false);
+            match end {
+                // The session already let its deliveries finish and closed its connection.
+                Ok(SessionEnd::Shutdown) => return,
+                Ok(SessionEnd::Lost(why)) => {
+                    warn!(reason = %why, "broker session lost; reconnecting");
+                    reconnect_delays = self.retry_policy().delays();
+                }
+                Err(err) => warn!(error = %err, "broker unavailable; reconnecting"),
+            }
+            let delay = reconnect_delays
+                .next()
+                .unwrap_or(self.settings.retry_max_delay);
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = shutdown.cancelled() => break,
+            }
+        }
+        // Stopped while disconnected: deliveries of the lost session cannot be acknowledged any
+        // more (the broker has them back), but let their transactions end cleanly.
+        self.drain(&in_flight).await;
+    }
+
+    fn set_connected(&self, connected: bool) {
+        self.connected.set(connected);
+        metrics::set_consumer_connected(connected);
+    }
+
+    /// One broker connection: declare, consume, hand each delivery to its own task.
+    async fn session(
+        &self,
+        in_flight: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> Result<SessionEnd, lapin::Error> {
+        let topology = Topology::from_settings(&self.broker);
+        let connection = broker::connect(&self.broker, "worker").await?;
+        let channel = connection.create_channel().await?;
+        broker::declare(&channel, &topology).await?;
+        channel
+            .basic_qos(self.settings.prefetch, BasicQosOptions::default())
+            .await?;
+        let processor = Arc::new(Processor {
+            db: self.db.clone(),
+            policy: self.retry_policy(),
+            dead_letters: broker::confirm_channel(&connection).await?,
+            dead_letter_exchange: topology.dead_letter_exchange.clone(),
+            shutdown: shutdown.clone(),
+        });
+        let mut deliveries = channel
+            .basic_consume(
+                topology.queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        self.set_connected(true);
+        info!(queue = %topology.queue, prefetch = self.settings.prefetch, "consuming");
+
+        let slots = Arc::new(Semaphore::new(self.settings.max_concurrency));
+        let end = loop {
+            let slot = tokio::select! {
+                slot = slots.clone().acquire_owned() => slot,
+                () = shutdown.cancelled() => break SessionEnd::Shutdown,
+            };
+            let Ok(slot) = slot else {
+                break SessionEnd::Lost("concurrency limiter closed".into());
+            };
+            let next = tokio::select! {
+                next = deliveries.next() => next,
+                () = shutdown.cancelled() => break SessionEnd::Shutdown,
+            };
+            match next {
+                Some(Ok(delivery)) => {
+                    let processor = processor.clone();
+                    in_flight.spawn(async move {
+                        processor.process(delivery).await;
+                        drop(slot);
+                    });
+                }
+                Some(Err(err)) => break SessionEnd::Lost(err.to_string()),
+                None => break SessionEnd::Lost("the broker cancelled the consumer".into()),
+            }
+        };
+        if let SessionEnd::Shutdown = end {
+            // No new deliveries; what is buffered but not started returns to the queue when the
+            // channel closes.
+            let tag = deliveries.tag();
+            if let Err(err) = channel
+                .basic_cancel(tag, BasicCancelOptions::default())
+                .await
+            {
+                warn!(error = %err, "could not cancel the consumer");
+            }
+            self.drain_then_close(in_flight, &connection).await;
+        }
+        Ok(end)
+    }
+
+    /// Waits for in-flight deliveries (they ack on this connection), then closes it.
+    async fn drain_then_close(&self, in_flight: &TaskTracker, connection: &Connection) {
+        self.drain(in_flight).await;
+        if let Err(err) = connection.close(200, "worker shutting down".into()).await {
+            warn!(error = %err, "closing the broker connection");
+        }
+    }
+
+    async fn drain(&self, in_flight: &TaskTracker) {
+        in_flight.close();
+        let grace = self.settings.shutdown_grace_period;
+        if tokio::time::timeout(grace, in_flight.wait()).await.is_err() {
+            warn!(
+                grace_ms = grace.as_millis() as u64,
+                unfinished = in_flight.len(),
+                "grace period over; unfinished deliveries stay in the queue"
+            );
+        }
+    }
+}

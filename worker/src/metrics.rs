@@ -1,0 +1,145 @@
+//! Every metric the service exports, by name, in one place, with small recording functions.
+//!
+//! Names are a public contract: dashboards and alerts query them.
+
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::error::FailureReason;
+use crate::provision::Outcome;
+
+pub const WORKSPACE_CREATED: &str = "workspace_created_total";
+pub const WORKSPACE_FAILED: &str = "workspace_failed_total";
+pub const PROVISIONING_DURATION: &str = "workspace_provisioning_duration_seconds";
+pub const EVENTS_PROCESSED: &str = "events_processed_total";
+pub const EVENTS_RETRIED: &str = "events_retried_total";
+pub const EVENT_LAG: &str = "event_lag_seconds";
+pub const CONSUMER_CONNECTED: &str = "consumer_connected";
+pub const DELIVERIES_IN_FLIGHT: &str = "deliveries_in_flight";
+
+/// 1 ms to 10 s: the provisioning target is 200 ms, so resolution matters below a second.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Lag also covers queues that backed up for minutes.
+const LAG_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    300.0, 900.0, 3600.0,
+];
+
+/// Installs the process-wide Prometheus recorder with real histograms (the exporter renders
+/// summaries unless buckets are set) and returns the handle `/metrics` renders from.
+pub fn install() -> Result<PrometheusHandle, BuildError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets(LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(EVENT_LAG.to_owned()), LAG_BUCKETS)?
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    describe_counter!(
+        WORKSPACE_CREATED,
+        "Workspaces newly created (duplicates do not count)."
+    );
+    describe_counter!(WORKSPACE_FAILED, "Events dead-lettered, by failure reason.");
+    describe_histogram!(
+        PROVISIONING_DURATION,
+        metrics::Unit::Seconds,
+        "Duration of one provisioning transaction, by outcome."
+    );
+    describe_counter!(
+        EVENTS_PROCESSED,
+        "Events consumed, by Clerk type and outcome."
+    );
+    describe_counter!(EVENTS_RETRIED, "Retries scheduled, by reason.");
+    describe_histogram!(
+        EVENT_LAG,
+        metrics::Unit::Seconds,
+        "From the ingress receiving an event to its commit."
+    );
+    describe_gauge!(
+        CONSUMER_CONNECTED,
+        "1 while the consumer holds a broker connection."
+    );
+    describe_gauge!(
+        DELIVERIES_IN_FLIGHT,
+        "Deliveries being provisioned or retried right now."
+    );
+}
+
+/// An event that ended well: counted by type and outcome, timed, and a new workspace counted.
+pub fn record_outcome(event_type: &str, outcome: Outcome, duration: Duration) {
+    let event_type = type_label(event_type);
+    counter!(EVENTS_PROCESSED, "type" => event_type, "outcome" => outcome.as_str()).increment(1);
+    if outcome != Outcome::Unsupported {
+        histogram!(PROVISIONING_DURATION, "outcome" => outcome.as_str()).record(duration);
+    }
+    if outcome == Outcome::Created {
+        counter!(WORKSPACE_CREATED).increment(1);
+    }
+}
+
+/// A failed attempt of one transaction, timed like the successful ones.
+pub fn record_failed_attempt(duration: Duration) {
+    histogram!(PROVISIONING_DURATION, "outcome" => "failed").record(duration);
+}
+
+/// An event sent to the dead-letter queue.
+pub fn record_dead_letter(event_type: &str, reason: FailureReason) {
+    counter!(WORKSPACE_FAILED, "reason" => reason.as_str()).increment(1);
+    counter!(EVENTS_PROCESSED, "type" => type_label(event_type), "outcome" => "dead_lettered")
+        .increment(1);
+}
+
+/// A retry about to wait, labelled with the error's reason code.
+pub fn record_retry(reason: &'static str) {
+    counter!(EVENTS_RETRIED, "reason" => reason).increment(1);
+}
+
+/// Time from the ingress receiving the event to its commit.
+pub fn record_lag(lag: Duration) {
+    histogram!(EVENT_LAG).record(lag);
+}
+
+pub fn set_consumer_connected(connected: bool) {
+    gauge!(CONSUMER_CONNECTED).set(f64::from(u8::from(connected)));
+}
+
+pub fn deliveries_in_flight(delta: f64) {
+    gauge!(DELIVERIES_IN_FLIGHT).increment(delta);
+}
+
+/// Event types come from message bodies: keep the label set bounded and printable.
+fn type_label(event_type: &str) -> String {
+    let printable = event_type.len() <= 64
+        && !event_type.is_empty()
+        && event_type
+            .chars()
+            .all(|c| c.is_ascii_alphabetic() || c == '.' || c == '_');
+    if printable {
+        event_type.to_owned()
+    } else {
+        "other".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clerk_types_are_their_own_labels_and_anything_else_is_other() {
+        assert_eq!(type_label("user.created"), "user.created");
+        assert_eq!(
+            type_label("organizationMembership.created"),
+            "organizationMembership.created"
+        );
+        assert_eq!(type_label(""), "other");
+        assert_eq!(type_label(&"a".repeat(65)), "other");
+        assert_eq!(type_label("user.created\n# HELP"), "other");
+    }
+}

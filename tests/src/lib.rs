@@ -2,9 +2,13 @@
 //! dropped when the test ends (even when it panics), so tests run in parallel and leave nothing.
 //!
 //! Tests talk to the real server at `TEST_DATABASE_SERVER` (default
-//! `postgres://postgres@127.0.0.1:5432`). If it is not reachable they fail and say how to start it.
+//! `postgres://postgres@127.0.0.1:5432`) and RabbitMQ at `TEST_AMQP_URL`; if one is not reachable
+//! they fail and say how to start it.
 
+pub mod broker;
 pub mod clerk;
+pub mod process;
+pub mod proxy;
 
 use std::path::PathBuf;
 
@@ -153,4 +157,20 @@ fn unique_name() -> String {
 /// The shared example payloads (`../shared/clerk/` beside the project root).
 pub fn shared_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared")
+}
+
+/// Polls `check` until it holds, failing the test with `what` after `timeout`.
+pub async fn eventually<F, Fut>(what: &str, timeout: std::time::Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

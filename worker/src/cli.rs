@@ -244,3 +244,39 @@ fn print_failure(event: Option<&Event>, err: &ProvisionError) -> ExitCode {
         EXIT_PERMANENT
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_are_the_products() {
+        let cli = Cli::try_parse_from(["worker", "consume"]).unwrap();
+        assert_eq!(
+            cli.database.url,
+            "postgres://postgres@127.0.0.1:5432/provisioning"
+        );
+        assert_eq!(cli.broker.url, "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(cli.broker.exchange, "clerk.events");
+        assert_eq!(cli.broker.delivery_limit, 10);
+        let Command::Consume { consumer, ops } = cli.command else {
+            panic!("expected consume");
+        };
+        assert_eq!(consumer.prefetch, 64);
+        assert_eq!(consumer.max_concurrency, 16);
+        assert_eq!(consumer.retry_max_attempts, 8);
+        assert_eq!(
+            consumer.retry_initial_delay,
+            std::time::Duration::from_millis(100)
+        );
+        assert_eq!(consumer.retry_max_delay, std::time::Duration::from_secs(30));
+        assert_eq!(ops.metrics_addr.to_string(), "0.0.0.0:9000");
+    }
+}

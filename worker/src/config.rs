@@ -13,6 +13,7 @@ use clap::{Args, ValueEnum};
 pub struct DatabaseSettings {
     /// PostgreSQL URL; `worker migrate` creates the named database if it does not exist.
     #[arg(
+        id = "database_url",
         long = "database-url",
         env = "DATABASE_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/provisioning",
@@ -85,6 +86,7 @@ impl std::fmt::Debug for DatabaseSettings {
 pub struct BrokerSettings {
     /// RabbitMQ URL (`amqp://user:password@host:port/vhost`).
     #[arg(
+        id = "amqp_url",
         long = "amqp-url",
         env = "AMQP_URL",
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",

@@ -1,0 +1,189 @@
+//! A RabbitMQ topology of the test's own: every exchange and queue name carries a unique prefix,
+//! and all of them are deleted when the value is dropped.
+
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection};
+use std::time::Duration;
+use worker::broker::{self, RECEIVED_AT_HEADER, Topology};
+use worker::config::BrokerSettings;
+
+const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const START_RABBITMQ: &str = "start it with: rabbitmq-server -detached";
+
+/// The broker tests use (`TEST_AMQP_URL`, default the local RabbitMQ).
+pub fn amqp_url() -> String {
+    std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
+}
+
+/// A message as it sits in a queue.
+#[derive(Debug)]
+pub struct Message {
+    pub body: Vec<u8>,
+    pub routing_key: String,
+    pub message_id: Option<String>,
+    pub headers: FieldTable,
+}
+
+impl Message {
+    /// A header's value as text (strings) or number (integers), for assertions.
+    pub fn header(&self, name: &str) -> Option<String> {
+        match self.headers.inner().get(name)? {
+            AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+            AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+            AMQPValue::LongLongInt(n) => Some(n.to_string()),
+            AMQPValue::LongInt(n) => Some(n.to_string()),
+            other => Some(format!("{other:?}")),
+        }
+    }
+}
+
+pub struct TestBroker {
+    pub settings: BrokerSettings,
+    pub topology: Topology,
+    connection: Connection,
+    channel: Channel,
+}
+
+impl TestBroker {
+    /// Declares a fresh topology (as the worker will) so messages can be published before any
+    /// worker runs.
+    pub async fn new() -> Self {
+        let prefix = format!("it-{}.", uuid::Uuid::new_v4().simple());
+        let settings = BrokerSettings::with_prefix(amqp_url(), prefix);
+        let topology = Topology::from_settings(&settings);
+        let connection = broker::connect(&settings, "test")
+            .await
+            .unwrap_or_else(|err| {
+                panic!(
+                    "RabbitMQ at {} is not reachable ({err}); {START_RABBITMQ}",
+                    settings.redacted_url()
+                )
+            });
+        let channel = broker::confirm_channel(&connection)
+            .await
+            .expect("a confirm channel");
+        broker::declare(&channel, &topology)
+            .await
+            .expect("topology declared");
+        Self {
+            settings,
+            topology,
+            connection,
+            channel,
+        }
+    }
+
+    /// The environment a worker process needs to use this topology.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AMQP_URL", self.settings.url.clone()),
+            ("AMQP_NAME_PREFIX", self.settings.name_prefix.clone()),
+        ]
+    }
+
+    /// Publishes a Clerk body as the ingress does: routing key = event type, message id, and
+    /// the received-at header; waits for the broker's confirm.
+    pub async fn publish(&self, routing_key: &str, body: &[u8], message_id: &str) {
+        let mut headers = FieldTable::default();
+        let now = chrono::Utc::now().timestamp_millis();
+        headers.insert(RECEIVED_AT_HEADER.into(), AMQPValue::LongLongInt(now));
+        let properties = BasicProperties::default()
+            .with_message_id(message_id.into())
+            .with_content_type("application/json".into())
+            .with_headers(headers);
+        broker::publish_confirmed(
+            &self.channel,
+            &self.topology.exchange,
+            routing_key,
+            body,
+            properties,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_or_else(|err| panic!("publishing {message_id}: {err}"));
+    }
+
+    /// Messages ready in a queue (not counting those delivered and unacknowledged).
+    pub async fn ready(&self, queue: &str) -> u32 {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let channel = self.connection.create_channel().await.expect("a channel");
+        let queue = channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+            .expect("queue exists");
+        let _ = channel.close(200, "done".into()).await;
+        queue.message_count()
+    }
+
+    /// Takes every message out of the dead-letter queue.
+    pub async fn take_dead_letters(&self) -> Vec<Message> {
+        self.take_all(&self.topology.dead_letter_queue).await
+    }
+
+    /// Takes (gets and acks) every ready message of `queue`.
+    pub async fn take_all(&self, queue: &str) -> Vec<Message> {
+        let mut messages = Vec::new();
+        while let Some(got) = self
+            .channel
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await
+            .expect("basic.get")
+        {
+            let delivery = got.delivery;
+            delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .expect("ack");
+            messages.push(Message {
+                body: delivery.data.clone(),
+                routing_key: delivery.routing_key.as_str().to_owned(),
+                message_id: delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|id| id.as_str().to_owned()),
+                headers: delivery.properties.headers().clone().unwrap_or_default(),
+            });
+        }
+        messages
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        let topology = self.topology.clone();
+        let url = self.settings.url.clone();
+        let cleaner = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let connection = Connection::connect(&url, Default::default()).await?;
+                let channel = connection.create_channel().await?;
+                for queue in [&topology.queue, &topology.dead_letter_queue] {
+                    channel
+                        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                        .await?;
+                }
+                for exchange in [&topology.exchange, &topology.dead_letter_exchange] {
+                    channel
+                        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                        .await?;
+                }
+                connection.close(200, "cleaned up".into()).await
+            })?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        });
+        if let Ok(Err(err)) = cleaner.join() {
+            eprintln!("warning: could not delete a test topology: {err}");
+        }
+    }
+}

@@ -1,0 +1,576 @@
+//! `worker consume` as a real process against the real RabbitMQ and PostgreSQL: an event
+//! published to the broker becomes a user and a workspace, or a dead letter with its reason;
+//! nothing is dropped, whatever happens to the database, the broker or the process.
+
+use std::time::{Duration, Instant};
+
+use integration_tests::broker::TestBroker;
+use integration_tests::clerk::{UserEvent, fixture};
+use integration_tests::process::WorkerProcess;
+use integration_tests::proxy::CuttableProxy;
+use integration_tests::{TestDb, eventually};
+
+const WORKER: &str = env!("CARGO_BIN_EXE_worker-under-test");
+const MARTA: &str = "user_39BL7AjFtiageEwS3wHL0KvAXLh";
+
+/// A database and a broker topology of this test's own.
+struct Stack {
+    db: TestDb,
+    broker: TestBroker,
+}
+
+impl Stack {
+    async fn new() -> Self {
+        Self {
+            db: TestDb::migrated().await,
+            broker: TestBroker::new().await,
+        }
+    }
+
+    /// The worker's environment: this stack, fast retries, plus `extra`.
+    fn env(&self, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+        let mut env = self.broker.env();
+        env.push(("DATABASE_URL", self.db.settings.url.clone()));
+        env.push(("RETRY_INITIAL_DELAY", "20ms".into()));
+        env.push(("RETRY_MAX_DELAY", "1s".into()));
+        env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        env
+    }
+
+    async fn consume(&self, extra: &[(&'static str, &str)]) -> WorkerProcess {
+        let mut worker = WorkerProcess::spawn(WORKER, &["consume"], &self.env(extra));
+        worker.wait_ready(Duration::from_secs(30)).await;
+        worker
+    }
+
+    async fn workspaces(&self) -> i64 {
+        self.db.scalar("SELECT count(*) FROM workspaces").await
+    }
+
+    async fn users(&self) -> i64 {
+        self.db.scalar("SELECT count(*) FROM users").await
+    }
+
+    async fn wait_for_workspaces(&self, n: i64, timeout: Duration) {
+        eventually(&format!("{n} workspaces"), timeout, || async {
+            self.workspaces().await >= n
+        })
+        .await;
+        assert_eq!(self.workspaces().await, n);
+    }
+
+    async fn main_queue_ready(&self) -> u32 {
+        self.broker.ready(&self.broker.topology.queue).await
+    }
+
+    /// Publishes `n` distinct sign-ups, `user_2bulk00000`...
+    async fn publish_sign_ups(&self, n: usize) {
+        for i in 0..n {
+            let event = UserEvent::created(
+                &format!("user_2bulk{i:05}"),
+                &format!("bulk{i}@example.com"),
+                Some(&format!("bulk_{i}")),
+            );
+            self.broker
+                .publish("user.created", &event.body(), &format!("msg_bulk{i:05}"))
+                .await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_published_user_created_becomes_one_user_and_one_workspace() {
+    let stack = Stack::new().await;
+    let worker = stack.consume(&[]).await;
+    stack
+        .broker
+        .publish("user.created", &fixture("user_created.json"), "msg_marta_1")
+        .await;
+
+    stack.wait_for_workspaces(1, Duration::from_secs(20)).await;
+    eventually("the ack", Duration::from_secs(10), || async {
+        worker.metric("workspace_created_total").await == 1.0
+    })
+    .await;
+    assert_eq!(stack.main_queue_ready().await, 0);
+    assert_eq!(
+        worker
+            .metric(r#"events_processed_total{type="user.created",outcome="created"}"#)
+            .await,
+        1.0
+    );
+    let created_log = worker
+        .logs()
+        .lines()
+        .find(|l| l.contains("WORKSPACE_CREATED"))
+        .map(str::to_owned)
+        .expect("a WORKSPACE_CREATED line");
+    let line: serde_json::Value = serde_json::from_str(&created_log).unwrap();
+    assert_eq!(line["user_id"], MARTA);
+    assert_eq!(line["event_id"], "msg_marta_1");
+    assert_eq!(line["attempt"], 1);
+    assert!(line["duration_ms"].as_f64().is_some());
+}
+
+#[tokio::test]
+async fn the_same_message_five_times_gives_one_workspace_and_counts_one_creation() {
+    let stack = Stack::new().await;
+    let worker = stack.consume(&[]).await;
+    for _ in 0..5 {
+        stack
+            .broker
+            .publish(
+                "user.created",
+                &fixture("user_created.json"),
+                "msg_marta_dup",
+            )
+            .await;
+    }
+    eventually("five events processed", Duration::from_secs(20), || async {
+        worker.metric("events_processed_total").await == 5.0
+    })
+    .await;
+    assert_eq!(stack.workspaces().await, 1);
+    assert_eq!(worker.metric("workspace_created_total").await, 1.0);
+    assert_eq!(
+        worker
+            .metric(r#"events_processed_total{type="user.created",outcome="already_existed"}"#)
+            .await,
+        4.0
+    );
+}
+
+#[tokio::test]
+async fn bad_events_are_dead_lettered_with_their_reason_and_the_queue_keeps_flowing() {
+    let stack = Stack::new().await;
+    stack.db.execute("INSERT INTO users (id, email, username) VALUES ('user_2owner', 'taken@example.com', 'owner')").await;
+    let worker = stack.consume(&[]).await;
+    let malformed = b"{\"type\": \"user.created\", \"data\": {".to_vec();
+    let phone_only = fixture("user_created_phone_only.json");
+    let conflict = UserEvent::created("user_2thief", "taken@example.com", Some("thief")).body();
+    stack
+        .broker
+        .publish("user.created", &malformed, "msg_bad_json")
+        .await;
+    stack
+        .broker
+        .publish("user.created", &phone_only, "msg_phone")
+        .await;
+    stack
+        .broker
+        .publish("user.created", &conflict, "msg_conflict")
+        .await;
+    stack
+        .broker
+        .publish("user.created", &fixture("user_created.json"), "msg_good")
+        .await;
+
+    stack.wait_for_workspaces(1, Duration::from_secs(20)).await;
+    eventually("three dead letters", Duration::from_secs(20), || async {
+        worker.metric("workspace_failed_total").await == 3.0
+    })
+    .await;
+    let mut dead = stack.broker.take_dead_letters().await;
+    dead.sort_by_key(|m| m.message_id.clone());
+    let summary: Vec<(Option<String>, Option<String>)> = dead
+        .iter()
+        .map(|m| (m.message_id.clone(), m.header("x-failure-reason")))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (Some("msg_bad_json".into()), Some("invalid_payload".into())),
+            (Some("msg_conflict".into()), Some("email_conflict".into())),
+            (Some("msg_phone".into()), Some("missing_email".into())),
+        ]
+    );
+    let by_id = |id: &str| {
+        dead.iter()
+            .find(|m| m.message_id.as_deref() == Some(id))
+            .unwrap()
+    };
+    assert_eq!(
+        by_id("msg_bad_json").body,
+        malformed,
+        "body kept byte for byte"
+    );
+    assert_eq!(by_id("msg_phone").body, phone_only);
+    assert_eq!(by_id("msg_conflict").body, conflict);
+    for letter in &dead {
+        assert_eq!(letter.routing_key, "user.created");
+        assert_eq!(letter.header("x-attempts").as_deref(), Some("1"));
+        assert!(
+            letter
+                .header("x-failure-detail")
+                .is_some_and(|d| !d.is_empty())
+        );
+        assert!(
+            letter
+                .header("x-first-failed-at")
+                .is_some_and(|t| t.ends_with('Z'))
+        );
+        assert!(letter.header("x-last-failed-at").is_some());
+        assert!(
+            letter.header("x-received-at-ms").is_some(),
+            "original headers kept"
+        );
+    }
+    assert_eq!(
+        worker
+            .metric(r#"workspace_failed_total{reason="missing_email"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(stack.main_queue_ready().await, 0);
+}
+
+#[tokio::test]
+async fn unsupported_event_types_are_acked_and_counted_never_retried() {
+    let stack = Stack::new().await;
+    let worker = stack.consume(&[]).await;
+    let body = br#"{"type":"user.banned","object":"event","data":{"id":"user_2x"}}"#;
+    stack
+        .broker
+        .publish("user.banned", body, "msg_banned")
+        .await;
+    eventually(
+        "the unsupported event counted",
+        Duration::from_secs(20),
+        || async {
+            worker
+                .metric(r#"events_processed_total{type="user.banned",outcome="unsupported"}"#)
+                .await
+                == 1.0
+        },
+    )
+    .await;
+    assert_eq!(stack.main_queue_ready().await, 0);
+    assert_eq!(worker.metric("events_retried_total").await, 0.0);
+    assert!(stack.broker.take_dead_letters().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_persistent_transient_error_is_retried_then_dead_lettered_as_retries_exhausted() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let stack = Stack::new().await;
+    let event = UserEvent::created("user_2locked", "locked@example.com", Some("locked"));
+    integration_tests::clerk::provision(&stack.db.conn, &event.body())
+        .await
+        .unwrap();
+    stack
+        .db
+        .execute(&format!(
+            "ALTER DATABASE \"{}\" SET lock_timeout = '50ms'",
+            stack.db.name
+        ))
+        .await;
+    let holder = stack.db.conn.begin().await.unwrap();
+    holder
+        .execute_unprepared("SELECT * FROM users WHERE id = 'user_2locked' FOR UPDATE")
+        .await
+        .unwrap();
+
+    let worker = stack.consume(&[("RETRY_MAX_ATTEMPTS", "3")]).await;
+    stack
+        .broker
+        .publish("user.updated", &event.updated(1_000).body(), "msg_locked")
+        .await;
+    eventually("the dead letter", Duration::from_secs(30), || async {
+        worker
+            .metric(r#"workspace_failed_total{reason="retries_exhausted"}"#)
+            .await
+            == 1.0
+    })
+    .await;
+    holder.rollback().await.unwrap();
+    let dead = stack.broker.take_dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0].header("x-failure-reason").as_deref(),
+        Some("retries_exhausted")
+    );
+    assert_eq!(dead[0].header("x-attempts").as_deref(), Some("3"));
+    assert!(dead[0].header("x-failure-detail").unwrap().contains("lock"));
+    assert_eq!(
+        worker
+            .metric(r#"events_retried_total{reason="transient"}"#)
+            .await,
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn a_twenty_second_database_outage_loses_and_dead_letters_nothing() {
+    let stack = Stack::new().await;
+    let proxy = CuttableProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let through_proxy = format!("postgres://postgres@{}/{}", proxy.addr, stack.db.name);
+    let mut env = stack.env(&[
+        ("DATABASE_CONNECT_TIMEOUT", "1s"),
+        ("RETRY_MAX_DELAY", "5s"),
+    ]);
+    env.retain(|(key, _)| *key != "DATABASE_URL");
+    env.push(("DATABASE_URL", through_proxy));
+    let mut worker = WorkerProcess::spawn(WORKER, &["consume"], &env);
+    worker.wait_ready(Duration::from_secs(30)).await;
+
+    proxy.cut().await;
+    stack.publish_sign_ups(200).await;
+    eventually(
+        "/readyz to report the database",
+        Duration::from_secs(10),
+        || async {
+            let (status, body) = worker.readyz().await;
+            status == 503 && body.contains(r#""database":false"#)
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(
+        stack.workspaces().await,
+        0,
+        "nothing can be written during the outage"
+    );
+    proxy.restore();
+    let restored = Instant::now();
+
+    stack
+        .wait_for_workspaces(200, Duration::from_secs(60))
+        .await;
+    eprintln!(
+        "all 200 provisioned {:?} after the database came back",
+        restored.elapsed()
+    );
+    assert!(
+        stack.broker.take_dead_letters().await.is_empty(),
+        "nothing dead-lettered"
+    );
+    assert_eq!(worker.metric("workspace_failed_total").await, 0.0);
+    assert!(
+        worker
+            .metric(r#"events_retried_total{reason="database_unavailable"}"#)
+            .await
+            > 0.0
+    );
+    eventually("the queue to drain", Duration::from_secs(10), || async {
+        stack.main_queue_ready().await == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_stream_and_restarted_provisions_everything_exactly_once() {
+    let stack = Stack::new().await;
+    stack.publish_sign_ups(1000).await;
+    let mut first = stack.consume(&[]).await;
+    eventually("some progress", Duration::from_secs(60), || async {
+        stack.users().await >= 100
+    })
+    .await;
+    first.kill();
+    let at_kill = stack.users().await;
+    eprintln!("killed with {at_kill} of 1000 provisioned");
+    assert!(at_kill < 1000, "the kill must land mid-stream");
+
+    let _second = stack.consume(&[]).await;
+    stack
+        .wait_for_workspaces(1000, Duration::from_secs(120))
+        .await;
+    assert_eq!(stack.users().await, 1000);
+    assert_eq!(
+        stack
+            .db
+            .scalar("SELECT count(DISTINCT user_id) FROM workspaces")
+            .await,
+        1000
+    );
+    assert!(stack.broker.take_dead_letters().await.is_empty());
+}
+
+#[tokio::test]
+async fn the_worker_reconnects_after_the_broker_closes_its_connection() {
+    let stack = Stack::new().await;
+    let worker = stack.consume(&[]).await;
+    stack.publish_sign_ups(10).await;
+    stack.wait_for_workspaces(10, Duration::from_secs(20)).await;
+
+    close_broker_connection_of(worker.pid());
+    eventually("the reconnect", Duration::from_secs(30), || async {
+        worker.logs().contains("broker session lost") && worker.readyz().await.0 == 200
+    })
+    .await;
+    for i in 10..30 {
+        let event = UserEvent::created(
+            &format!("user_2again{i:03}"),
+            &format!("again{i}@example.com"),
+            None,
+        );
+        stack
+            .broker
+            .publish("user.created", &event.body(), &format!("msg_again{i}"))
+            .await;
+    }
+    stack.wait_for_workspaces(30, Duration::from_secs(30)).await;
+    eventually("the queue to drain", Duration::from_secs(10), || async {
+        stack.main_queue_ready().await == 0
+    })
+    .await;
+}
+
+/// Closes the broker connection the worker with `pid` opened, as an operator would.
+fn close_broker_connection_of(pid: u32) {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "pid",
+            "client_properties",
+            "-q",
+            "--no-table-headers",
+        ])
+        .output()
+        .expect("rabbitmqctl runs");
+    let listing = String::from_utf8_lossy(&output.stdout);
+    let marker = format!(
+        "\"worker@{}#{pid}\"",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into())
+    );
+    let erlang_pid = listing
+        .lines()
+        .find(|line| line.contains(&marker))
+        .and_then(|line| line.split('\t').next())
+        .unwrap_or_else(|| panic!("no connection named {marker} in:\n{listing}"));
+    let status = std::process::Command::new("rabbitmqctl")
+        .args(["close_connection", erlang_pid, "closed by the test", "-q"])
+        .status()
+        .expect("rabbitmqctl runs");
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn sigterm_with_events_in_flight_exits_zero_and_loses_nothing() {
+    let stack = Stack::new().await;
+    stack.publish_sign_ups(500).await;
+    let mut worker = stack.consume(&[]).await;
+    eventually("work in flight", Duration::from_secs(60), || async {
+        stack.users().await >= 50
+    })
+    .await;
+    worker.terminate();
+    let status = worker.wait_exit(Duration::from_secs(40)).await;
+    assert!(
+        status.success(),
+        "exit status {status:?}; logs:\n{}",
+        worker.logs()
+    );
+
+    // Every event the worker finished was acked (else it would be back in the queue) and every
+    // other one is still in the queue: the two add up exactly.
+    let acked = worker.logs().matches("WORKSPACE_CREATED").count() as u32;
+    let ready = stack.main_queue_ready().await;
+    eprintln!("stopped after {acked} events; {ready} left in the queue");
+    assert_eq!(acked + ready, 500);
+    assert_eq!(stack.users().await, i64::from(acked));
+
+    let _next = stack.consume(&[]).await;
+    stack
+        .wait_for_workspaces(500, Duration::from_secs(60))
+        .await;
+}
+
+#[tokio::test]
+async fn three_workers_share_the_queue_and_provision_each_user_exactly_once() {
+    let stack = Stack::new().await;
+    let workers = [
+        stack.consume(&[]).await,
+        stack.consume(&[]).await,
+        stack.consume(&[]).await,
+    ];
+    stack.publish_sign_ups(3000).await;
+    stack
+        .wait_for_workspaces(3000, Duration::from_secs(180))
+        .await;
+    assert_eq!(stack.users().await, 3000);
+    eventually("every ack", Duration::from_secs(20), || async {
+        let mut total = 0.0;
+        for worker in &workers {
+            total += worker.metric("workspace_created_total").await;
+        }
+        total == 3000.0
+    })
+    .await;
+    for worker in &workers {
+        let share = worker.metric("workspace_created_total").await;
+        eprintln!("worker {} created {share}", worker.pid());
+        assert!(share > 0.0, "every worker did part of the work");
+    }
+}
+
+#[tokio::test]
+async fn metrics_show_the_created_count_and_real_histogram_buckets() {
+    let stack = Stack::new().await;
+    let worker = stack.consume(&[]).await;
+    stack.publish_sign_ups(25).await;
+    stack.wait_for_workspaces(25, Duration::from_secs(30)).await;
+    eventually("25 created", Duration::from_secs(10), || async {
+        worker.metric("workspace_created_total").await == 25.0
+    })
+    .await;
+    let page = worker.metrics().await;
+    assert!(
+        page.contains("# TYPE workspace_provisioning_duration_seconds histogram"),
+        "{page}"
+    );
+    assert!(
+        page.contains(
+            r#"workspace_provisioning_duration_seconds_bucket{outcome="created",le="0.001"}"#
+        ),
+        "{page}"
+    );
+    assert!(
+        page.contains(
+            r#"workspace_provisioning_duration_seconds_bucket{outcome="created",le="10"}"#
+        ),
+        "{page}"
+    );
+    assert!(page.contains("event_lag_seconds_bucket"), "{page}");
+    assert_eq!(
+        integration_tests::process::metric_value(
+            &page,
+            "workspace_provisioning_duration_seconds_count"
+        ),
+        25.0
+    );
+    assert_eq!(
+        integration_tests::process::metric_value(&page, "consumer_connected"),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn healthz_and_readyz_answer() {
+    let stack = Stack::new().await;
+    let worker = stack.consume(&[]).await;
+    let (status, body) = worker.readyz().await;
+    assert_eq!(status, 200, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["checks"]["database"], true);
+    assert_eq!(body["checks"]["broker_consumer"], true);
+}
+
+#[tokio::test]
+async fn readyz_names_the_broker_when_it_cannot_be_reached() {
+    let stack = Stack::new().await;
+    let mut env = stack.env(&[]);
+    env.retain(|(key, _)| *key != "AMQP_URL");
+    env.push(("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f".into()));
+    let worker = WorkerProcess::spawn(WORKER, &["consume"], &env);
+    eventually("/readyz to answer 503 naming the broker", Duration::from_secs(20), || async {
+        matches!(worker_readyz(&worker).await, Some((503, body)) if body.contains(r#""broker_consumer":false"#) && body.contains(r#""database":true"#))
+    })
+    .await;
+}
+
+async fn worker_readyz(worker: &WorkerProcess) -> Option<(u16, String)> {
+    let url = format!("http://{}/readyz", worker.ops_addr);
+    let response = reqwest::get(url).await.ok()?;
+    Some((response.status().as_u16(), response.text().await.ok()?))
+}

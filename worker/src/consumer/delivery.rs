@@ -84,7 +84,8 @@ impl Processor {
                         first_failed_at,
                         last_failed_at: Utc::now(),
                     };
-                    self.dead_letter(&delivery, &context, failure).await;
+                    self.dead_letter(&delivery, &context, failure, elapsed)
+                        .await;
                     break;
                 }
             }
@@ -131,7 +132,13 @@ impl Processor {
         }
     }
 
-    async fn dead_letter(&self, delivery: &Delivery, context: &Context, failure: Failure) {
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        context: &Context,
+        failure: Failure,
+        elapsed: Duration,
+    ) {
         let published = dead_letter::publish(
             &self.dead_letters,
             &self.dead_letter_exchange,
@@ -153,6 +160,7 @@ impl Processor {
             reason = failure.reason.as_str(),
             detail = %failure.detail,
             attempt = failure.attempts,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
             "WORKSPACE_FAILED"
         );
         if let Err(err) = delivery.acker.ack(BasicAckOptions::default()).await {

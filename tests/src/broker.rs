@@ -2,7 +2,7 @@
 //! and all of them are deleted when the value is dropped.
 
 use lapin::options::{
-    BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicGetOptions, BasicNackOptions, ExchangeDeleteOptions, QueueDeclareOptions,
     QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
@@ -120,6 +120,34 @@ impl TestBroker {
             .expect("queue exists");
         let _ = channel.close(200, "done".into()).await;
         queue.message_count()
+    }
+
+    /// Gets one message from `queue` and gives it back (nack with requeue), as a crashing
+    /// consumer would; false when the queue was empty.
+    pub async fn get_and_requeue(&self, queue: &str) -> bool {
+        let got = self
+            .channel
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await
+            .expect("basic.get");
+        let Some(got) = got else { return false };
+        let requeue = BasicNackOptions {
+            requeue: true,
+            multiple: false,
+        };
+        got.delivery.acker.nack(requeue).await.expect("nack");
+        true
+    }
+
+    /// Deletes the main queue under a running consumer (the broker then cancels it).
+    pub async fn delete_main_queue(&self) {
+        self.channel
+            .queue_delete(
+                self.topology.queue.as_str().into(),
+                QueueDeleteOptions::default(),
+            )
+            .await
+            .expect("queue deleted");
     }
 
     /// Takes every message out of the dead-letter queue.

@@ -113,10 +113,15 @@ impl WorkerProcess {
 
     /// Sends SIGTERM: the graceful shutdown.
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`, ...).
+    pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args([&format!("-{name}"), &self.pid().to_string()])
             .status();
-        assert!(status.is_ok_and(|s| s.success()), "kill -TERM failed");
+        assert!(status.is_ok_and(|s| s.success()), "kill -{name} failed");
     }
 
     /// SIGKILL: no chance to clean up.

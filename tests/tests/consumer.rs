@@ -574,3 +574,73 @@ async fn worker_readyz(worker: &WorkerProcess) -> Option<(u16, String)> {
     let response = reqwest::get(url).await.ok()?;
     Some((response.status().as_u16(), response.text().await.ok()?))
 }
+
+#[tokio::test]
+async fn the_worker_resumes_after_the_broker_cancels_its_consumer() {
+    let stack = Stack::new().await;
+    let worker = stack.consume(&[]).await;
+    stack.broker.delete_main_queue().await;
+    eventually(
+        "the consumer to come back",
+        Duration::from_secs(30),
+        || async {
+            worker.logs().contains("the broker cancelled the consumer")
+                && worker.readyz().await.0 == 200
+        },
+    )
+    .await;
+    stack.publish_sign_ups(5).await;
+    stack.wait_for_workspaces(5, Duration::from_secs(20)).await;
+}
+
+#[tokio::test]
+async fn a_message_returned_past_the_delivery_limit_is_dead_lettered_by_the_broker() {
+    let stack = Stack::new().await;
+    stack
+        .broker
+        .publish("user.created", &fixture("user_created.json"), "msg_poison")
+        .await;
+    let queue = stack.broker.topology.queue.clone();
+    let mut returns = 0;
+    while stack.broker.get_and_requeue(&queue).await {
+        returns += 1;
+        assert!(returns <= 11, "the delivery limit of 10 did not apply");
+    }
+    let dead = stack.broker.take_dead_letters().await;
+    assert_eq!(dead.len(), 1, "after {returns} returns");
+    assert_eq!(dead[0].message_id.as_deref(), Some("msg_poison"));
+    assert_eq!(dead[0].body, fixture("user_created.json"));
+}
+
+#[tokio::test]
+async fn sigterm_during_a_database_outage_gives_every_held_delivery_back() {
+    let stack = Stack::new().await;
+    let proxy = CuttableProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let mut env = stack.env(&[("DATABASE_CONNECT_TIMEOUT", "1s")]);
+    env.retain(|(key, _)| *key != "DATABASE_URL");
+    env.push((
+        "DATABASE_URL",
+        format!("postgres://postgres@{}/{}", proxy.addr, stack.db.name),
+    ));
+    let mut worker = WorkerProcess::spawn(WORKER, &["consume"], &env);
+    worker.wait_ready(Duration::from_secs(30)).await;
+    proxy.cut().await;
+    stack.publish_sign_ups(5).await;
+    eventually("retries under way", Duration::from_secs(20), || async {
+        worker
+            .metric(r#"events_retried_total{reason="database_unavailable"}"#)
+            .await
+            >= 5.0
+    })
+    .await;
+
+    worker.signal("INT");
+    let status = worker.wait_exit(Duration::from_secs(20)).await;
+    assert!(status.success(), "exit status {status:?}");
+    assert_eq!(
+        stack.main_queue_ready().await,
+        5,
+        "all five back in the queue"
+    );
+    assert!(stack.broker.take_dead_letters().await.is_empty());
+}

@@ -47,6 +47,8 @@ impl Topology {
 /// Why a publish did not make it safely into a queue.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
+    #[error("not connected to the broker")]
+    NotConnected,
     #[error("broker error: {0}")]
     Broker(#[from] lapin::Error),
     #[error("the broker refused the message (nack)")]

@@ -8,17 +8,15 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde_json::json;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::error;
 
-use crate::config::{BrokerSettings, ConsumerSettings, DatabaseSettings, LogFormat, OpsSettings};
-use crate::consumer::{Consumer, ReadyFlag};
+use crate::config::{
+    BrokerSettings, ConsumerSettings, DatabaseSettings, IngressSettings, LogFormat, OpsSettings,
+};
 use crate::domain::Event;
 use crate::error::ProvisionError;
-use crate::ops::OpsState;
 use crate::provision::Provisioned;
-use crate::{clerk, db, health, metrics, ops, provision, telemetry};
+use crate::{clerk, db, health, provision, service, telemetry};
 
 /// Exit status of `worker provision` when the event can never be applied (sysexits EX_DATAERR).
 pub const EXIT_PERMANENT: u8 = 65;
@@ -64,6 +62,22 @@ pub enum Command {
         #[command(flatten)]
         ops: OpsSettings,
     },
+    /// Serve the Clerk webhook endpoint alone, publishing verified events to RabbitMQ.
+    Ingress {
+        #[command(flatten)]
+        ingress: IngressSettings,
+        #[command(flatten)]
+        ops: OpsSettings,
+    },
+    /// Everything in one process: migrate, then ingress, consumer and ops server.
+    Run {
+        #[command(flatten)]
+        consumer: ConsumerSettings,
+        #[command(flatten)]
+        ingress: IngressSettings,
+        #[command(flatten)]
+        ops: OpsSettings,
+    },
 }
 
 /// The whole binary: parse arguments, set up logs, run the subcommand.
@@ -88,92 +102,40 @@ pub fn main() -> ExitCode {
 
 impl Cli {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
-        match self.command {
+        let Self {
+            database,
+            broker,
+            command,
+            ..
+        } = self;
+        let plan = |ops, migrate, consumer, ingress| service::Plan {
+            database: database.clone(),
+            broker: broker.clone(),
+            ops,
+            migrate,
+            consumer,
+            ingress,
+        };
+        let plan = match command {
             Command::Migrate => {
-                db::migrate(&self.database)
+                db::migrate(&database)
                     .await
-                    .with_context(|| format!("migrating {}", self.database.redacted_url()))?;
-                Ok(ExitCode::SUCCESS)
+                    .with_context(|| format!("migrating {}", database.redacted_url()))?;
+                return Ok(ExitCode::SUCCESS);
             }
-            Command::Health => Ok(print_health(&self.database).await),
-            Command::Provision { file } => provision_file(&self.database, &file).await,
-            Command::Consume { consumer, ops } => {
-                consume(self.database, self.broker, consumer, ops).await
-            }
-        }
+            Command::Health => return Ok(print_health(&database).await),
+            Command::Provision { file } => return provision_file(&database, &file).await,
+            Command::Consume { consumer, ops } => plan(ops, false, Some(consumer), None),
+            Command::Ingress { ingress, ops } => plan(ops, false, None, Some(ingress)),
+            Command::Run {
+                consumer,
+                ingress,
+                ops,
+            } => plan(ops, true, Some(consumer), Some(ingress)),
+        };
+        service::run(plan).await?;
+        Ok(ExitCode::SUCCESS)
     }
-}
-
-/// `worker consume`: the consumer plus the ops server, until a signal stops them.
-async fn consume(
-    database: DatabaseSettings,
-    broker: BrokerSettings,
-    settings: ConsumerSettings,
-    ops_settings: OpsSettings,
-) -> anyhow::Result<ExitCode> {
-    let metrics = metrics::install().context("installing the metrics recorder")?;
-    let db = db::connect_lazy(&database)
-        .await
-        .with_context(|| format!("connecting to {}", database.redacted_url()))?;
-    let listener = TcpListener::bind(ops_settings.metrics_addr)
-        .await
-        .with_context(|| format!("binding METRICS_ADDR {}", ops_settings.metrics_addr))?;
-    info!(addr = %listener.local_addr()?, "ops server listening");
-
-    let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
-    let consumer = Consumer {
-        broker,
-        settings,
-        db: db.clone(),
-        connected: ReadyFlag::default(),
-    };
-    let ops_state = OpsState {
-        metrics,
-        db: db.clone(),
-        broker: vec![("consumer", consumer.connected.clone())],
-    };
-    // The ops server outlives the consumer so /metrics and /readyz answer during the drain.
-    let ops_shutdown = CancellationToken::new();
-    let ops_server = tokio::spawn(ops::serve(listener, ops_state, ops_shutdown.clone()));
-
-    consumer.run(shutdown).await;
-    ops_shutdown.cancel();
-    match ops_server.await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => warn!(error = %err, "ops server failed"),
-        Err(err) => warn!(error = %err, "ops server task failed"),
-    }
-    db.close().await.context("closing the database pool")?;
-    info!("stopped");
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Cancels `token` on SIGTERM or SIGINT: the start of a graceful shutdown.
-async fn cancel_on_signal(token: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let terminate = async {
-        match signal(SignalKind::terminate()) {
-            Ok(mut stream) => {
-                stream.recv().await;
-            }
-            Err(err) => {
-                warn!(error = %err, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        () = terminate => info!("SIGTERM received; shutting down"),
-        result = tokio::signal::ctrl_c() => match result {
-            Ok(()) => info!("SIGINT received; shutting down"),
-            Err(err) => {
-                warn!(error = %err, "cannot listen for SIGINT");
-                std::future::pending::<()>().await;
-            }
-        },
-    }
-    token.cancel();
 }
 
 async fn print_health(settings: &DatabaseSettings) -> ExitCode {

@@ -222,6 +222,43 @@ pub struct ConsumerSettings {
     pub shutdown_grace_period: Duration,
 }
 
+/// The webhook endpoint.
+#[derive(Clone, Args)]
+pub struct IngressSettings {
+    /// Where `POST /webhooks/clerk` listens.
+    #[arg(long, env = "INGRESS_ADDR", default_value = "0.0.0.0:8080")]
+    pub ingress_addr: SocketAddr,
+
+    /// Largest accepted body, in bytes (larger: 413).
+    #[arg(long, env = "INGRESS_MAX_BODY", default_value_t = 256 * 1024)]
+    pub ingress_max_body: usize,
+
+    /// How long to wait for the broker to confirm a publish before answering 503.
+    #[arg(long, env = "PUBLISH_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub publish_timeout: Duration,
+
+    /// Svix signing secret(s) from Clerk's dashboard (`whsec_...`); several, separated by
+    /// spaces, while rotating.
+    #[arg(
+        long,
+        env = "CLERK_WEBHOOK_SECRET",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    pub clerk_webhook_secret: String,
+}
+
+impl std::fmt::Debug for IngressSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngressSettings")
+            .field("ingress_addr", &self.ingress_addr)
+            .field("ingress_max_body", &self.ingress_max_body)
+            .field("publish_timeout", &self.publish_timeout)
+            .field("clerk_webhook_secret", &"<redacted>")
+            .finish()
+    }
+}
+
 /// The ops HTTP server: `/metrics`, `/healthz`, `/readyz`.
 #[derive(Clone, Debug, Args)]
 pub struct OpsSettings {

@@ -16,6 +16,8 @@
 //! - [`dead_letter`]: dead-letter headers and publishing.
 //! - [`metrics`]: every metric name and its recording function; [`ops`]: `/metrics`, `/healthz`,
 //!   `/readyz`.
+//! - [`ingress`]: the Svix-verified webhook endpoint that publishes to the broker.
+//! - [`service`]: the long-running process (ingress, consumer, ops server) and its shutdown.
 //! - [`cli`]: the `worker` command line.
 
 pub mod broker;
@@ -28,8 +30,10 @@ pub mod dead_letter;
 pub mod domain;
 pub mod error;
 pub mod health;
+pub mod ingress;
 pub mod metrics;
 pub mod ops;
 pub mod provision;
 pub mod retry;
+pub mod service;
 pub mod telemetry;

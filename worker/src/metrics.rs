@@ -18,6 +18,9 @@ pub const EVENTS_RETRIED: &str = "events_retried_total";
 pub const EVENT_LAG: &str = "event_lag_seconds";
 pub const CONSUMER_CONNECTED: &str = "consumer_connected";
 pub const DELIVERIES_IN_FLIGHT: &str = "deliveries_in_flight";
+pub const WEBHOOK_REQUESTS: &str = "webhook_requests_total";
+pub const WEBHOOK_DURATION: &str = "webhook_request_duration_seconds";
+pub const WEBHOOK_PUBLISH_CONFIRM: &str = "webhook_publish_confirm_seconds";
 
 /// 1 ms to 10 s: the provisioning target is 200 ms, so resolution matters below a second.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -111,6 +114,18 @@ pub fn set_consumer_connected(connected: bool) {
 
 pub fn deliveries_in_flight(delta: f64) {
     gauge!(DELIVERIES_IN_FLIGHT).increment(delta);
+}
+
+/// A webhook request answered; `event_type` is known only once the signature was verified.
+pub fn record_webhook(status: u16, event_type: Option<&str>, duration: Duration) {
+    let event_type = event_type.map_or_else(|| "unknown".to_owned(), type_label);
+    counter!(WEBHOOK_REQUESTS, "status" => status.to_string(), "type" => event_type).increment(1);
+    histogram!(WEBHOOK_DURATION).record(duration);
+}
+
+/// One publish's wait for the broker's confirm (or its failure).
+pub fn record_publish_confirm(duration: Duration) {
+    histogram!(WEBHOOK_PUBLISH_CONFIRM).record(duration);
 }
 
 /// Event types come from message bodies: keep the label set bounded and printable.

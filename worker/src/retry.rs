@@ -36,6 +36,14 @@ pub struct Attempts {
 }
 
 impl RetryPolicy {
+    /// Reconnecting to the broker: quick first tries, and never more than 5 s between tries so
+    /// service resumes soon after the broker does.
+    pub const RECONNECT: RetryPolicy = RetryPolicy {
+        initial_delay: Duration::from_millis(100),
+        max_delay: Duration::from_secs(5),
+        max_attempts: u32::MAX,
+    };
+
     /// Decides the fate of a delivery after a failed attempt that `attempts` already counts.
     ///
     /// The database being unavailable says nothing about the event, so it is retried for as long

@@ -16,6 +16,14 @@ use crate::domain::{
 use crate::error::{FailureReason, Rejected};
 use payload::{RawDeletedUser, RawEmailAddress, RawEnvelope, RawUser};
 
+/// The Clerk event types provisioning acts on; everything else is acknowledged and ignored.
+pub const SUPPORTED_TYPES: [&str; 3] = ["user.created", "user.updated", "user.deleted"];
+
+/// Whether provisioning acts on events of this type.
+pub fn is_supported(event_type: &str) -> bool {
+    SUPPORTED_TYPES.contains(&event_type)
+}
+
 /// Parses one Clerk webhook body. Event types other than `user.*` come back as
 /// [`Event::Unsupported`], not as errors.
 pub fn parse_event(body: &[u8]) -> Result<Event, Rejected> {

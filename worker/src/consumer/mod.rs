@@ -70,7 +70,7 @@ impl Consumer {
     /// grace period. Never returns early on broker or database trouble: it waits and reconnects.
     pub async fn run(&self, shutdown: CancellationToken) {
         let in_flight = TaskTracker::new();
-        let mut reconnect_delays = self.retry_policy().delays();
+        let mut reconnect_delays = RetryPolicy::RECONNECT.delays();
         loop {
             let end = self.session(&in_flight, &shutdown).await;
             self.set_connected(false);
@@ -79,7 +79,7 @@ impl Consumer {
                 Ok(SessionEnd::Shutdown) => return,
                 Ok(SessionEnd::Lost(why)) => {
                     warn!(reason = %why, "broker session lost; reconnecting");
-                    reconnect_delays = self.retry_policy().delays();
+                    reconnect_delays = RetryPolicy::RECONNECT.delays();
                 }
                 Err(err) => warn!(error = %err, "broker unavailable; reconnecting"),
             }

@@ -1,0 +1,132 @@
+//! The ingress's way into the broker: one confirm-mode channel kept alive in the background.
+//!
+//! The ingress must start and answer while the broker is down (503, so Svix retries), so the
+//! connection is not a precondition: a background task connects, declares the topology, and
+//! reconnects with backoff whenever the connection or channel is lost. Publishing while
+//! disconnected fails at once instead of waiting.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::{BasicProperties, Channel, Connection};
+use tokio::sync::RwLock;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::broker::{self, PublishError, Topology};
+use crate::config::BrokerSettings;
+use crate::consumer::ReadyFlag;
+use crate::retry::RetryPolicy;
+
+/// How often the keeper looks at the connection's health.
+const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+
+pub struct Publisher {
+    channel: RwLock<Option<Channel>>,
+    exchange: String,
+    /// Set while a confirm channel is open; `/readyz` reads it.
+    pub connected: ReadyFlag,
+}
+
+impl Publisher {
+    /// Starts the background keeper; it stops (closing the connection) when `stop` is cancelled.
+    pub fn spawn(
+        settings: BrokerSettings,
+        reconnect: RetryPolicy,
+        stop: CancellationToken,
+    ) -> Arc<Self> {
+        let publisher = Arc::new(Self {
+            channel: RwLock::new(None),
+            exchange: Topology::from_settings(&settings).exchange,
+            connected: ReadyFlag::default(),
+        });
+        tokio::spawn(publisher.clone().keep_connected(settings, reconnect, stop));
+        publisher
+    }
+
+    /// Publishes `body` to the events exchange and waits for the broker's confirm.
+    pub async fn publish(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        timeout: Duration,
+    ) -> Result<(), PublishError> {
+        let channel = self
+            .channel
+            .read()
+            .await
+            .clone()
+            .ok_or(PublishError::NotConnected)?;
+        broker::publish_confirmed(
+            &channel,
+            &self.exchange,
+            routing_key,
+            body,
+            properties,
+            timeout,
+        )
+        .await
+    }
+
+    async fn keep_connected(
+        self: Arc<Self>,
+        settings: BrokerSettings,
+        reconnect: RetryPolicy,
+        stop: CancellationToken,
+    ) {
+        let topology = Topology::from_settings(&settings);
+        let mut delays = reconnect.delays();
+        loop {
+            match open(&settings, &topology).await {
+                Ok((connection, channel)) => {
+                    self.set(Some(channel.clone())).await;
+                    info!(exchange = %topology.exchange, "ingress connected to the broker");
+                    delays = reconnect.delays();
+                    let stopped = watch(&connection, &channel, &stop).await;
+                    self.set(None).await;
+                    if stopped {
+                        let _ = connection.close(200, "ingress shutting down".into()).await;
+                        return;
+                    }
+                    warn!("ingress lost the broker connection; reconnecting");
+                }
+                Err(err) => warn!(error = %err, "ingress cannot reach the broker; retrying"),
+            }
+            let delay = delays.next().unwrap_or(reconnect.max_delay);
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+
+    async fn set(&self, channel: Option<Channel>) {
+        self.connected.set(channel.is_some());
+        *self.channel.write().await = channel;
+    }
+}
+
+async fn open(
+    settings: &BrokerSettings,
+    topology: &Topology,
+) -> Result<(Connection, Channel), lapin::Error> {
+    let connection = broker::connect(settings, "ingress").await?;
+    let channel = broker::confirm_channel(&connection).await?;
+    broker::declare(&channel, topology).await?;
+    Ok((connection, channel))
+}
+
+/// Returns when the connection or channel is no longer usable (false) or on `stop` (true).
+async fn watch(connection: &Connection, channel: &Channel, stop: &CancellationToken) -> bool {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(WATCH_INTERVAL) => {
+                if !connection.status().connected() || !channel.status().connected() {
+                    return false;
+                }
+            }
+            () = stop.cancelled() => return true,
+        }
+    }
+}

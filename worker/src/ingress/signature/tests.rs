@@ -1,0 +1,229 @@
+//! Svix's published test vectors (`../shared/svix-vectors.md`), with the clock injected.
+
+use super::*;
+
+const SECRET_A: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const ID_A: &str = "msg_p5jXN8AQM9LWM0D4loKWxJek";
+const TS_A: i64 = 1_614_265_330;
+const BODY_A: &[u8] = br#"{"test": 2432232314}"#;
+const SIG_A: &str = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
+
+const SECRET_B: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+const ID_B: &str = "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk";
+const TS_B: i64 = 1_649_367_553;
+const BODY_B: &[u8] = br#"{"email":"test@example.com","username":"test_user"}"#;
+const SIG_B: &str = "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=";
+
+fn headers(id: &str, timestamp: i64, signature: &str) -> SignedHeaders {
+    SignedHeaders {
+        id: id.into(),
+        timestamp,
+        signature: signature.into(),
+    }
+}
+
+fn verify(secret: &str, h: &SignedHeaders, body: &[u8], now: i64) -> Result<(), SignatureError> {
+    Verifier::from_secrets(secret).unwrap().verify(h, body, now)
+}
+
+#[test]
+fn vector_a_cross_language_verifies() {
+    assert_eq!(
+        verify(SECRET_A, &headers(ID_A, TS_A, SIG_A), BODY_A, TS_A),
+        Ok(())
+    );
+}
+
+#[test]
+fn vector_b_rust_library_verifies() {
+    assert_eq!(
+        verify(SECRET_B, &headers(ID_B, TS_B, SIG_B), BODY_B, TS_B),
+        Ok(())
+    );
+}
+
+#[test]
+fn vector_c_large_payloads_verify() {
+    let cases = [
+        (1_048_576, "v1,txpEUxqWZJ5nteTnymUVa+7C4NHpBeXJ6CsBAW0c3/A="),
+        (262_144, "v1,Mw4Pe2WgApuT7NSqnSq0PQPV9gbLdggCl9B865x5Xh0="),
+    ];
+    for (n, signature) in cases {
+        let body = vec![b'a'; n];
+        assert_eq!(
+            verify(SECRET_A, &headers(ID_A, TS_A, signature), &body, TS_A),
+            Ok(()),
+            "{n}"
+        );
+    }
+}
+
+#[test]
+fn a_changed_last_character_is_rejected() {
+    let tampered = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OA=";
+    let result = verify(SECRET_A, &headers(ID_A, TS_A, tampered), BODY_A, TS_A);
+    assert_eq!(result, Err(SignatureError::NoMatch));
+}
+
+#[test]
+fn vector_b_with_a_wrong_signature_is_rejected() {
+    let wrong = "v1,R3PTzyfHASBKHH98a7yexTwaJ4yNIcGhFQc1yuN+BPU=";
+    assert_eq!(
+        verify(SECRET_B, &headers(ID_B, TS_B, wrong), BODY_B, TS_B),
+        Err(SignatureError::NoMatch)
+    );
+}
+
+#[test]
+fn bare_truncated_and_other_version_signatures_are_rejected() {
+    for signature in [
+        "v1,",
+        "v1,g0hM9SsE+OTPJTGt",
+        "v2,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+        "",
+        "g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+    ] {
+        let result = verify(SECRET_A, &headers(ID_A, TS_A, signature), BODY_A, TS_A);
+        assert_eq!(result, Err(SignatureError::NoMatch), "{signature:?}");
+    }
+}
+
+#[test]
+fn decoys_before_and_after_the_valid_signature_are_fine() {
+    let signature = format!(
+        "v1,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6mc= v2,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE= {SIG_A} v1,bm9wZQ=="
+    );
+    assert_eq!(
+        verify(SECRET_A, &headers(ID_A, TS_A, &signature), BODY_A, TS_A),
+        Ok(())
+    );
+}
+
+#[test]
+fn a_tampered_body_or_id_is_rejected() {
+    let body = br#"{"test": 2432232315}"#;
+    assert_eq!(
+        verify(SECRET_A, &headers(ID_A, TS_A, SIG_A), body, TS_A),
+        Err(SignatureError::NoMatch)
+    );
+    let other_id = headers("msg_other", TS_A, SIG_A);
+    assert_eq!(
+        verify(SECRET_A, &other_id, BODY_A, TS_A),
+        Err(SignatureError::NoMatch)
+    );
+}
+
+#[test]
+fn the_wrong_secret_is_rejected() {
+    assert_eq!(
+        verify(SECRET_B, &headers(ID_A, TS_A, SIG_A), BODY_A, TS_A),
+        Err(SignatureError::NoMatch)
+    );
+}
+
+#[test]
+fn any_of_several_secrets_verifies() {
+    let rotated = format!("{SECRET_B} {SECRET_A}");
+    let verifier = Verifier::from_secrets(&rotated).unwrap();
+    assert_eq!(
+        verifier.verify(&headers(ID_A, TS_A, SIG_A), BODY_A, TS_A),
+        Ok(())
+    );
+    assert_eq!(
+        verifier.verify(&headers(ID_B, TS_B, SIG_B), BODY_B, TS_B),
+        Ok(())
+    );
+}
+
+#[test]
+fn timestamps_beyond_five_minutes_either_way_are_rejected() {
+    let h = headers(ID_A, TS_A, SIG_A);
+    assert_eq!(verify(SECRET_A, &h, BODY_A, TS_A + 300), Ok(()));
+    assert_eq!(verify(SECRET_A, &h, BODY_A, TS_A - 300), Ok(()));
+    assert_eq!(
+        verify(SECRET_A, &h, BODY_A, TS_A + 301),
+        Err(SignatureError::TimestampOutOfTolerance)
+    );
+    assert_eq!(
+        verify(SECRET_A, &h, BODY_A, TS_A - 301),
+        Err(SignatureError::TimestampOutOfTolerance)
+    );
+}
+
+#[test]
+fn empty_and_undecodable_secrets_refuse_to_start() {
+    assert_eq!(
+        Verifier::from_secrets("").unwrap_err(),
+        SecretError::Missing
+    );
+    assert_eq!(
+        Verifier::from_secrets("   ").unwrap_err(),
+        SecretError::Missing
+    );
+    assert_eq!(
+        Verifier::from_secrets("whsec_").unwrap_err(),
+        SecretError::Undecodable { position: 1 }
+    );
+    assert_eq!(
+        Verifier::from_secrets(&format!("{SECRET_A} whsec_not*base64")).unwrap_err(),
+        SecretError::Undecodable { position: 2 }
+    );
+}
+
+#[test]
+fn the_error_never_shows_the_secret() {
+    let err = Verifier::from_secrets("whsec_not*base64").unwrap_err();
+    assert!(!err.to_string().contains("not*base64"));
+}
+
+#[test]
+fn signing_reproduces_the_vectors() {
+    assert_eq!(sign(SECRET_A, ID_A, TS_A, BODY_A).unwrap(), SIG_A);
+    assert_eq!(sign(SECRET_B, ID_B, TS_B, BODY_B).unwrap(), SIG_B);
+}
+
+#[test]
+fn headers_are_read_in_both_brandings_and_each_missing_one_is_named() {
+    let mut map = HeaderMap::new();
+    map.insert("webhook-id", ID_A.parse().unwrap());
+    map.insert("webhook-timestamp", TS_A.to_string().parse().unwrap());
+    map.insert("webhook-signature", SIG_A.parse().unwrap());
+    assert_eq!(
+        SignedHeaders::from_headers(&map),
+        Ok(headers(ID_A, TS_A, SIG_A))
+    );
+
+    for (missing, named) in [
+        ("svix-id", "svix-id"),
+        ("svix-timestamp", "svix-timestamp"),
+        ("svix-signature", "svix-signature"),
+    ] {
+        let mut map = HeaderMap::new();
+        map.insert("svix-id", ID_A.parse().unwrap());
+        map.insert("svix-timestamp", TS_A.to_string().parse().unwrap());
+        map.insert("svix-signature", SIG_A.parse().unwrap());
+        map.remove(missing);
+        assert_eq!(
+            SignedHeaders::from_headers(&map),
+            Err(SignatureError::MissingHeader(named))
+        );
+    }
+}
+
+#[test]
+fn a_non_numeric_timestamp_or_oversized_id_is_invalid() {
+    let mut map = HeaderMap::new();
+    map.insert("svix-id", ID_A.parse().unwrap());
+    map.insert("svix-timestamp", "yesterday".parse().unwrap());
+    map.insert("svix-signature", SIG_A.parse().unwrap());
+    assert_eq!(
+        SignedHeaders::from_headers(&map),
+        Err(SignatureError::InvalidHeader("svix-timestamp"))
+    );
+    map.insert("svix-timestamp", TS_A.to_string().parse().unwrap());
+    map.insert("svix-id", "m".repeat(256).parse().unwrap());
+    assert_eq!(
+        SignedHeaders::from_headers(&map),
+        Err(SignatureError::InvalidHeader("svix-id"))
+    );
+}

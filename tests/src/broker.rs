@@ -26,6 +26,7 @@ pub struct Message {
     pub routing_key: String,
     pub message_id: Option<String>,
     pub headers: FieldTable,
+    pub properties: BasicProperties,
 }
 
 impl Message {
@@ -139,6 +140,19 @@ impl TestBroker {
         true
     }
 
+    /// Removes the main queue's binding, so events published to the exchange are unroutable.
+    pub async fn unbind_main_queue(&self) {
+        self.channel
+            .queue_unbind(
+                self.topology.queue.as_str().into(),
+                self.topology.exchange.as_str().into(),
+                self.topology.binding_key.as_str().into(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("queue unbound");
+    }
+
     /// Deletes the main queue under a running consumer (the broker then cancels it).
     pub async fn delete_main_queue(&self) {
         self.channel
@@ -179,6 +193,7 @@ impl TestBroker {
                     .as_ref()
                     .map(|id| id.as_str().to_owned()),
                 headers: delivery.properties.headers().clone().unwrap_or_default(),
+                properties: delivery.properties.clone(),
             });
         }
         messages

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 pub struct WorkerProcess {
     child: Child,
     pub ops_addr: SocketAddr,
+    /// Where `worker ingress` / `worker run` listen for webhooks.
+    pub ingress_addr: SocketAddr,
     log_path: PathBuf,
     http: reqwest::Client,
 }
@@ -22,15 +24,17 @@ pub fn free_port() -> u16 {
 }
 
 impl WorkerProcess {
-    /// Starts `bin args...` with `env` (plus a free `METRICS_ADDR` and JSON logs).
+    /// Starts `bin args...` with `env` (plus free `METRICS_ADDR` and `INGRESS_ADDR`, JSON logs).
     pub fn spawn(bin: &str, args: &[&str], env: &[(&str, String)]) -> Self {
         let ops_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let ingress_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let log_path = std::env::temp_dir().join(format!("worker-{}.log", uuid::Uuid::new_v4()));
         let log = std::fs::File::create(&log_path).expect("a log file");
         let mut command = Command::new(bin);
         command
             .args(args)
             .env("METRICS_ADDR", ops_addr.to_string())
+            .env("INGRESS_ADDR", ingress_addr.to_string())
             .env("LOG_FORMAT", "json")
             .env(
                 "RUST_LOG",
@@ -48,6 +52,7 @@ impl WorkerProcess {
         Self {
             child,
             ops_addr,
+            ingress_addr,
             log_path,
             http: reqwest::Client::new(),
         }
@@ -128,6 +133,11 @@ impl WorkerProcess {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// The exit status if the process has ended.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// Waits for the process to exit on its own.

@@ -270,6 +270,78 @@ async fn the_ingress_starts_without_the_broker_answers_503_and_recovers_when_it_
 }
 
 #[tokio::test]
+async fn a_confirm_that_does_not_come_within_publish_timeout_is_503() {
+    let broker = TestBroker::new().await;
+    let proxy = CuttableProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let mut env = ingress_env(&broker, SECRET);
+    env.retain(|(key, _)| *key != "AMQP_URL");
+    env.push(("AMQP_URL", format!("amqp://guest:guest@{}/%2f", proxy.addr)));
+    env.push(("PUBLISH_TIMEOUT", "500ms".into()));
+    let mut ingress = WorkerProcess::spawn(WORKER, &["ingress"], &env);
+    ingress.wait_ready(Duration::from_secs(30)).await;
+
+    proxy.stall();
+    let started = std::time::Instant::now();
+    let (status, body) = Webhook::signed(SECRET, &user_created())
+        .post(ingress.ingress_addr)
+        .await;
+    proxy.resume();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("no confirm"),
+        "{body}"
+    );
+    eprintln!("answered 503 after {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_negative_confirm_is_503() {
+    let broker = TestBroker::new().await;
+    let ingress = ingress(&broker, SECRET).await;
+    // A full queue that rejects publishes makes the broker nack.
+    let policy = format!("{}full", broker.settings.name_prefix);
+    let pattern = format!("^{}$", broker.topology.queue.replace('.', "\\."));
+    rabbitmqctl(&[
+        "set_policy",
+        "--apply-to",
+        "queues",
+        &policy,
+        &pattern,
+        r#"{"max-length":0}"#,
+    ]);
+    let answer = async {
+        let mut last = (0, serde_json::Value::Null);
+        for _ in 0..50 {
+            last = Webhook::signed(SECRET, &user_created())
+                .post(ingress.ingress_addr)
+                .await;
+            if last.0 == 503 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        last
+    }
+    .await;
+    rabbitmqctl(&["clear_policy", &policy]);
+    let (status, body) = answer;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("refused"),
+        "{body}"
+    );
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let status = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .arg("-q")
+        .status()
+        .expect("rabbitmqctl runs");
+    assert!(status.success(), "rabbitmqctl {args:?}");
+}
+
+#[tokio::test]
 async fn no_secret_or_an_undecodable_one_refuses_to_start() {
     let broker = TestBroker::new().await;
     for (secret, expected) in [

@@ -1,4 +1,5 @@
 //! sea-orm entities for the provisioning schema; they mirror `migration/` column for column.
 
+pub mod user_tombstones;
 pub mod users;
 pub mod workspaces;

@@ -7,6 +7,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261128_000001_create_users_and_workspaces;
 mod m20261128_000002_add_users_clerk_updated_at;
+mod m20261128_000003_create_user_tombstones;
 
 /// Every migration of the schema, oldest first.
 pub struct Migrator;
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261128_000001_create_users_and_workspaces::Migration),
             Box::new(m20261128_000002_add_users_clerk_updated_at::Migration),
+            Box::new(m20261128_000003_create_user_tombstones::Migration),
         ]
     }
 }

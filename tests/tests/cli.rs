@@ -224,10 +224,10 @@ async fn the_migration_cli_goes_up_status_down_and_fresh() {
     migration(&["up"]);
     let status = migration(&["status"]);
     assert!(
-        status.contains("m20261128_000002_add_users_clerk_updated_at"),
+        status.contains("m20261128_000003_create_user_tombstones"),
         "{status}"
     );
-    migration(&["down", "-n", "2"]);
+    migration(&["down", "-n", "3"]);
     assert_eq!(
         db.scalar("SELECT count(*) FROM pg_tables WHERE tablename IN ('users', 'workspaces')")
             .await,

@@ -34,6 +34,12 @@ async fn migrations_go_up_down_and_up_again() {
     );
 
     Migrator::down(&db.conn, Some(1)).await.unwrap();
+    let tombstones = db
+        .scalar("SELECT count(*) FROM pg_tables WHERE tablename = 'user_tombstones'")
+        .await;
+    assert_eq!(tombstones, 0, "the third migration's down drops its table");
+
+    Migrator::down(&db.conn, Some(1)).await.unwrap();
     let columns = db
         .scalar("SELECT count(*) FROM information_schema.columns WHERE table_name = 'users' AND column_name = 'clerk_updated_at'")
         .await;

@@ -220,6 +220,15 @@ pub struct ConsumerSettings {
     /// On SIGTERM/SIGINT, how long in-flight deliveries get to finish.
     #[arg(long, env = "SHUTDOWN_GRACE_PERIOD", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace_period: Duration,
+
+    /// How long a deletion is remembered (tombstone) so older events cannot bring the user
+    /// back: longer than Svix's retry window (~27 h) and any sane manual replay.
+    #[arg(long, env = "TOMBSTONE_RETENTION", default_value = "30days", value_parser = humantime::parse_duration)]
+    pub tombstone_retention: Duration,
+
+    /// How often expired tombstones are purged.
+    #[arg(long, env = "TOMBSTONE_PURGE_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub tombstone_purge_interval: Duration,
 }
 
 /// The webhook endpoint.

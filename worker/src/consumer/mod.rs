@@ -10,6 +10,7 @@ mod delivery;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::Connection;
@@ -23,8 +24,8 @@ use tracing::{info, warn};
 
 use crate::broker::{self, Topology};
 use crate::config::{BrokerSettings, ConsumerSettings};
-use crate::metrics;
 use crate::retry::RetryPolicy;
+use crate::{metrics, provision};
 
 pub use delivery::Processor;
 
@@ -70,6 +71,12 @@ impl Consumer {
     /// grace period. Never returns early on broker or database trouble: it waits and reconnects.
     pub async fn run(&self, shutdown: CancellationToken) {
         let in_flight = TaskTracker::new();
+        in_flight.spawn(purge_tombstones_periodically(
+            self.db.clone(),
+            self.settings.tombstone_retention,
+            self.settings.tombstone_purge_interval,
+            shutdown.clone(),
+        ));
         let mut reconnect_delays = RetryPolicy::RECONNECT.delays();
         loop {
             let end = self.session(&in_flight, &shutdown).await;
@@ -189,6 +196,38 @@ impl Consumer {
                 unfinished = in_flight.len(),
                 "grace period over; unfinished deliveries stay in the queue"
             );
+        }
+    }
+}
+
+/// Forgets deletions older than `retention`, at start-up and every `interval`, until `shutdown`.
+/// Several workers may purge at once: the statement is idempotent.
+async fn purge_tombstones_periodically(
+    db: DatabaseConnection,
+    retention: Duration,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let Some(before) = chrono::TimeDelta::from_std(retention)
+            .ok()
+            .and_then(|age| chrono::Utc::now().checked_sub_signed(age))
+        else {
+            warn!(
+                ?retention,
+                "TOMBSTONE_RETENTION is out of range; not purging"
+            );
+            return;
+        };
+        match provision::purge_tombstones(&db, before).await {
+            Ok(0) => {}
+            Ok(purged) => info!(purged, %before, "expired tombstones purged"),
+            Err(err) => warn!(error = %err, "purging tombstones failed; will try again"),
         }
     }
 }

@@ -1,9 +1,13 @@
 //! Provisioning: one event, one PostgreSQL transaction, and the database ends with exactly one
 //! correct `users` row and one workspace for it, however often and in whatever order events come.
 //!
-//! Concurrency relies on PostgreSQL, not on us: `INSERT ... ON CONFLICT (id) DO UPDATE` locks the
-//! user's row even when its `WHERE` skips the update, so concurrent copies of one user's events
-//! run their workspace step one after another and each sees the others' committed work.
+//! Order does not matter because Clerk's clock decides: an event changes a user only when it is
+//! newer than what the row reflects (`clerk_updated_at`), and a deletion leaves a tombstone that
+//! older events cannot get past. Every transaction first takes a per-user lock, so one user's
+//! events apply one at a time, each seeing the committed work of the others; different users
+//! proceed in parallel.
+
+mod sql;
 
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, QueryResult,
@@ -118,84 +122,54 @@ async fn finish(
     }
 }
 
-/// The user upsert. Parameters: $1 id, $2 email, $3 username (chosen, or the preferred derived
-/// one), $4 fallback username (derived only), $5 whether the username is derived, $6 first name,
-/// $7 last name, $8 avatar, $9 Clerk's `updated_at`.
-///
-/// - A derived username never replaces a stored one (the same user keeps the same name), and a
-///   new user takes the fallback when someone else holds the preferred one.
-/// - The row changes only for a strictly newer Clerk `updated_at`: a duplicate changes nothing,
-///   not even `updated_at`, and an older event is stale.
-/// - `xmax = 0` is true for a freshly inserted row, false for an updated one; no row comes back
-///   when the `WHERE` skipped the update.
-const UPSERT_USER: &str = r#"
-INSERT INTO users AS u (id, email, username, first_name, last_name, avatar_url, clerk_updated_at)
-VALUES (
-    $1, $2,
-    CASE WHEN $5 AND EXISTS (SELECT 1 FROM users WHERE username = $3 AND id <> $1)
-         THEN $4 ELSE $3 END,
-    $6, $7, $8, $9
-)
-ON CONFLICT (id) DO UPDATE SET
-    email = EXCLUDED.email,
-    username = CASE WHEN $5 THEN u.username ELSE EXCLUDED.username END,
-    first_name = EXCLUDED.first_name,
-    last_name = EXCLUDED.last_name,
-    avatar_url = EXCLUDED.avatar_url,
-    clerk_updated_at = EXCLUDED.clerk_updated_at,
-    updated_at = now()
-WHERE u.clerk_updated_at < EXCLUDED.clerk_updated_at
-RETURNING (xmax = 0) AS inserted
-"#;
-
-/// Ensures the user's one workspace ($1 user id, $2 name) and returns it with whether it is new.
-/// The second branch cannot see the first's insert (same statement), so exactly one row comes
-/// back; the user-row lock taken by the upsert keeps a concurrent insert out.
-const ENSURE_WORKSPACE: &str = r#"
-WITH created AS (
-    INSERT INTO workspaces (user_id, name) VALUES ($1, $2)
-    ON CONFLICT ON CONSTRAINT unique_user_workspace DO NOTHING
-    RETURNING id
-)
-SELECT id, TRUE AS created FROM created
-UNION ALL
-SELECT id, FALSE AS created FROM workspaces WHERE user_id = $1
-"#;
-
-/// Whether the stored row reflects a newer Clerk event than $2 (only asked when the upsert
-/// changed nothing, to tell a stale event from a duplicate).
-const STORED_IS_NEWER: &str = "SELECT clerk_updated_at > $2 AS newer FROM users WHERE id = $1";
-
-/// Deletes the user ($1) unless the row reflects a Clerk event newer than the deletion ($2).
-const DELETE_USER: &str = "DELETE FROM users WHERE id = $1 AND clerk_updated_at <= $2 RETURNING id";
-
-const USER_EXISTS: &str = "SELECT TRUE AS present FROM users WHERE id = $1";
-
 /// What the upsert did to the user's row.
 enum UserWrite {
     Inserted,
     Updated,
+    /// Nothing: the row already reflects this very event (a duplicate).
     Unchanged,
+    /// Nothing: the row reflects a newer event.
+    Stale,
 }
 
 async fn upsert_user_and_workspace(
     txn: &DatabaseTransaction,
     profile: &UserProfile,
 ) -> Result<Provisioned, DbErr> {
-    let user_write = upsert_user(txn, profile).await?;
+    lock_user(txn, &profile.id).await?;
+    let user_write = match upsert_user(txn, profile).await? {
+        UserWrite::Unchanged => match stored_is_newer(txn, profile).await? {
+            // A tombstone at least as new as this event: the user stays deleted.
+            None => {
+                return Ok(Provisioned {
+                    outcome: Outcome::Stale,
+                    workspace_id: None,
+                });
+            }
+            Some(true) => UserWrite::Stale,
+            Some(false) => UserWrite::Unchanged,
+        },
+        written => written,
+    };
+    // Even a stale or duplicate event ensures the workspace, so a lost creation heals.
     let (workspace_id, workspace_created) =
         ensure_workspace(txn, &profile.id, &WorkspaceName::default()).await?;
     let outcome = match user_write {
         _ if workspace_created => Outcome::Created,
         UserWrite::Updated => Outcome::Updated,
-        UserWrite::Inserted => Outcome::AlreadyExisted,
-        UserWrite::Unchanged if stored_is_newer(txn, profile).await? => Outcome::Stale,
-        UserWrite::Unchanged => Outcome::AlreadyExisted,
+        UserWrite::Stale => Outcome::Stale,
+        UserWrite::Inserted | UserWrite::Unchanged => Outcome::AlreadyExisted,
     };
     Ok(Provisioned {
         outcome,
         workspace_id: Some(workspace_id),
     })
+}
+
+async fn lock_user(txn: &DatabaseTransaction, id: &UserId) -> Result<(), DbErr> {
+    txn.execute_raw(statement(sql::LOCK_USER, [id.as_ref().into()]))
+        .await?;
+    Ok(())
 }
 
 async fn upsert_user(txn: &DatabaseTransaction, profile: &UserProfile) -> Result<UserWrite, DbErr> {
@@ -216,7 +190,9 @@ async fn upsert_user(txn: &DatabaseTransaction, profile: &UserProfile) -> Result
         text(profile.avatar_url.as_ref()),
         profile.updated_at.as_datetime().into(),
     ];
-    let row = txn.query_one_raw(statement(UPSERT_USER, values)).await?;
+    let row = txn
+        .query_one_raw(statement(sql::UPSERT_USER, values))
+        .await?;
     Ok(match row {
         None => UserWrite::Unchanged,
         Some(row) if row.try_get::<bool>("", "inserted")? => UserWrite::Inserted,
@@ -231,22 +207,25 @@ async fn ensure_workspace(
 ) -> Result<(String, bool), DbErr> {
     let values = [user_id.as_ref().into(), name.as_ref().into()];
     let row = txn
-        .query_one_raw(statement(ENSURE_WORKSPACE, values))
+        .query_one_raw(statement(sql::ENSURE_WORKSPACE, values))
         .await?
         .ok_or_else(|| DbErr::RecordNotFound(format!("workspace of {user_id} vanished")))?;
     Ok((row.try_get("", "id")?, row.try_get("", "created")?))
 }
 
-async fn stored_is_newer(txn: &DatabaseTransaction, profile: &UserProfile) -> Result<bool, DbErr> {
+/// `None` when the user is not there at all.
+async fn stored_is_newer(
+    txn: &DatabaseTransaction,
+    profile: &UserProfile,
+) -> Result<Option<bool>, DbErr> {
     let values = [
         profile.id.as_ref().into(),
         profile.updated_at.as_datetime().into(),
     ];
     let row = txn
-        .query_one_raw(statement(STORED_IS_NEWER, values))
+        .query_one_raw(statement(sql::STORED_IS_NEWER, values))
         .await?;
-    row.as_ref()
-        .map_or(Ok(false), |row| row.try_get("", "newer"))
+    row.map(|row| row.try_get("", "newer")).transpose()
 }
 
 async fn delete_user(
@@ -262,12 +241,15 @@ async fn delete_user_in(
     txn: &DatabaseTransaction,
     deletion: &UserDeletion,
 ) -> Result<Provisioned, DbErr> {
+    lock_user(txn, &deletion.id).await?;
     let values = [
         deletion.id.as_ref().into(),
         deletion.deleted_at.as_datetime().into(),
     ];
+    txn.execute_raw(statement(sql::RECORD_TOMBSTONE, values.clone()))
+        .await?;
     let deleted = txn
-        .query_one_raw(statement(DELETE_USER, values))
+        .query_one_raw(statement(sql::DELETE_USER, values))
         .await?
         .is_some();
     let outcome = if deleted {
@@ -285,7 +267,7 @@ async fn delete_user_in(
 
 async fn present(txn: &DatabaseTransaction, id: &UserId) -> Result<bool, DbErr> {
     let row: Option<QueryResult> = txn
-        .query_one_raw(statement(USER_EXISTS, [id.as_ref().into()]))
+        .query_one_raw(statement(sql::USER_EXISTS, [id.as_ref().into()]))
         .await?;
     Ok(row.is_some())
 }
@@ -296,4 +278,15 @@ fn statement<const N: usize>(sql: &str, values: [Value; N]) -> Statement {
 
 fn text<T: AsRef<str>>(value: Option<&T>) -> Value {
     value.map(|v| v.as_ref().to_owned()).into()
+}
+
+/// Forgets deletions older than `before`; returns how many. Run periodically by the worker.
+pub async fn purge_tombstones(
+    db: &DatabaseConnection,
+    before: chrono::DateTime<chrono::Utc>,
+) -> Result<u64, DbErr> {
+    let result = db
+        .execute_raw(statement(sql::PURGE_TOMBSTONES, [before.into()]))
+        .await?;
+    Ok(result.rows_affected())
 }

@@ -2,8 +2,7 @@
 //! and all of them are deleted when the value is dropped.
 
 use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicNackOptions, ExchangeDeleteOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    BasicAckOptions, BasicGetOptions, BasicNackOptions, ExchangeDeleteOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
@@ -108,19 +107,48 @@ impl TestBroker {
         .unwrap_or_else(|err| panic!("publishing {message_id}: {err}"));
     }
 
+    /// Puts a message straight into the dead-letter queue, as the worker would have.
+    pub async fn publish_dead_letter(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        message_id: &str,
+        reason: &str,
+    ) {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "x-failure-reason".into(),
+            AMQPValue::LongString(reason.into()),
+        );
+        headers.insert(
+            "x-failure-detail".into(),
+            AMQPValue::LongString("made by the test".into()),
+        );
+        headers.insert("x-attempts".into(), AMQPValue::LongLongInt(1));
+        let properties = BasicProperties::default()
+            .with_message_id(message_id.into())
+            .with_content_type("application/json".into())
+            .with_headers(headers);
+        broker::publish_confirmed(
+            &self.channel,
+            &self.topology.dead_letter_exchange,
+            routing_key,
+            body,
+            properties,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_or_else(|err| panic!("dead-lettering {message_id}: {err}"));
+    }
+
     /// Messages ready in a queue (not counting those delivered and unacknowledged).
     pub async fn ready(&self, queue: &str) -> u32 {
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
         let channel = self.connection.create_channel().await.expect("a channel");
-        let queue = channel
-            .queue_declare(queue.into(), passive, FieldTable::default())
+        let ready = broker::ready_messages(&channel, queue)
             .await
             .expect("queue exists");
         let _ = channel.close(200, "done".into()).await;
-        queue.message_count()
+        ready
     }
 
     /// Gets one message from `queue` and gives it back (nack with requeue), as a crashing

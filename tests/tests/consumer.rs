@@ -606,6 +606,12 @@ async fn a_message_returned_past_the_delivery_limit_is_dead_lettered_by_the_brok
         returns += 1;
         assert!(returns <= 11, "the delivery limit of 10 did not apply");
     }
+    // The broker dead-letters asynchronously.
+    let dead_letter_queue = stack.broker.topology.dead_letter_queue.clone();
+    eventually("the dead letter", Duration::from_secs(10), || async {
+        stack.broker.ready(&dead_letter_queue).await == 1
+    })
+    .await;
     let dead = stack.broker.take_dead_letters().await;
     assert_eq!(dead.len(), 1, "after {returns} returns");
     assert_eq!(dead[0].message_id.as_deref(), Some("msg_poison"));

@@ -152,6 +152,18 @@ fn main_queue_arguments(topology: &Topology) -> FieldTable {
     arguments
 }
 
+/// Messages ready (not delivered) in a queue that exists.
+pub async fn ready_messages(channel: &Channel, queue: &str) -> Result<u32, lapin::Error> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let queue = channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await?;
+    Ok(queue.message_count())
+}
+
 pub fn long_string(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value))
 }

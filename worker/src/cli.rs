@@ -8,11 +8,13 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 use tracing::error;
 
 use crate::config::{
     BrokerSettings, ConsumerSettings, DatabaseSettings, IngressSettings, LogFormat, OpsSettings,
 };
+use crate::dlq::{self, Filter, ReplayPlan};
 use crate::domain::Event;
 use crate::error::ProvisionError;
 use crate::provision::Provisioned;
@@ -69,6 +71,11 @@ pub enum Command {
         #[command(flatten)]
         ops: OpsSettings,
     },
+    /// Inspect and replay dead letters.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Everything in one process: migrate, then ingress, consumer and ops server.
     Run {
         #[command(flatten)]
@@ -78,6 +85,58 @@ pub enum Command {
         #[command(flatten)]
         ops: OpsSettings,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// One row per dead letter (never removes any), then counts by reason.
+    List {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Republish matching dead letters to the main exchange; each leaves the dead-letter queue
+    /// only after the broker confirmed its copy.
+    Replay {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Only these svix ids (repeatable).
+        #[arg(long = "id", value_name = "SVIX_ID")]
+        ids: Vec<String>,
+        /// Change nothing; print what a replay would do, asking the database which replays
+        /// would be no-ops.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FilterArgs {
+    /// Only dead letters with this `x-failure-reason` (e.g. `email_conflict`).
+    #[arg(long, value_name = "CODE")]
+    reason: Option<String>,
+    /// Only this Clerk event type (e.g. `user.created`).
+    #[arg(long = "type", value_name = "TYPE")]
+    event_type: Option<String>,
+    /// At most this many dead letters.
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+}
+
+impl FilterArgs {
+    fn into_filter(self, ids: Vec<String>) -> Filter {
+        Filter {
+            reason: self.reason,
+            event_type: self.event_type,
+            ids,
+            limit: self.limit,
+        }
+    }
 }
 
 /// The whole binary: parse arguments, set up logs, run the subcommand.
@@ -125,6 +184,7 @@ impl Cli {
             }
             Command::Health => return Ok(print_health(&database).await),
             Command::Provision { file } => return provision_file(&database, &file).await,
+            Command::Dlq { command } => return dead_letters(&database, &broker, command).await,
             Command::Consume { consumer, ops } => plan(ops, false, Some(consumer), None),
             Command::Ingress { ingress, ops } => plan(ops, false, None, Some(ingress)),
             Command::Run {
@@ -136,6 +196,51 @@ impl Cli {
         service::run(plan).await?;
         Ok(ExitCode::SUCCESS)
     }
+}
+
+async fn dead_letters(
+    database: &DatabaseSettings,
+    broker: &BrokerSettings,
+    command: DlqCommand,
+) -> anyhow::Result<ExitCode> {
+    match command {
+        DlqCommand::List { filter, json } => {
+            let listing = dlq::list(broker, &filter.into_filter(Vec::new())).await?;
+            if json {
+                println!("{}", json!(listing));
+            } else {
+                print!("{}", dlq::report::listing_table(&listing));
+            }
+        }
+        DlqCommand::Replay {
+            filter,
+            ids,
+            dry_run,
+            json,
+        } => {
+            let db = match dry_run {
+                true => Some(
+                    db::connect(database)
+                        .await
+                        .with_context(|| format!("a dry run asks {}", database.redacted_url()))?,
+                ),
+                false => None,
+            };
+            let stop = CancellationToken::new();
+            tokio::spawn(service::cancel_on_signal(stop.clone()));
+            let plan = ReplayPlan {
+                filter: filter.into_filter(ids),
+                dry_run,
+            };
+            let summary = dlq::replay(broker, db.as_ref(), &plan, &stop).await?;
+            if json {
+                println!("{}", json!(summary));
+            } else {
+                print!("{}", dlq::report::summary_text(&summary));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn print_health(settings: &DatabaseSettings) -> ExitCode {

@@ -68,10 +68,13 @@ fn add_failure_headers(headers: &mut FieldTable, failure: &Failure) {
         ATTEMPTS.into(),
         AMQPValue::LongLongInt(i64::from(failure.attempts)),
     );
-    headers.insert(
-        FIRST_FAILED_AT.into(),
-        broker::long_string(&timestamp(failure.first_failed_at)),
-    );
+    // A replayed letter that fails again keeps the time it first failed.
+    if !headers.contains_key(FIRST_FAILED_AT) {
+        headers.insert(
+            FIRST_FAILED_AT.into(),
+            broker::long_string(&timestamp(failure.first_failed_at)),
+        );
+    }
     headers.insert(
         LAST_FAILED_AT.into(),
         broker::long_string(&timestamp(failure.last_failed_at)),

@@ -32,6 +32,18 @@ pub enum FailureReason {
 }
 
 impl FailureReason {
+    pub const ALL: [FailureReason; 9] = [
+        Self::InvalidPayload,
+        Self::InvalidUserId,
+        Self::MissingEmail,
+        Self::InvalidEmail,
+        Self::InvalidUsername,
+        Self::EmailConflict,
+        Self::UsernameConflict,
+        Self::ConstraintViolation,
+        Self::RetriesExhausted,
+    ];
+
     /// The stable code, as operators see it.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -27,6 +27,7 @@ pub mod config;
 pub mod consumer;
 pub mod db;
 pub mod dead_letter;
+pub mod dlq;
 pub mod domain;
 pub mod error;
 pub mod health;

@@ -18,6 +18,7 @@ pub const EVENTS_RETRIED: &str = "events_retried_total";
 pub const EVENT_LAG: &str = "event_lag_seconds";
 pub const CONSUMER_CONNECTED: &str = "consumer_connected";
 pub const DELIVERIES_IN_FLIGHT: &str = "deliveries_in_flight";
+pub const EVENTS_REPLAYED: &str = "events_replayed_total";
 pub const WEBHOOK_REQUESTS: &str = "webhook_requests_total";
 pub const WEBHOOK_DURATION: &str = "webhook_request_duration_seconds";
 pub const WEBHOOK_PUBLISH_CONFIRM: &str = "webhook_publish_confirm_seconds";
@@ -59,6 +60,10 @@ fn describe() {
         "Events consumed, by Clerk type and outcome."
     );
     describe_counter!(EVENTS_RETRIED, "Retries scheduled, by reason.");
+    describe_counter!(
+        EVENTS_REPLAYED,
+        "Replayed dead letters processed, by their original failure reason."
+    );
     describe_histogram!(
         EVENT_LAG,
         metrics::Unit::Seconds,
@@ -101,6 +106,20 @@ pub fn record_dead_letter(event_type: &str, reason: FailureReason) {
 /// A retry about to wait, labelled with the error's reason code.
 pub fn record_retry(reason: &'static str) {
     counter!(EVENTS_RETRIED, "reason" => reason).increment(1);
+}
+
+/// A replayed dead letter was processed (whatever its fate this time).
+pub fn record_replayed(original_reason: &str) {
+    counter!(EVENTS_REPLAYED, "reason" => reason_label(original_reason)).increment(1);
+}
+
+/// Reasons read back from headers: only the codes this product writes, else `other`.
+fn reason_label(reason: &str) -> &'static str {
+    FailureReason::ALL
+        .into_iter()
+        .map(FailureReason::as_str)
+        .find(|code| *code == reason)
+        .unwrap_or("other")
 }
 
 /// Time from the ingress receiving the event to its commit.

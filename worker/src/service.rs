@@ -127,7 +127,7 @@ async fn bind(addr: std::net::SocketAddr, setting: &str) -> anyhow::Result<TcpLi
 }
 
 /// Cancels `token` on SIGTERM or SIGINT: the start of a graceful shutdown.
-async fn cancel_on_signal(token: CancellationToken) {
+pub async fn cancel_on_signal(token: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let terminate = async {
         match signal(SignalKind::terminate()) {

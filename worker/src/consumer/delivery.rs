@@ -7,14 +7,14 @@ use chrono::Utc;
 use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use lapin::types::AMQPValue;
 use sea_orm::DatabaseConnection;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::broker::RECEIVED_AT_HEADER;
 use crate::clerk;
-use crate::dead_letter::{self, Failure};
+use crate::dead_letter::{self, FAILURE_REASON, Failure};
+use crate::dlq::{REPLAY_COUNT, integer, text};
 use crate::domain::Event;
 use crate::error::{ProvisionError, Rejected};
 use crate::metrics;
@@ -36,6 +36,8 @@ struct Context {
     event_id: String,
     event_type: String,
     user_id: Option<String>,
+    /// For a replayed dead letter, the reason it failed before.
+    replayed_after: Option<String>,
 }
 
 impl Processor {
@@ -89,6 +91,9 @@ impl Processor {
                     break;
                 }
             }
+        }
+        if let Some(reason) = &context.replayed_after {
+            metrics::record_replayed(reason);
         }
         metrics::deliveries_in_flight(-1.0);
     }
@@ -234,10 +239,14 @@ impl Context {
             ),
             Err(_) => (delivery.routing_key.as_str().to_owned(), None),
         };
+        let headers = delivery.properties.headers().clone().unwrap_or_default();
+        let replayed_after = integer(&headers, REPLAY_COUNT)
+            .map(|_| text(&headers, FAILURE_REASON).unwrap_or_default());
         Self {
             event_id,
             event_type,
             user_id,
+            replayed_after,
         }
     }
 }
@@ -257,13 +266,5 @@ fn lag_since_received(delivery: &Delivery) -> Option<Duration> {
 }
 
 fn header_i64(delivery: &Delivery, name: &str) -> Option<i64> {
-    let headers = delivery.properties.headers().as_ref()?;
-    match headers.inner().get(name)? {
-        AMQPValue::LongLongInt(n) => Some(*n),
-        AMQPValue::LongInt(n) => Some(i64::from(*n)),
-        AMQPValue::LongUInt(n) => Some(i64::from(*n)),
-        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
-        AMQPValue::Timestamp(n) => i64::try_from(*n).ok(),
-        _ => None,
-    }
+    integer(delivery.properties.headers().as_ref()?, name)
 }

@@ -1,0 +1,116 @@
+//! How `dlq list` and `dlq replay` print: a table for people, JSON for scripts.
+
+use std::fmt::Write;
+
+use super::{DeadLetter, Listing, ReplaySummary};
+
+const DETAIL_WIDTH: usize = 60;
+
+/// One row per dead letter, then counts by reason.
+pub fn listing_table(listing: &Listing) -> String {
+    let header = [
+        "SVIX_ID",
+        "TYPE",
+        "USER_ID",
+        "REASON",
+        "ATTEMPTS",
+        "FIRST_FAILED",
+        "LAST_FAILED",
+        "DETAIL",
+    ];
+    let rows: Vec<[String; 8]> = listing.dead_letters.iter().map(row).collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[String]| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", padded.join("  ").trim_end());
+    };
+    line(&header.map(str::to_owned));
+    for row in &rows {
+        line(row);
+    }
+    let shown = listing.dead_letters.len();
+    let _ = writeln!(
+        out,
+        "\n{} dead letter(s) match{}",
+        listing.total,
+        limited(shown, listing.total)
+    );
+    for (reason, count) in &listing.counts_by_reason {
+        let _ = writeln!(out, "  {reason}: {count}");
+    }
+    out
+}
+
+fn limited(shown: usize, total: usize) -> String {
+    if shown < total {
+        format!(" ({shown} shown)")
+    } else {
+        String::new()
+    }
+}
+
+fn row(letter: &DeadLetter) -> [String; 8] {
+    let dash = || "-".to_owned();
+    let detail: String = letter
+        .detail
+        .as_deref()
+        .unwrap_or("-")
+        .chars()
+        .take(DETAIL_WIDTH)
+        .collect();
+    [
+        letter.svix_id.clone().unwrap_or_else(dash),
+        letter.event_type.clone(),
+        letter.user_id.clone().unwrap_or_else(dash),
+        letter.reason.clone(),
+        letter.attempts.map_or_else(dash, |n| n.to_string()),
+        letter.first_failed_at.clone().unwrap_or_else(dash),
+        letter.last_failed_at.clone().unwrap_or_else(dash),
+        detail.replace('\n', " "),
+    ]
+}
+
+/// The closing summary: `replayed N, skipped M`, with the breakdown.
+pub fn summary_text(summary: &ReplaySummary) -> String {
+    let mut out = String::new();
+    let matched: usize = summary.by_reason.values().sum();
+    if summary.dry_run {
+        let _ = writeln!(
+            out,
+            "dry run: would replay {matched}, skip {}",
+            summary.skipped
+        );
+        if let Some(no_ops) = summary.no_ops {
+            let _ = writeln!(
+                out,
+                "  of which no-ops (user already has a workspace): {no_ops}"
+            );
+        }
+    } else {
+        let _ = writeln!(
+            out,
+            "replayed {}, skipped {}",
+            summary.replayed, summary.skipped
+        );
+    }
+    for (reason, count) in &summary.by_reason {
+        let _ = writeln!(out, "  reason {reason}: {count}");
+    }
+    for (event_type, count) in &summary.by_type {
+        let _ = writeln!(out, "  type {event_type}: {count}");
+    }
+    if summary.interrupted {
+        let _ = writeln!(out, "interrupted: the rest stays in the dead-letter queue");
+    }
+    out
+}

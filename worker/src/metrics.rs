@@ -23,6 +23,23 @@ pub const WEBHOOK_REQUESTS: &str = "webhook_requests_total";
 pub const WEBHOOK_DURATION: &str = "webhook_request_duration_seconds";
 pub const WEBHOOK_PUBLISH_CONFIRM: &str = "webhook_publish_confirm_seconds";
 
+/// Every metric family this service exports, with whether it is a histogram (exported as
+/// `_bucket`, `_sum` and `_count` series). Dashboards and alerts may only use these.
+pub const ALL: [(&str, bool); 12] = [
+    (WORKSPACE_CREATED, false),
+    (WORKSPACE_FAILED, false),
+    (PROVISIONING_DURATION, true),
+    (EVENTS_PROCESSED, false),
+    (EVENTS_RETRIED, false),
+    (EVENTS_REPLAYED, false),
+    (EVENT_LAG, true),
+    (CONSUMER_CONNECTED, false),
+    (DELIVERIES_IN_FLIGHT, false),
+    (WEBHOOK_REQUESTS, false),
+    (WEBHOOK_DURATION, true),
+    (WEBHOOK_PUBLISH_CONFIRM, true),
+];
+
 /// 1 ms to 10 s: the provisioning target is 200 ms, so resolution matters below a second.
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,

@@ -1,0 +1,320 @@
+//! The monitoring shipped with the product, checked without Docker: Prometheus config and alert
+//! rules pass promtool, a real Prometheus scrapes a running worker, the dashboard and the alerts
+//! only name metrics the service exports, and the compose file is valid.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use integration_tests::broker::TestBroker;
+use integration_tests::clerk::fixture;
+use integration_tests::process::{WorkerProcess, free_port};
+use integration_tests::webhook::{SECRET, Webhook};
+use integration_tests::{TestDb, eventually};
+use regex::Regex;
+
+const WORKER: &str = env!("CARGO_BIN_EXE_worker-under-test");
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn read(relative: &str) -> String {
+    std::fs::read_to_string(repo().join(relative)).unwrap_or_else(|e| panic!("{relative}: {e}"))
+}
+
+/// Runs a tool that must be installed (`.ci/run` installs it), failing with how to get it.
+fn run(program: &str, args: &[&str], install: &str) -> std::process::Output {
+    Command::new(program)
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap_or_else(|err| panic!("{program} is not available ({err}): {install}"))
+}
+
+#[test]
+fn promtool_accepts_the_prometheus_config_and_the_alert_rules() {
+    for args in [
+        ["check", "config", "prometheus/prometheus.yml"],
+        ["check", "rules", "prometheus/alerts.yml"],
+    ] {
+        let output = run("promtool", &args, "apt-get install prometheus");
+        let report = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "promtool {args:?}:\n{report}");
+    }
+}
+
+/// Metric names a PromQL text mentions: ours by prefix, RabbitMQ's, and `up`.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let name =
+        Regex::new(r"\b((?:workspace|events?|webhook|consumer|deliveries|rabbitmq)_[a-z_]+|up)\b")
+            .unwrap();
+    name.captures_iter(text).map(|c| c[1].to_owned()).collect()
+}
+
+/// Every series name the service can export.
+fn exported() -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for (name, histogram) in worker::metrics::ALL {
+        names.insert(name.to_owned());
+        if histogram {
+            for suffix in ["_bucket", "_sum", "_count"] {
+                names.insert(format!("{name}{suffix}"));
+            }
+        }
+    }
+    names.insert("up".to_owned());
+    names
+}
+
+/// The rabbitmq_prometheus per-object series the dashboards and alerts use (checked live below).
+const RABBITMQ_SERIES: [&str; 2] = [
+    "rabbitmq_queue_messages_ready",
+    "rabbitmq_queue_messages_unacked",
+];
+
+fn dashboard_exprs() -> Vec<String> {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("grafana/dashboards/provisioning.json"))
+            .expect("the dashboard is JSON");
+    assert_eq!(dashboard["uid"], "clerk-provisioning");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    panels
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().cloned().unwrap_or_default())
+        .map(|target| target["expr"].as_str().expect("a PromQL expr").to_owned())
+        .collect()
+}
+
+#[test]
+fn the_dashboard_and_the_alerts_only_name_exported_metrics() {
+    let exported = exported();
+    let exprs = dashboard_exprs();
+    assert!(exprs.len() >= 10, "the dashboard has its panels");
+    let alerts = read("prometheus/alerts.yml");
+    for (source, text) in exprs
+        .iter()
+        .map(|e| ("dashboard", e.as_str()))
+        .chain([("alerts.yml", alerts.as_str())])
+    {
+        for name in metric_names(text) {
+            let known = exported.contains(&name) || RABBITMQ_SERIES.contains(&name.as_str());
+            assert!(known, "{source} uses {name}, which nothing exports: {text}");
+        }
+    }
+    let used: BTreeSet<String> = exprs.iter().flat_map(|e| metric_names(e)).collect();
+    for needed in [
+        "workspace_created_total",
+        "workspace_failed_total",
+        "workspace_provisioning_duration_seconds_bucket",
+        "event_lag_seconds_bucket",
+        "events_retried_total",
+        "webhook_requests_total",
+        "rabbitmq_queue_messages_ready",
+    ] {
+        assert!(used.contains(needed), "the dashboard shows {needed}");
+    }
+    for alert in [
+        "DeadLettersArriving",
+        "ProvisioningFailureRateHigh",
+        "ProvisioningLatencyHigh",
+        "ConsumerLagGrowing",
+        "TargetDown",
+    ] {
+        assert!(alerts.contains(&format!("alert: {alert}")), "{alert}");
+        let anchor = format!("README.md#runbook-{}", alert.to_lowercase());
+        assert!(alerts.contains(&anchor), "{alert} links its runbook");
+        assert!(
+            read("README.md").contains(&format!("### Runbook: {alert}")),
+            "the README has {alert}'s runbook"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rabbitmq_exports_the_queue_series_the_dashboard_uses() {
+    let broker = TestBroker::new().await;
+    let url = "http://127.0.0.1:15692/metrics/per-object";
+    let queue = broker.topology.queue.clone();
+    // The plugin refreshes queue statistics every few seconds.
+    eventually("rabbitmq_prometheus to show the test queue", Duration::from_secs(30), || async {
+        let page = match reqwest::get(url).await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(err) => panic!("rabbitmq_prometheus is not reachable ({err}): rabbitmq-plugins enable rabbitmq_prometheus"),
+        };
+        RABBITMQ_SERIES.iter().all(|series| page.contains(&format!("{series}{{vhost=\"/\",queue=\"{queue}\"}}")))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_real_prometheus_scrapes_the_worker_and_counts_what_it_provisioned() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new().await;
+    let mut env = broker.env();
+    env.push(("DATABASE_URL", db.settings.url.clone()));
+    env.push(("CLERK_WEBHOOK_SECRET", SECRET.to_owned()));
+    let mut service = WorkerProcess::spawn(WORKER, &["run"], &env);
+    service.wait_ready(Duration::from_secs(30)).await;
+    for i in 0..5 {
+        let body = integration_tests::clerk::UserEvent::created(
+            &format!("user_2prom{i}"),
+            &format!("prom{i}@example.com"),
+            None,
+        )
+        .body();
+        assert_eq!(
+            Webhook::signed(SECRET, &body)
+                .post(service.ingress_addr)
+                .await
+                .0,
+            202
+        );
+    }
+    assert_eq!(
+        Webhook::signed(SECRET, &fixture("user_created_phone_only.json"))
+            .post(service.ingress_addr)
+            .await
+            .0,
+        202
+    );
+    eventually("five workspaces", Duration::from_secs(30), || async {
+        db.scalar("SELECT count(*) FROM workspaces").await == 5
+    })
+    .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: worker\n    static_configs:\n      - targets: [\"{}\"]\n", service.ops_addr),
+    )
+    .unwrap();
+    let web = format!("127.0.0.1:{}", free_port());
+    let mut prometheus = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address={web}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|err| {
+            panic!("prometheus is not available ({err}): apt-get install prometheus")
+        });
+
+    let query = |q: &'static str| {
+        let url = format!("http://{web}/api/v1/query?query={q}");
+        async move {
+            let text = reqwest::get(url).await.ok()?.text().await.ok()?;
+            let answer: serde_json::Value = serde_json::from_str(&text).ok()?;
+            answer["data"]["result"][0]["value"][1]
+                .as_str()?
+                .parse::<f64>()
+                .ok()
+        }
+    };
+    let result = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if query("workspace_created_total").await == Some(5.0) {
+                return query(r#"sum(workspace_failed_total{reason="missing_email"})"#).await;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+    .await;
+    let _ = prometheus.kill();
+    let _ = prometheus.wait();
+    assert_eq!(
+        result.expect("Prometheus reported workspace_created_total = 5"),
+        Some(1.0)
+    );
+}
+
+/// `docker compose` (the plugin) or `docker-compose`, whichever is installed.
+fn compose_command() -> Vec<&'static str> {
+    // The docker CLI without its compose plugin says "unknown command".
+    let answers = |program: &str, args: &[&str]| {
+        Command::new(program).args(args).output().is_ok_and(|o| {
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout)
+                    .to_lowercase()
+                    .contains("version")
+        })
+    };
+    if answers("docker", &["compose", "version"]) {
+        vec!["docker", "compose"]
+    } else if answers("docker-compose", &["version"]) {
+        vec!["docker-compose"]
+    } else {
+        panic!(
+            "neither `docker compose` nor `docker-compose` is available: apt-get install docker-compose"
+        );
+    }
+}
+
+#[test]
+fn docker_compose_accepts_the_compose_file() {
+    let compose = compose_command();
+    let output = Command::new(compose[0])
+        .args(&compose[1..])
+        .args(["config", "--quiet"])
+        .envs([
+            (
+                "CLERK_WEBHOOK_SECRET",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            ),
+            ("POSTGRES_PASSWORD", "test"),
+            ("RABBITMQ_PASSWORD", "test"),
+            ("GRAFANA_ADMIN_PASSWORD", "test"),
+        ])
+        .current_dir(repo())
+        .output()
+        .expect("compose runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{compose:?} config: {stderr}");
+
+    let file = read("docker-compose.yml");
+    for service in [
+        "postgres",
+        "rabbitmq",
+        "migrate",
+        "ingress",
+        "worker",
+        "prometheus",
+        "grafana",
+    ] {
+        assert!(
+            file.contains(&format!("\n  {service}:")),
+            "{service} in docker-compose.yml"
+        );
+    }
+    assert!(file.contains("condition: service_completed_successfully"));
+    assert!(!file.contains("container_name"), "the worker must scale");
+    assert!(read(".env.example").contains("CLERK_WEBHOOK_SECRET="));
+}
+
+#[test]
+fn the_dockerfile_stubs_every_workspace_member() {
+    let dockerfile = read("Dockerfile");
+    let manifest = read("Cargo.toml");
+    let members = Regex::new(r#"members\s*=\s*\[([^\]]*)\]"#).unwrap();
+    let list = &members.captures(&manifest).expect("workspace members")[1];
+    for member in Regex::new(r#""([^"]+)""#).unwrap().captures_iter(list) {
+        let member = &member[1];
+        assert!(
+            dockerfile.contains(&format!("COPY {member}/Cargo.toml {member}/")),
+            "{member} in the dependency layer"
+        );
+    }
+    assert!(
+        dockerfile.contains("USER worker")
+            && dockerfile.contains("HEALTHCHECK")
+            && dockerfile.contains("CMD [\"run\"]")
+    );
+    assert!(read(".dockerignore").contains("target/"));
+}

@@ -11,12 +11,13 @@ COPY entity/Cargo.toml entity/
 COPY migration/Cargo.toml migration/
 COPY worker/Cargo.toml worker/
 COPY tests/Cargo.toml tests/
-RUN for crate in entity migration worker tests; do \
+COPY bench/Cargo.toml bench/
+RUN for crate in entity migration worker tests bench; do \
         mkdir -p $crate/src/bin && echo 'fn main() {}' > $crate/src/main.rs && touch $crate/src/lib.rs; \
     done \
     && for bin in worker_under_test migration_under_test; do echo 'fn main() {}' > tests/src/bin/$bin.rs; done \
     && cargo build --release --locked -p worker \
-    && rm -rf entity migration worker tests
+    && rm -rf entity migration worker tests bench
 
 # 2. The source.
 COPY . .

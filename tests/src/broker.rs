@@ -107,6 +107,39 @@ impl TestBroker {
         .unwrap_or_else(|err| panic!("publishing {message_id}: {err}"));
     }
 
+    /// Publishes many events at once, waiting for all confirms at the end (for bulk loads).
+    pub async fn publish_many(&self, events: &[(String, Vec<u8>, String)]) {
+        use lapin::options::BasicPublishOptions;
+        for (routing_key, body, message_id) in events {
+            let properties = BasicProperties::default()
+                .with_message_id(message_id.as_str().into())
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2);
+            let options = BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            };
+            let confirm = self
+                .channel
+                .basic_publish(
+                    self.topology.exchange.as_str().into(),
+                    routing_key.as_str().into(),
+                    options,
+                    body,
+                    properties,
+                )
+                .await
+                .expect("publish");
+            drop(confirm); // awaited together below
+        }
+        let returned = self.channel.wait_for_confirms().await.expect("confirms");
+        assert!(
+            returned.is_empty(),
+            "{} events were unroutable",
+            returned.len()
+        );
+    }
+
     /// Puts a message straight into the dead-letter queue, as the worker would have.
     pub async fn publish_dead_letter(
         &self,

@@ -1,0 +1,185 @@
+//! `e2e` and `latency`: signed webhooks POSTed to a running `worker run`; latency from the start
+//! of each POST to the commit of its workspace (`workspaces.created_at`, the transaction's time,
+//! on the same clock).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use integration_tests::webhook::{SECRET, Webhook};
+use serde::Serialize;
+use tokio::sync::Mutex;
+
+use crate::stack::{Stack, peak_rss_mib, sign_up};
+use crate::stats::Latency;
+
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct EndToEnd {
+    pub events: usize,
+    pub connections: usize,
+    /// Accepted webhooks per second at the ingress.
+    pub requests_per_s: f64,
+    /// Workspaces committed per second, first POST to last commit.
+    pub events_per_s: f64,
+    pub latency: Latency,
+    pub peak_rss_mib: Option<f64>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct FixedRate {
+    pub events: usize,
+    pub offered_per_s: f64,
+    pub latency: Latency,
+}
+
+type Starts = Arc<Mutex<HashMap<String, DateTime<Utc>>>>;
+
+/// N webhooks as fast as `connections` concurrent clients can send them.
+pub async fn saturate(
+    events: usize,
+    connections: usize,
+    extra: &[(&'static str, String)],
+) -> anyhow::Result<EndToEnd> {
+    let stack = Stack::new().await;
+    let mut env = extra.to_vec();
+    env.push(("CLERK_WEBHOOK_SECRET", SECRET.to_owned()));
+    let service = stack.spawn(&["run"], &env).await?;
+    let bodies: Arc<Vec<(String, Vec<u8>)>> = Arc::new(
+        (0..events)
+            .map(|i| {
+                let event = sign_up("e2e", i);
+                (event.id.clone(), event.body())
+            })
+            .collect(),
+    );
+    let starts: Starts = Arc::default();
+    let next = Arc::new(AtomicUsize::new(0));
+    let first = Utc::now();
+    let senders: Vec<_> = (0..connections)
+        .map(|_| {
+            let (bodies, starts, next, addr) = (
+                bodies.clone(),
+                starts.clone(),
+                next.clone(),
+                service.ingress_addr,
+            );
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((id, body)) = bodies.get(i) else {
+                        return anyhow::Ok(());
+                    };
+                    starts.lock().await.insert(id.clone(), Utc::now());
+                    post(&client, addr, body).await?;
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.await??;
+    }
+    let accepted_in = (Utc::now() - first).as_seconds_f64();
+    stack
+        .wait_for_workspaces(events as i64, Duration::from_secs(600))
+        .await?;
+    let latency = latencies(&stack, &starts).await?;
+    let last_commit = last_commit(&stack).await?;
+    Ok(EndToEnd {
+        events,
+        connections,
+        requests_per_s: events as f64 / accepted_in,
+        events_per_s: events as f64 / (last_commit - first).as_seconds_f64(),
+        latency,
+        peak_rss_mib: peak_rss_mib(service.pid()),
+    })
+}
+
+/// N webhooks at a fixed rate, each on its own task, so latency is not queueing behind the bench.
+pub async fn fixed_rate(
+    events: usize,
+    per_second: f64,
+    extra: &[(&'static str, String)],
+) -> anyhow::Result<FixedRate> {
+    let stack = Stack::new().await;
+    let mut env = extra.to_vec();
+    env.push(("CLERK_WEBHOOK_SECRET", SECRET.to_owned()));
+    let service = stack.spawn(&["run"], &env).await?;
+    let client = reqwest::Client::new();
+    let starts: Starts = Arc::default();
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / per_second));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut sends = Vec::with_capacity(events);
+    for i in 0..events {
+        ticks.tick().await;
+        let event = sign_up("rate", i);
+        let (client, starts, addr) = (client.clone(), starts.clone(), service.ingress_addr);
+        sends.push(tokio::spawn(async move {
+            starts.lock().await.insert(event.id.clone(), Utc::now());
+            post(&client, addr, &event.body()).await
+        }));
+    }
+    for send in sends {
+        send.await??;
+    }
+    stack
+        .wait_for_workspaces(events as i64, Duration::from_secs(600))
+        .await?;
+    Ok(FixedRate {
+        events,
+        offered_per_s: per_second,
+        latency: latencies(&stack, &starts).await?,
+    })
+}
+
+async fn post(
+    client: &reqwest::Client,
+    addr: std::net::SocketAddr,
+    body: &[u8],
+) -> anyhow::Result<()> {
+    let webhook = Webhook::signed(SECRET, body);
+    let response = client
+        .post(format!("http://{addr}/webhooks/clerk"))
+        .header("svix-id", &webhook.id)
+        .header("svix-timestamp", webhook.timestamp.to_string())
+        .header("svix-signature", &webhook.signature)
+        .body(webhook.body)
+        .send()
+        .await
+        .context("POST /webhooks/clerk")?;
+    if response.status().as_u16() != 202 {
+        bail!("the ingress answered {}", response.status());
+    }
+    Ok(())
+}
+
+async fn latencies(stack: &Stack, starts: &Starts) -> anyhow::Result<Latency> {
+    let starts = starts.lock().await;
+    let rows = stack
+        .db
+        .rows("SELECT user_id, (EXTRACT(EPOCH FROM created_at) * 1000000)::bigint AS committed_us FROM workspaces")
+        .await;
+    let mut samples: Vec<f64> = rows
+        .iter()
+        .filter_map(|row| {
+            let start = starts.get(row["user_id"].as_str()?)?;
+            let committed_us = row["committed_us"].as_i64()?;
+            Some((committed_us - start.timestamp_micros()) as f64 / 1000.0)
+        })
+        .collect();
+    if samples.len() != starts.len() {
+        bail!("{} commits for {} posts", samples.len(), starts.len());
+    }
+    Ok(Latency::of(&mut samples))
+}
+
+async fn last_commit(stack: &Stack) -> anyhow::Result<DateTime<Utc>> {
+    let micros = stack
+        .db
+        .scalar("SELECT (EXTRACT(EPOCH FROM max(created_at)) * 1000000)::bigint FROM workspaces")
+        .await;
+    DateTime::from_timestamp_micros(micros).context("a commit time")
+}

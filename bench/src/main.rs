@@ -1,0 +1,179 @@
+//! The benchmark: the product's throughput, latency and memory beside the database's own
+//! ceiling, measured in the same run (only ratios within one run mean anything on shared
+//! machines). Prints a table; `--json FILE` writes the same figures.
+//!
+//! `cargo build --release -p worker && cargo run --release -p bench -- all`
+
+mod ceiling;
+mod drain;
+mod e2e;
+mod stack;
+mod stats;
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+use serde::Serialize;
+
+#[derive(Debug, Parser)]
+#[command(about = "Throughput, latency and memory against the database's own ceiling")]
+struct Args {
+    /// What to measure; `all` runs every phase in one run and prints the ratios.
+    #[arg(value_enum, default_value_t = Phase::All)]
+    phase: Phase,
+    /// Events for `drain` and `e2e`.
+    #[arg(long, default_value_t = 20_000)]
+    events: usize,
+    /// Concurrent HTTP connections for `e2e`.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// The worker's MAX_CONCURRENCY, and the ceiling's pgbench clients.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// How long pgbench drives the ceiling.
+    #[arg(long, default_value_t = 20)]
+    ceiling_seconds: u64,
+    /// Events for `latency`.
+    #[arg(long, default_value_t = 3_000)]
+    latency_events: usize,
+    /// Offered rate for `latency` alone (with `all`: half the measured e2e maximum).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Also write the figures here as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Phase {
+    Ceiling,
+    Drain,
+    E2e,
+    Latency,
+    All,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Report {
+    cores: usize,
+    settings: serde_json::Value,
+    ceiling: Option<ceiling::Ceiling>,
+    drain: Option<drain::Drain>,
+    e2e: Option<e2e::EndToEnd>,
+    latency: Option<e2e::FixedRate>,
+    drain_over_ceiling: Option<f64>,
+    e2e_over_ceiling: Option<f64>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let worker_env = vec![("MAX_CONCURRENCY", args.concurrency.to_string())];
+    let wants = |phase: Phase| args.phase == phase || args.phase == Phase::All;
+    let mut report = Report {
+        cores: std::thread::available_parallelism().map_or(1, usize::from),
+        settings: serde_json::json!({
+            "events": args.events, "connections": args.connections, "concurrency": args.concurrency,
+            "ceiling_seconds": args.ceiling_seconds, "latency_events": args.latency_events,
+            "prefetch": 64,
+        }),
+        ..Report::default()
+    };
+    if wants(Phase::Ceiling) {
+        eprintln!(
+            "ceiling: pgbench, {} clients, {} s",
+            args.concurrency, args.ceiling_seconds
+        );
+        report.ceiling = Some(ceiling::measure(args.concurrency, args.ceiling_seconds, 1).await?);
+    }
+    if wants(Phase::Drain) {
+        eprintln!("drain: {} events", args.events);
+        report.drain = Some(drain::measure(args.events, &worker_env).await?);
+    }
+    if wants(Phase::E2e) {
+        eprintln!(
+            "e2e: {} webhooks over {} connections",
+            args.events, args.connections
+        );
+        report.e2e = Some(e2e::saturate(args.events, args.connections, &worker_env).await?);
+    }
+    if wants(Phase::Latency) {
+        let rate = args
+            .rate
+            .or_else(|| report.e2e.map(|e2e| e2e.events_per_s / 2.0))
+            .ok_or_else(|| anyhow::anyhow!("latency alone needs --rate"))?;
+        eprintln!("latency: {} webhooks at {rate:.0}/s", args.latency_events);
+        report.latency = Some(e2e::fixed_rate(args.latency_events, rate, &worker_env).await?);
+    }
+    let ceiling = report.ceiling.map(|c| c.events_per_s);
+    report.drain_over_ceiling = ceiling.zip(report.drain).map(|(c, d)| d.events_per_s / c);
+    report.e2e_over_ceiling = ceiling.zip(report.e2e).map(|(c, e)| e.events_per_s / c);
+
+    print!("{}", table(&report));
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")?;
+    }
+    Ok(())
+}
+
+fn table(report: &Report) -> String {
+    let mut out = format!(
+        "machine: {} cores; settings: {}\n\n",
+        report.cores, report.settings
+    );
+    out += &format!(
+        "{:<10} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
+        "phase", "events/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "RSS MiB"
+    );
+    let rss = |mib: Option<f64>| mib.map_or("-".to_owned(), |m| format!("{m:.1}"));
+    if let Some(c) = report.ceiling {
+        out += &format!(
+            "{:<10} {:>12.0} {:>10.2} {:>10} {:>10} {:>10} {:>10}\n",
+            "ceiling", c.events_per_s, c.mean_latency_ms, "-", "-", "-", "-"
+        );
+    }
+    if let Some(d) = report.drain {
+        out += &format!(
+            "{:<10} {:>12.0} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
+            "drain",
+            d.events_per_s,
+            "-",
+            "-",
+            "-",
+            "-",
+            rss(d.peak_rss_mib)
+        );
+    }
+    if let Some(e) = report.e2e {
+        let l = e.latency;
+        out += &format!(
+            "{:<10} {:>12.0} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10}\n",
+            "e2e",
+            e.events_per_s,
+            l.p50_ms,
+            l.p95_ms,
+            l.p99_ms,
+            l.max_ms,
+            rss(e.peak_rss_mib)
+        );
+        out += &format!(
+            "{:<10} {:>12.0}   (webhooks accepted per second at the ingress)\n",
+            "ingress", e.requests_per_s
+        );
+    }
+    if let Some(r) = report.latency {
+        let l = r.latency;
+        out += &format!(
+            "{:<10} {:>12.0} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10}\n",
+            "latency", r.offered_per_s, l.p50_ms, l.p95_ms, l.p99_ms, l.max_ms, "-"
+        );
+    }
+    out += "\n(ceiling p50 column: pgbench mean latency per transaction)\n";
+    if let Some(ratio) = report.drain_over_ceiling {
+        out += &format!("drain/ceiling = {ratio:.2}\n");
+    }
+    if let Some(ratio) = report.e2e_over_ceiling {
+        out += &format!("e2e/ceiling = {ratio:.2}\n");
+    }
+    out
+}

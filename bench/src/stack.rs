@@ -1,0 +1,96 @@
+//! A fresh database and broker topology per phase, and the `worker` binary built beside us.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use integration_tests::TestDb;
+use integration_tests::broker::TestBroker;
+use integration_tests::clerk::UserEvent;
+use integration_tests::process::WorkerProcess;
+
+pub struct Stack {
+    pub db: TestDb,
+    pub broker: TestBroker,
+}
+
+impl Stack {
+    pub async fn new() -> Self {
+        Self {
+            db: TestDb::migrated().await,
+            broker: TestBroker::new().await,
+        }
+    }
+
+    /// Starts `worker ARGS` against this stack and waits until it is ready.
+    pub async fn spawn(
+        &self,
+        args: &[&str],
+        extra: &[(&'static str, String)],
+    ) -> anyhow::Result<WorkerProcess> {
+        let mut env = self.broker.env();
+        env.push(("DATABASE_URL", self.db.settings.url.clone()));
+        env.push(("RUST_LOG", "warn".into()));
+        env.extend(extra.iter().cloned());
+        let binary = worker_binary()?;
+        let mut process =
+            WorkerProcess::spawn(binary.to_str().context("a UTF-8 path")?, args, &env);
+        process.wait_ready(Duration::from_secs(60)).await;
+        Ok(process)
+    }
+
+    pub async fn workspaces(&self) -> i64 {
+        self.db.scalar("SELECT count(*) FROM workspaces").await
+    }
+
+    /// Seconds between two commits, from the workspaces' `created_at` (the transaction's time).
+    pub async fn commit_span_seconds(&self) -> f64 {
+        let sql = "SELECT (EXTRACT(EPOCH FROM max(created_at) - min(created_at)) * 1000000)::bigint FROM workspaces";
+        self.db.scalar(sql).await as f64 / 1e6
+    }
+
+    /// Waits until `n` workspaces exist.
+    pub async fn wait_for_workspaces(&self, n: i64, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        while self.workspaces().await < n {
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "only {} of {n} workspaces after {timeout:?}",
+                    self.workspaces().await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+}
+
+/// A sign-up of a user nobody has seen: the bench's events, Clerk-shaped.
+pub fn sign_up(run: &str, i: usize) -> UserEvent {
+    UserEvent::created(
+        &format!("user_2{run}{i:07}"),
+        &format!("{run}{i}@bench.example.com"),
+        None,
+    )
+}
+
+/// `target/<profile>/worker`, built by `cargo build --release -p worker`.
+pub fn worker_binary() -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let binary = me.with_file_name("worker");
+    if !binary.exists() {
+        bail!(
+            "{} is missing: run `cargo build --release -p worker` first",
+            binary.display()
+        );
+    }
+    Ok(binary)
+}
+
+/// Peak resident memory of a process (VmHWM), in MiB.
+pub fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}

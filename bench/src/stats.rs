@@ -1,0 +1,52 @@
+//! Percentiles of a latency sample.
+
+use serde::Serialize;
+
+/// Latency figures in milliseconds.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Latency {
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Latency {
+    /// Nearest-rank percentiles of `samples_ms` (which it sorts).
+    pub fn of(samples_ms: &mut [f64]) -> Self {
+        samples_ms.sort_by(f64::total_cmp);
+        let at = |p: f64| {
+            if samples_ms.is_empty() {
+                return 0.0;
+            }
+            let rank = ((p * samples_ms.len() as f64).ceil() as usize).clamp(1, samples_ms.len());
+            samples_ms[rank - 1]
+        };
+        Self {
+            p50_ms: at(0.50),
+            p95_ms: at(0.95),
+            p99_ms: at(0.99),
+            max_ms: samples_ms.last().copied().unwrap_or_default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let mut samples: Vec<f64> = (1..=100).map(f64::from).collect();
+        let latency = Latency::of(&mut samples);
+        assert_eq!(
+            (
+                latency.p50_ms,
+                latency.p95_ms,
+                latency.p99_ms,
+                latency.max_ms
+            ),
+            (50.0, 95.0, 99.0, 100.0)
+        );
+    }
+}

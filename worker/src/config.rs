@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use clap::builder::TypedValueParser;
 use clap::{Args, ValueEnum};
 
 /// How the service reaches PostgreSQL. The pool numbers are the product's pool settings.
@@ -200,9 +201,14 @@ pub struct ConsumerSettings {
     #[arg(long, env = "PREFETCH", default_value_t = 64)]
     pub prefetch: u16,
 
-    /// Provisionings running at once.
+    /// Provisionings (single events or batches) running at once.
     #[arg(long, env = "MAX_CONCURRENCY", default_value_t = 16)]
     pub max_concurrency: usize,
+
+    /// Most deliveries provisioned together in one transaction. Only deliveries the broker
+    /// has already sent are grouped (nothing waits to fill a batch); 1 turns batching off.
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256).map(usize::from))]
+    pub batch_size: usize,
 
     /// First retry delay; each further retry doubles it (full jitter).
     #[arg(long, env = "RETRY_INITIAL_DELAY", default_value = "100ms", value_parser = humantime::parse_duration)]

@@ -19,13 +19,15 @@ pub const EVENT_LAG: &str = "event_lag_seconds";
 pub const CONSUMER_CONNECTED: &str = "consumer_connected";
 pub const DELIVERIES_IN_FLIGHT: &str = "deliveries_in_flight";
 pub const EVENTS_REPLAYED: &str = "events_replayed_total";
+pub const BATCH_SIZE: &str = "provisioning_batch_size";
 pub const WEBHOOK_REQUESTS: &str = "webhook_requests_total";
 pub const WEBHOOK_DURATION: &str = "webhook_request_duration_seconds";
 pub const WEBHOOK_PUBLISH_CONFIRM: &str = "webhook_publish_confirm_seconds";
 
 /// Every metric family this service exports, with whether it is a histogram (exported as
 /// `_bucket`, `_sum` and `_count` series). Dashboards and alerts may only use these.
-pub const ALL: [(&str, bool); 12] = [
+pub const ALL: [(&str, bool); 13] = [
+    (BATCH_SIZE, true),
     (WORKSPACE_CREATED, false),
     (WORKSPACE_FAILED, false),
     (PROVISIONING_DURATION, true),
@@ -50,12 +52,16 @@ const LAG_BUCKETS: &[f64] = &[
     300.0, 900.0, 3600.0,
 ];
 
+/// Batch sizes up to the largest `BATCH_SIZE`.
+const BATCH_BUCKETS: &[f64] = &[2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
 /// Installs the process-wide Prometheus recorder with real histograms (the exporter renders
 /// summaries unless buckets are set) and returns the handle `/metrics` renders from.
 pub fn install() -> Result<PrometheusHandle, BuildError> {
     let handle = PrometheusBuilder::new()
         .set_buckets(LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(EVENT_LAG.to_owned()), LAG_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(BATCH_SIZE.to_owned()), BATCH_BUCKETS)?
         .install_recorder()?;
     describe();
     Ok(handle)
@@ -77,6 +83,10 @@ fn describe() {
         "Events consumed, by Clerk type and outcome."
     );
     describe_counter!(EVENTS_RETRIED, "Retries scheduled, by reason.");
+    describe_histogram!(
+        BATCH_SIZE,
+        "Events provisioned together in one transaction (batches of two or more)."
+    );
     describe_counter!(
         EVENTS_REPLAYED,
         "Replayed dead letters processed, by their original failure reason."
@@ -123,6 +133,11 @@ pub fn record_dead_letter(event_type: &str, reason: FailureReason) {
 /// A retry about to wait, labelled with the error's reason code.
 pub fn record_retry(reason: &'static str) {
     counter!(EVENTS_RETRIED, "reason" => reason).increment(1);
+}
+
+/// A batch committed with `size` events.
+pub fn record_batch(size: usize) {
+    histogram!(BATCH_SIZE).record(size as f64);
 }
 
 /// A replayed dead letter was processed (whatever its fate this time).

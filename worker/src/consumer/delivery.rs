@@ -1,6 +1,7 @@
 //! One delivery, from bytes to its fate: parse, provision (retrying as the policy decides), then
 //! acknowledge or dead-letter. The ack comes only after the transaction committed.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -9,13 +10,13 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use sea_orm::DatabaseConnection;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::broker::RECEIVED_AT_HEADER;
 use crate::clerk;
 use crate::dead_letter::{self, FAILURE_REASON, Failure};
 use crate::dlq::{REPLAY_COUNT, integer, text};
-use crate::domain::Event;
+use crate::domain::{Event, UserProfile};
 use crate::error::{ProvisionError, Rejected};
 use crate::metrics;
 use crate::provision::{self, Outcome, Provisioned};
@@ -92,10 +93,62 @@ impl Processor {
                 }
             }
         }
-        if let Some(reason) = &context.replayed_after {
-            metrics::record_replayed(reason);
+        context.settled();
+    }
+
+    /// Several deliveries at once: distinct users' changes share one transaction; anything else
+    /// (and the whole batch, if its transaction fails) goes one by one, concurrently, so one bad
+    /// event costs its batch-mates one retry at most.
+    pub async fn process_batch(&self, deliveries: Vec<Delivery>) {
+        let mut together = Vec::new();
+        let mut alone = Vec::new();
+        let mut users = HashSet::new();
+        for delivery in deliveries {
+            match clerk::parse_event(&delivery.data) {
+                Ok(Event::UserChanged(profile)) if users.insert(profile.id.clone()) => {
+                    together.push((delivery, profile));
+                }
+                _ => alone.push(delivery),
+            }
         }
-        metrics::deliveries_in_flight(-1.0);
+        if together.len() < 2 {
+            alone.extend(together.into_iter().map(|(delivery, _)| delivery));
+        } else if let Err(rest) = self.provision_together(together).await {
+            alone.extend(rest);
+        }
+        futures::future::join_all(alone.into_iter().map(|delivery| self.process(delivery))).await;
+    }
+
+    /// One transaction for the batch; on failure, the deliveries back for one-by-one.
+    async fn provision_together(
+        &self,
+        together: Vec<(Delivery, Box<UserProfile>)>,
+    ) -> Result<(), Vec<Delivery>> {
+        metrics::deliveries_in_flight(together.len() as f64);
+        let started = Instant::now();
+        let profiles: Vec<&UserProfile> = together.iter().map(|(_, p)| p.as_ref()).collect();
+        let result = provision::provision_batch(&self.db, &profiles).await;
+        let elapsed = started.elapsed();
+        let results = match result {
+            Ok(results) => results,
+            Err(err) => {
+                metrics::deliveries_in_flight(-(together.len() as f64));
+                debug!(size = together.len(), error = %err, "batch failed; one event at a time");
+                return Err(together.into_iter().map(|(delivery, _)| delivery).collect());
+            }
+        };
+        metrics::record_batch(together.len());
+        for ((delivery, profile), provisioned) in together.into_iter().zip(results) {
+            let context = Context::of(&delivery, &Ok(Event::UserChanged(profile)));
+            let attempts = Attempts {
+                made: redeliveries(&delivery) + 1,
+                budgeted: 0,
+            };
+            self.acknowledge(&delivery, &context, provisioned, attempts, elapsed)
+                .await;
+            context.settled();
+        }
+        Ok(())
     }
 
     async fn acknowledge(
@@ -226,6 +279,14 @@ async fn nack_requeue(delivery: &Delivery, context: &Context) {
 }
 
 impl Context {
+    /// The delivery's fate is decided: count it as done.
+    fn settled(&self) {
+        if let Some(reason) = &self.replayed_after {
+            metrics::record_replayed(reason);
+        }
+        metrics::deliveries_in_flight(-1.0);
+    }
+
     fn of(delivery: &Delivery, parsed: &Result<Event, Rejected>) -> Self {
         let event_id = delivery
             .properties

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::Connection;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
@@ -152,16 +152,32 @@ impl Consumer {
                 next = deliveries.next() => next,
                 () = shutdown.cancelled() => break SessionEnd::Shutdown,
             };
-            match next {
-                Some(Ok(delivery)) => {
-                    let processor = processor.clone();
-                    in_flight.spawn(async move {
-                        processor.process(delivery).await;
-                        drop(slot);
-                    });
-                }
+            let first = match next {
+                Some(Ok(delivery)) => delivery,
                 Some(Err(err)) => break SessionEnd::Lost(err.to_string()),
                 None => break SessionEnd::Lost("the broker cancelled the consumer".into()),
+            };
+            // Whatever else the broker already sent joins the batch; nothing waits for more.
+            let mut batch = vec![first];
+            let mut lost = None;
+            while batch.len() < self.settings.batch_size {
+                match deliveries.next().now_or_never() {
+                    Some(Some(Ok(delivery))) => batch.push(delivery),
+                    Some(Some(Err(err))) => lost = Some(err.to_string()),
+                    Some(None) => lost = Some("the broker cancelled the consumer".into()),
+                    None => break,
+                }
+                if lost.is_some() {
+                    break;
+                }
+            }
+            let processor = processor.clone();
+            in_flight.spawn(async move {
+                processor.process_batch(batch).await;
+                drop(slot);
+            });
+            if let Some(why) = lost {
+                break SessionEnd::Lost(why);
             }
         };
         if let SessionEnd::Shutdown = end {

@@ -7,7 +7,10 @@
 //! events apply one at a time, each seeing the committed work of the others; different users
 //! proceed in parallel.
 
+mod batch;
 mod sql;
+
+pub use batch::provision_batch;
 
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, QueryResult,
@@ -105,10 +108,10 @@ async fn provision_user_once(
 }
 
 /// Commits when `result` is a success, rolls back otherwise; either way the error is classified.
-async fn finish(
+async fn finish<T>(
     txn: DatabaseTransaction,
-    result: Result<Provisioned, DbErr>,
-) -> Result<Provisioned, ProvisionError> {
+    result: Result<T, DbErr>,
+) -> Result<T, ProvisionError> {
     match result {
         Ok(provisioned) => {
             txn.commit().await.map_err(ProvisionError::from_db)?;
@@ -154,16 +157,20 @@ async fn upsert_user_and_workspace(
     // Even a stale or duplicate event ensures the workspace, so a lost creation heals.
     let (workspace_id, workspace_created) =
         ensure_workspace(txn, &profile.id, &WorkspaceName::default()).await?;
-    let outcome = match user_write {
+    Ok(Provisioned {
+        outcome: outcome_of(user_write, workspace_created),
+        workspace_id: Some(workspace_id),
+    })
+}
+
+/// What a user upsert plus workspace step amounted to.
+fn outcome_of(user_write: UserWrite, workspace_created: bool) -> Outcome {
+    match user_write {
         _ if workspace_created => Outcome::Created,
         UserWrite::Updated => Outcome::Updated,
         UserWrite::Stale => Outcome::Stale,
         UserWrite::Inserted | UserWrite::Unchanged => Outcome::AlreadyExisted,
-    };
-    Ok(Provisioned {
-        outcome,
-        workspace_id: Some(workspace_id),
-    })
+    }
 }
 
 async fn lock_user(txn: &DatabaseTransaction, id: &UserId) -> Result<(), DbErr> {

@@ -1,0 +1,213 @@
+//! Batch provisioning: several users in one transaction, the same rules as one at a time, and a
+//! bad event never costs its batch-mates more than one retry.
+
+use std::time::Duration;
+
+use integration_tests::broker::TestBroker;
+use integration_tests::clerk::{UserEvent, deleted_body, provision};
+use integration_tests::process::WorkerProcess;
+use integration_tests::{TestDb, eventually};
+use worker::domain::{Event, UserProfile};
+use worker::error::{FailureReason, ProvisionError};
+use worker::provision::{Outcome, Provisioned, provision_batch};
+
+const WORKER: &str = env!("CARGO_BIN_EXE_worker-under-test");
+
+fn profile(event: &UserEvent) -> Box<UserProfile> {
+    match worker::clerk::parse_event(&event.body()) {
+        Ok(Event::UserChanged(profile)) => profile,
+        other => panic!("not a user change: {other:?}"),
+    }
+}
+
+async fn batch(db: &TestDb, events: &[UserEvent]) -> Result<Vec<Provisioned>, ProvisionError> {
+    let profiles: Vec<Box<UserProfile>> = events.iter().map(profile).collect();
+    let refs: Vec<&UserProfile> = profiles.iter().map(AsRef::as_ref).collect();
+    provision_batch(&db.conn, &refs).await
+}
+
+fn sign_ups(n: usize) -> Vec<UserEvent> {
+    (0..n)
+        .map(|i| {
+            UserEvent::created(
+                &format!("user_2batch{i:03}"),
+                &format!("batch{i}@example.com"),
+                (i % 2 == 0).then_some(&*format!("batch_{i}")),
+            )
+        })
+        .collect()
+}
+
+fn outcomes(results: &[Provisioned]) -> Vec<Outcome> {
+    results.iter().map(|r| r.outcome).collect()
+}
+
+#[tokio::test]
+async fn a_batch_of_new_users_creates_each_once_and_a_repeat_changes_nothing() {
+    let db = TestDb::migrated().await;
+    let events = sign_ups(20);
+    let first = batch(&db, &events).await.unwrap();
+    assert_eq!(outcomes(&first), vec![Outcome::Created; 20]);
+    assert_eq!(db.scalar("SELECT count(*) FROM workspaces").await, 20);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM users WHERE username = 'batch1'")
+            .await,
+        1,
+        "derived from the email"
+    );
+    let rows = db.rows("SELECT * FROM users ORDER BY id").await;
+
+    let again = batch(&db, &events).await.unwrap();
+    assert_eq!(outcomes(&again), vec![Outcome::AlreadyExisted; 20]);
+    assert_eq!(
+        db.rows("SELECT * FROM users ORDER BY id").await,
+        rows,
+        "not even updated_at moves"
+    );
+    let workspace_ids: Vec<_> = first.iter().map(|r| r.workspace_id.clone()).collect();
+    assert_eq!(
+        again
+            .iter()
+            .map(|r| r.workspace_id.clone())
+            .collect::<Vec<_>>(),
+        workspace_ids
+    );
+}
+
+#[tokio::test]
+async fn a_mixed_batch_follows_the_one_at_a_time_rules() {
+    let db = TestDb::migrated().await;
+    let existing = UserEvent::created("user_2old", "old@example.com", Some("old_user"));
+    provision(&db.conn, &existing.updated(5_000).body())
+        .await
+        .unwrap();
+    let deleted = UserEvent::created("user_2gone", "gone@example.com", Some("gone_user"));
+    provision(&db.conn, &deleted.body()).await.unwrap();
+    provision(
+        &db.conn,
+        &deleted_body("user_2gone", deleted.updated_at + 10_000),
+    )
+    .await
+    .unwrap();
+    let kept = UserEvent::created("user_2kept", "kept@example.com", None);
+    provision(&db.conn, &kept.body()).await.unwrap();
+
+    let events = [
+        UserEvent {
+            last_name: Some("Newer".into()),
+            ..existing.updated(9_000)
+        },
+        UserEvent {
+            last_name: Some("Older".into()),
+            ..existing.updated(1_000)
+        },
+        deleted.updated(1_000),
+        UserEvent::created("user_2new", "new@example.com", None),
+        UserEvent {
+            email: Some("kept.new@example.com".into()),
+            ..kept.updated(1_000)
+        },
+    ];
+    // Two events of one user never share a batch (the consumer sees to it): run the older alone.
+    let results = batch(
+        &db,
+        &[
+            events[0].clone(),
+            events[2].clone(),
+            events[3].clone(),
+            events[4].clone(),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        outcomes(&results),
+        [
+            Outcome::Updated,
+            Outcome::Stale,
+            Outcome::Created,
+            Outcome::Updated
+        ]
+    );
+    let stale = batch(&db, &[events[1].clone(), events[3].clone()])
+        .await
+        .unwrap();
+    assert_eq!(outcomes(&stale), [Outcome::Stale, Outcome::AlreadyExisted]);
+
+    let old = &db
+        .rows("SELECT last_name FROM users WHERE id = 'user_2old'")
+        .await[0];
+    assert_eq!(old["last_name"], "Newer");
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM users WHERE id = 'user_2gone'")
+            .await,
+        0,
+        "the tombstone holds"
+    );
+    let kept_row = &db
+        .rows("SELECT email, username FROM users WHERE id = 'user_2kept'")
+        .await[0];
+    assert_eq!(
+        (kept_row["email"].as_str(), kept_row["username"].as_str()),
+        (Some("kept.new@example.com"), Some("kept")),
+        "a derived username stays"
+    );
+}
+
+#[tokio::test]
+async fn a_conflict_fails_the_whole_batch_and_writes_nothing() {
+    let db = TestDb::migrated().await;
+    db.execute("INSERT INTO users (id, email, username) VALUES ('user_2owner', 'batch3@example.com', 'owner')").await;
+    match batch(&db, &sign_ups(10)).await {
+        Err(ProvisionError::Permanent(rejected)) => {
+            assert_eq!(rejected.reason, FailureReason::EmailConflict)
+        }
+        other => panic!("expected the conflict, got {other:?}"),
+    }
+    assert_eq!(db.scalar("SELECT count(*) FROM workspaces").await, 0);
+}
+
+#[tokio::test]
+async fn the_consumer_batches_and_one_bad_event_does_not_sink_its_batch_mates() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new().await;
+    db.execute("INSERT INTO users (id, email, username) VALUES ('user_2owner', 'batch7@example.com', 'owner')").await;
+    let events: Vec<(String, Vec<u8>, String)> = sign_ups(60)
+        .iter()
+        .enumerate()
+        .map(|(i, e)| ("user.created".to_owned(), e.body(), format!("msg_batch{i}")))
+        .collect();
+    broker.publish_many(&events).await;
+    let mut env = broker.env();
+    env.push(("DATABASE_URL", db.settings.url.clone()));
+    env.push(("BATCH_SIZE", "16".into()));
+    let mut worker = WorkerProcess::spawn(WORKER, &["consume"], &env);
+    worker.wait_ready(Duration::from_secs(30)).await;
+
+    eventually(
+        "59 workspaces and one dead letter",
+        Duration::from_secs(30),
+        || async {
+            db.scalar("SELECT count(*) FROM workspaces").await == 59
+                && worker.metric("workspace_failed_total").await == 1.0
+        },
+    )
+    .await;
+    let dead = broker.take_dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].message_id.as_deref(), Some("msg_batch7"));
+    assert_eq!(
+        dead[0].header("x-failure-reason").as_deref(),
+        Some("email_conflict")
+    );
+    assert!(
+        worker.metric("provisioning_batch_size_count").await >= 1.0,
+        "batches happened"
+    );
+    assert_eq!(worker.metric("workspace_created_total").await, 59.0);
+    assert_eq!(
+        worker.metric("events_retried_total").await,
+        0.0,
+        "the fallback is not a retry"
+    );
+}

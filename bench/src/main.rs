@@ -30,6 +30,12 @@ struct Args {
     /// The worker's MAX_CONCURRENCY, and the ceiling's pgbench clients.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    /// The worker's BATCH_SIZE for `drain` (besides one event per transaction), `e2e` and `latency`.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// The worker's PREFETCH (batches fill from what the broker already sent).
+    #[arg(long, default_value_t = 512)]
+    prefetch: u16,
     /// How long pgbench drives the ceiling.
     #[arg(long, default_value_t = 20)]
     ceiling_seconds: u64,
@@ -58,24 +64,35 @@ struct Report {
     cores: usize,
     settings: serde_json::Value,
     ceiling: Option<ceiling::Ceiling>,
+    /// One event per transaction.
     drain: Option<drain::Drain>,
+    /// Batches of up to `batch_size`.
+    drain_batched: Option<drain::Drain>,
     e2e: Option<e2e::EndToEnd>,
     latency: Option<e2e::FixedRate>,
     drain_over_ceiling: Option<f64>,
+    drain_batched_over_ceiling: Option<f64>,
     e2e_over_ceiling: Option<f64>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let worker_env = vec![("MAX_CONCURRENCY", args.concurrency.to_string())];
+    let worker = |batch: usize| {
+        vec![
+            ("MAX_CONCURRENCY", args.concurrency.to_string()),
+            ("PREFETCH", args.prefetch.to_string()),
+            ("BATCH_SIZE", batch.to_string()),
+        ]
+    };
+    let worker_env = worker(args.batch_size);
     let wants = |phase: Phase| args.phase == phase || args.phase == Phase::All;
     let mut report = Report {
         cores: std::thread::available_parallelism().map_or(1, usize::from),
         settings: serde_json::json!({
             "events": args.events, "connections": args.connections, "concurrency": args.concurrency,
             "ceiling_seconds": args.ceiling_seconds, "latency_events": args.latency_events,
-            "prefetch": 64,
+            "prefetch": args.prefetch, "batch_size": args.batch_size,
         }),
         ..Report::default()
     };
@@ -87,8 +104,15 @@ async fn main() -> anyhow::Result<()> {
         report.ceiling = Some(ceiling::measure(args.concurrency, args.ceiling_seconds, 1).await?);
     }
     if wants(Phase::Drain) {
-        eprintln!("drain: {} events", args.events);
-        report.drain = Some(drain::measure(args.events, &worker_env).await?);
+        eprintln!("drain: {} events, one per transaction", args.events);
+        report.drain = Some(drain::measure(args.events, &worker(1)).await?);
+        if args.batch_size > 1 {
+            eprintln!(
+                "drain: {} events, batches of up to {}",
+                args.events, args.batch_size
+            );
+            report.drain_batched = Some(drain::measure(args.events, &worker_env).await?);
+        }
     }
     if wants(Phase::E2e) {
         eprintln!(
@@ -107,6 +131,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let ceiling = report.ceiling.map(|c| c.events_per_s);
     report.drain_over_ceiling = ceiling.zip(report.drain).map(|(c, d)| d.events_per_s / c);
+    report.drain_batched_over_ceiling = ceiling
+        .zip(report.drain_batched)
+        .map(|(c, d)| d.events_per_s / c);
     report.e2e_over_ceiling = ceiling.zip(report.e2e).map(|(c, e)| e.events_per_s / c);
 
     print!("{}", table(&report));
@@ -144,6 +171,18 @@ fn table(report: &Report) -> String {
             rss(d.peak_rss_mib)
         );
     }
+    if let Some(d) = report.drain_batched {
+        out += &format!(
+            "{:<10} {:>12.0} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
+            "drain+bat",
+            d.events_per_s,
+            "-",
+            "-",
+            "-",
+            "-",
+            rss(d.peak_rss_mib)
+        );
+    }
     if let Some(e) = report.e2e {
         let l = e.latency;
         out += &format!(
@@ -171,6 +210,9 @@ fn table(report: &Report) -> String {
     out += "\n(ceiling p50 column: pgbench mean latency per transaction)\n";
     if let Some(ratio) = report.drain_over_ceiling {
         out += &format!("drain/ceiling = {ratio:.2}\n");
+    }
+    if let Some(ratio) = report.drain_batched_over_ceiling {
+        out += &format!("drain(batched)/ceiling = {ratio:.2}\n");
     }
     if let Some(ratio) = report.e2e_over_ceiling {
         out += &format!("e2e/ceiling = {ratio:.2}\n");

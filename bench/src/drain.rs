@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::stack::{Stack, sign_up};
+use crate::stack::{Stack, commit_span_seconds, sign_up, spawn, wait_for_workspaces};
 
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct Drain {
@@ -32,12 +32,10 @@ pub async fn measure(events: usize, extra: &[(&'static str, String)]) -> anyhow:
         stack.broker.publish_many(chunk).await;
     }
     let started = Instant::now();
-    let worker = stack.spawn(&["consume"], extra).await?;
-    stack
-        .wait_for_workspaces(events as i64, Duration::from_secs(600))
-        .await?;
+    let worker = spawn(&stack, &["consume"], extra).await?;
+    wait_for_workspaces(&stack, events as i64, Duration::from_secs(600)).await?;
     let wall_seconds = started.elapsed().as_secs_f64();
-    let span = stack.commit_span_seconds().await.max(1e-3);
+    let span = commit_span_seconds(&stack).await.max(1e-3);
     Ok(Drain {
         events,
         events_per_s: events as f64 / span,

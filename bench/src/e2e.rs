@@ -13,7 +13,7 @@ use integration_tests::webhook::{SECRET, Webhook};
 use serde::Serialize;
 use tokio::sync::Mutex;
 
-use crate::stack::{Stack, peak_rss_mib, sign_up};
+use crate::stack::{Stack, peak_rss_mib, sign_up, spawn, wait_for_workspaces};
 use crate::stats::Latency;
 
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -46,7 +46,7 @@ pub async fn saturate(
     let stack = Stack::new().await;
     let mut env = extra.to_vec();
     env.push(("CLERK_WEBHOOK_SECRET", SECRET.to_owned()));
-    let service = stack.spawn(&["run"], &env).await?;
+    let service = spawn(&stack, &["run"], &env).await?;
     let bodies: Arc<Vec<(String, Vec<u8>)>> = Arc::new(
         (0..events)
             .map(|i| {
@@ -83,9 +83,7 @@ pub async fn saturate(
         sender.await??;
     }
     let accepted_in = (Utc::now() - first).as_seconds_f64();
-    stack
-        .wait_for_workspaces(events as i64, Duration::from_secs(600))
-        .await?;
+    wait_for_workspaces(&stack, events as i64, Duration::from_secs(600)).await?;
     let latency = latencies(&stack, &starts).await?;
     let last_commit = last_commit(&stack).await?;
     Ok(EndToEnd {
@@ -107,7 +105,7 @@ pub async fn fixed_rate(
     let stack = Stack::new().await;
     let mut env = extra.to_vec();
     env.push(("CLERK_WEBHOOK_SECRET", SECRET.to_owned()));
-    let service = stack.spawn(&["run"], &env).await?;
+    let service = spawn(&stack, &["run"], &env).await?;
     let client = reqwest::Client::new();
     let starts: Starts = Arc::default();
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / per_second));
@@ -125,9 +123,7 @@ pub async fn fixed_rate(
     for send in sends {
         send.await??;
     }
-    stack
-        .wait_for_workspaces(events as i64, Duration::from_secs(600))
-        .await?;
+    wait_for_workspaces(&stack, events as i64, Duration::from_secs(600)).await?;
     Ok(FixedRate {
         events,
         offered_per_s: per_second,

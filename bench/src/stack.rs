@@ -1,68 +1,48 @@
-//! A fresh database and broker topology per phase, and the `worker` binary built beside us.
+//! A fresh database and broker topology per phase (the test harness's `Stack`), and the `worker`
+//! binary built beside us.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use integration_tests::TestDb;
-use integration_tests::broker::TestBroker;
 use integration_tests::clerk::UserEvent;
 use integration_tests::process::WorkerProcess;
 
-pub struct Stack {
-    pub db: TestDb,
-    pub broker: TestBroker,
+pub use integration_tests::stack::Stack;
+
+/// Starts `worker ARGS` (the release build beside us) on `stack`, waiting until it is ready.
+pub async fn spawn(
+    stack: &Stack,
+    args: &[&str],
+    extra: &[(&'static str, String)],
+) -> anyhow::Result<WorkerProcess> {
+    let binary = worker_binary()?;
+    let mut env: Vec<(&'static str, &str)> = vec![("RUST_LOG", "warn")];
+    env.extend(extra.iter().map(|(key, value)| (*key, value.as_str())));
+    Ok(stack
+        .spawn(binary.to_str().context("a UTF-8 path")?, args, &env)
+        .await)
 }
 
-impl Stack {
-    pub async fn new() -> Self {
-        Self {
-            db: TestDb::migrated().await,
-            broker: TestBroker::new().await,
+/// Seconds between the first and the last commit, from the workspaces' `created_at`.
+pub async fn commit_span_seconds(stack: &Stack) -> f64 {
+    let sql = "SELECT (EXTRACT(EPOCH FROM max(created_at) - min(created_at)) * 1000000)::bigint FROM workspaces";
+    stack.db.scalar(sql).await as f64 / 1e6
+}
+
+/// Waits until `n` workspaces exist.
+pub async fn wait_for_workspaces(stack: &Stack, n: i64, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    while stack.workspaces().await < n {
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "only {} of {n} workspaces after {timeout:?}",
+                stack.workspaces().await
+            );
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-
-    /// Starts `worker ARGS` against this stack and waits until it is ready.
-    pub async fn spawn(
-        &self,
-        args: &[&str],
-        extra: &[(&'static str, String)],
-    ) -> anyhow::Result<WorkerProcess> {
-        let mut env = self.broker.env();
-        env.push(("DATABASE_URL", self.db.settings.url.clone()));
-        env.push(("RUST_LOG", "warn".into()));
-        env.extend(extra.iter().cloned());
-        let binary = worker_binary()?;
-        let mut process =
-            WorkerProcess::spawn(binary.to_str().context("a UTF-8 path")?, args, &env);
-        process.wait_ready(Duration::from_secs(60)).await;
-        Ok(process)
-    }
-
-    pub async fn workspaces(&self) -> i64 {
-        self.db.scalar("SELECT count(*) FROM workspaces").await
-    }
-
-    /// Seconds between two commits, from the workspaces' `created_at` (the transaction's time).
-    pub async fn commit_span_seconds(&self) -> f64 {
-        let sql = "SELECT (EXTRACT(EPOCH FROM max(created_at) - min(created_at)) * 1000000)::bigint FROM workspaces";
-        self.db.scalar(sql).await as f64 / 1e6
-    }
-
-    /// Waits until `n` workspaces exist.
-    pub async fn wait_for_workspaces(&self, n: i64, timeout: Duration) -> anyhow::Result<()> {
-        let deadline = std::time::Instant::now() + timeout;
-        while self.workspaces().await < n {
-            if std::time::Instant::now() > deadline {
-                bail!(
-                    "only {} of {n} workspaces after {timeout:?}",
-                    self.workspaces().await
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 /// A sign-up of a user nobody has seen: the bench's events, Clerk-shaped.

@@ -9,6 +9,7 @@ pub mod broker;
 pub mod clerk;
 pub mod process;
 pub mod proxy;
+pub mod stack;
 pub mod webhook;
 
 use std::path::PathBuf;

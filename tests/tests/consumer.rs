@@ -4,90 +4,63 @@
 
 use std::time::{Duration, Instant};
 
-use integration_tests::broker::TestBroker;
 use integration_tests::clerk::{UserEvent, fixture};
+use integration_tests::eventually;
 use integration_tests::process::WorkerProcess;
 use integration_tests::proxy::CuttableProxy;
-use integration_tests::{TestDb, eventually};
+use integration_tests::stack::Stack;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_worker-under-test");
 const MARTA: &str = "user_39BL7AjFtiageEwS3wHL0KvAXLh";
 
-/// A database and a broker topology of this test's own.
-struct Stack {
-    db: TestDb,
-    broker: TestBroker,
+/// Fast retries, so tests do not wait for the production backoff.
+const FAST_RETRIES: [(&str, &str); 2] =
+    [("RETRY_INITIAL_DELAY", "20ms"), ("RETRY_MAX_DELAY", "1s")];
+
+async fn consume(stack: &Stack, extra: &[(&'static str, &str)]) -> WorkerProcess {
+    stack
+        .spawn(WORKER, &["consume"], &[&FAST_RETRIES[..], extra].concat())
+        .await
 }
 
-impl Stack {
-    async fn new() -> Self {
-        Self {
-            db: TestDb::migrated().await,
-            broker: TestBroker::new().await,
-        }
-    }
+/// The environment `consume` uses, for tests that start the process themselves.
+fn env(stack: &Stack, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+    stack.env(&[&FAST_RETRIES[..], extra].concat())
+}
 
-    /// The worker's environment: this stack, fast retries, plus `extra`.
-    fn env(&self, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
-        let mut env = self.broker.env();
-        env.push(("DATABASE_URL", self.db.settings.url.clone()));
-        env.push(("RETRY_INITIAL_DELAY", "20ms".into()));
-        env.push(("RETRY_MAX_DELAY", "1s".into()));
-        env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
-        env
-    }
+async fn wait_for_workspaces(stack: &Stack, n: i64, timeout: Duration) {
+    eventually(&format!("{n} workspaces"), timeout, || async {
+        stack.workspaces().await >= n
+    })
+    .await;
+    assert_eq!(stack.workspaces().await, n);
+}
 
-    async fn consume(&self, extra: &[(&'static str, &str)]) -> WorkerProcess {
-        let mut worker = WorkerProcess::spawn(WORKER, &["consume"], &self.env(extra));
-        worker.wait_ready(Duration::from_secs(30)).await;
-        worker
-    }
-
-    async fn workspaces(&self) -> i64 {
-        self.db.scalar("SELECT count(*) FROM workspaces").await
-    }
-
-    async fn users(&self) -> i64 {
-        self.db.scalar("SELECT count(*) FROM users").await
-    }
-
-    async fn wait_for_workspaces(&self, n: i64, timeout: Duration) {
-        eventually(&format!("{n} workspaces"), timeout, || async {
-            self.workspaces().await >= n
-        })
-        .await;
-        assert_eq!(self.workspaces().await, n);
-    }
-
-    async fn main_queue_ready(&self) -> u32 {
-        self.broker.ready(&self.broker.topology.queue).await
-    }
-
-    /// Publishes `n` distinct sign-ups, `user_2bulk00000`...
-    async fn publish_sign_ups(&self, n: usize) {
-        for i in 0..n {
-            let event = UserEvent::created(
-                &format!("user_2bulk{i:05}"),
-                &format!("bulk{i}@example.com"),
-                Some(&format!("bulk_{i}")),
-            );
-            self.broker
-                .publish("user.created", &event.body(), &format!("msg_bulk{i:05}"))
-                .await;
-        }
+/// Publishes `n` distinct sign-ups, `user_2bulk00000`...
+async fn publish_sign_ups(stack: &Stack, n: usize) {
+    for i in 0..n {
+        let event = UserEvent::created(
+            &format!("user_2bulk{i:05}"),
+            &format!("bulk{i}@example.com"),
+            Some(&format!("bulk_{i}")),
+        );
+        stack
+            .broker
+            .publish("user.created", &event.body(), &format!("msg_bulk{i:05}"))
+            .await;
     }
 }
 
 #[tokio::test]
 async fn a_published_user_created_becomes_one_user_and_one_workspace() {
     let stack = Stack::new().await;
-    let worker = stack.consume(&[]).await;
+    let worker = consume(&stack, &[]).await;
     stack
         .broker
         .publish("user.created", &fixture("user_created.json"), "msg_marta_1")
         .await;
 
-    stack.wait_for_workspaces(1, Duration::from_secs(20)).await;
+    wait_for_workspaces(&stack, 1, Duration::from_secs(20)).await;
     eventually("the ack", Duration::from_secs(10), || async {
         worker.metric("workspace_created_total").await == 1.0
     })
@@ -115,7 +88,7 @@ async fn a_published_user_created_becomes_one_user_and_one_workspace() {
 #[tokio::test]
 async fn the_same_message_five_times_gives_one_workspace_and_counts_one_creation() {
     let stack = Stack::new().await;
-    let worker = stack.consume(&[]).await;
+    let worker = consume(&stack, &[]).await;
     for _ in 0..5 {
         stack
             .broker
@@ -144,7 +117,7 @@ async fn the_same_message_five_times_gives_one_workspace_and_counts_one_creation
 async fn bad_events_are_dead_lettered_with_their_reason_and_the_queue_keeps_flowing() {
     let stack = Stack::new().await;
     stack.db.execute("INSERT INTO users (id, email, username) VALUES ('user_2owner', 'taken@example.com', 'owner')").await;
-    let worker = stack.consume(&[]).await;
+    let worker = consume(&stack, &[]).await;
     let malformed = b"{\"type\": \"user.created\", \"data\": {".to_vec();
     let phone_only = fixture("user_created_phone_only.json");
     let conflict = UserEvent::created("user_2thief", "taken@example.com", Some("thief")).body();
@@ -165,7 +138,7 @@ async fn bad_events_are_dead_lettered_with_their_reason_and_the_queue_keeps_flow
         .publish("user.created", &fixture("user_created.json"), "msg_good")
         .await;
 
-    stack.wait_for_workspaces(1, Duration::from_secs(20)).await;
+    wait_for_workspaces(&stack, 1, Duration::from_secs(20)).await;
     eventually("three dead letters", Duration::from_secs(20), || async {
         worker.metric("workspace_failed_total").await == 3.0
     })
@@ -227,7 +200,7 @@ async fn bad_events_are_dead_lettered_with_their_reason_and_the_queue_keeps_flow
 #[tokio::test]
 async fn unsupported_event_types_are_acked_and_counted_never_retried() {
     let stack = Stack::new().await;
-    let worker = stack.consume(&[]).await;
+    let worker = consume(&stack, &[]).await;
     let body = br#"{"type":"user.banned","object":"event","data":{"id":"user_2x"}}"#;
     stack
         .broker
@@ -270,7 +243,7 @@ async fn a_persistent_transient_error_is_retried_then_dead_lettered_as_retries_e
         .await
         .unwrap();
 
-    let worker = stack.consume(&[("RETRY_MAX_ATTEMPTS", "3")]).await;
+    let worker = consume(&stack, &[("RETRY_MAX_ATTEMPTS", "3")]).await;
     stack
         .broker
         .publish("user.updated", &event.updated(1_000).body(), "msg_locked")
@@ -304,17 +277,20 @@ async fn a_twenty_second_database_outage_loses_and_dead_letters_nothing() {
     let stack = Stack::new().await;
     let proxy = CuttableProxy::start("127.0.0.1:5432".parse().unwrap()).await;
     let through_proxy = format!("postgres://postgres@{}/{}", proxy.addr, stack.db.name);
-    let mut env = stack.env(&[
-        ("DATABASE_CONNECT_TIMEOUT", "1s"),
-        ("RETRY_MAX_DELAY", "5s"),
-    ]);
+    let mut env = env(
+        &stack,
+        &[
+            ("DATABASE_CONNECT_TIMEOUT", "1s"),
+            ("RETRY_MAX_DELAY", "5s"),
+        ],
+    );
     env.retain(|(key, _)| *key != "DATABASE_URL");
     env.push(("DATABASE_URL", through_proxy));
     let mut worker = WorkerProcess::spawn(WORKER, &["consume"], &env);
     worker.wait_ready(Duration::from_secs(30)).await;
 
     proxy.cut().await;
-    stack.publish_sign_ups(200).await;
+    publish_sign_ups(&stack, 200).await;
     eventually(
         "/readyz to report the database",
         Duration::from_secs(10),
@@ -333,9 +309,7 @@ async fn a_twenty_second_database_outage_loses_and_dead_letters_nothing() {
     proxy.restore();
     let restored = Instant::now();
 
-    stack
-        .wait_for_workspaces(200, Duration::from_secs(60))
-        .await;
+    wait_for_workspaces(&stack, 200, Duration::from_secs(60)).await;
     eprintln!(
         "all 200 provisioned {:?} after the database came back",
         restored.elapsed()
@@ -360,8 +334,8 @@ async fn a_twenty_second_database_outage_loses_and_dead_letters_nothing() {
 #[tokio::test]
 async fn a_worker_killed_mid_stream_and_restarted_provisions_everything_exactly_once() {
     let stack = Stack::new().await;
-    stack.publish_sign_ups(1000).await;
-    let mut first = stack.consume(&[]).await;
+    publish_sign_ups(&stack, 1000).await;
+    let mut first = consume(&stack, &[]).await;
     eventually("some progress", Duration::from_secs(60), || async {
         stack.users().await >= 100
     })
@@ -371,10 +345,8 @@ async fn a_worker_killed_mid_stream_and_restarted_provisions_everything_exactly_
     eprintln!("killed with {at_kill} of 1000 provisioned");
     assert!(at_kill < 1000, "the kill must land mid-stream");
 
-    let _second = stack.consume(&[]).await;
-    stack
-        .wait_for_workspaces(1000, Duration::from_secs(120))
-        .await;
+    let _second = consume(&stack, &[]).await;
+    wait_for_workspaces(&stack, 1000, Duration::from_secs(120)).await;
     assert_eq!(stack.users().await, 1000);
     assert_eq!(
         stack
@@ -389,9 +361,9 @@ async fn a_worker_killed_mid_stream_and_restarted_provisions_everything_exactly_
 #[tokio::test]
 async fn the_worker_reconnects_after_the_broker_closes_its_connection() {
     let stack = Stack::new().await;
-    let worker = stack.consume(&[]).await;
-    stack.publish_sign_ups(10).await;
-    stack.wait_for_workspaces(10, Duration::from_secs(20)).await;
+    let worker = consume(&stack, &[]).await;
+    publish_sign_ups(&stack, 10).await;
+    wait_for_workspaces(&stack, 10, Duration::from_secs(20)).await;
 
     close_broker_connection_of(worker.pid());
     eventually("the reconnect", Duration::from_secs(30), || async {
@@ -409,7 +381,7 @@ async fn the_worker_reconnects_after_the_broker_closes_its_connection() {
             .publish("user.created", &event.body(), &format!("msg_again{i}"))
             .await;
     }
-    stack.wait_for_workspaces(30, Duration::from_secs(30)).await;
+    wait_for_workspaces(&stack, 30, Duration::from_secs(30)).await;
     eventually("the queue to drain", Duration::from_secs(10), || async {
         stack.main_queue_ready().await == 0
     })
@@ -448,8 +420,8 @@ fn close_broker_connection_of(pid: u32) {
 #[tokio::test]
 async fn sigterm_with_events_in_flight_exits_zero_and_loses_nothing() {
     let stack = Stack::new().await;
-    stack.publish_sign_ups(500).await;
-    let mut worker = stack.consume(&[]).await;
+    publish_sign_ups(&stack, 500).await;
+    let mut worker = consume(&stack, &[]).await;
     eventually("work in flight", Duration::from_secs(60), || async {
         stack.users().await >= 50
     })
@@ -470,24 +442,20 @@ async fn sigterm_with_events_in_flight_exits_zero_and_loses_nothing() {
     assert_eq!(acked + ready, 500);
     assert_eq!(stack.users().await, i64::from(acked));
 
-    let _next = stack.consume(&[]).await;
-    stack
-        .wait_for_workspaces(500, Duration::from_secs(60))
-        .await;
+    let _next = consume(&stack, &[]).await;
+    wait_for_workspaces(&stack, 500, Duration::from_secs(60)).await;
 }
 
 #[tokio::test]
 async fn three_workers_share_the_queue_and_provision_each_user_exactly_once() {
     let stack = Stack::new().await;
     let workers = [
-        stack.consume(&[]).await,
-        stack.consume(&[]).await,
-        stack.consume(&[]).await,
+        consume(&stack, &[]).await,
+        consume(&stack, &[]).await,
+        consume(&stack, &[]).await,
     ];
-    stack.publish_sign_ups(3000).await;
-    stack
-        .wait_for_workspaces(3000, Duration::from_secs(180))
-        .await;
+    publish_sign_ups(&stack, 3000).await;
+    wait_for_workspaces(&stack, 3000, Duration::from_secs(180)).await;
     assert_eq!(stack.users().await, 3000);
     eventually("every ack", Duration::from_secs(20), || async {
         let mut total = 0.0;
@@ -507,9 +475,9 @@ async fn three_workers_share_the_queue_and_provision_each_user_exactly_once() {
 #[tokio::test]
 async fn metrics_show_the_created_count_and_real_histogram_buckets() {
     let stack = Stack::new().await;
-    let worker = stack.consume(&[]).await;
-    stack.publish_sign_ups(25).await;
-    stack.wait_for_workspaces(25, Duration::from_secs(30)).await;
+    let worker = consume(&stack, &[]).await;
+    publish_sign_ups(&stack, 25).await;
+    wait_for_workspaces(&stack, 25, Duration::from_secs(30)).await;
     eventually("25 created", Duration::from_secs(10), || async {
         worker.metric("workspace_created_total").await == 25.0
     })
@@ -548,7 +516,7 @@ async fn metrics_show_the_created_count_and_real_histogram_buckets() {
 #[tokio::test]
 async fn healthz_and_readyz_answer() {
     let stack = Stack::new().await;
-    let worker = stack.consume(&[]).await;
+    let worker = consume(&stack, &[]).await;
     let (status, body) = worker.readyz().await;
     assert_eq!(status, 200, "{body}");
     let body: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -559,7 +527,7 @@ async fn healthz_and_readyz_answer() {
 #[tokio::test]
 async fn readyz_names_the_broker_when_it_cannot_be_reached() {
     let stack = Stack::new().await;
-    let mut env = stack.env(&[]);
+    let mut env = env(&stack, &[]);
     env.retain(|(key, _)| *key != "AMQP_URL");
     env.push(("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f".into()));
     let worker = WorkerProcess::spawn(WORKER, &["consume"], &env);
@@ -578,7 +546,7 @@ async fn worker_readyz(worker: &WorkerProcess) -> Option<(u16, String)> {
 #[tokio::test]
 async fn the_worker_resumes_after_the_broker_cancels_its_consumer() {
     let stack = Stack::new().await;
-    let worker = stack.consume(&[]).await;
+    let worker = consume(&stack, &[]).await;
     stack.broker.delete_main_queue().await;
     eventually(
         "the consumer to come back",
@@ -589,8 +557,8 @@ async fn the_worker_resumes_after_the_broker_cancels_its_consumer() {
         },
     )
     .await;
-    stack.publish_sign_ups(5).await;
-    stack.wait_for_workspaces(5, Duration::from_secs(20)).await;
+    publish_sign_ups(&stack, 5).await;
+    wait_for_workspaces(&stack, 5, Duration::from_secs(20)).await;
 }
 
 #[tokio::test]
@@ -622,7 +590,7 @@ async fn a_message_returned_past_the_delivery_limit_is_dead_lettered_by_the_brok
 async fn sigterm_during_a_database_outage_gives_every_held_delivery_back() {
     let stack = Stack::new().await;
     let proxy = CuttableProxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let mut env = stack.env(&[("DATABASE_CONNECT_TIMEOUT", "1s")]);
+    let mut env = env(&stack, &[("DATABASE_CONNECT_TIMEOUT", "1s")]);
     env.retain(|(key, _)| *key != "DATABASE_URL");
     env.push((
         "DATABASE_URL",
@@ -631,7 +599,7 @@ async fn sigterm_during_a_database_outage_gives_every_held_delivery_back() {
     let mut worker = WorkerProcess::spawn(WORKER, &["consume"], &env);
     worker.wait_ready(Duration::from_secs(30)).await;
     proxy.cut().await;
-    stack.publish_sign_ups(5).await;
+    publish_sign_ups(&stack, 5).await;
     eventually("retries under way", Duration::from_secs(20), || async {
         worker
             .metric(r#"events_retried_total{reason="database_unavailable"}"#)

@@ -5,72 +5,37 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::Duration;
 
-use integration_tests::broker::TestBroker;
 use integration_tests::clerk::{UserEvent, fixture, provision};
+use integration_tests::eventually;
 use integration_tests::process::WorkerProcess;
-use integration_tests::{TestDb, eventually};
+use integration_tests::stack::Stack;
 use serde_json::Value;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_worker-under-test");
 
-struct Stack {
-    db: TestDb,
-    broker: TestBroker,
+async fn worker(stack: &Stack) -> WorkerProcess {
+    stack.spawn(WORKER, &["consume"], &[]).await
 }
 
-impl Stack {
-    async fn new() -> Self {
-        Self {
-            db: TestDb::migrated().await,
-            broker: TestBroker::new().await,
-        }
-    }
+/// Runs `worker dlq ARGS` and returns its stdout, asserting success.
+fn dlq(stack: &Stack, args: &[&str]) -> String {
+    let output = Command::new(WORKER)
+        .arg("dlq")
+        .args(args)
+        .envs(stack.env(&[("RUST_LOG", "warn")]))
+        .output()
+        .expect("worker dlq runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "worker dlq {args:?} failed: {stderr}"
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
 
-    fn env(&self) -> Vec<(&'static str, String)> {
-        let mut env = self.broker.env();
-        env.push(("DATABASE_URL", self.db.settings.url.clone()));
-        env
-    }
-
-    async fn worker(&self) -> WorkerProcess {
-        let mut worker = WorkerProcess::spawn(WORKER, &["consume"], &self.env());
-        worker.wait_ready(Duration::from_secs(30)).await;
-        worker
-    }
-
-    /// Runs `worker dlq ARGS` and returns its stdout, asserting success.
-    fn dlq(&self, args: &[&str]) -> String {
-        let output = Command::new(WORKER)
-            .arg("dlq")
-            .args(args)
-            .envs(self.env())
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("worker dlq runs");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            output.status.success(),
-            "worker dlq {args:?} failed: {stderr}"
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-
-    fn dlq_json(&self, args: &[&str]) -> Value {
-        let mut with_json = args.to_vec();
-        with_json.push("--json");
-        let stdout = self.dlq(&with_json);
-        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
-    }
-
-    async fn dead_letters_waiting(&self) -> u32 {
-        self.broker
-            .ready(&self.broker.topology.dead_letter_queue)
-            .await
-    }
-
-    async fn users(&self) -> i64 {
-        self.db.scalar("SELECT count(*) FROM users").await
-    }
+fn dlq_json(stack: &Stack, args: &[&str]) -> Value {
+    let stdout = dlq(stack, &[args, &["--json"]].concat());
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 
 /// Ten events that fail for three reasons: 4 email conflicts (each email held by an "owner"
@@ -137,10 +102,10 @@ fn expected(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
 #[tokio::test]
 async fn list_shows_every_dead_letter_with_its_reason_and_leaves_them_in_place() {
     let stack = Stack::new().await;
-    let worker = stack.worker().await;
+    let worker = worker(&stack).await;
     ten_dead_letters(&stack, &worker).await;
 
-    let listing = stack.dlq_json(&["list"]);
+    let listing = dlq_json(&stack, &["list"]);
     let rows = listing["dead_letters"].as_array().unwrap();
     assert_eq!(rows.len(), 10);
     assert_eq!(listing["total"], 10);
@@ -177,33 +142,36 @@ async fn list_shows_every_dead_letter_with_its_reason_and_leaves_them_in_place()
     let ids: BTreeSet<&str> = rows.iter().filter_map(|r| r["svix_id"].as_str()).collect();
     assert_eq!(ids.len(), 10, "no duplicates");
     assert_eq!(
-        stack.dead_letters_waiting().await,
+        stack.dead_letters_ready().await,
         10,
         "listing removes nothing"
     );
-    let again = stack.dlq_json(&["list"]);
+    let again = dlq_json(&stack, &["list"]);
     assert_eq!(again["total"], 10, "and can be repeated");
 
-    let filtered = stack.dlq_json(&["list", "--reason", "missing_email", "--limit", "2"]);
+    let filtered = dlq_json(
+        &stack,
+        &["list", "--reason", "missing_email", "--limit", "2"],
+    );
     assert_eq!(filtered["dead_letters"].as_array().unwrap().len(), 2);
     assert_eq!(filtered["total"], 3);
-    let by_type = stack.dlq_json(&["list", "--type", "user.updated"]);
+    let by_type = dlq_json(&stack, &["list", "--type", "user.updated"]);
     assert_eq!(by_type["total"], 3);
 
-    let table = stack.dlq(&["list"]);
+    let table = dlq(&stack, &["list"]);
     assert!(table.starts_with("SVIX_ID"), "{table}");
     assert!(
         table.contains("msg_phone1") && table.contains("10 dead letter(s) match"),
         "{table}"
     );
     assert!(table.contains("  email_conflict: 4"), "{table}");
-    assert_eq!(stack.dead_letters_waiting().await, 10);
+    assert_eq!(stack.dead_letters_ready().await, 10);
 }
 
 #[tokio::test]
 async fn a_dry_run_changes_nothing_and_a_replay_after_the_fix_provisions_exactly_those() {
     let stack = Stack::new().await;
-    let worker = stack.worker().await;
+    let worker = worker(&stack).await;
     ten_dead_letters(&stack, &worker).await;
     // One conflicting user got provisioned another way meanwhile: its replay is a no-op.
     let later = UserEvent {
@@ -213,7 +181,10 @@ async fn a_dry_run_changes_nothing_and_a_replay_after_the_fix_provisions_exactly
     provision(&stack.db.conn, &later.body()).await.unwrap();
     let users_before = stack.db.rows("SELECT * FROM users ORDER BY id").await;
 
-    let dry = stack.dlq_json(&["replay", "--reason", "email_conflict", "--dry-run"]);
+    let dry = dlq_json(
+        &stack,
+        &["replay", "--reason", "email_conflict", "--dry-run"],
+    );
     assert_eq!(dry["dry_run"], true);
     assert_eq!(dry["replayed"], 0);
     assert_eq!(
@@ -224,7 +195,7 @@ async fn a_dry_run_changes_nothing_and_a_replay_after_the_fix_provisions_exactly
     assert_eq!(dry["no_ops"], 1);
     assert_eq!(dry["skipped"], 6);
     assert_eq!(
-        stack.dead_letters_waiting().await,
+        stack.dead_letters_ready().await,
         10,
         "a dry run removes nothing"
     );
@@ -232,7 +203,10 @@ async fn a_dry_run_changes_nothing_and_a_replay_after_the_fix_provisions_exactly
         stack.db.rows("SELECT * FROM users ORDER BY id").await,
         users_before
     );
-    let text = stack.dlq(&["replay", "--reason", "email_conflict", "--dry-run"]);
+    let text = dlq(
+        &stack,
+        &["replay", "--reason", "email_conflict", "--dry-run"],
+    );
     assert!(
         text.contains("dry run: would replay 4, skip 6")
             && text.contains("no-ops (user already has a workspace): 1"),
@@ -244,7 +218,7 @@ async fn a_dry_run_changes_nothing_and_a_replay_after_the_fix_provisions_exactly
         .db
         .execute("DELETE FROM users WHERE id LIKE 'user_2owner%'")
         .await;
-    let replayed = stack.dlq_json(&["replay", "--reason", "email_conflict"]);
+    let replayed = dlq_json(&stack, &["replay", "--reason", "email_conflict"]);
     assert_eq!(replayed["replayed"], 4);
     assert_eq!(replayed["skipped"], 6);
     eventually(
@@ -271,21 +245,24 @@ async fn a_dry_run_changes_nothing_and_a_replay_after_the_fix_provisions_exactly
     );
     let fresh = stack.db.scalar("SELECT count(*) FROM users WHERE id = 'user_2conflict0' AND email = 'fresh0@example.com'").await;
     assert_eq!(fresh, 1, "the newer state of the no-op user stays");
-    assert_eq!(stack.dead_letters_waiting().await, 6, "the rest stay");
-    let rest = stack.dlq_json(&["list"]);
+    assert_eq!(stack.dead_letters_ready().await, 6, "the rest stay");
+    let rest = dlq_json(&stack, &["list"]);
     assert_eq!(
         counts(&rest["counts_by_reason"]),
         expected(&[("invalid_payload", 3), ("missing_email", 3)])
     );
-    let summary = stack.dlq(&["replay", "--id", "msg_phone0", "--id", "msg_phone2"]);
+    let summary = dlq(
+        &stack,
+        &["replay", "--id", "msg_phone0", "--id", "msg_phone2"],
+    );
     assert!(summary.contains("replayed 2, skipped 4"), "{summary}");
     eventually(
         "the phone-only letters back in the dead-letter queue",
         Duration::from_secs(30),
-        || async { stack.dead_letters_waiting().await == 6 },
+        || async { stack.dead_letters_ready().await == 6 },
     )
     .await;
-    let listing = stack.dlq_json(&["list", "--reason", "missing_email"]);
+    let listing = dlq_json(&stack, &["list", "--reason", "missing_email"]);
     let replay_counts: Vec<i64> = listing["dead_letters"]
         .as_array()
         .unwrap()
@@ -318,8 +295,8 @@ async fn replaying_an_already_provisioned_event_changes_nothing() {
             "retries_exhausted",
         )
         .await;
-    let worker = stack.worker().await;
-    let summary = stack.dlq_json(&["replay"]);
+    let worker = worker(&stack).await;
+    let summary = dlq_json(&stack, &["replay"]);
     assert_eq!(summary["replayed"], 1);
     eventually("the replay processed", Duration::from_secs(20), || async {
         worker
@@ -364,7 +341,7 @@ async fn a_replay_killed_halfway_loses_nothing() {
             )
             .await;
     }
-    let mut replay = WorkerProcess::spawn(WORKER, &["dlq", "replay"], &stack.env());
+    let mut replay = WorkerProcess::spawn(WORKER, &["dlq", "replay"], &stack.env(&[]));
     let main_queue = stack.broker.topology.queue.clone();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while stack.broker.ready(&main_queue).await < 100 && replay.exited().is_none() {

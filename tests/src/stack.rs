@@ -1,0 +1,61 @@
+//! A database and a broker topology of the caller's own, and `worker` processes running on them.
+
+use std::time::Duration;
+
+use crate::TestDb;
+use crate::broker::TestBroker;
+use crate::process::WorkerProcess;
+
+pub struct Stack {
+    pub db: TestDb,
+    pub broker: TestBroker,
+}
+
+impl Stack {
+    pub async fn new() -> Self {
+        Self {
+            db: TestDb::migrated().await,
+            broker: TestBroker::new().await,
+        }
+    }
+
+    /// A worker's environment for this stack, plus `extra` (later entries win).
+    pub fn env(&self, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+        let mut env = self.broker.env();
+        env.push(("DATABASE_URL", self.db.settings.url.clone()));
+        env.extend(extra.iter().map(|(key, value)| (*key, (*value).to_owned())));
+        env
+    }
+
+    /// Starts `bin args...` on this stack and waits until `/readyz` says ready.
+    pub async fn spawn(
+        &self,
+        bin: &str,
+        args: &[&str],
+        extra: &[(&'static str, &str)],
+    ) -> WorkerProcess {
+        let mut process = WorkerProcess::spawn(bin, args, &self.env(extra));
+        process.wait_ready(Duration::from_secs(60)).await;
+        process
+    }
+
+    pub async fn workspaces(&self) -> i64 {
+        self.db.scalar("SELECT count(*) FROM workspaces").await
+    }
+
+    pub async fn users(&self) -> i64 {
+        self.db.scalar("SELECT count(*) FROM users").await
+    }
+
+    /// Messages ready in the main queue.
+    pub async fn main_queue_ready(&self) -> u32 {
+        self.broker.ready(&self.broker.topology.queue).await
+    }
+
+    /// Messages ready in the dead-letter queue.
+    pub async fn dead_letters_ready(&self) -> u32 {
+        self.broker
+            .ready(&self.broker.topology.dead_letter_queue)
+            .await
+    }
+}

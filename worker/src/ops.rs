@@ -1,6 +1,8 @@
 //! The ops HTTP server: `/metrics` for Prometheus, `/healthz` (the process is alive) and
 //! `/readyz` (the database and the broker are reachable; 503 naming what is not).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -14,11 +16,24 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::consumer::ReadyFlag;
 use crate::health;
 
 /// Readiness probes must answer quickly even when the database hangs.
 const DATABASE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether a component currently holds what it needs (a broker connection); `/readyz` reads it.
+#[derive(Clone, Debug, Default)]
+pub struct ReadyFlag(Arc<AtomicBool>);
+
+impl ReadyFlag {
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
 
 /// What the ops endpoints read.
 #[derive(Clone)]

@@ -13,10 +13,10 @@ use tracing::{info, warn};
 use crate::config::{
     BrokerSettings, ConsumerSettings, DatabaseSettings, IngressSettings, OpsSettings,
 };
-use crate::consumer::{Consumer, ReadyFlag};
+use crate::consumer::Consumer;
 use crate::ingress::signature::Verifier;
 use crate::ingress::{self, IngressState, Publisher};
-use crate::ops::{self, OpsState};
+use crate::ops::{self, OpsState, ReadyFlag};
 use crate::retry::RetryPolicy;
 use crate::{db, metrics};
 

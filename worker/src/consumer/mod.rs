@@ -9,7 +9,6 @@
 mod delivery;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
@@ -24,24 +23,11 @@ use tracing::{info, warn};
 
 use crate::broker::{self, Topology};
 use crate::config::{BrokerSettings, ConsumerSettings};
+use crate::ops::ReadyFlag;
 use crate::retry::RetryPolicy;
 use crate::{metrics, provision};
 
 pub use delivery::Processor;
-
-/// Whether a component currently holds what it needs; `/readyz` reads it.
-#[derive(Clone, Debug, Default)]
-pub struct ReadyFlag(Arc<AtomicBool>);
-
-impl ReadyFlag {
-    pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Relaxed);
-    }
-
-    pub fn get(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-}
 
 /// Everything the consumer needs, built once at start-up.
 pub struct Consumer {

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::broker::{self, PublishError, Topology};
 use crate::config::BrokerSettings;
-use crate::consumer::ReadyFlag;
+use crate::ops::ReadyFlag;
 use crate::retry::RetryPolicy;
 
 /// How often the keeper looks at the connection's health.

@@ -5,6 +5,27 @@
 
 pub use sea_orm_migration::prelude::*;
 
+/// A migration written as SQL: `up` runs the module's `UP`, `down` its `DOWN`.
+macro_rules! sql_migration {
+    () => {
+        #[derive(DeriveMigrationName)]
+        pub struct Migration;
+
+        #[async_trait::async_trait]
+        impl MigrationTrait for Migration {
+            async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+                manager.get_connection().execute_unprepared(UP).await?;
+                Ok(())
+            }
+
+            async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+                manager.get_connection().execute_unprepared(DOWN).await?;
+                Ok(())
+            }
+        }
+    };
+}
+
 mod m20261128_000001_create_users_and_workspaces;
 mod m20261128_000002_add_users_clerk_updated_at;
 mod m20261128_000003_create_user_tombstones;

@@ -1,10 +1,9 @@
-//! User changes (`user.created`/`user.updated`): one user or several distinct users in one
-//! transaction, with multi-row statements over one JSON parameter, so a batch shares the
-//! per-transaction cost (round trips, commit flush) and a single event is a batch of one.
+//! Batch provisioning: several users' `user.created`/`user.updated` in one transaction, with
+//! multi-row statements, so the per-transaction cost (round trips, commit flush) is shared.
 //!
-//! The rules: a per-user lock, tombstones, last writer wins by Clerk's clock, derived usernames
-//! that never replace a stored one. The consumer falls back to one event per transaction when a
-//! batch fails, so one bad event never costs its batch-mates more than that retry.
+//! The rules are exactly those of one event at a time (per-user lock, tombstones, last writer
+//! wins, derived usernames); the caller falls back to one event per transaction when a batch
+//! fails, so one bad event never costs its batch-mates more than that retry.
 
 use std::collections::HashMap;
 
@@ -12,30 +11,9 @@ use chrono::SecondsFormat;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
 use serde_json::json;
 
-use super::{Outcome, Provisioned, finish, statement};
+use super::{Outcome, Provisioned, UserWrite, finish, outcome_of, statement};
 use crate::domain::{UserProfile, UsernameChoice, WorkspaceName};
 use crate::error::ProvisionError;
-
-/// What the upsert did to a user's row.
-enum UserWrite {
-    Inserted,
-    Updated,
-    /// Nothing: the row already reflects this very event (a duplicate).
-    Unchanged,
-    /// Nothing: the row reflects a newer event.
-    Stale,
-}
-
-/// What a user upsert plus workspace step amounted to. Even a stale or duplicate event ensures
-/// the workspace, so a lost creation heals.
-fn outcome_of(user_write: UserWrite, workspace_created: bool) -> Outcome {
-    match user_write {
-        _ if workspace_created => Outcome::Created,
-        UserWrite::Updated => Outcome::Updated,
-        UserWrite::Stale => Outcome::Stale,
-        UserWrite::Inserted | UserWrite::Unchanged => Outcome::AlreadyExisted,
-    }
-}
 
 /// The batch as rows: $1 is a JSON array of users.
 const ROWS: &str = "jsonb_to_recordset($1::jsonb) AS e(id text, email text, username text, fallback text, \
@@ -49,14 +27,7 @@ fn lock_users() -> String {
     )
 }
 
-/// The user upsert, per row:
-/// - nothing happens when a tombstone at least as new as the event exists: a deleted user does
-///   not come back through an older event;
-/// - a derived username never replaces a stored one, and a new user takes the fallback when
-///   someone else holds the preferred one;
-/// - the row changes only for a strictly newer Clerk `updated_at`: a duplicate changes nothing,
-///   not even `updated_at`, and an older event is stale;
-/// - `xmax = 0` is true for a freshly inserted row; no row comes back when nothing was written.
+/// The multi-row form of `sql::UPSERT_USER`.
 fn upsert_users() -> String {
     format!(
         r#"
@@ -93,9 +64,7 @@ fn stored_is_newer() -> String {
     )
 }
 
-/// Ensures each user's one workspace ($1 user ids as a JSON array, $2 name) and returns them with
-/// whether each is new. The second branch cannot see the first's inserts (same statement), so
-/// each user comes back once; the user locks keep any concurrent insert out.
+/// The multi-row form of `sql::ENSURE_WORKSPACE` ($1 user ids as a JSON array, $2 name).
 const ENSURE_WORKSPACES: &str = r#"
 WITH wanted AS (SELECT jsonb_array_elements_text($1::jsonb) AS user_id),
 created AS (

@@ -1,9 +1,6 @@
 //! Provisioning: one event, one PostgreSQL transaction, and the database ends with exactly one
 //! correct `users` row and one workspace for it, however often and in whatever order events come.
 //!
-//! User changes, one or many, go through the multi-row statements of [`batch`]; deletions have
-//! their own.
-//!
 //! Order does not matter because Clerk's clock decides: an event changes a user only when it is
 //! newer than what the row reflects (`clerk_updated_at`), and a deletion leaves a tombstone that
 //! older events cannot get past. Every transaction first takes a per-user lock, so one user's
@@ -22,7 +19,7 @@ use sea_orm::{
 use serde::Serialize;
 use tracing::{debug, instrument};
 
-use crate::domain::{Event, UserDeletion, UserId, UserProfile, UsernameChoice};
+use crate::domain::{Event, UserDeletion, UserId, UserProfile, UsernameChoice, WorkspaceName};
 use crate::error::{FailureReason, ProvisionError};
 
 /// What applying an event did. Every variant is a success.
@@ -105,10 +102,9 @@ async fn provision_user_once(
     db: &DatabaseConnection,
     profile: &UserProfile,
 ) -> Result<Provisioned, ProvisionError> {
-    let mut results = provision_batch(db, &[profile]).await?;
-    results
-        .pop()
-        .ok_or_else(|| ProvisionError::Transient("a batch of one returned nothing".into()))
+    let txn = db.begin().await.map_err(ProvisionError::from_db)?;
+    let result = upsert_user_and_workspace(&txn, profile).await;
+    finish(txn, result).await
 }
 
 /// Commits when `result` is a success, rolls back otherwise; either way the error is classified.
@@ -129,10 +125,114 @@ async fn finish<T>(
     }
 }
 
+/// What the upsert did to the user's row.
+enum UserWrite {
+    Inserted,
+    Updated,
+    /// Nothing: the row already reflects this very event (a duplicate).
+    Unchanged,
+    /// Nothing: the row reflects a newer event.
+    Stale,
+}
+
+async fn upsert_user_and_workspace(
+    txn: &DatabaseTransaction,
+    profile: &UserProfile,
+) -> Result<Provisioned, DbErr> {
+    lock_user(txn, &profile.id).await?;
+    let user_write = match upsert_user(txn, profile).await? {
+        UserWrite::Unchanged => match stored_is_newer(txn, profile).await? {
+            // A tombstone at least as new as this event: the user stays deleted.
+            None => {
+                return Ok(Provisioned {
+                    outcome: Outcome::Stale,
+                    workspace_id: None,
+                });
+            }
+            Some(true) => UserWrite::Stale,
+            Some(false) => UserWrite::Unchanged,
+        },
+        written => written,
+    };
+    // Even a stale or duplicate event ensures the workspace, so a lost creation heals.
+    let (workspace_id, workspace_created) =
+        ensure_workspace(txn, &profile.id, &WorkspaceName::default()).await?;
+    Ok(Provisioned {
+        outcome: outcome_of(user_write, workspace_created),
+        workspace_id: Some(workspace_id),
+    })
+}
+
+/// What a user upsert plus workspace step amounted to.
+fn outcome_of(user_write: UserWrite, workspace_created: bool) -> Outcome {
+    match user_write {
+        _ if workspace_created => Outcome::Created,
+        UserWrite::Updated => Outcome::Updated,
+        UserWrite::Stale => Outcome::Stale,
+        UserWrite::Inserted | UserWrite::Unchanged => Outcome::AlreadyExisted,
+    }
+}
+
 async fn lock_user(txn: &DatabaseTransaction, id: &UserId) -> Result<(), DbErr> {
     txn.execute_raw(statement(sql::LOCK_USER, [id.as_ref().into()]))
         .await?;
     Ok(())
+}
+
+async fn upsert_user(txn: &DatabaseTransaction, profile: &UserProfile) -> Result<UserWrite, DbErr> {
+    let (username, fallback, derived) = match &profile.username {
+        UsernameChoice::Chosen(name) => (name.as_ref(), None, false),
+        UsernameChoice::Derived(pair) => {
+            (pair.preferred.as_ref(), Some(pair.fallback.as_ref()), true)
+        }
+    };
+    let values: [Value; 9] = [
+        profile.id.as_ref().into(),
+        profile.email.as_ref().into(),
+        username.into(),
+        fallback.map(str::to_owned).into(),
+        derived.into(),
+        text(profile.first_name.as_ref()),
+        text(profile.last_name.as_ref()),
+        text(profile.avatar_url.as_ref()),
+        profile.updated_at.as_datetime().into(),
+    ];
+    let row = txn
+        .query_one_raw(statement(sql::UPSERT_USER, values))
+        .await?;
+    Ok(match row {
+        None => UserWrite::Unchanged,
+        Some(row) if row.try_get::<bool>("", "inserted")? => UserWrite::Inserted,
+        Some(_) => UserWrite::Updated,
+    })
+}
+
+async fn ensure_workspace(
+    txn: &DatabaseTransaction,
+    user_id: &UserId,
+    name: &WorkspaceName,
+) -> Result<(String, bool), DbErr> {
+    let values = [user_id.as_ref().into(), name.as_ref().into()];
+    let row = txn
+        .query_one_raw(statement(sql::ENSURE_WORKSPACE, values))
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound(format!("workspace of {user_id} vanished")))?;
+    Ok((row.try_get("", "id")?, row.try_get("", "created")?))
+}
+
+/// `None` when the user is not there at all.
+async fn stored_is_newer(
+    txn: &DatabaseTransaction,
+    profile: &UserProfile,
+) -> Result<Option<bool>, DbErr> {
+    let values = [
+        profile.id.as_ref().into(),
+        profile.updated_at.as_datetime().into(),
+    ];
+    let row = txn
+        .query_one_raw(statement(sql::STORED_IS_NEWER, values))
+        .await?;
+    row.map(|row| row.try_get("", "newer")).transpose()
 }
 
 async fn delete_user(
@@ -181,6 +281,10 @@ async fn present(txn: &DatabaseTransaction, id: &UserId) -> Result<bool, DbErr> 
 
 fn statement<const N: usize>(sql: &str, values: [Value; N]) -> Statement {
     Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+}
+
+fn text<T: AsRef<str>>(value: Option<&T>) -> Value {
+    value.map(|v| v.as_ref().to_owned()).into()
 }
 
 /// Forgets deletions older than `before`; returns how many. Run periodically by the worker.

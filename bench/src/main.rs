@@ -148,52 +148,37 @@ fn table(report: &Report) -> String {
         "machine: {} cores; settings: {}\n\n",
         report.cores, report.settings
     );
-    out += &format!(
-        "{:<10} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
-        "phase", "events/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "RSS MiB"
+    out += &row(
+        "phase",
+        "events/s",
+        ["p50 ms", "p95 ms", "p99 ms", "max ms"].map(String::from),
+        "RSS MiB",
     );
+    let ms = |v: f64| format!("{v:.1}");
+    let none = || ["-"; 4].map(String::from);
+    let latency = |l: stats::Latency| [l.p50_ms, l.p95_ms, l.p99_ms, l.max_ms].map(ms);
     let rss = |mib: Option<f64>| mib.map_or("-".to_owned(), |m| format!("{m:.1}"));
+    let rate = |v: f64| format!("{v:.0}");
     if let Some(c) = report.ceiling {
-        out += &format!(
-            "{:<10} {:>12.0} {:>10.2} {:>10} {:>10} {:>10} {:>10}\n",
-            "ceiling", c.events_per_s, c.mean_latency_ms, "-", "-", "-", "-"
-        );
+        let mean = [
+            format!("{:.2}", c.mean_latency_ms),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+        ];
+        out += &row("ceiling", &rate(c.events_per_s), mean, "-");
     }
-    if let Some(d) = report.drain {
-        out += &format!(
-            "{:<10} {:>12.0} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
-            "drain",
-            d.events_per_s,
-            "-",
-            "-",
-            "-",
-            "-",
-            rss(d.peak_rss_mib)
-        );
-    }
-    if let Some(d) = report.drain_batched {
-        out += &format!(
-            "{:<10} {:>12.0} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
-            "drain+bat",
-            d.events_per_s,
-            "-",
-            "-",
-            "-",
-            "-",
-            rss(d.peak_rss_mib)
-        );
+    for (name, drain) in [("drain", report.drain), ("drain+bat", report.drain_batched)] {
+        if let Some(d) = drain {
+            out += &row(name, &rate(d.events_per_s), none(), &rss(d.peak_rss_mib));
+        }
     }
     if let Some(e) = report.e2e {
-        let l = e.latency;
-        out += &format!(
-            "{:<10} {:>12.0} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10}\n",
+        out += &row(
             "e2e",
-            e.events_per_s,
-            l.p50_ms,
-            l.p95_ms,
-            l.p99_ms,
-            l.max_ms,
-            rss(e.peak_rss_mib)
+            &rate(e.events_per_s),
+            latency(e.latency),
+            &rss(e.peak_rss_mib),
         );
         out += &format!(
             "{:<10} {:>12.0}   (webhooks accepted per second at the ingress)\n",
@@ -201,21 +186,23 @@ fn table(report: &Report) -> String {
         );
     }
     if let Some(r) = report.latency {
-        let l = r.latency;
-        out += &format!(
-            "{:<10} {:>12.0} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10}\n",
-            "latency", r.offered_per_s, l.p50_ms, l.p95_ms, l.p99_ms, l.max_ms, "-"
-        );
+        out += &row("latency", &rate(r.offered_per_s), latency(r.latency), "-");
     }
     out += "\n(ceiling p50 column: pgbench mean latency per transaction)\n";
-    if let Some(ratio) = report.drain_over_ceiling {
-        out += &format!("drain/ceiling = {ratio:.2}\n");
-    }
-    if let Some(ratio) = report.drain_batched_over_ceiling {
-        out += &format!("drain(batched)/ceiling = {ratio:.2}\n");
-    }
-    if let Some(ratio) = report.e2e_over_ceiling {
-        out += &format!("e2e/ceiling = {ratio:.2}\n");
+    for (name, ratio) in [
+        ("drain/ceiling", report.drain_over_ceiling),
+        ("drain(batched)/ceiling", report.drain_batched_over_ceiling),
+        ("e2e/ceiling", report.e2e_over_ceiling),
+    ] {
+        if let Some(ratio) = ratio {
+            out += &format!("{name} = {ratio:.2}\n");
+        }
     }
     out
+}
+
+/// One line of the table: phase, rate, four latency cells, memory.
+fn row(phase: &str, rate: &str, latency: [String; 4], rss: &str) -> String {
+    let [p50, p95, p99, max] = latency;
+    format!("{phase:<10} {rate:>12} {p50:>10} {p95:>10} {p99:>10} {max:>10} {rss:>10}\n")
 }

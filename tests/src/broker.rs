@@ -91,20 +91,34 @@ impl TestBroker {
         let mut headers = FieldTable::default();
         let now = chrono::Utc::now().timestamp_millis();
         headers.insert(RECEIVED_AT_HEADER.into(), AMQPValue::LongLongInt(now));
+        let exchange = self.topology.exchange.clone();
+        self.publish_to(&exchange, routing_key, body, message_id, headers)
+            .await;
+    }
+
+    /// A confirmed JSON publish with a message id and `headers`; panics with the id on failure.
+    async fn publish_to(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        message_id: &str,
+        headers: FieldTable,
+    ) {
         let properties = BasicProperties::default()
             .with_message_id(message_id.into())
             .with_content_type("application/json".into())
             .with_headers(headers);
         broker::publish_confirmed(
             &self.channel,
-            &self.topology.exchange,
+            exchange,
             routing_key,
             body,
             properties,
             Duration::from_secs(10),
         )
         .await
-        .unwrap_or_else(|err| panic!("publishing {message_id}: {err}"));
+        .unwrap_or_else(|err| panic!("publishing {message_id} to {exchange}: {err}"));
     }
 
     /// Publishes many events at once, waiting for all confirms at the end (for bulk loads).
@@ -158,20 +172,9 @@ impl TestBroker {
             AMQPValue::LongString("made by the test".into()),
         );
         headers.insert("x-attempts".into(), AMQPValue::LongLongInt(1));
-        let properties = BasicProperties::default()
-            .with_message_id(message_id.into())
-            .with_content_type("application/json".into())
-            .with_headers(headers);
-        broker::publish_confirmed(
-            &self.channel,
-            &self.topology.dead_letter_exchange,
-            routing_key,
-            body,
-            properties,
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap_or_else(|err| panic!("dead-lettering {message_id}: {err}"));
+        let exchange = self.topology.dead_letter_exchange.clone();
+        self.publish_to(&exchange, routing_key, body, message_id, headers)
+            .await;
     }
 
     /// Messages ready in a queue (not counting those delivered and unacknowledged).

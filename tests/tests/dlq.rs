@@ -382,3 +382,28 @@ async fn the_dlq_commands_fail_clearly_without_a_broker() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("broker"));
 }
+
+#[tokio::test]
+async fn a_dry_run_without_its_database_fails_clearly_and_changes_nothing() {
+    let stack = Stack::new().await;
+    stack
+        .broker
+        .publish_dead_letter(
+            "user.created",
+            &fixture("user_created.json"),
+            "msg_dry",
+            "email_conflict",
+        )
+        .await;
+    let output = Command::new(WORKER)
+        .args(["dlq", "replay", "--dry-run"])
+        .envs(stack.env(&[
+            ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/nowhere"),
+            ("DATABASE_CONNECT_TIMEOUT", "500ms"),
+        ]))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("a dry run asks"));
+    assert_eq!(stack.dead_letters_ready().await, 1);
+}

@@ -19,6 +19,14 @@ fn ingress_env(broker: &TestBroker, secret: &str) -> Vec<(&'static str, String)>
     env
 }
 
+/// The ingress's environment with its broker connection going through `proxy`.
+fn env_through(broker: &TestBroker, proxy: &CuttableProxy) -> Vec<(&'static str, String)> {
+    let mut env = ingress_env(broker, SECRET);
+    env.retain(|(key, _)| *key != "AMQP_URL");
+    env.push(("AMQP_URL", format!("amqp://guest:guest@{}/%2f", proxy.addr)));
+    env
+}
+
 async fn ingress(broker: &TestBroker, secret: &str) -> WorkerProcess {
     let mut process = WorkerProcess::spawn(WORKER, &["ingress"], &ingress_env(broker, secret));
     process.wait_ready(Duration::from_secs(30)).await;
@@ -220,9 +228,7 @@ async fn the_ingress_starts_without_the_broker_answers_503_and_recovers_when_it_
     let broker = TestBroker::new().await;
     let proxy = CuttableProxy::start("127.0.0.1:5672".parse().unwrap()).await;
     proxy.cut().await;
-    let mut env = ingress_env(&broker, SECRET);
-    env.retain(|(key, _)| *key != "AMQP_URL");
-    env.push(("AMQP_URL", format!("amqp://guest:guest@{}/%2f", proxy.addr)));
+    let env = env_through(&broker, &proxy);
     let mut ingress = WorkerProcess::spawn(WORKER, &["ingress"], &env);
 
     eventually("the ingress to answer without a broker", Duration::from_secs(20), || async {
@@ -273,9 +279,7 @@ async fn the_ingress_starts_without_the_broker_answers_503_and_recovers_when_it_
 async fn a_confirm_that_does_not_come_within_publish_timeout_is_503() {
     let broker = TestBroker::new().await;
     let proxy = CuttableProxy::start("127.0.0.1:5672".parse().unwrap()).await;
-    let mut env = ingress_env(&broker, SECRET);
-    env.retain(|(key, _)| *key != "AMQP_URL");
-    env.push(("AMQP_URL", format!("amqp://guest:guest@{}/%2f", proxy.addr)));
+    let mut env = env_through(&broker, &proxy);
     env.push(("PUBLISH_TIMEOUT", "500ms".into()));
     let mut ingress = WorkerProcess::spawn(WORKER, &["ingress"], &env);
     ingress.wait_ready(Duration::from_secs(30)).await;
@@ -400,6 +404,24 @@ async fn ingress_metrics_count_requests_by_status_and_time_the_confirms() {
     );
 }
 
+/// Waits for `user_id`'s workspace and returns the user's (email, username).
+async fn provisioned(db: &TestDb, user_id: &str) -> (String, String) {
+    let workspaces = format!("SELECT count(*) FROM workspaces WHERE user_id = '{user_id}'");
+    eventually(
+        &format!("{user_id}'s workspace"),
+        Duration::from_secs(20),
+        || async { db.scalar(&workspaces).await == 1 },
+    )
+    .await;
+    let row = db
+        .rows(&format!(
+            "SELECT email, username FROM users WHERE id = '{user_id}'"
+        ))
+        .await;
+    let text = |field: &str| row[0][field].as_str().unwrap_or_default().to_owned();
+    (text("email"), text("username"))
+}
+
 #[tokio::test]
 async fn worker_run_turns_each_shared_example_into_its_documented_state() {
     let db = TestDb::migrated().await;
@@ -419,40 +441,18 @@ async fn worker_run_turns_each_shared_example_into_its_documented_state() {
     };
 
     assert_eq!(post("user_created.json").await, 202);
-    eventually("marta's workspace", Duration::from_secs(20), || async {
-        db.scalar(
-            "SELECT count(*) FROM workspaces WHERE user_id = 'user_39BL7AjFtiageEwS3wHL0KvAXLh'",
-        )
-        .await
-            == 1
-    })
-    .await;
-    let marta =
-        row("SELECT email, username FROM users WHERE id = 'user_39BL7AjFtiageEwS3wHL0KvAXLh'")
-            .await;
     assert_eq!(
-        (marta["email"].as_str(), marta["username"].as_str()),
-        (Some("marta.lopez@example.com"), Some("marta_lopez"))
+        provisioned(&db, "user_39BL7AjFtiageEwS3wHL0KvAXLh").await,
+        ("marta.lopez@example.com".into(), "marta_lopez".into())
     );
 
     assert_eq!(
         post("user_created_null_username_second_email_primary.json").await,
         202
     );
-    eventually("kenji's workspace", Duration::from_secs(20), || async {
-        db.scalar(
-            "SELECT count(*) FROM workspaces WHERE user_id = 'user_3IUHw5u6kOqRgyTUEVE6dSQYtQE'",
-        )
-        .await
-            == 1
-    })
-    .await;
-    let kenji =
-        row("SELECT email, username FROM users WHERE id = 'user_3IUHw5u6kOqRgyTUEVE6dSQYtQE'")
-            .await;
     assert_eq!(
-        (kenji["email"].as_str(), kenji["username"].as_str()),
-        (Some("kenji+signup@example.org"), Some("kenji_signup"))
+        provisioned(&db, "user_3IUHw5u6kOqRgyTUEVE6dSQYtQE").await,
+        ("kenji+signup@example.org".into(), "kenji_signup".into())
     );
 
     assert_eq!(post("user_created_phone_only.json").await, 202);

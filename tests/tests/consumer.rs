@@ -434,13 +434,23 @@ async fn sigterm_with_events_in_flight_exits_zero_and_loses_nothing() {
         worker.logs()
     );
 
-    // Every event the worker finished was acked (else it would be back in the queue) and every
-    // other one is still in the queue: the two add up exactly.
-    let acked = worker.logs().matches("WORKSPACE_CREATED").count() as u32;
+    // Every event is either finished or still in the queue: nothing is lost. Delivery is
+    // at-least-once, so the broker may still hand back a few it had been acked for as the
+    // connection went (provisioning absorbs the repeat); never more than one prefetch window.
+    let finished = worker.logs().matches("WORKSPACE_CREATED").count() as u32;
     let ready = stack.main_queue_ready().await;
-    eprintln!("stopped after {acked} events; {ready} left in the queue");
-    assert_eq!(acked + ready, 500);
-    assert_eq!(stack.users().await, i64::from(acked));
+    eprintln!("stopped after {finished} events; {ready} left in the queue");
+    assert!(
+        finished + ready >= 500,
+        "{} events lost",
+        500 - finished - ready
+    );
+    assert!(
+        finished + ready <= 500 + 64,
+        "{} finished events back in the queue",
+        finished + ready - 500
+    );
+    assert_eq!(stack.users().await, i64::from(finished));
 
     let _next = consume(&stack, &[]).await;
     wait_for_workspaces(&stack, 500, Duration::from_secs(60)).await;

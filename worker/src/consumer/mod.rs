@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
-use lapin::Connection;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
 use sea_orm::DatabaseConnection;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -176,14 +176,25 @@ impl Consumer {
             {
                 warn!(error = %err, "could not cancel the consumer");
             }
-            self.drain_then_close(in_flight, &connection).await;
+            self.drain_then_close(in_flight, &channel, &connection)
+                .await;
         }
         Ok(end)
     }
 
-    /// Waits for in-flight deliveries (they ack on this connection), then closes it.
-    async fn drain_then_close(&self, in_flight: &TaskTracker, connection: &Connection) {
+    /// Waits for in-flight deliveries (they ack on `channel`), then closes the channel before the
+    /// connection: the broker answers a channel close only after handling every ack sent before
+    /// it, so what this worker finished does not come back to the queue.
+    async fn drain_then_close(
+        &self,
+        in_flight: &TaskTracker,
+        channel: &Channel,
+        connection: &Connection,
+    ) {
         self.drain(in_flight).await;
+        if let Err(err) = channel.close(200, "worker shutting down".into()).await {
+            warn!(error = %err, "closing the consumer channel");
+        }
         if let Err(err) = connection.close(200, "worker shutting down".into()).await {
             warn!(error = %err, "closing the broker connection");
         }

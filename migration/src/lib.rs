@@ -29,6 +29,7 @@ macro_rules! sql_migration {
 mod m20261128_000001_create_users_and_workspaces;
 mod m20261128_000002_add_users_clerk_updated_at;
 mod m20261128_000003_create_user_tombstones;
+mod m20261129_000004_create_provision_user_function;
 
 /// Every migration of the schema, oldest first.
 pub struct Migrator;
@@ -40,6 +41,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000001_create_users_and_workspaces::Migration),
             Box::new(m20261128_000002_add_users_clerk_updated_at::Migration),
             Box::new(m20261128_000003_create_user_tombstones::Migration),
+            Box::new(m20261129_000004_create_provision_user_function::Migration),
         ]
     }
 }

@@ -224,12 +224,17 @@ async fn the_migration_cli_goes_up_status_down_and_fresh() {
     migration(&["up"]);
     let status = migration(&["status"]);
     assert!(
-        status.contains("m20261128_000003_create_user_tombstones"),
+        status.contains("m20261129_000004_create_provision_user_function"),
         "{status}"
     );
-    migration(&["down", "-n", "3"]);
+    migration(&["down", "-n", "4"]);
     assert_eq!(
         db.scalar("SELECT count(*) FROM pg_tables WHERE tablename IN ('users', 'workspaces')")
+            .await,
+        0
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM pg_proc WHERE proname = 'provision_user'")
             .await,
         0
     );

@@ -146,9 +146,11 @@ fn classify_sqlx(err: &sqlx::Error, detail: String) -> ProvisionError {
 fn classify_sqlstate(code: &str, constraint: Option<&str>, detail: String) -> ProvisionError {
     let class = code.get(..2).unwrap_or("");
     match (class, code) {
-        // Connection exceptions, insufficient resources, bad credentials, missing database or
-        // table (not migrated yet), server shutting down or starting: nothing to do with the event.
-        ("08" | "53" | "28", _) | (_, "3D000" | "42P01" | "57P01" | "57P02" | "57P03") => {
+        // Connection exceptions, insufficient resources, bad credentials, missing database, table
+        // or function (not migrated yet), server shutting down or starting: nothing to do with
+        // the event.
+        ("08" | "53" | "28", _)
+        | (_, "3D000" | "42P01" | "42883" | "57P01" | "57P02" | "57P03") => {
             ProvisionError::Unavailable(detail)
         }
         (_, "23505") => classify_unique_violation(constraint, detail),
@@ -195,7 +197,7 @@ mod tests {
     #[test]
     fn connection_and_server_state_errors_mean_the_database_is_unavailable() {
         for code in [
-            "08006", "08001", "53300", "28P01", "3D000", "42P01", "57P01", "57P03",
+            "08006", "08001", "53300", "28P01", "3D000", "42P01", "42883", "57P01", "57P03",
         ] {
             let err = classify_sqlstate(code, None, String::new());
             assert!(matches!(err, ProvisionError::Unavailable(_)), "{code}");

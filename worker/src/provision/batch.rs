@@ -27,7 +27,7 @@ fn lock_users() -> String {
     )
 }
 
-/// The multi-row form of `sql::UPSERT_USER`.
+/// The multi-row form of the upsert in `provision_user` (migration `m20261129_000004`).
 fn upsert_users() -> String {
     format!(
         r#"
@@ -64,7 +64,8 @@ fn stored_is_newer() -> String {
     )
 }
 
-/// The multi-row form of `sql::ENSURE_WORKSPACE` ($1 user ids as a JSON array, $2 name).
+/// The multi-row form of the workspace step in `provision_user` ($1 user ids as a JSON array, $2
+/// name).
 const ENSURE_WORKSPACES: &str = r#"
 WITH wanted AS (SELECT jsonb_array_elements_text($1::jsonb) AS user_id),
 created AS (

@@ -98,13 +98,64 @@ async fn provision_user(
     }
 }
 
+/// One round trip: the `provision_user` function (see its migration) does the whole change, and
+/// on its own the statement is exactly one transaction.
 async fn provision_user_once(
     db: &DatabaseConnection,
     profile: &UserProfile,
 ) -> Result<Provisioned, ProvisionError> {
-    let txn = db.begin().await.map_err(ProvisionError::from_db)?;
-    let result = upsert_user_and_workspace(&txn, profile).await;
-    finish(txn, result).await
+    let (username, fallback, derived) = match &profile.username {
+        UsernameChoice::Chosen(name) => (name.as_ref(), None, false),
+        UsernameChoice::Derived(pair) => {
+            (pair.preferred.as_ref(), Some(pair.fallback.as_ref()), true)
+        }
+    };
+    let values: [Value; 10] = [
+        profile.id.as_ref().into(),
+        profile.email.as_ref().into(),
+        username.into(),
+        fallback.map(str::to_owned).into(),
+        derived.into(),
+        text(profile.first_name.as_ref()),
+        text(profile.last_name.as_ref()),
+        text(profile.avatar_url.as_ref()),
+        profile.updated_at.as_datetime().into(),
+        WorkspaceName::default().as_ref().into(),
+    ];
+    let row = db
+        .query_one_raw(statement(sql::PROVISION_USER, values))
+        .await
+        .and_then(|row| {
+            row.ok_or_else(|| DbErr::RecordNotFound("provision_user returned no row".into()))
+        })
+        .map_err(ProvisionError::from_db)?;
+    provisioned_from(&row).map_err(ProvisionError::from_db)
+}
+
+/// Reads `provision_user`'s answer.
+fn provisioned_from(row: &QueryResult) -> Result<Provisioned, DbErr> {
+    let user_write = match row.try_get::<String>("", "user_write")?.as_str() {
+        "inserted" => UserWrite::Inserted,
+        "updated" => UserWrite::Updated,
+        "unchanged" => UserWrite::Unchanged,
+        "stale" => UserWrite::Stale,
+        // A tombstone at least as new as this event: the user stays deleted.
+        "deleted" => {
+            return Ok(Provisioned {
+                outcome: Outcome::Stale,
+                workspace_id: None,
+            });
+        }
+        other => {
+            return Err(DbErr::Type(format!(
+                "provision_user answered an unknown user_write {other:?}"
+            )));
+        }
+    };
+    Ok(Provisioned {
+        outcome: outcome_of(user_write, row.try_get("", "workspace_created")?),
+        workspace_id: Some(row.try_get("", "workspace_id")?),
+    })
 }
 
 /// Commits when `result` is a success, rolls back otherwise; either way the error is classified.
@@ -135,34 +186,6 @@ enum UserWrite {
     Stale,
 }
 
-async fn upsert_user_and_workspace(
-    txn: &DatabaseTransaction,
-    profile: &UserProfile,
-) -> Result<Provisioned, DbErr> {
-    lock_user(txn, &profile.id).await?;
-    let user_write = match upsert_user(txn, profile).await? {
-        UserWrite::Unchanged => match stored_is_newer(txn, profile).await? {
-            // A tombstone at least as new as this event: the user stays deleted.
-            None => {
-                return Ok(Provisioned {
-                    outcome: Outcome::Stale,
-                    workspace_id: None,
-                });
-            }
-            Some(true) => UserWrite::Stale,
-            Some(false) => UserWrite::Unchanged,
-        },
-        written => written,
-    };
-    // Even a stale or duplicate event ensures the workspace, so a lost creation heals.
-    let (workspace_id, workspace_created) =
-        ensure_workspace(txn, &profile.id, &WorkspaceName::default()).await?;
-    Ok(Provisioned {
-        outcome: outcome_of(user_write, workspace_created),
-        workspace_id: Some(workspace_id),
-    })
-}
-
 /// What a user upsert plus workspace step amounted to.
 fn outcome_of(user_write: UserWrite, workspace_created: bool) -> Outcome {
     match user_write {
@@ -177,62 +200,6 @@ async fn lock_user(txn: &DatabaseTransaction, id: &UserId) -> Result<(), DbErr> 
     txn.execute_raw(statement(sql::LOCK_USER, [id.as_ref().into()]))
         .await?;
     Ok(())
-}
-
-async fn upsert_user(txn: &DatabaseTransaction, profile: &UserProfile) -> Result<UserWrite, DbErr> {
-    let (username, fallback, derived) = match &profile.username {
-        UsernameChoice::Chosen(name) => (name.as_ref(), None, false),
-        UsernameChoice::Derived(pair) => {
-            (pair.preferred.as_ref(), Some(pair.fallback.as_ref()), true)
-        }
-    };
-    let values: [Value; 9] = [
-        profile.id.as_ref().into(),
-        profile.email.as_ref().into(),
-        username.into(),
-        fallback.map(str::to_owned).into(),
-        derived.into(),
-        text(profile.first_name.as_ref()),
-        text(profile.last_name.as_ref()),
-        text(profile.avatar_url.as_ref()),
-        profile.updated_at.as_datetime().into(),
-    ];
-    let row = txn
-        .query_one_raw(statement(sql::UPSERT_USER, values))
-        .await?;
-    Ok(match row {
-        None => UserWrite::Unchanged,
-        Some(row) if row.try_get::<bool>("", "inserted")? => UserWrite::Inserted,
-        Some(_) => UserWrite::Updated,
-    })
-}
-
-async fn ensure_workspace(
-    txn: &DatabaseTransaction,
-    user_id: &UserId,
-    name: &WorkspaceName,
-) -> Result<(String, bool), DbErr> {
-    let values = [user_id.as_ref().into(), name.as_ref().into()];
-    let row = txn
-        .query_one_raw(statement(sql::ENSURE_WORKSPACE, values))
-        .await?
-        .ok_or_else(|| DbErr::RecordNotFound(format!("workspace of {user_id} vanished")))?;
-    Ok((row.try_get("", "id")?, row.try_get("", "created")?))
-}
-
-/// `None` when the user is not there at all.
-async fn stored_is_newer(
-    txn: &DatabaseTransaction,
-    profile: &UserProfile,
-) -> Result<Option<bool>, DbErr> {
-    let values = [
-        profile.id.as_ref().into(),
-        profile.updated_at.as_datetime().into(),
-    ];
-    let row = txn
-        .query_one_raw(statement(sql::STORED_IS_NEWER, values))
-        .await?;
-    row.map(|row| row.try_get("", "newer")).transpose()
 }
 
 async fn delete_user(

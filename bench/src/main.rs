@@ -36,6 +36,9 @@ struct Args {
     /// The worker's PREFETCH (batches fill from what the broker already sent).
     #[arg(long, default_value_t = 512)]
     prefetch: u16,
+    /// The worker's DATABASE_MIN_CONNECTIONS (the product's default; the test harness lowers it).
+    #[arg(long, default_value_t = 8)]
+    min_connections: u32,
     /// How long pgbench drives the ceiling.
     #[arg(long, default_value_t = 20)]
     ceiling_seconds: u64,
@@ -83,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
             ("MAX_CONCURRENCY", args.concurrency.to_string()),
             ("PREFETCH", args.prefetch.to_string()),
             ("BATCH_SIZE", batch.to_string()),
+            ("DATABASE_MIN_CONNECTIONS", args.min_connections.to_string()),
         ]
     };
     let worker_env = worker(args.batch_size);
@@ -93,6 +97,7 @@ async fn main() -> anyhow::Result<()> {
             "events": args.events, "connections": args.connections, "concurrency": args.concurrency,
             "ceiling_seconds": args.ceiling_seconds, "latency_events": args.latency_events,
             "prefetch": args.prefetch, "batch_size": args.batch_size,
+            "min_connections": args.min_connections,
         }),
         ..Report::default()
     };

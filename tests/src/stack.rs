@@ -23,6 +23,9 @@ impl Stack {
     pub fn env(&self, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
         let mut env = self.broker.env();
         env.push(("DATABASE_URL", self.db.settings.url.clone()));
+        // Tests run many workers at once against one server (max_connections 100): each opens
+        // connections as it needs them rather than a warm minimum.
+        env.push(("DATABASE_MIN_CONNECTIONS", "1".to_owned()));
         env.extend(extra.iter().map(|(key, value)| (*key, (*value).to_owned())));
         env
     }

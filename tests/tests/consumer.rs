@@ -524,6 +524,22 @@ async fn metrics_show_the_created_count_and_real_histogram_buckets() {
 }
 
 #[tokio::test]
+async fn the_worker_opens_its_minimum_database_connections_before_any_event() {
+    let stack = Stack::new().await;
+    let _worker = consume(&stack, &[("DATABASE_MIN_CONNECTIONS", "3")]).await;
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND application_name = '{}'",
+        worker::db::APPLICATION_NAME
+    );
+    eventually("3 warm connections", Duration::from_secs(20), || async {
+        stack.db.scalar(&sql).await >= 3
+    })
+    .await;
+    assert_eq!(stack.users().await, 0);
+}
+
+#[tokio::test]
 async fn healthz_and_readyz_answer() {
     let stack = Stack::new().await;
     let worker = consume(&stack, &[]).await;

@@ -37,7 +37,10 @@ async fn migrations_go_up_down_and_up_again() {
     let functions = db
         .scalar("SELECT count(*) FROM pg_proc WHERE proname = 'provision_user'")
         .await;
-    assert_eq!(functions, 0, "the fourth migration's down drops its function");
+    assert_eq!(
+        functions, 0,
+        "the fourth migration's down drops its function"
+    );
 
     Migrator::down(&db.conn, Some(1)).await.unwrap();
     let tombstones = db

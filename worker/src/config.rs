@@ -32,6 +32,16 @@ pub struct DatabaseSettings {
     )]
     pub max_connections: u32,
 
+    /// Connections the pool opens at start and keeps open while idle, so the first sign-ups
+    /// after a start or a quiet spell do not each pay for a new connection.
+    #[arg(
+        long = "database-min-connections",
+        env = "DATABASE_MIN_CONNECTIONS",
+        default_value_t = 8,
+        global = true
+    )]
+    pub min_connections: u32,
+
     /// How long to wait for a connection (opening one, or taking one from the pool).
     #[arg(
         long = "database-connect-timeout",
@@ -59,6 +69,7 @@ impl DatabaseSettings {
         Self {
             url: url.into(),
             max_connections: 20,
+            min_connections: 8,
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
         }
@@ -75,6 +86,7 @@ impl std::fmt::Debug for DatabaseSettings {
         f.debug_struct("DatabaseSettings")
             .field("url", &self.redacted_url())
             .field("max_connections", &self.max_connections)
+            .field("min_connections", &self.min_connections)
             .field("connect_timeout", &self.connect_timeout)
             .field("idle_timeout", &self.idle_timeout)
             .finish()

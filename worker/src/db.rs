@@ -4,9 +4,12 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement,
 };
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::config::DatabaseSettings;
+
+/// The worker's connections' `application_name`.
+pub const APPLICATION_NAME: &str = "worker";
 
 /// SQLSTATE of CREATE DATABASE when another process created it first.
 const DUPLICATE_DATABASE: &str = "42P04";
@@ -16,18 +19,38 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
     Database::connect(options(settings)).await
 }
 
-/// A pool that connects on first use: long-running services start (and report not ready)
-/// while the database is down, and their queries fail as `database_unavailable` until it is up.
+/// A pool that does not wait for the database: long-running services start (and report not
+/// ready) while it is down, and their queries fail as `database_unavailable` until it is up.
+/// Its minimum connections open in the background.
 pub async fn connect_lazy(settings: &DatabaseSettings) -> Result<DatabaseConnection, DbErr> {
     let mut options = options(settings);
-    options.connect_lazy(true);
-    Database::connect(options).await
+    options
+        .connect_lazy(true)
+        .min_connections(settings.min_connections);
+    let db = Database::connect(options).await?;
+    tokio::spawn(open_min_connections(
+        db.get_postgres_connection_pool().clone(),
+        settings.min_connections,
+    ));
+    Ok(db)
+}
+
+/// Opens `count` connections at once and returns them to the pool, which keeps them. A lazy pool
+/// would otherwise open them one event at a time, each new backend's set-up in that event's
+/// latency. Failure only means the pool connects on use, as it would anyway.
+async fn open_min_connections(pool: sea_orm::sqlx::PgPool, count: u32) {
+    let opened = futures::future::join_all((0..count).map(|_| pool.acquire())).await;
+    if let Some(Err(err)) = opened.iter().find(|result| result.is_err()) {
+        debug!(error = %err, "could not open the pool's minimum connections yet");
+    }
 }
 
 fn options(settings: &DatabaseSettings) -> ConnectOptions {
     let mut options = ConnectOptions::new(settings.url.clone());
     options
         .max_connections(settings.max_connections)
+        // Operators see whose connections these are in pg_stat_activity.
+        .set_application_name(APPLICATION_NAME)
         .connect_timeout(settings.connect_timeout)
         .acquire_timeout(settings.connect_timeout)
         .idle_timeout(settings.idle_timeout)

@@ -31,6 +31,18 @@ pub struct Plan {
     pub ingress: Option<IngressSettings>,
 }
 
+/// The consumer's pool; with `migrate`, only after the schema is up to date.
+async fn service_database(plan: &Plan) -> anyhow::Result<sea_orm::DatabaseConnection> {
+    let database = || format!("database {}", plan.database.redacted_url());
+    if plan.migrate {
+        let migrated = db::migrate(&plan.database).await.with_context(database)?;
+        migrated.close().await.with_context(database)?;
+    }
+    db::connect_lazy(&plan.database)
+        .await
+        .with_context(database)
+}
+
 /// Runs the plan until SIGTERM/SIGINT, then stops each part gracefully.
 pub async fn run(plan: Plan) -> anyhow::Result<()> {
     // Refuse to start on a bad secret before touching anything else.
@@ -43,13 +55,10 @@ pub async fn run(plan: Plan) -> anyhow::Result<()> {
     };
     let metrics = metrics::install().context("installing the metrics recorder")?;
     // Only the consumer needs the database; an ingress-only process never touches it.
-    let db = match (&plan.consumer, plan.migrate) {
-        (None, _) => None,
-        (Some(_), true) => Some(db::migrate(&plan.database).await),
-        (Some(_), false) => Some(db::connect_lazy(&plan.database).await),
-    }
-    .transpose()
-    .with_context(|| format!("database {}", plan.database.redacted_url()))?;
+    let db = match &plan.consumer {
+        None => None,
+        Some(_) => Some(service_database(&plan).await?),
+    };
 
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));

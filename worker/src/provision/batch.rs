@@ -64,19 +64,19 @@ fn stored_is_newer() -> String {
     )
 }
 
-/// The multi-row form of the workspace step in `provision_user` ($1 user ids as a JSON array, $2
-/// name).
-const ENSURE_WORKSPACES: &str = r#"
-WITH wanted AS (SELECT jsonb_array_elements_text($1::jsonb) AS user_id),
-created AS (
-    INSERT INTO workspaces (user_id, name) SELECT user_id, $2 FROM wanted
-    ON CONFLICT ON CONSTRAINT unique_user_workspace DO NOTHING
-    RETURNING user_id, id
-)
-SELECT user_id, id, TRUE AS created FROM created
-UNION ALL
-SELECT user_id, id, FALSE AS created FROM workspaces WHERE user_id IN (SELECT user_id FROM wanted)
+/// The multi-row form of the workspace step in `provision_user`: creates the missing workspaces
+/// ($1 user ids as a JSON array, $2 name) and returns those it created.
+const CREATE_WORKSPACES: &str = r#"
+INSERT INTO workspaces (user_id, name) SELECT jsonb_array_elements_text($1::jsonb), $2
+ON CONFLICT ON CONSTRAINT unique_user_workspace DO NOTHING
+RETURNING user_id, id
 "#;
+
+/// The workspaces of the users in $1 (a JSON array of ids), for those the insert found existing.
+/// A separate statement, run only when needed: sign-ups never pay for it, and its plan (cached
+/// per connection) cannot be a scan of the whole table chosen while the table was still empty.
+const EXISTING_WORKSPACES: &str = "SELECT user_id, id FROM workspaces \
+     WHERE user_id = ANY(ARRAY(SELECT jsonb_array_elements_text($1::jsonb)))";
 
 /// Provisions distinct users' changes in one transaction; results come back in input order.
 /// Any error rolls the whole batch back (and is classified as for one event).
@@ -138,21 +138,7 @@ async fn provision_in(
         .map(|p| p.id.as_ref())
         .filter(|id| !absent.iter().any(|a| a == id))
         .collect();
-    let mut workspaces: HashMap<String, (String, bool)> = HashMap::new();
-    let values = [
-        json!(present).into(),
-        WorkspaceName::default().as_ref().into(),
-    ];
-    for row in txn
-        .query_all_raw(statement(ENSURE_WORKSPACES, values))
-        .await?
-    {
-        let user_id: String = row.try_get("", "user_id")?;
-        workspaces.insert(
-            user_id,
-            (row.try_get("", "id")?, row.try_get("", "created")?),
-        );
-    }
+    let mut workspaces = ensure_workspaces(txn, &present).await?;
     profiles
         .iter()
         .map(|profile| {
@@ -172,6 +158,38 @@ async fn provision_in(
             })
         })
         .collect()
+}
+
+/// Each user's workspace id and whether this transaction created it.
+async fn ensure_workspaces(
+    txn: &DatabaseTransaction,
+    user_ids: &[&str],
+) -> Result<HashMap<String, (String, bool)>, DbErr> {
+    let mut workspaces = HashMap::new();
+    let values = [
+        json!(user_ids).into(),
+        WorkspaceName::default().as_ref().into(),
+    ];
+    for row in txn
+        .query_all_raw(statement(CREATE_WORKSPACES, values))
+        .await?
+    {
+        workspaces.insert(row.try_get("", "user_id")?, (row.try_get("", "id")?, true));
+    }
+    let existing: Vec<&str> = user_ids
+        .iter()
+        .copied()
+        .filter(|id| !workspaces.contains_key(*id))
+        .collect();
+    if !existing.is_empty() {
+        for row in txn
+            .query_all_raw(statement(EXISTING_WORKSPACES, [json!(existing).into()]))
+            .await?
+        {
+            workspaces.insert(row.try_get("", "user_id")?, (row.try_get("", "id")?, false));
+        }
+    }
+    Ok(workspaces)
 }
 
 /// The batch as one JSON parameter: one statement per step, whatever the batch size.

@@ -75,6 +75,39 @@ async fn a_batch_of_new_users_creates_each_once_and_a_repeat_changes_nothing() {
 }
 
 #[tokio::test]
+async fn overlapping_batches_at_once_never_deadlock_and_the_newest_change_wins() {
+    let db = TestDb::migrated().await;
+    // Big enough that the two batches of a round overlap in time.
+    let users = sign_ups(200);
+    batch(&db, &users).await.unwrap();
+    for round in 1..=10_i64 {
+        // The same users, in opposite orders, each batch newer for half of them.
+        let forward: Vec<UserEvent> = users
+            .iter()
+            .enumerate()
+            .map(|(i, user)| user.updated(round * 10 + (i % 2) as i64))
+            .collect();
+        let backward: Vec<UserEvent> = users
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(i, user)| user.updated(round * 10 + 1 - (i % 2) as i64))
+            .collect();
+        let (a, b) = tokio::join!(batch(&db, &forward), batch(&db, &backward));
+        a.unwrap_or_else(|err| panic!("round {round}: {err}"));
+        b.unwrap_or_else(|err| panic!("round {round}: {err}"));
+    }
+    let newest = users[0].updated(10 * 10 + 1).updated_at;
+    let stored = db
+        .scalar(&format!(
+            "SELECT count(*) FROM users WHERE (extract(epoch FROM clerk_updated_at) * 1000)::bigint = {newest}"
+        ))
+        .await;
+    assert_eq!(stored, 200, "every user holds its newest change");
+    assert_eq!(db.scalar("SELECT count(*) FROM workspaces").await, 200);
+}
+
+#[tokio::test]
 async fn a_mixed_batch_follows_the_one_at_a_time_rules() {
     let db = TestDb::migrated().await;
     let existing = UserEvent::created("user_2old", "old@example.com", Some("old_user"));

@@ -104,12 +104,7 @@ async fn provision_user_once(
     db: &DatabaseConnection,
     profile: &UserProfile,
 ) -> Result<Provisioned, ProvisionError> {
-    let (username, fallback, derived) = match &profile.username {
-        UsernameChoice::Chosen(name) => (name.as_ref(), None, false),
-        UsernameChoice::Derived(pair) => {
-            (pair.preferred.as_ref(), Some(pair.fallback.as_ref()), true)
-        }
-    };
+    let (username, fallback, derived) = username_parameters(profile);
     let values: [Value; 10] = [
         profile.id.as_ref().into(),
         profile.email.as_ref().into(),
@@ -130,6 +125,16 @@ async fn provision_user_once(
         })
         .map_err(ProvisionError::from_db)?;
     provisioned_from(&row).map_err(ProvisionError::from_db)
+}
+
+/// `provision_user`'s username, fallback username and whether the name is derived.
+fn username_parameters(profile: &UserProfile) -> (&str, Option<&str>, bool) {
+    match &profile.username {
+        UsernameChoice::Chosen(name) => (name.as_ref(), None, false),
+        UsernameChoice::Derived(pair) => {
+            (pair.preferred.as_ref(), Some(pair.fallback.as_ref()), true)
+        }
+    }
 }
 
 /// Reads `provision_user`'s answer.

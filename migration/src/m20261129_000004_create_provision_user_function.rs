@@ -1,7 +1,7 @@
 //! `provision_user(...)`: the whole single-event change of a user (per-user lock, tombstone-aware
 //! upsert, the one workspace) as one server-side function, so that one event costs one round trip
 //! and, called on its own, is exactly one transaction. The rules are those documented in the
-//! worker's `provision` module; the multi-row batch statements there apply the same ones.
+//! worker's `provision` module; a batch calls this same function once per user, in one statement.
 //!
 //! Every statement of a PL/pgSQL function takes a fresh snapshot (READ COMMITTED), so the upsert
 //! sees whatever a concurrent event of the same user committed before the lock was granted.

@@ -440,14 +440,20 @@ async fn sigterm_with_events_in_flight_exits_zero_and_loses_nothing() {
     let finished = worker.logs().matches("WORKSPACE_CREATED").count() as u32;
     let ready = stack.main_queue_ready().await;
     eprintln!("stopped after {finished} events; {ready} left in the queue");
+    let warnings: Vec<String> = worker
+        .logs()
+        .lines()
+        .filter(|line| line.contains("WARN"))
+        .map(str::to_owned)
+        .collect();
     assert!(
         finished + ready >= 500,
-        "{} events lost",
+        "{} events lost; warnings: {warnings:#?}",
         500 - finished - ready
     );
     assert!(
         finished + ready <= 500 + 64,
-        "{} finished events back in the queue",
+        "{} finished events back in the queue; warnings: {warnings:#?}",
         finished + ready - 500
     );
     assert_eq!(stack.users().await, i64::from(finished));

@@ -23,14 +23,13 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
 /// ready) while it is down, and their queries fail as `database_unavailable` until it is up.
 /// Its minimum connections open in the background.
 pub async fn connect_lazy(settings: &DatabaseSettings) -> Result<DatabaseConnection, DbErr> {
+    let min_connections = settings.min_connections.min(settings.max_connections);
     let mut options = options(settings);
-    options
-        .connect_lazy(true)
-        .min_connections(settings.min_connections);
+    options.connect_lazy(true).min_connections(min_connections);
     let db = Database::connect(options).await?;
     tokio::spawn(open_min_connections(
         db.get_postgres_connection_pool().clone(),
-        settings.min_connections,
+        min_connections,
     ));
     Ok(db)
 }

@@ -214,6 +214,51 @@ pub async fn publish_confirmed(
     }
 }
 
+/// A string header, whichever AMQP string type carries it.
+pub fn text_header(headers: &FieldTable, name: &str) -> Option<String> {
+    match headers.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// An integer header, whichever AMQP integer type carries it.
+pub fn integer_header(headers: &FieldTable, name: &str) -> Option<i64> {
+    match headers.inner().get(name)? {
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongUInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
+        _ => None,
+    }
+}
+
+/// How long a republish waits for its confirm: the original stays where it is until then.
+const REPUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Publishes `delivery` again to `exchange`, byte for byte with its routing key and properties,
+/// after `edit_headers` changed its headers; confirmed as [`publish_confirmed`]. Dead-lettering
+/// and replay both move a message this way, and acknowledge the original only on success.
+pub async fn republish(
+    channel: &Channel,
+    exchange: &str,
+    delivery: &lapin::message::Delivery,
+    edit_headers: impl FnOnce(&mut FieldTable),
+) -> Result<(), PublishError> {
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    edit_headers(&mut headers);
+    publish_confirmed(
+        channel,
+        exchange,
+        delivery.routing_key.as_str(),
+        &delivery.data,
+        delivery.properties.clone().with_headers(headers),
+        REPUBLISH_TIMEOUT,
+    )
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

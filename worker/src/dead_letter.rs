@@ -3,12 +3,10 @@
 //!
 //! The header names are a public contract (dashboards, `worker dlq`, runbooks).
 
-use std::time::Duration;
-
 use chrono::{DateTime, SecondsFormat, Utc};
+use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel};
 
 use crate::broker::{self, PublishError};
 use crate::error::FailureReason;
@@ -21,8 +19,6 @@ pub const LAST_FAILED_AT: &str = "x-last-failed-at";
 
 /// Longest `x-failure-detail` kept: enough for a database error, bounded for the broker.
 const MAX_DETAIL_CHARS: usize = 1000;
-/// A dead letter is published like any other message: confirmed, or it stays in the main queue.
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why and when an event failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,17 +39,9 @@ pub async fn publish(
     delivery: &Delivery,
     failure: &Failure,
 ) -> Result<(), PublishError> {
-    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-    add_failure_headers(&mut headers, failure);
-    let properties: BasicProperties = delivery.properties.clone().with_headers(headers);
-    broker::publish_confirmed(
-        channel,
-        exchange,
-        delivery.routing_key.as_str(),
-        &delivery.data,
-        properties,
-        PUBLISH_TIMEOUT,
-    )
+    broker::republish(channel, exchange, delivery, |headers| {
+        add_failure_headers(headers, failure)
+    })
     .await
 }
 

@@ -12,10 +12,10 @@ use sea_orm::DatabaseConnection;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::broker::RECEIVED_AT_HEADER;
+use crate::broker::{RECEIVED_AT_HEADER, integer_header, text_header};
 use crate::clerk;
 use crate::dead_letter::{self, FAILURE_REASON, Failure};
-use crate::dlq::{REPLAY_COUNT, integer, text};
+use crate::dlq::REPLAY_COUNT;
 use crate::domain::{Event, UserProfile};
 use crate::error::{ProvisionError, Rejected};
 use crate::metrics;
@@ -300,9 +300,10 @@ impl Context {
             ),
             Err(_) => (delivery.routing_key.as_str().to_owned(), None),
         };
-        let headers = delivery.properties.headers().clone().unwrap_or_default();
-        let replayed_after = integer(&headers, REPLAY_COUNT)
-            .map(|_| text(&headers, FAILURE_REASON).unwrap_or_default());
+        let replayed_after = delivery.properties.headers().as_ref().and_then(|headers| {
+            integer_header(headers, REPLAY_COUNT)
+                .map(|_| text_header(headers, FAILURE_REASON).unwrap_or_default())
+        });
         Self {
             event_id,
             event_type,
@@ -327,5 +328,5 @@ fn lag_since_received(delivery: &Delivery) -> Option<Duration> {
 }
 
 fn header_i64(delivery: &Delivery, name: &str) -> Option<i64> {
-    integer(delivery.properties.headers().as_ref()?, name)
+    integer_header(delivery.properties.headers().as_ref()?, name)
 }

@@ -17,7 +17,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
 use serde::Serialize;
 
-use crate::broker::{self, Topology};
+use crate::broker::{self, Topology, integer_header, text_header};
 use crate::config::BrokerSettings;
 use crate::dead_letter::{
     ATTEMPTS, FAILURE_DETAIL, FAILURE_REASON, FIRST_FAILED_AT, LAST_FAILED_AT,
@@ -179,14 +179,14 @@ impl DeadLetter {
                 .map(|id| id.as_str().to_owned()),
             event_type: delivery.routing_key.as_str().to_owned(),
             user_id: user_id_of(&delivery.data),
-            reason: text(&headers, FAILURE_REASON)
+            reason: text_header(&headers, FAILURE_REASON)
                 .or_else(|| broker_reason(&headers))
                 .unwrap_or_else(|| BROKER_REASON_FALLBACK.to_owned()),
-            detail: text(&headers, FAILURE_DETAIL),
-            attempts: integer(&headers, ATTEMPTS),
-            first_failed_at: text(&headers, FIRST_FAILED_AT),
-            last_failed_at: text(&headers, LAST_FAILED_AT),
-            replay_count: integer(&headers, REPLAY_COUNT).unwrap_or(0),
+            detail: text_header(&headers, FAILURE_DETAIL),
+            attempts: integer_header(&headers, ATTEMPTS),
+            first_failed_at: text_header(&headers, FIRST_FAILED_AT),
+            last_failed_at: text_header(&headers, LAST_FAILED_AT),
+            replay_count: integer_header(&headers, REPLAY_COUNT).unwrap_or(0),
         }
     }
 }
@@ -197,24 +197,6 @@ fn user_id_of(body: &[u8]) -> Option<String> {
     value.get("data")?.get("id")?.as_str().map(str::to_owned)
 }
 
-pub(crate) fn text(headers: &FieldTable, name: &str) -> Option<String> {
-    match headers.inner().get(name)? {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-        _ => None,
-    }
-}
-
-pub(crate) fn integer(headers: &FieldTable, name: &str) -> Option<i64> {
-    match headers.inner().get(name)? {
-        AMQPValue::LongLongInt(n) => Some(*n),
-        AMQPValue::LongInt(n) => Some(i64::from(*n)),
-        AMQPValue::LongUInt(n) => Some(i64::from(*n)),
-        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
-        _ => None,
-    }
-}
-
 /// Letters the broker dead-lettered (delivery limit) carry `x-death` with the broker's reason.
 fn broker_reason(headers: &FieldTable) -> Option<String> {
     let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death")? else {
@@ -223,7 +205,7 @@ fn broker_reason(headers: &FieldTable) -> Option<String> {
     let AMQPValue::FieldTable(first) = deaths.as_slice().first()? else {
         return None;
     };
-    text(first, "reason").map(|reason| format!("broker_{reason}"))
+    text_header(first, "reason").map(|reason| format!("broker_{reason}"))
 }
 
 #[cfg(test)]

@@ -2,7 +2,6 @@
 //! dead-letter queue only once the broker confirmed its copy.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use chrono::Utc;
 use lapin::message::BasicGetMessage;
@@ -19,7 +18,6 @@ use crate::config::BrokerSettings;
 /// Header keeping the ingress's original receive time when a replay resets `x-received-at-ms`
 /// (so `event_lag_seconds` measures the replay, not the hours the letter waited).
 pub const ORIGINAL_RECEIVED_AT_HEADER: &str = "x-original-received-at-ms";
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whether the user of a user.created/updated dead letter is already provisioned.
 const HAS_WORKSPACE: &str = "SELECT EXISTS (SELECT 1 FROM users u JOIN workspaces w ON w.user_id = u.id \
@@ -119,26 +117,17 @@ async fn republish(
     message: &BasicGetMessage,
     letter: &DeadLetter,
 ) -> Result<(), DlqError> {
-    let delivery = &message.delivery;
-    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-    if let Some(original) = headers.inner().get(RECEIVED_AT_HEADER).cloned() {
-        headers.insert(ORIGINAL_RECEIVED_AT_HEADER.into(), original);
-    }
-    let now = Utc::now().timestamp_millis();
-    headers.insert(RECEIVED_AT_HEADER.into(), AMQPValue::LongLongInt(now));
-    headers.insert(
-        REPLAY_COUNT.into(),
-        AMQPValue::LongLongInt(letter.replay_count + 1),
-    );
-    let properties = delivery.properties.clone().with_headers(headers);
-    broker::publish_confirmed(
-        channel,
-        exchange,
-        delivery.routing_key.as_str(),
-        &delivery.data,
-        properties,
-        PUBLISH_TIMEOUT,
-    )
+    broker::republish(channel, exchange, &message.delivery, |headers| {
+        if let Some(original) = headers.inner().get(RECEIVED_AT_HEADER).cloned() {
+            headers.insert(ORIGINAL_RECEIVED_AT_HEADER.into(), original);
+        }
+        let now = Utc::now().timestamp_millis();
+        headers.insert(RECEIVED_AT_HEADER.into(), AMQPValue::LongLongInt(now));
+        headers.insert(
+            REPLAY_COUNT.into(),
+            AMQPValue::LongLongInt(letter.replay_count + 1),
+        );
+    })
     .await?;
     Ok(())
 }

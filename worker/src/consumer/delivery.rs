@@ -42,11 +42,10 @@ struct Context {
 }
 
 impl Processor {
-    /// Takes one delivery to its end: acked, dead-lettered, or (on shutdown mid-retry) returned
-    /// to the queue. Never drops it silently.
-    pub async fn process(&self, delivery: Delivery) {
+    /// Takes one delivery, parsed once by the caller, to its end: acked, dead-lettered, or (on
+    /// shutdown mid-retry) returned to the queue. Never drops it silently.
+    async fn process(&self, delivery: Delivery, parsed: Result<Event, Rejected>) {
         metrics::deliveries_in_flight(1.0);
-        let parsed = clerk::parse_event(&delivery.data);
         let context = Context::of(&delivery, &parsed);
         let mut attempts = Attempts {
             made: redeliveries(&delivery),
@@ -108,22 +107,33 @@ impl Processor {
                 Ok(Event::UserChanged(profile)) if users.insert(profile.id.clone()) => {
                     together.push((delivery, profile));
                 }
-                _ => alone.push(delivery),
+                parsed => alone.push((delivery, parsed)),
             }
         }
-        if together.len() < 2 {
-            alone.extend(together.into_iter().map(|(delivery, _)| delivery));
-        } else if let Err(rest) = self.provision_together(together).await {
-            alone.extend(rest);
+        let one_by_one = if together.len() < 2 {
+            Err(together)
+        } else {
+            self.provision_together(together).await
+        };
+        if let Err(rest) = one_by_one {
+            alone.extend(
+                rest.into_iter()
+                    .map(|(delivery, profile)| (delivery, Ok(Event::UserChanged(profile)))),
+            );
         }
-        futures::future::join_all(alone.into_iter().map(|delivery| self.process(delivery))).await;
+        futures::future::join_all(
+            alone
+                .into_iter()
+                .map(|(delivery, parsed)| self.process(delivery, parsed)),
+        )
+        .await;
     }
 
     /// One transaction for the batch; on failure, the deliveries back for one-by-one.
     async fn provision_together(
         &self,
         together: Vec<(Delivery, Box<UserProfile>)>,
-    ) -> Result<(), Vec<Delivery>> {
+    ) -> Result<(), Vec<(Delivery, Box<UserProfile>)>> {
         metrics::deliveries_in_flight(together.len() as f64);
         let started = Instant::now();
         let profiles: Vec<&UserProfile> = together.iter().map(|(_, p)| p.as_ref()).collect();
@@ -134,7 +144,7 @@ impl Processor {
             Err(err) => {
                 metrics::deliveries_in_flight(-(together.len() as f64));
                 debug!(size = together.len(), error = %err, "batch failed; one event at a time");
-                return Err(together.into_iter().map(|(delivery, _)| delivery).collect());
+                return Err(together);
             }
         };
         metrics::record_batch(together.len());

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
+use integration_tests::process::WorkerProcess;
 use integration_tests::webhook::{SECRET, Webhook};
 use serde::Serialize;
 use tokio::sync::Mutex;
@@ -37,16 +38,22 @@ pub struct FixedRate {
 
 type Starts = Arc<Mutex<HashMap<String, DateTime<Utc>>>>;
 
+/// A fresh stack with `worker run` on it, signing with the bench's webhook secret.
+async fn start_service(extra: &[(&'static str, String)]) -> anyhow::Result<(Stack, WorkerProcess)> {
+    let stack = Stack::new().await;
+    let mut env = extra.to_vec();
+    env.push(("CLERK_WEBHOOK_SECRET", SECRET.to_owned()));
+    let service = spawn(&stack, &["run"], &env).await?;
+    Ok((stack, service))
+}
+
 /// N webhooks as fast as `connections` concurrent clients can send them.
 pub async fn saturate(
     events: usize,
     connections: usize,
     extra: &[(&'static str, String)],
 ) -> anyhow::Result<EndToEnd> {
-    let stack = Stack::new().await;
-    let mut env = extra.to_vec();
-    env.push(("CLERK_WEBHOOK_SECRET", SECRET.to_owned()));
-    let service = spawn(&stack, &["run"], &env).await?;
+    let (stack, service) = start_service(extra).await?;
     let bodies: Arc<Vec<(String, Vec<u8>)>> = Arc::new(
         (0..events)
             .map(|i| {
@@ -102,10 +109,7 @@ pub async fn fixed_rate(
     per_second: f64,
     extra: &[(&'static str, String)],
 ) -> anyhow::Result<FixedRate> {
-    let stack = Stack::new().await;
-    let mut env = extra.to_vec();
-    env.push(("CLERK_WEBHOOK_SECRET", SECRET.to_owned()));
-    let service = spawn(&stack, &["run"], &env).await?;
+    let (stack, service) = start_service(extra).await?;
     let client = reqwest::Client::new();
     let addr = service.ingress_addr;
     offer(&client, addr, "warm", WARM_UP_EVENTS, per_second, None).await?;

@@ -17,7 +17,8 @@ pub async fn spawn(
     extra: &[(&'static str, String)],
 ) -> anyhow::Result<WorkerProcess> {
     let binary = worker_binary()?;
-    let mut env: Vec<(&'static str, &str)> = vec![("RUST_LOG", "warn")];
+    // Logging as in production (a line per event is part of the cost being measured).
+    let mut env: Vec<(&'static str, &str)> = vec![("RUST_LOG", "info"), ("LOG_FORMAT", "json")];
     env.extend(extra.iter().map(|(key, value)| (*key, value.as_str())));
     Ok(stack
         .spawn(binary.to_str().context("a UTF-8 path")?, args, &env)

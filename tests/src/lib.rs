@@ -162,17 +162,30 @@ pub fn shared_dir() -> PathBuf {
 }
 
 /// Polls `check` until it holds, failing the test with `what` after `timeout`.
-pub async fn eventually<F, Fut>(what: &str, timeout: std::time::Duration, mut check: F)
+pub async fn eventually<F, Fut>(what: &str, timeout: std::time::Duration, check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    assert!(
+        within(timeout, check).await,
+        "timed out after {timeout:?} waiting for: {what}"
+    );
+}
+
+/// Whether `check` holds within `timeout`, polled every 100 ms; for tests that report the miss
+/// themselves.
+pub async fn within<F, Fut>(timeout: std::time::Duration, mut check: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
     let deadline = std::time::Instant::now() + timeout;
     while !check().await {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    true
 }

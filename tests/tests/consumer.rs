@@ -5,10 +5,10 @@
 use std::time::{Duration, Instant};
 
 use integration_tests::clerk::{UserEvent, fixture};
-use integration_tests::eventually;
 use integration_tests::process::WorkerProcess;
 use integration_tests::proxy::CuttableProxy;
 use integration_tests::stack::Stack;
+use integration_tests::{eventually, within};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_worker-under-test");
 const MARTA: &str = "user_39BL7AjFtiageEwS3wHL0KvAXLh";
@@ -437,7 +437,13 @@ async fn sigterm_with_events_in_flight_exits_zero_and_loses_nothing() {
     // Every event is either finished or still in the queue: nothing is lost. Delivery is
     // at-least-once, so the broker may still hand back a few it had been acked for as the
     // connection went (provisioning absorbs the repeat); never more than one prefetch window.
+    // Deliveries the worker held go back when the broker has handled its closed channel, which
+    // can be a moment after the process exits: wait for the queue to hold every unfinished one.
     let finished = worker.logs().matches("WORKSPACE_CREATED").count() as u32;
+    within(Duration::from_secs(10), || async {
+        finished + stack.main_queue_ready().await >= 500
+    })
+    .await;
     let ready = stack.main_queue_ready().await;
     eprintln!("stopped after {finished} events; {ready} left in the queue");
     let warnings: Vec<String> = worker

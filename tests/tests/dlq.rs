@@ -99,6 +99,18 @@ fn expected(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
     pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
 }
 
+/// Waits for the dead-letter queue to hold exactly `n` ready letters. A `worker dlq` run that
+/// exited a moment ago may still have letters the broker has not taken back from its closed
+/// channel; the count must settle at `n`, or the test fails.
+async fn dead_letters_settle_at(stack: &Stack, n: u32, what: &str) {
+    eventually(
+        &format!("{what}: {n} dead letters ready"),
+        Duration::from_secs(10),
+        || async { stack.dead_letters_ready().await == n },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn list_shows_every_dead_letter_with_its_reason_and_leaves_them_in_place() {
     let stack = Stack::new().await;
@@ -141,11 +153,7 @@ async fn list_shows_every_dead_letter_with_its_reason_and_leaves_them_in_place()
 
     let ids: BTreeSet<&str> = rows.iter().filter_map(|r| r["svix_id"].as_str()).collect();
     assert_eq!(ids.len(), 10, "no duplicates");
-    assert_eq!(
-        stack.dead_letters_ready().await,
-        10,
-        "listing removes nothing"
-    );
+    dead_letters_settle_at(&stack, 10, "listing removes nothing").await;
     let again = dlq_json(&stack, &["list"]);
     assert_eq!(again["total"], 10, "and can be repeated");
 
@@ -165,7 +173,7 @@ async fn list_shows_every_dead_letter_with_its_reason_and_leaves_them_in_place()
         "{table}"
     );
     assert!(table.contains("  email_conflict: 4"), "{table}");
-    assert_eq!(stack.dead_letters_ready().await, 10);
+    dead_letters_settle_at(&stack, 10, "listing still removes nothing").await;
 }
 
 #[tokio::test]
@@ -194,11 +202,7 @@ async fn a_dry_run_changes_nothing_and_a_replay_after_the_fix_provisions_exactly
     assert_eq!(counts(&dry["by_type"]), expected(&[("user.created", 4)]));
     assert_eq!(dry["no_ops"], 1);
     assert_eq!(dry["skipped"], 6);
-    assert_eq!(
-        stack.dead_letters_ready().await,
-        10,
-        "a dry run removes nothing"
-    );
+    dead_letters_settle_at(&stack, 10, "a dry run removes nothing").await;
     assert_eq!(
         stack.db.rows("SELECT * FROM users ORDER BY id").await,
         users_before
@@ -245,7 +249,7 @@ async fn a_dry_run_changes_nothing_and_a_replay_after_the_fix_provisions_exactly
     );
     let fresh = stack.db.scalar("SELECT count(*) FROM users WHERE id = 'user_2conflict0' AND email = 'fresh0@example.com'").await;
     assert_eq!(fresh, 1, "the newer state of the no-op user stays");
-    assert_eq!(stack.dead_letters_ready().await, 6, "the rest stay");
+    dead_letters_settle_at(&stack, 6, "the rest stay").await;
     let rest = dlq_json(&stack, &["list"]);
     assert_eq!(
         counts(&rest["counts_by_reason"]),
@@ -405,5 +409,5 @@ async fn a_dry_run_without_its_database_fails_clearly_and_changes_nothing() {
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("a dry run asks"));
-    assert_eq!(stack.dead_letters_ready().await, 1);
+    dead_letters_settle_at(&stack, 1, "the failed dry run removes nothing").await;
 }

@@ -649,10 +649,40 @@ async fn sigterm_during_a_database_outage_gives_every_held_delivery_back() {
     worker.signal("INT");
     let status = worker.wait_exit(Duration::from_secs(20)).await;
     assert!(status.success(), "exit status {status:?}");
-    assert_eq!(
-        stack.main_queue_ready().await,
-        5,
-        "all five back in the queue"
+    eventually(
+        "all five back in the queue",
+        Duration::from_secs(10),
+        || async { stack.main_queue_ready().await == 5 },
+    )
+    .await;
+    assert!(stack.broker.take_dead_letters().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_worker_started_while_the_database_is_down_provisions_once_it_is_up() {
+    let stack = Stack::new().await;
+    let proxy = CuttableProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    proxy.cut().await;
+    let mut env = env(
+        &stack,
+        &[
+            ("DATABASE_CONNECT_TIMEOUT", "1s"),
+            ("DATABASE_MIN_CONNECTIONS", "3"),
+        ],
     );
+    env.retain(|(key, _)| *key != "DATABASE_URL");
+    env.push((
+        "DATABASE_URL",
+        format!("postgres://postgres@{}/{}", proxy.addr, stack.db.name),
+    ));
+    let worker = WorkerProcess::spawn(WORKER, &["consume"], &env);
+    eventually("/readyz to report the database", Duration::from_secs(20), || async {
+        matches!(worker_readyz(&worker).await, Some((503, body)) if body.contains(r#""database":false"#))
+    })
+    .await;
+    publish_sign_ups(&stack, 3).await;
+
+    proxy.restore();
+    wait_for_workspaces(&stack, 3, Duration::from_secs(60)).await;
     assert!(stack.broker.take_dead_letters().await.is_empty());
 }

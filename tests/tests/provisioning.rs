@@ -470,3 +470,34 @@ async fn a_lock_timeout_is_transient() {
         Outcome::Updated
     );
 }
+
+#[tokio::test]
+async fn a_database_missing_the_provisioning_function_is_unavailable() {
+    let db = TestDb::migrated().await;
+    db.execute("DROP FUNCTION provision_user").await;
+    let event = UserEvent::created("user_2early", "early@example.com", Some("early"));
+    let err = provision(&db.conn, &event.body())
+        .await
+        .expect_err("no function to call");
+    assert!(matches!(err, ProvisionError::Unavailable(_)), "{err}");
+}
+
+#[tokio::test]
+async fn an_answer_the_worker_does_not_know_is_an_error_not_an_outcome() {
+    let db = TestDb::migrated().await;
+    // A newer schema's function answering with something this worker has never heard of.
+    db.execute(
+        "CREATE OR REPLACE FUNCTION provision_user(p_id TEXT, p_email TEXT, p_username TEXT, \
+         p_fallback TEXT, p_derived BOOLEAN, p_first_name TEXT, p_last_name TEXT, \
+         p_avatar_url TEXT, p_updated_at TIMESTAMPTZ, p_workspace_name TEXT, \
+         OUT user_write TEXT, OUT workspace_id TEXT, OUT workspace_created BOOLEAN) \
+         LANGUAGE sql AS $$ SELECT 'merged', 'w1', false $$",
+    )
+    .await;
+    let event = UserEvent::created("user_2future", "future@example.com", Some("future"));
+    let err = provision(&db.conn, &event.body())
+        .await
+        .expect_err("an unknown answer");
+    assert!(matches!(err, ProvisionError::Transient(_)), "{err}");
+    assert!(err.to_string().contains("merged"), "{err}");
+}

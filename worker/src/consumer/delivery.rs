@@ -7,16 +7,16 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use lapin::Channel;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
 use sea_orm::DatabaseConnection;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use super::settle::Settlements;
 use crate::broker::{RECEIVED_AT_HEADER, integer_header, text_header};
 use crate::clerk;
 use crate::dead_letter::{self, FAILURE_REASON, Failure};
 use crate::dlq::REPLAY_COUNT;
-use crate::domain::{Event, UserProfile};
+use crate::domain::{Event, UserId, UserProfile};
 use crate::error::{ProvisionError, Rejected};
 use crate::metrics;
 use crate::provision::{self, Outcome, Provisioned};
@@ -30,6 +30,8 @@ pub struct Processor {
     pub dead_letters: Channel,
     pub dead_letter_exchange: String,
     pub shutdown: CancellationToken,
+    /// Acks and requeues on the consumer channel.
+    pub settlements: Settlements,
 }
 
 /// What the logs and metrics say about a delivery.
@@ -60,8 +62,8 @@ impl Processor {
             attempts = RetryPolicy::count(&result, attempts);
             let err = match result {
                 Ok(provisioned) => {
-                    self.acknowledge(&delivery, &context, provisioned, attempts, elapsed)
-                        .await;
+                    record_success(&delivery, &context, &provisioned, attempts, elapsed);
+                    self.ack(&[&delivery], &context).await;
                     break;
                 }
                 Err(err) => err,
@@ -148,55 +150,30 @@ impl Processor {
             }
         };
         metrics::record_batch(together.len());
-        for ((delivery, profile), provisioned) in together.into_iter().zip(results) {
-            let context = Context::of(&delivery, &Ok(Event::UserChanged(profile)));
+        let mut contexts = Vec::with_capacity(together.len());
+        for ((delivery, profile), provisioned) in together.iter().zip(results) {
+            let context = Context::named(delivery, profile.event_type(), Some(&profile.id));
             let attempts = Attempts {
-                made: redeliveries(&delivery) + 1,
+                made: redeliveries(delivery) + 1,
                 budgeted: 0,
             };
-            self.acknowledge(&delivery, &context, provisioned, attempts, elapsed)
-                .await;
-            context.settled();
+            record_success(delivery, &context, &provisioned, attempts, elapsed);
+            contexts.push(context);
         }
+        let deliveries: Vec<&Delivery> = together.iter().map(|(delivery, _)| delivery).collect();
+        if let Some(first) = contexts.first() {
+            self.ack(&deliveries, first).await;
+        }
+        contexts.iter().for_each(Context::settled);
         Ok(())
     }
 
-    async fn acknowledge(
-        &self,
-        delivery: &Delivery,
-        context: &Context,
-        provisioned: Provisioned,
-        attempts: Attempts,
-        elapsed: Duration,
-    ) {
-        metrics::record_outcome(&context.event_type, provisioned.outcome, elapsed);
-        if let Some(lag) = lag_since_received(delivery) {
-            metrics::record_lag(lag);
-        }
-        let duration_ms = elapsed.as_secs_f64() * 1000.0;
-        if provisioned.outcome == Outcome::Created {
-            info!(
-                user_id = context.user_id.as_deref(),
-                event_id = %context.event_id,
-                workspace_id = provisioned.workspace_id.as_deref(),
-                attempt = attempts.made,
-                duration_ms,
-                "WORKSPACE_CREATED"
-            );
-        } else {
-            info!(
-                user_id = context.user_id.as_deref(),
-                event_id = %context.event_id,
-                event_type = %context.event_type,
-                outcome = provisioned.outcome.as_str(),
-                attempt = attempts.made,
-                duration_ms,
-                "event processed"
-            );
-        }
-        if let Err(err) = delivery.acker.ack(BasicAckOptions::default()).await {
-            // The broker will deliver it again; provisioning absorbs the repeat.
-            warn!(event_id = %context.event_id, error = %err, "ack failed");
+    /// Acknowledges deliveries whose transaction committed; `context` names them in a warning.
+    async fn ack(&self, deliveries: &[&Delivery], context: &Context) {
+        let tags: Vec<u64> = deliveries.iter().map(|d| d.delivery_tag).collect();
+        if let Err(err) = self.settlements.ack(&tags).await {
+            // The broker will deliver them again; provisioning absorbs the repeat.
+            warn!(event_id = %context.event_id, count = tags.len(), error = %err, "ack failed");
         }
     }
 
@@ -217,7 +194,7 @@ impl Processor {
         if let Err(err) = published {
             // Not in the dead-letter queue, so it must not leave the main queue either.
             error!(event_id = %context.event_id, error = %err, "dead-lettering failed; requeueing");
-            nack_requeue(delivery, context).await;
+            self.requeue(delivery, context).await;
             return;
         }
         metrics::record_dead_letter(&context.event_type, failure.reason);
@@ -231,9 +208,7 @@ impl Processor {
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             "WORKSPACE_FAILED"
         );
-        if let Err(err) = delivery.acker.ack(BasicAckOptions::default()).await {
-            warn!(event_id = %context.event_id, error = %err, "ack after dead-lettering failed");
-        }
+        self.ack(&[delivery], context).await;
     }
 
     /// Sleeps before the next attempt; false when shutdown interrupted the wait.
@@ -264,7 +239,48 @@ impl Processor {
     /// Shutting down with this delivery unfinished: it goes back to the queue.
     async fn give_back(&self, delivery: &Delivery, context: &Context, err: &ProvisionError) {
         info!(event_id = %context.event_id, error = %err, "shutting down; returning the delivery to the queue");
-        nack_requeue(delivery, context).await;
+        self.requeue(delivery, context).await;
+    }
+
+    async fn requeue(&self, delivery: &Delivery, context: &Context) {
+        if let Err(err) = self.settlements.requeue(delivery.delivery_tag).await {
+            warn!(event_id = %context.event_id, error = %err, "nack failed; the broker requeues on close");
+        }
+    }
+}
+
+/// What a success leaves behind: its metrics and its log line.
+fn record_success(
+    delivery: &Delivery,
+    context: &Context,
+    provisioned: &Provisioned,
+    attempts: Attempts,
+    elapsed: Duration,
+) {
+    metrics::record_outcome(&context.event_type, provisioned.outcome, elapsed);
+    if let Some(lag) = lag_since_received(delivery) {
+        metrics::record_lag(lag);
+    }
+    let duration_ms = elapsed.as_secs_f64() * 1000.0;
+    if provisioned.outcome == Outcome::Created {
+        info!(
+            user_id = context.user_id.as_deref(),
+            event_id = %context.event_id,
+            workspace_id = provisioned.workspace_id.as_deref(),
+            attempt = attempts.made,
+            duration_ms,
+            "WORKSPACE_CREATED"
+        );
+    } else {
+        info!(
+            user_id = context.user_id.as_deref(),
+            event_id = %context.event_id,
+            event_type = %context.event_type,
+            outcome = provisioned.outcome.as_str(),
+            attempt = attempts.made,
+            duration_ms,
+            "event processed"
+        );
     }
 }
 
@@ -278,16 +294,6 @@ async fn attempt(
     }
 }
 
-async fn nack_requeue(delivery: &Delivery, context: &Context) {
-    let requeue = BasicNackOptions {
-        requeue: true,
-        multiple: false,
-    };
-    if let Err(err) = delivery.acker.nack(requeue).await {
-        warn!(event_id = %context.event_id, error = %err, "nack failed; the broker requeues on close");
-    }
-}
-
 impl Context {
     /// The delivery's fate is decided: count it as done.
     fn settled(&self) {
@@ -298,26 +304,26 @@ impl Context {
     }
 
     fn of(delivery: &Delivery, parsed: &Result<Event, Rejected>) -> Self {
+        match parsed {
+            Ok(event) => Self::named(delivery, event.event_type(), event.user_id()),
+            Err(_) => Self::named(delivery, delivery.routing_key.as_str(), None),
+        }
+    }
+
+    fn named(delivery: &Delivery, event_type: &str, user_id: Option<&UserId>) -> Self {
         let event_id = delivery
             .properties
             .message_id()
             .as_ref()
             .map_or_else(|| "-".to_owned(), |id| id.as_str().to_owned());
-        let (event_type, user_id) = match parsed {
-            Ok(event) => (
-                event.event_type().to_owned(),
-                event.user_id().map(|id| id.as_ref().to_owned()),
-            ),
-            Err(_) => (delivery.routing_key.as_str().to_owned(), None),
-        };
         let replayed_after = delivery.properties.headers().as_ref().and_then(|headers| {
             integer_header(headers, REPLAY_COUNT)
                 .map(|_| text_header(headers, FAILURE_REASON).unwrap_or_default())
         });
         Self {
             event_id,
-            event_type,
-            user_id,
+            event_type: event_type.to_owned(),
+            user_id: user_id.map(|id| id.as_ref().to_owned()),
             replayed_after,
         }
     }

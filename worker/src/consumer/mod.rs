@@ -7,6 +7,7 @@
 //! the broker hands them out again; provisioning absorbs the repeat.
 
 mod delivery;
+mod settle;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,7 @@ use crate::retry::RetryPolicy;
 use crate::{metrics, provision};
 
 pub use delivery::Processor;
+use settle::Settlements;
 
 /// Everything the consumer needs, built once at start-up.
 pub struct Consumer {
@@ -113,6 +115,7 @@ impl Consumer {
             dead_letters: broker::confirm_channel(&connection).await?,
             dead_letter_exchange: topology.dead_letter_exchange.clone(),
             shutdown: shutdown.clone(),
+            settlements: Settlements::new(channel.clone()),
         });
         let mut deliveries = channel
             .basic_consume(
@@ -144,11 +147,15 @@ impl Consumer {
                 None => break SessionEnd::Lost("the broker cancelled the consumer".into()),
             };
             // Whatever else the broker already sent joins the batch; nothing waits for more.
+            processor.settlements.taken(first.delivery_tag);
             let mut batch = vec![first];
             let mut lost = None;
             while batch.len() < self.settings.batch_size {
                 match deliveries.next().now_or_never() {
-                    Some(Some(Ok(delivery))) => batch.push(delivery),
+                    Some(Some(Ok(delivery))) => {
+                        processor.settlements.taken(delivery.delivery_tag);
+                        batch.push(delivery);
+                    }
                     Some(Some(Err(err))) => lost = Some(err.to_string()),
                     Some(None) => lost = Some("the broker cancelled the consumer".into()),
                     None => break,

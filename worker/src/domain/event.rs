@@ -15,8 +15,7 @@ impl Event {
     /// Clerk's `type`, for logs and metric labels.
     pub fn event_type(&self) -> &str {
         match self {
-            Self::UserChanged(profile) if profile.is_creation => "user.created",
-            Self::UserChanged(_) => "user.updated",
+            Self::UserChanged(profile) => profile.event_type(),
             Self::UserDeleted(_) => "user.deleted",
             Self::Unsupported { event_type } => event_type,
         }
@@ -43,6 +42,17 @@ pub struct UserProfile {
     pub avatar_url: Option<AvatarUrl>,
     /// Clerk's `updated_at`: an event older than what the row reflects is stale.
     pub updated_at: ClerkTime,
+}
+
+impl UserProfile {
+    /// Clerk's `type` of the event this profile came in.
+    pub fn event_type(&self) -> &'static str {
+        if self.is_creation {
+            "user.created"
+        } else {
+            "user.updated"
+        }
+    }
 }
 
 /// Where the username comes from.

@@ -1,0 +1,134 @@
+//! Settling deliveries: each one is acknowledged, or handed back to the queue, exactly once, on
+//! the consumer channel, and only after its fate is sealed (committed, or dead-lettered with a
+//! confirm).
+//!
+//! A batch committed in one transaction is acknowledged with a single `multiple` ack (one frame,
+//! one broker command) when its tags are the lowest still unsettled on the channel, which is the
+//! usual case: batches are cut from consecutive deliveries. Otherwise, a `multiple` ack would
+//! also settle someone else's delivery, so each is acknowledged on its own.
+
+use std::collections::BTreeSet;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use lapin::Channel;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+
+pub struct Settlements {
+    channel: Channel,
+    /// Tags taken from the consumer and not yet settled. A tag leaves only once its settle frame
+    /// is written, so a `multiple` ack can never overtake an earlier single one.
+    unsettled: Mutex<BTreeSet<u64>>,
+}
+
+impl Settlements {
+    pub fn new(channel: Channel) -> Self {
+        Self {
+            channel,
+            unsettled: Mutex::default(),
+        }
+    }
+
+    /// Registers a delivery taken from the consumer, before anything can settle it. Tags come
+    /// in increasing order, so no later delivery has a lower one.
+    pub fn taken(&self, tag: u64) {
+        self.lock().insert(tag);
+    }
+
+    /// Acknowledges `tags`, whose work is done.
+    pub async fn ack(&self, tags: &[u64]) -> Result<(), lapin::Error> {
+        let result = match self.covering_tag(tags) {
+            Some(highest) => {
+                let all_up_to = BasicAckOptions { multiple: true };
+                self.channel.basic_ack(highest, all_up_to).await
+            }
+            None => {
+                let mut result = Ok(());
+                for &tag in tags {
+                    let acked = self
+                        .channel
+                        .basic_ack(tag, BasicAckOptions::default())
+                        .await;
+                    result = result.and(acked);
+                }
+                result
+            }
+        };
+        self.settled(tags);
+        result
+    }
+
+    /// Hands a delivery back to the queue, for this or another worker to take again.
+    pub async fn requeue(&self, tag: u64) -> Result<(), lapin::Error> {
+        let back = BasicNackOptions {
+            requeue: true,
+            multiple: false,
+        };
+        let result = self.channel.basic_nack(tag, back).await;
+        self.settled(&[tag]);
+        result
+    }
+
+    fn covering_tag(&self, tags: &[u64]) -> Option<u64> {
+        covering_tag(&self.lock(), tags)
+    }
+
+    fn settled(&self, tags: &[u64]) {
+        let mut unsettled = self.lock();
+        for tag in tags {
+            unsettled.remove(tag);
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeSet<u64>> {
+        // The set stays consistent whatever panicked while holding it: each update is one call.
+        self.unsettled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The highest of several `tags` when the `unsettled` tags up to it are exactly `tags`: then one
+/// `multiple` ack settles them and nothing else.
+fn covering_tag(unsettled: &BTreeSet<u64>, tags: &[u64]) -> Option<u64> {
+    let highest = *tags.iter().max()?;
+    if tags.len() < 2 {
+        return None;
+    }
+    let mut up_to = unsettled.range(..=highest);
+    let exactly_ours = up_to.clone().count() == tags.len() && up_to.all(|tag| tags.contains(tag));
+    exactly_ours.then_some(highest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unsettled(tags: &[u64]) -> BTreeSet<u64> {
+        tags.iter().copied().collect()
+    }
+
+    #[test]
+    fn a_batch_of_the_lowest_unsettled_tags_takes_one_multiple_ack() {
+        assert_eq!(
+            covering_tag(&unsettled(&[3, 4, 5, 6, 9]), &[5, 3, 4]),
+            Some(5)
+        );
+    }
+
+    #[test]
+    fn a_lower_tag_still_unsettled_means_one_ack_each() {
+        // Tag 2 belongs to a delivery still at work: a multiple ack up to 5 would settle it.
+        assert_eq!(covering_tag(&unsettled(&[2, 3, 4, 5]), &[3, 4, 5]), None);
+    }
+
+    #[test]
+    fn a_gap_inside_the_batch_held_by_another_delivery_means_one_ack_each() {
+        assert_eq!(covering_tag(&unsettled(&[3, 4, 5]), &[3, 5]), None);
+    }
+
+    #[test]
+    fn a_single_delivery_is_acked_alone() {
+        assert_eq!(covering_tag(&unsettled(&[7]), &[7]), None);
+        assert_eq!(covering_tag(&unsettled(&[]), &[]), None);
+    }
+}

@@ -80,9 +80,9 @@ fn envelope(event_type: &str, timestamp: i64, data: Value) -> Vec<u8> {
     serde_json::to_vec(&body).expect("a JSON value serialises")
 }
 
-/// One of the shared example bodies, byte for byte.
+/// One of the fixture bodies (`tests/fixtures/clerk/`), byte for byte.
 pub fn fixture(name: &str) -> Vec<u8> {
-    let path = crate::shared_dir().join("clerk").join(name);
+    let path = crate::fixtures_dir().join("clerk").join(name);
     std::fs::read(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()))
 }
 

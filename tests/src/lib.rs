@@ -156,9 +156,10 @@ fn unique_name() -> String {
     format!("it_{}", uuid::Uuid::new_v4().simple())
 }
 
-/// The shared example payloads (`../shared/clerk/` beside the project root).
-pub fn shared_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared")
+/// The repository's test fixtures (`tests/fixtures/`): Clerk bodies with a README of what each
+/// must produce.
+pub fn fixtures_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
 
 /// Polls `check` until it holds, failing the test with `what` after `timeout`.

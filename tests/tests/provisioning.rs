@@ -156,7 +156,7 @@ async fn every_shared_example_is_covered_by_a_test() {
         "user_deleted.json",
         "user_updated.json",
     ];
-    let dir = integration_tests::shared_dir().join("clerk");
+    let dir = integration_tests::fixtures_dir().join("clerk");
     for entry in std::fs::read_dir(&dir).unwrap() {
         let name = entry.unwrap().file_name().into_string().unwrap();
         if name.ends_with(".json") {

@@ -197,7 +197,7 @@ fn bodies_that_are_not_clerk_events_are_invalid_payload() {
 
 #[test]
 fn every_shared_example_parses_as_its_readme_says() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/clerk");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/clerk");
     let read = |name: &str| std::fs::read(format!("{dir}/{name}")).unwrap();
     assert!(matches!(
         parse_event(&read("user_created.json")),

@@ -1,4 +1,5 @@
-//! Svix's published test vectors (`../shared/svix-vectors.md`), with the clock injected.
+//! Svix's published test vectors (from the test suites of svix/svix-webhooks), with the clock
+//! injected.
 
 use super::*;
 

@@ -1,12 +1,16 @@
 //! The integration-test harness: every test gets its own PostgreSQL database, created fresh and
-//! dropped when the test ends (even when it panics), so tests run in parallel and leave nothing.
+//! dropped when the test ends (even when it panics), and its own broker names, so tests run in
+//! parallel and leave nothing. The application runs in the test's process ([`app::TestApp`]) or,
+//! where the process is the point, as a child process ([`process::WorkerProcess`]).
 //!
 //! Tests talk to the real server at `TEST_DATABASE_SERVER` (default
 //! `postgres://postgres@127.0.0.1:5432`) and RabbitMQ at `TEST_AMQP_URL`; if one is not reachable
 //! they fail and say how to start it.
 
+pub mod app;
 pub mod broker;
 pub mod clerk;
+pub mod ops;
 pub mod process;
 pub mod proxy;
 pub mod stack;
@@ -160,6 +164,15 @@ fn unique_name() -> String {
 /// must produce.
 pub fn fixtures_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// A loopback port nothing listens on right now, for daemons a test starts itself (Prometheus);
+/// the product's own listeners bind port 0 instead.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free port")
 }
 
 /// Polls `check` until it holds, failing the test with `what` after `timeout`.

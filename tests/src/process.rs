@@ -1,40 +1,47 @@
-//! A `worker` process under test: spawned with the test's database and broker, its logs kept in
-//! a file (shown when a test fails), its ops server on a free port, and killed when dropped.
+//! A `worker` process under test, for tests where the process is the point (signals, SIGKILL,
+//! exit statuses, log lines): spawned with the test's database and broker, its listeners on
+//! port 0 (the addresses come from its log), its logs kept in a file (shown when a test fails),
+//! and killed when dropped.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
+use std::ops::Deref;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::ops::OpsClient;
+
+/// How long a process gets to log its listeners' addresses.
+const STARTUP: Duration = Duration::from_secs(30);
+
 pub struct WorkerProcess {
     child: Child,
-    pub ops_addr: SocketAddr,
-    /// Where `worker ingress` / `worker run` listen for webhooks.
+    ops: OpsClient,
+    /// Where `worker ingress` / `worker run` listen for webhooks (unspecified otherwise).
     pub ingress_addr: SocketAddr,
     log_path: PathBuf,
-    http: reqwest::Client,
-}
-
-/// A loopback port nothing listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("a free port")
 }
 
 impl WorkerProcess {
-    /// Starts `bin args...` with `env` (plus free `METRICS_ADDR` and `INGRESS_ADDR`, JSON logs).
-    pub fn spawn(bin: &str, args: &[&str], env: &[(&str, String)]) -> Self {
-        let ops_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let ingress_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    /// Starts a long-running `bin args...` (see [`Self::start`]) and waits until it logged where
+    /// its ops server listens, or exited (a process that refuses to start; see
+    /// [`Self::wait_exit`]).
+    pub async fn spawn(bin: &str, args: &[&str], env: &[(&str, String)]) -> Self {
+        let mut process = Self::start(bin, args, env);
+        process.read_addresses().await;
+        process
+    }
+
+    /// Starts `bin args...` with `env` (plus JSON logs and port 0 for `METRICS_ADDR` and
+    /// `INGRESS_ADDR`) without waiting for anything: for one-shot commands.
+    pub fn start(bin: &str, args: &[&str], env: &[(&str, String)]) -> Self {
         let log_path = std::env::temp_dir().join(format!("worker-{}.log", uuid::Uuid::new_v4()));
         let log = std::fs::File::create(&log_path).expect("a log file");
         let mut command = Command::new(bin);
         command
             .args(args)
-            .env("METRICS_ADDR", ops_addr.to_string())
-            .env("INGRESS_ADDR", ingress_addr.to_string())
+            .env("METRICS_ADDR", "127.0.0.1:0")
+            .env("INGRESS_ADDR", "127.0.0.1:0")
             .env("LOG_FORMAT", "json")
             .env(
                 "RUST_LOG",
@@ -49,12 +56,36 @@ impl WorkerProcess {
         let child = command
             .spawn()
             .unwrap_or_else(|err| panic!("spawning {bin}: {err}"));
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
         Self {
             child,
-            ops_addr,
-            ingress_addr,
+            ops: OpsClient::new(unspecified),
+            ingress_addr: unspecified,
             log_path,
-            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Reads the listeners' addresses from the log, until the ops server's appears or the
+    /// process exits.
+    async fn read_addresses(&mut self) {
+        let deadline = Instant::now() + STARTUP;
+        loop {
+            let logs = self.logs();
+            if let Some(ingress) = logged_addr(&logs, "ingress listening") {
+                self.ingress_addr = ingress;
+            }
+            if let Some(ops) = logged_addr(&logs, "ops server listening") {
+                self.ops = OpsClient::new(ops);
+                return;
+            }
+            if self.exited().is_some() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker logged no ops address within {STARTUP:?}; logs:\n{logs}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -67,53 +98,28 @@ impl WorkerProcess {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
-    async fn get(&self, path: &str) -> Option<(u16, String)> {
-        let url = format!("http://{}{path}", self.ops_addr);
-        let response = self
-            .http
-            .get(url)
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .ok()?;
-        let status = response.status().as_u16();
-        Some((status, response.text().await.ok()?))
-    }
-
     /// Waits until `/readyz` answers 200.
     pub async fn wait_ready(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Some(status) = self.exited() {
                 panic!(
                     "worker exited with {status} before it was ready; logs:\n{}",
                     self.logs()
                 );
             }
-            if let Some((200, _)) = self.get("/readyz").await {
+            if self
+                .ops
+                .ready_before(Instant::now() + Duration::from_millis(200))
+                .await
+            {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!(
             "worker not ready within {timeout:?}; logs:\n{}",
             self.logs()
         );
-    }
-
-    /// `/readyz` as (status, body).
-    pub async fn readyz(&self) -> (u16, String) {
-        self.get("/readyz").await.expect("/readyz answers")
-    }
-
-    /// The `/metrics` page.
-    pub async fn metrics(&self) -> String {
-        self.get("/metrics").await.expect("/metrics answers").1
-    }
-
-    /// The value of one series on `/metrics` (name with labels as rendered), 0 when absent.
-    pub async fn metric(&self, series: &str) -> f64 {
-        metric_value(&self.metrics().await, series)
     }
 
     /// Sends SIGTERM: the graceful shutdown.
@@ -158,17 +164,21 @@ impl WorkerProcess {
     }
 }
 
-/// Sums every line of a Prometheus page whose series starts with `series` (so a name without
-/// labels adds up all its labelled series).
-pub fn metric_value(page: &str, series: &str) -> f64 {
-    page.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| line.rsplit_once(' '))
-        .filter(|(name, _)| {
-            *name == series || (name.starts_with(series) && name[series.len()..].starts_with('{'))
-        })
-        .filter_map(|(_, value)| value.parse::<f64>().ok())
-        .sum()
+/// `/readyz` and `/metrics` over HTTP.
+impl Deref for WorkerProcess {
+    type Target = OpsClient;
+
+    fn deref(&self) -> &OpsClient {
+        &self.ops
+    }
+}
+
+/// The `addr` field of the JSON log line whose message is `message`.
+fn logged_addr(logs: &str, message: &str) -> Option<SocketAddr> {
+    logs.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|line| line["message"] == message)
+        .and_then(|line| line["addr"].as_str()?.parse().ok())
 }
 
 impl Drop for WorkerProcess {
@@ -188,17 +198,15 @@ impl Drop for WorkerProcess {
 
 #[cfg(test)]
 mod tests {
-    use super::metric_value;
+    use super::logged_addr;
 
     #[test]
-    fn metric_values_are_read_and_summed_over_labels() {
-        let page = "# HELP x\nworkspace_created_total 3\nevents_processed_total{type=\"a\",outcome=\"created\"} 2\nevents_processed_total{type=\"b\",outcome=\"stale\"} 5\nevents_processed_total_other 9\n";
-        assert_eq!(metric_value(page, "workspace_created_total"), 3.0);
-        assert_eq!(metric_value(page, "events_processed_total"), 7.0);
+    fn listener_addresses_are_read_from_the_json_log() {
+        let logs = "not json\n{\"message\":\"ingress listening\",\"addr\":\"127.0.0.1:4100\"}\n{\"message\":\"ops server listening\",\"addr\":\"127.0.0.1:4101\"}\n";
         assert_eq!(
-            metric_value(page, "events_processed_total{type=\"b\",outcome=\"stale\"}"),
-            5.0
+            logged_addr(logs, "ops server listening"),
+            Some(([127, 0, 0, 1], 4101).into())
         );
-        assert_eq!(metric_value(page, "missing_total"), 0.0);
+        assert_eq!(logged_addr(logs, "consuming"), None);
     }
 }

@@ -1,8 +1,10 @@
-//! A database and a broker topology of the caller's own, and `worker` processes running on them.
+//! A database and a broker topology of the caller's own, and applications (in process, or as
+//! `worker` processes) running on them.
 
 use std::time::Duration;
 
 use crate::TestDb;
+use crate::app::TestApp;
 use crate::broker::TestBroker;
 use crate::process::WorkerProcess;
 
@@ -30,14 +32,21 @@ impl Stack {
         env
     }
 
-    /// Starts `bin args...` on this stack and waits until `/readyz` says ready.
+    /// Starts `worker args...` in this process on this stack and waits until it is ready.
+    pub async fn start(&self, args: &[&str], extra: &[(&'static str, &str)]) -> TestApp {
+        let app = TestApp::spawn(args, &self.env(extra)).await;
+        app.wait_ready(Duration::from_secs(60)).await;
+        app
+    }
+
+    /// Starts `bin args...` as a process on this stack and waits until `/readyz` says ready.
     pub async fn spawn(
         &self,
         bin: &str,
         args: &[&str],
         extra: &[(&'static str, &str)],
     ) -> WorkerProcess {
-        let mut process = WorkerProcess::spawn(bin, args, &self.env(extra));
+        let mut process = WorkerProcess::spawn(bin, args, &self.env(extra)).await;
         process.wait_ready(Duration::from_secs(60)).await;
         process
     }

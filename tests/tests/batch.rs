@@ -3,15 +3,13 @@
 
 use std::time::Duration;
 
+use integration_tests::app::TestApp;
 use integration_tests::broker::TestBroker;
 use integration_tests::clerk::{UserEvent, deleted_body, provision};
-use integration_tests::process::WorkerProcess;
 use integration_tests::{TestDb, eventually};
 use worker::domain::{Event, UserProfile};
 use worker::error::{FailureReason, ProvisionError};
 use worker::provision::{Outcome, Provisioned, provision_batch};
-
-const WORKER: &str = env!("CARGO_BIN_EXE_worker-under-test");
 
 fn profile(event: &UserEvent) -> Box<UserProfile> {
     match worker::clerk::parse_event(&event.body()) {
@@ -214,7 +212,7 @@ async fn the_consumer_batches_and_one_bad_event_does_not_sink_its_batch_mates() 
     let mut env = broker.env();
     env.push(("DATABASE_URL", db.settings.url.clone()));
     env.push(("BATCH_SIZE", "16".into()));
-    let mut worker = WorkerProcess::spawn(WORKER, &["consume"], &env);
+    let worker = TestApp::spawn(&["consume"], &env).await;
     worker.wait_ready(Duration::from_secs(30)).await;
 
     eventually(

@@ -1,9 +1,11 @@
-//! `worker consume` as a real process against the real RabbitMQ and PostgreSQL: an event
-//! published to the broker becomes a user and a workspace, or a dead letter with its reason;
-//! nothing is dropped, whatever happens to the database, the broker or the process.
+//! `worker consume` against the real RabbitMQ and PostgreSQL, in this process (and as a process
+//! where signals, SIGKILL or its log lines are the point): an event published to the broker
+//! becomes a user and a workspace, or a dead letter with its reason; nothing is dropped, whatever
+//! happens to the database, the broker or the process.
 
 use std::time::{Duration, Instant};
 
+use integration_tests::app::TestApp;
 use integration_tests::clerk::{UserEvent, fixture};
 use integration_tests::process::WorkerProcess;
 use integration_tests::proxy::CuttableProxy;
@@ -17,7 +19,14 @@ const MARTA: &str = "user_39BL7AjFtiageEwS3wHL0KvAXLh";
 const FAST_RETRIES: [(&str, &str); 2] =
     [("RETRY_INITIAL_DELAY", "20ms"), ("RETRY_MAX_DELAY", "1s")];
 
-async fn consume(stack: &Stack, extra: &[(&'static str, &str)]) -> WorkerProcess {
+async fn consume(stack: &Stack, extra: &[(&'static str, &str)]) -> TestApp {
+    stack
+        .start(&["consume"], &[&FAST_RETRIES[..], extra].concat())
+        .await
+}
+
+/// `worker consume` as a process, for tests of signals, SIGKILL and log lines.
+async fn consume_process(stack: &Stack, extra: &[(&'static str, &str)]) -> WorkerProcess {
     stack
         .spawn(WORKER, &["consume"], &[&FAST_RETRIES[..], extra].concat())
         .await
@@ -54,7 +63,7 @@ async fn publish_sign_ups(stack: &Stack, n: usize) {
 #[tokio::test]
 async fn a_published_user_created_becomes_one_user_and_one_workspace() {
     let stack = Stack::new().await;
-    let worker = consume(&stack, &[]).await;
+    let worker = consume_process(&stack, &[]).await;
     stack
         .broker
         .publish("user.created", &fixture("user_created.json"), "msg_marta_1")
@@ -286,7 +295,7 @@ async fn a_twenty_second_database_outage_loses_and_dead_letters_nothing() {
     );
     env.retain(|(key, _)| *key != "DATABASE_URL");
     env.push(("DATABASE_URL", through_proxy));
-    let mut worker = WorkerProcess::spawn(WORKER, &["consume"], &env);
+    let worker = TestApp::spawn(&["consume"], &env).await;
     worker.wait_ready(Duration::from_secs(30)).await;
 
     proxy.cut().await;
@@ -335,7 +344,7 @@ async fn a_twenty_second_database_outage_loses_and_dead_letters_nothing() {
 async fn a_worker_killed_mid_stream_and_restarted_provisions_everything_exactly_once() {
     let stack = Stack::new().await;
     publish_sign_ups(&stack, 1000).await;
-    let mut first = consume(&stack, &[]).await;
+    let mut first = consume_process(&stack, &[]).await;
     eventually("some progress", Duration::from_secs(60), || async {
         stack.users().await >= 100
     })
@@ -361,7 +370,7 @@ async fn a_worker_killed_mid_stream_and_restarted_provisions_everything_exactly_
 #[tokio::test]
 async fn the_worker_reconnects_after_the_broker_closes_its_connection() {
     let stack = Stack::new().await;
-    let worker = consume(&stack, &[]).await;
+    let worker = consume_process(&stack, &[]).await;
     publish_sign_ups(&stack, 10).await;
     wait_for_workspaces(&stack, 10, Duration::from_secs(20)).await;
 
@@ -421,7 +430,7 @@ fn close_broker_connection_of(pid: u32) {
 async fn sigterm_with_events_in_flight_exits_zero_and_loses_nothing() {
     let stack = Stack::new().await;
     publish_sign_ups(&stack, 500).await;
-    let mut worker = consume(&stack, &[]).await;
+    let mut worker = consume_process(&stack, &[]).await;
     eventually("work in flight", Duration::from_secs(60), || async {
         stack.users().await >= 50
     })
@@ -487,9 +496,9 @@ async fn three_workers_share_the_queue_and_provision_each_user_exactly_once() {
         total == 3000.0
     })
     .await;
-    for worker in &workers {
+    for (i, worker) in workers.iter().enumerate() {
         let share = worker.metric("workspace_created_total").await;
-        eprintln!("worker {} created {share}", worker.pid());
+        eprintln!("worker {i} created {share}");
         assert!(share > 0.0, "every worker did part of the work");
     }
 }
@@ -523,14 +532,14 @@ async fn metrics_show_the_created_count_and_real_histogram_buckets() {
     );
     assert!(page.contains("event_lag_seconds_bucket"), "{page}");
     assert_eq!(
-        integration_tests::process::metric_value(
+        integration_tests::ops::metric_value(
             &page,
             "workspace_provisioning_duration_seconds_count"
         ),
         25.0
     );
     assert_eq!(
-        integration_tests::process::metric_value(&page, "consumer_connected"),
+        integration_tests::ops::metric_value(&page, "consumer_connected"),
         1.0
     );
 }
@@ -568,23 +577,17 @@ async fn readyz_names_the_broker_when_it_cannot_be_reached() {
     let mut env = env(&stack, &[]);
     env.retain(|(key, _)| *key != "AMQP_URL");
     env.push(("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f".into()));
-    let worker = WorkerProcess::spawn(WORKER, &["consume"], &env);
+    let worker = TestApp::spawn(&["consume"], &env).await;
     eventually("/readyz to answer 503 naming the broker", Duration::from_secs(20), || async {
-        matches!(worker_readyz(&worker).await, Some((503, body)) if body.contains(r#""broker_consumer":false"#) && body.contains(r#""database":true"#))
+        matches!(worker.get("/readyz").await, Some((503, body)) if body.contains(r#""broker_consumer":false"#) && body.contains(r#""database":true"#))
     })
     .await;
-}
-
-async fn worker_readyz(worker: &WorkerProcess) -> Option<(u16, String)> {
-    let url = format!("http://{}/readyz", worker.ops_addr);
-    let response = reqwest::get(url).await.ok()?;
-    Some((response.status().as_u16(), response.text().await.ok()?))
 }
 
 #[tokio::test]
 async fn the_worker_resumes_after_the_broker_cancels_its_consumer() {
     let stack = Stack::new().await;
-    let worker = consume(&stack, &[]).await;
+    let worker = consume_process(&stack, &[]).await;
     stack.broker.delete_main_queue().await;
     eventually(
         "the consumer to come back",
@@ -634,7 +637,7 @@ async fn sigterm_during_a_database_outage_gives_every_held_delivery_back() {
         "DATABASE_URL",
         format!("postgres://postgres@{}/{}", proxy.addr, stack.db.name),
     ));
-    let mut worker = WorkerProcess::spawn(WORKER, &["consume"], &env);
+    let mut worker = WorkerProcess::spawn(WORKER, &["consume"], &env).await;
     worker.wait_ready(Duration::from_secs(30)).await;
     proxy.cut().await;
     publish_sign_ups(&stack, 5).await;
@@ -675,9 +678,9 @@ async fn a_worker_started_while_the_database_is_down_provisions_once_it_is_up() 
         "DATABASE_URL",
         format!("postgres://postgres@{}/{}", proxy.addr, stack.db.name),
     ));
-    let worker = WorkerProcess::spawn(WORKER, &["consume"], &env);
+    let worker = TestApp::spawn(&["consume"], &env).await;
     eventually("/readyz to report the database", Duration::from_secs(20), || async {
-        matches!(worker_readyz(&worker).await, Some((503, body)) if body.contains(r#""database":false"#))
+        matches!(worker.get("/readyz").await, Some((503, body)) if body.contains(r#""database":false"#))
     })
     .await;
     publish_sign_ups(&stack, 3).await;
@@ -685,4 +688,54 @@ async fn a_worker_started_while_the_database_is_down_provisions_once_it_is_up() 
     proxy.restore();
     wait_for_workspaces(&stack, 3, Duration::from_secs(60)).await;
     assert!(stack.broker.take_dead_letters().await.is_empty());
+}
+
+#[tokio::test]
+async fn readyz_waits_for_every_migration_this_binary_knows_and_ignores_newer_ones() {
+    let stack = Stack::new().await;
+    let worker = consume(&stack, &[]).await;
+    stack
+        .db
+        .execute(
+            "INSERT INTO seaql_migrations (version, applied_at) \
+             VALUES ('m20991231_000001_from_a_later_release', 0)",
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, body) = worker.readyz().await;
+    assert_eq!(status, 200, "a newer migration is fine: {body}");
+
+    stack
+        .db
+        .execute("DELETE FROM seaql_migrations WHERE version LIKE 'm20261129_000004%'")
+        .await;
+    eventually(
+        "/readyz to name the missing migration",
+        Duration::from_secs(10),
+        || async {
+            let (status, body) = worker.readyz().await;
+            status == 503
+                && body.contains(r#""database_migrations":false"#)
+                && body.contains(r#""database":true"#)
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_listener_that_cannot_bind_stops_the_process_with_exit_1() {
+    let stack = Stack::new().await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let env = env(&stack, &[("METRICS_ADDR", &addr)]);
+    let mut worker = WorkerProcess::spawn(WORKER, &["consume"], &env).await;
+    let status = worker.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(1), "{}", worker.logs());
+    assert!(
+        worker
+            .logs()
+            .contains(&format!("binding METRICS_ADDR {addr}")),
+        "{}",
+        worker.logs()
+    );
 }

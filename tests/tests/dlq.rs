@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::Duration;
 
+use integration_tests::app::TestApp;
 use integration_tests::clerk::{UserEvent, fixture, provision};
 use integration_tests::eventually;
 use integration_tests::process::WorkerProcess;
@@ -13,8 +14,8 @@ use serde_json::Value;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_worker-under-test");
 
-async fn worker(stack: &Stack) -> WorkerProcess {
-    stack.spawn(WORKER, &["consume"], &[]).await
+async fn worker(stack: &Stack) -> TestApp {
+    stack.start(&["consume"], &[]).await
 }
 
 /// Runs `worker dlq ARGS` and returns its stdout, asserting success.
@@ -40,7 +41,7 @@ fn dlq_json(stack: &Stack, args: &[&str]) -> Value {
 
 /// Ten events that fail for three reasons: 4 email conflicts (each email held by an "owner"
 /// user), 3 phone-only sign-ups, 3 malformed bodies.
-async fn ten_dead_letters(stack: &Stack, worker: &WorkerProcess) {
+async fn ten_dead_letters(stack: &Stack, worker: &TestApp) {
     for i in 0..4 {
         stack
             .db
@@ -345,7 +346,7 @@ async fn a_replay_killed_halfway_loses_nothing() {
             )
             .await;
     }
-    let mut replay = WorkerProcess::spawn(WORKER, &["dlq", "replay"], &stack.env(&[]));
+    let mut replay = WorkerProcess::start(WORKER, &["dlq", "replay"], &stack.env(&[]));
     let main_queue = stack.broker.topology.queue.clone();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while stack.broker.ready(&main_queue).await < 100 && replay.exited().is_none() {

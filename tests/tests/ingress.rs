@@ -1,8 +1,10 @@
-//! `worker ingress` and `worker run` as real processes: Svix verification, 2xx only after the
-//! broker confirmed, and a signed webhook becoming a provisioned workspace end to end.
+//! `worker ingress` and `worker run` in this process (and as processes where signals, exit
+//! statuses or log lines are the point): Svix verification, 2xx only after the broker confirmed,
+//! and a signed webhook becoming a provisioned workspace end to end.
 
 use std::time::Duration;
 
+use integration_tests::app::TestApp;
 use integration_tests::broker::TestBroker;
 use integration_tests::clerk::{UserEvent, fixture};
 use integration_tests::process::WorkerProcess;
@@ -27,8 +29,16 @@ fn env_through(broker: &TestBroker, proxy: &CuttableProxy) -> Vec<(&'static str,
     env
 }
 
-async fn ingress(broker: &TestBroker, secret: &str) -> WorkerProcess {
-    let mut process = WorkerProcess::spawn(WORKER, &["ingress"], &ingress_env(broker, secret));
+async fn ingress(broker: &TestBroker, secret: &str) -> TestApp {
+    let app = TestApp::spawn(&["ingress"], &ingress_env(broker, secret)).await;
+    app.wait_ready(Duration::from_secs(30)).await;
+    app
+}
+
+/// `worker ingress` as a process, for tests of signals and log lines.
+async fn ingress_process(broker: &TestBroker, secret: &str) -> WorkerProcess {
+    let mut process =
+        WorkerProcess::spawn(WORKER, &["ingress"], &ingress_env(broker, secret)).await;
     process.wait_ready(Duration::from_secs(30)).await;
     process
 }
@@ -107,7 +117,7 @@ async fn any_of_several_secrets_is_accepted_and_decoys_do_not_matter() {
 #[tokio::test]
 async fn bad_signatures_are_401_with_a_json_error_and_nothing_is_published() {
     let broker = TestBroker::new().await;
-    let ingress = ingress(&broker, SECRET).await;
+    let ingress = ingress_process(&broker, SECRET).await;
     let addr = ingress.ingress_addr;
     let now = chrono::Utc::now().timestamp();
 
@@ -221,7 +231,7 @@ async fn the_ingress_starts_without_the_broker_answers_503_and_recovers_when_it_
     let proxy = CuttableProxy::start("127.0.0.1:5672".parse().unwrap()).await;
     proxy.cut().await;
     let env = env_through(&broker, &proxy);
-    let mut ingress = WorkerProcess::spawn(WORKER, &["ingress"], &env);
+    let ingress = TestApp::spawn(&["ingress"], &env).await;
 
     eventually("the ingress to answer without a broker", Duration::from_secs(20), || async {
         let webhook = Webhook::signed(SECRET, &user_created());
@@ -234,7 +244,7 @@ async fn the_ingress_starts_without_the_broker_answers_503_and_recovers_when_it_
         readiness.contains(r#""broker_ingress":false"#),
         "{readiness}"
     );
-    assert!(ingress.exited().is_none());
+    assert!(!ingress.stopped());
 
     proxy.restore();
     ingress.wait_ready(Duration::from_secs(30)).await;
@@ -273,7 +283,7 @@ async fn a_confirm_that_does_not_come_within_publish_timeout_is_503() {
     let proxy = CuttableProxy::start("127.0.0.1:5672".parse().unwrap()).await;
     let mut env = env_through(&broker, &proxy);
     env.push(("PUBLISH_TIMEOUT", "500ms".into()));
-    let mut ingress = WorkerProcess::spawn(WORKER, &["ingress"], &env);
+    let ingress = TestApp::spawn(&["ingress"], &env).await;
     ingress.wait_ready(Duration::from_secs(30)).await;
 
     proxy.stall();
@@ -344,7 +354,8 @@ async fn no_secret_or_an_undecodable_one_refuses_to_start() {
         ("", "CLERK_WEBHOOK_SECRET is empty"),
         ("whsec_***", "not a whsec_ secret"),
     ] {
-        let mut process = WorkerProcess::spawn(WORKER, &["ingress"], &ingress_env(&broker, secret));
+        let mut process =
+            WorkerProcess::spawn(WORKER, &["ingress"], &ingress_env(&broker, secret)).await;
         let status = process.wait_exit(Duration::from_secs(20)).await;
         assert!(!status.success());
         assert!(process.logs().contains(expected), "{}", process.logs());
@@ -354,7 +365,7 @@ async fn no_secret_or_an_undecodable_one_refuses_to_start() {
 #[tokio::test]
 async fn sigterm_stops_the_ingress_with_exit_zero() {
     let broker = TestBroker::new().await;
-    let mut ingress = ingress(&broker, SECRET).await;
+    let mut ingress = ingress_process(&broker, SECRET).await;
     assert_eq!(
         Webhook::signed(SECRET, &user_created())
             .post(ingress.ingress_addr)
@@ -379,7 +390,7 @@ async fn ingress_metrics_count_requests_by_status_and_time_the_confirms() {
         .post(ingress.ingress_addr)
         .await;
     let page = ingress.metrics().await;
-    let value = |series: &str| integration_tests::process::metric_value(&page, series);
+    let value = |series: &str| integration_tests::ops::metric_value(&page, series);
     assert_eq!(
         value(r#"webhook_requests_total{status="202",type="user.created"}"#),
         3.0
@@ -420,7 +431,7 @@ async fn worker_run_turns_each_shared_example_into_its_documented_state() {
     let broker = TestBroker::new().await;
     let mut env = ingress_env(&broker, SECRET);
     env.push(("DATABASE_URL", db.settings.url.clone()));
-    let mut run = WorkerProcess::spawn(WORKER, &["run"], &env);
+    let mut run = TestApp::spawn(&["run"], &env).await;
     run.wait_ready(Duration::from_secs(30)).await;
     let post = |name: &str| {
         let webhook = Webhook::signed(SECRET, &fixture(name));
@@ -486,7 +497,7 @@ async fn worker_run_turns_each_shared_example_into_its_documented_state() {
     );
 
     let page = run.metrics().await;
-    let value = |series: &str| integration_tests::process::metric_value(&page, series);
+    let value = |series: &str| integration_tests::ops::metric_value(&page, series);
     assert_eq!(value("workspace_created_total"), 2.0);
     assert_eq!(
         value(r#"webhook_requests_total{status="202",type="user.created"}"#),
@@ -524,5 +535,6 @@ async fn worker_run_turns_each_shared_example_into_its_documented_state() {
     })
     .await;
     run.terminate();
-    assert!(run.wait_exit(Duration::from_secs(30)).await.success());
+    let stopped = run.wait_stopped(Duration::from_secs(30)).await;
+    assert!(stopped.is_ok(), "{stopped:?}");
 }

@@ -7,14 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use integration_tests::app::TestApp;
 use integration_tests::broker::TestBroker;
 use integration_tests::clerk::fixture;
-use integration_tests::process::{WorkerProcess, free_port};
+use integration_tests::free_port;
 use integration_tests::webhook::{SECRET, Webhook};
 use integration_tests::{TestDb, eventually};
 use regex::Regex;
-
-const WORKER: &str = env!("CARGO_BIN_EXE_worker-under-test");
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -156,7 +155,7 @@ async fn a_real_prometheus_scrapes_the_worker_and_counts_what_it_provisioned() {
     let mut env = broker.env();
     env.push(("DATABASE_URL", db.settings.url.clone()));
     env.push(("CLERK_WEBHOOK_SECRET", SECRET.to_owned()));
-    let mut service = WorkerProcess::spawn(WORKER, &["run"], &env);
+    let service = TestApp::spawn(&["run"], &env).await;
     service.wait_ready(Duration::from_secs(30)).await;
     for i in 0..5 {
         let body = integration_tests::clerk::UserEvent::created(
@@ -189,7 +188,7 @@ async fn a_real_prometheus_scrapes_the_worker_and_counts_what_it_provisioned() {
     let config = dir.path().join("prometheus.yml");
     std::fs::write(
         &config,
-        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: worker\n    static_configs:\n      - targets: [\"{}\"]\n", service.ops_addr),
+        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: worker\n    static_configs:\n      - targets: [\"{}\"]\n", service.ops_addr()),
     )
     .unwrap();
     let web = format!("127.0.0.1:{}", free_port());

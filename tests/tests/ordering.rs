@@ -5,13 +5,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use integration_tests::app::TestApp;
 use integration_tests::broker::TestBroker;
 use integration_tests::clerk::{UserEvent, deleted_body, provision};
-use integration_tests::process::WorkerProcess;
 use integration_tests::{TestDb, eventually};
 use worker::provision::Outcome;
-
-const WORKER: &str = env!("CARGO_BIN_EXE_worker-under-test");
 
 async fn outcome(db: &TestDb, body: &[u8]) -> Outcome {
     provision(&db.conn, body)
@@ -153,7 +151,7 @@ async fn expired_tombstones_are_purged_by_the_worker() {
     env.push(("DATABASE_URL", db.settings.url.clone()));
     env.push(("TOMBSTONE_RETENTION", "1h".into()));
     env.push(("TOMBSTONE_PURGE_INTERVAL", "200ms".into()));
-    let mut worker = WorkerProcess::spawn(WORKER, &["consume"], &env);
+    let worker = TestApp::spawn(&["consume"], &env).await;
     worker.wait_ready(Duration::from_secs(30)).await;
     eventually(
         "the old tombstone to go",
@@ -345,7 +343,7 @@ async fn random_histories_in_random_order_end_in_clerks_final_state() {
     let mut env = broker.env();
     env.push(("DATABASE_URL", db.settings.url.clone()));
     env.push(("MAX_CONCURRENCY", "16".into()));
-    let mut worker = WorkerProcess::spawn(WORKER, &["consume"], &env);
+    let mut worker = TestApp::spawn(&["consume"], &env).await;
     worker.wait_ready(Duration::from_secs(30)).await;
     let total = deliveries.len() as f64;
     eventually(
@@ -356,7 +354,7 @@ async fn random_histories_in_random_order_end_in_clerks_final_state() {
     .await;
 
     let page = worker.metrics().await;
-    let value = |series: &str| integration_tests::process::metric_value(&page, series);
+    let value = |series: &str| integration_tests::ops::metric_value(&page, series);
     assert_eq!(
         value("events_processed_total"),
         total,
@@ -435,5 +433,6 @@ async fn random_histories_in_random_order_end_in_clerks_final_state() {
             + value(r#"events_processed_total{type="user.deleted",outcome="stale"}"#),
     );
     worker.terminate();
-    assert!(worker.wait_exit(Duration::from_secs(30)).await.success());
+    let stopped = worker.wait_stopped(Duration::from_secs(30)).await;
+    assert!(stopped.is_ok(), "{stopped:?}");
 }

@@ -161,40 +161,66 @@ pub fn main() -> ExitCode {
 
 impl Cli {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
+        if let Some(plan) = self.service_plan() {
+            service::run(plan).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
         let Self {
             database,
             broker,
             command,
             ..
         } = self;
-        let plan = |ops, migrate, consumer, ingress| service::Plan {
-            database: database.clone(),
-            broker: broker.clone(),
-            ops,
-            migrate,
-            consumer,
-            ingress,
-        };
-        let plan = match command {
+        match command {
             Command::Migrate => {
                 db::migrate(&database)
                     .await
                     .with_context(|| format!("migrating {}", database.redacted_url()))?;
-                return Ok(ExitCode::SUCCESS);
+                Ok(ExitCode::SUCCESS)
             }
-            Command::Health => return Ok(print_health(&database).await),
-            Command::Provision { file } => return provision_file(&database, &file).await,
-            Command::Dlq { command } => return dead_letters(&database, &broker, command).await,
-            Command::Consume { consumer, ops } => plan(ops, false, Some(consumer), None),
-            Command::Ingress { ingress, ops } => plan(ops, false, None, Some(ingress)),
+            Command::Health => Ok(print_health(&database).await),
+            Command::Provision { file } => provision_file(&database, &file).await,
+            Command::Dlq { command } => dead_letters(&database, &broker, command).await,
+            // Handled above, through their service plan.
+            Command::Consume { .. } | Command::Ingress { .. } | Command::Run { .. } => {
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    }
+
+    /// The parts a long-running command (`consume`, `ingress`, `run`) runs; `None` for the
+    /// one-shot commands. Tests build an in-process application from it.
+    pub fn service_plan(&self) -> Option<service::Plan> {
+        let plan = |ops: &OpsSettings, migrate, consumer, ingress| service::Plan {
+            database: self.database.clone(),
+            broker: self.broker.clone(),
+            ops: ops.clone(),
+            migrate,
+            consumer,
+            ingress,
+        };
+        match &self.command {
+            Command::Consume { consumer, ops } => {
+                Some(plan(ops, false, Some(consumer.clone()), None))
+            }
+            Command::Ingress { ingress, ops } => {
+                Some(plan(ops, false, None, Some(ingress.clone())))
+            }
             Command::Run {
                 consumer,
                 ingress,
                 ops,
-            } => plan(ops, true, Some(consumer), Some(ingress)),
-        };
-        service::run(plan).await?;
-        Ok(ExitCode::SUCCESS)
+            } => Some(plan(
+                ops,
+                true,
+                Some(consumer.clone()),
+                Some(ingress.clone()),
+            )),
+            Command::Migrate
+            | Command::Health
+            | Command::Provision { .. }
+            | Command::Dlq { .. } => None,
+        }
     }
 }
 

@@ -245,7 +245,7 @@ pub struct ConsumerSettings {
     pub tombstone_retention: Duration,
 
     /// How often expired tombstones are purged.
-    #[arg(long, env = "TOMBSTONE_PURGE_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TOMBSTONE_PURGE_INTERVAL", default_value = "1h", value_parser = positive_duration)]
     pub tombstone_purge_interval: Duration,
 }
 
@@ -289,8 +289,23 @@ impl std::fmt::Debug for IngressSettings {
 /// The ops HTTP server: `/metrics`, `/healthz`, `/readyz`.
 #[derive(Clone, Debug, Args)]
 pub struct OpsSettings {
+    /// Where the ops server listens (port 0: any free port, logged at start).
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9000")]
     pub metrics_addr: SocketAddr,
+
+    /// How often histogram samples are folded into their buckets, so memory stays flat whether
+    /// or not anything scrapes `/metrics`.
+    #[arg(long, env = "METRICS_UPKEEP_INTERVAL", default_value = "5s", value_parser = positive_duration)]
+    pub metrics_upkeep_interval: Duration,
+}
+
+/// A duration for a period of something repeated: zero would be a busy loop (and a panic).
+fn positive_duration(raw: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(raw) {
+        Ok(duration) if duration.is_zero() => Err("must be longer than zero".to_owned()),
+        Ok(duration) => Ok(duration),
+        Err(err) => Err(err.to_string()),
+    }
 }
 
 /// Replaces the password of a URL, for logs and error messages.
@@ -316,6 +331,13 @@ pub enum LogFormat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn periods_must_be_longer_than_zero() {
+        assert!(positive_duration("0s").is_err());
+        assert!(positive_duration("soon").is_err());
+        assert_eq!(positive_duration("100ms"), Ok(Duration::from_millis(100)));
+    }
 
     #[test]
     fn passwords_never_appear_in_the_redacted_url() {

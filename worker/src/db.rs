@@ -109,6 +109,25 @@ fn split_database_url(raw: &str) -> Result<(String, String), DbErr> {
     Ok((url.to_string(), name))
 }
 
+/// Migrations this binary knows that the database has not applied. Newer migrations the database
+/// has (a later release ran first) do not count: they are the next binary's business.
+pub async fn unapplied_migrations(db: &DatabaseConnection) -> Result<Vec<String>, DbErr> {
+    let applied: std::collections::HashSet<String> = db
+        .query_all_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT version FROM seaql_migrations",
+        ))
+        .await?
+        .iter()
+        .map(|row| row.try_get::<String>("", "version"))
+        .collect::<Result<_, _>>()?;
+    Ok(Migrator::migrations()
+        .iter()
+        .map(|migration| migration.name().to_owned())
+        .filter(|name| !applied.contains(name))
+        .collect())
+}
+
 /// The SQLSTATE of a database error, if the server sent one.
 pub fn sqlstate(err: &DbErr) -> Option<String> {
     match err {

@@ -2,10 +2,15 @@
 //!
 //! Names are a public contract: dashboards and alerts query them.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
-use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{
+    BuildError, Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+use tokio_util::sync::CancellationToken;
 
 use crate::error::FailureReason;
 use crate::provision::Outcome;
@@ -55,16 +60,142 @@ const LAG_BUCKETS: &[f64] = &[
 /// Batch sizes up to the largest `BATCH_SIZE`.
 const BATCH_BUCKETS: &[f64] = &[2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
-/// Installs the process-wide Prometheus recorder with real histograms (the exporter renders
-/// summaries unless buckets are set) and returns the handle `/metrics` renders from.
-pub fn install() -> Result<PrometheusHandle, BuildError> {
-    let handle = PrometheusBuilder::new()
-        .set_buckets(LATENCY_BUCKETS)?
-        .set_buckets_for_metric(Matcher::Full(EVENT_LAG.to_owned()), LAG_BUCKETS)?
-        .set_buckets_for_metric(Matcher::Full(BATCH_SIZE.to_owned()), BATCH_BUCKETS)?
-        .install_recorder()?;
-    describe();
-    Ok(handle)
+/// How often the recorder's upkeep runs when the caller does not say: histogram samples wait in
+/// the recorder until upkeep (or a scrape) folds them into buckets, so without it a process that
+/// nobody scrapes grows with every event.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The application's own metrics: a Prometheus recorder that belongs to this value, not to the
+/// process, so several applications (tests in one process) keep separate figures. Cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    recorder: Arc<PrometheusRecorder>,
+    handle: PrometheusHandle,
+    upkeep_runs: Arc<AtomicU64>,
+}
+
+impl Metrics {
+    /// A recorder with real histograms (the exporter renders summaries unless buckets are set)
+    /// and every family described.
+    pub fn new() -> Result<Self, BuildError> {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(LATENCY_BUCKETS)?
+            .set_buckets_for_metric(Matcher::Full(EVENT_LAG.to_owned()), LAG_BUCKETS)?
+            .set_buckets_for_metric(Matcher::Full(BATCH_SIZE.to_owned()), BATCH_BUCKETS)?
+            .build_recorder();
+        let metrics = Self {
+            handle: recorder.handle(),
+            recorder: Arc::new(recorder),
+            upkeep_runs: Arc::default(),
+        };
+        metrics.with(describe);
+        Ok(metrics)
+    }
+
+    /// The Prometheus text page `/metrics` serves.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Runs `record` with this recorder as the current one: the `metrics` macros inside it
+    /// register and update series here, whichever thread runs it.
+    fn with<T>(&self, record: impl FnOnce() -> T) -> T {
+        metrics::with_local_recorder(self.recorder.as_ref(), record)
+    }
+
+    /// Folds waiting histogram samples into their buckets every `interval` until `shutdown`, so
+    /// memory stays flat whether or not anything scrapes `/metrics`.
+    pub async fn run_upkeep(self, interval: Duration, shutdown: CancellationToken) {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                () = shutdown.cancelled() => return,
+            }
+            self.handle.run_upkeep();
+            self.upkeep_runs.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// How many times the upkeep ran: what tests watch instead of memory.
+    pub fn upkeep_runs(&self) -> u64 {
+        self.upkeep_runs.load(Ordering::Relaxed)
+    }
+
+    /// An event that ended well: counted by type and outcome, timed, and a new workspace counted.
+    pub fn record_outcome(&self, event_type: &str, outcome: Outcome, duration: Duration) {
+        let event_type = type_label(event_type);
+        self.with(|| {
+            counter!(EVENTS_PROCESSED, "type" => event_type, "outcome" => outcome.as_str())
+                .increment(1);
+            if outcome != Outcome::Unsupported {
+                histogram!(PROVISIONING_DURATION, "outcome" => outcome.as_str()).record(duration);
+            }
+            if outcome == Outcome::Created {
+                counter!(WORKSPACE_CREATED).increment(1);
+            }
+        });
+    }
+
+    /// A failed attempt of one transaction, timed like the successful ones.
+    pub fn record_failed_attempt(&self, duration: Duration) {
+        self.with(|| histogram!(PROVISIONING_DURATION, "outcome" => "failed").record(duration));
+    }
+
+    /// An event sent to the dead-letter queue.
+    pub fn record_dead_letter(&self, event_type: &str, reason: FailureReason) {
+        let event_type = type_label(event_type);
+        self.with(|| {
+            counter!(WORKSPACE_FAILED, "reason" => reason.as_str()).increment(1);
+            counter!(EVENTS_PROCESSED, "type" => event_type, "outcome" => "dead_lettered")
+                .increment(1);
+        });
+    }
+
+    /// A retry about to wait, labelled with the error's reason code.
+    pub fn record_retry(&self, reason: &'static str) {
+        self.with(|| counter!(EVENTS_RETRIED, "reason" => reason).increment(1));
+    }
+
+    /// A batch committed with `size` events.
+    pub fn record_batch(&self, size: usize) {
+        self.with(|| histogram!(BATCH_SIZE).record(size as f64));
+    }
+
+    /// A replayed dead letter was processed (whatever its fate this time).
+    pub fn record_replayed(&self, original_reason: &str) {
+        let reason = reason_label(original_reason);
+        self.with(|| counter!(EVENTS_REPLAYED, "reason" => reason).increment(1));
+    }
+
+    /// Time from the ingress receiving the event to its commit.
+    pub fn record_lag(&self, lag: Duration) {
+        self.with(|| histogram!(EVENT_LAG).record(lag));
+    }
+
+    pub fn set_consumer_connected(&self, connected: bool) {
+        self.with(|| gauge!(CONSUMER_CONNECTED).set(f64::from(u8::from(connected))));
+    }
+
+    pub fn deliveries_in_flight(&self, delta: f64) {
+        self.with(|| gauge!(DELIVERIES_IN_FLIGHT).increment(delta));
+    }
+
+    /// A webhook request answered; `event_type` is known only once the signature was verified.
+    pub fn record_webhook(&self, status: u16, event_type: Option<&str>, duration: Duration) {
+        let event_type = event_type.map_or_else(|| "unknown".to_owned(), type_label);
+        self.with(|| {
+            counter!(WEBHOOK_REQUESTS, "status" => status.to_string(), "type" => event_type)
+                .increment(1);
+            histogram!(WEBHOOK_DURATION).record(duration);
+        });
+    }
+
+    /// One publish's wait for the broker's confirm (or its failure).
+    pub fn record_publish_confirm(&self, duration: Duration) {
+        self.with(|| histogram!(WEBHOOK_PUBLISH_CONFIRM).record(duration));
+    }
 }
 
 fn describe() {
@@ -106,45 +237,6 @@ fn describe() {
     );
 }
 
-/// An event that ended well: counted by type and outcome, timed, and a new workspace counted.
-pub fn record_outcome(event_type: &str, outcome: Outcome, duration: Duration) {
-    let event_type = type_label(event_type);
-    counter!(EVENTS_PROCESSED, "type" => event_type, "outcome" => outcome.as_str()).increment(1);
-    if outcome != Outcome::Unsupported {
-        histogram!(PROVISIONING_DURATION, "outcome" => outcome.as_str()).record(duration);
-    }
-    if outcome == Outcome::Created {
-        counter!(WORKSPACE_CREATED).increment(1);
-    }
-}
-
-/// A failed attempt of one transaction, timed like the successful ones.
-pub fn record_failed_attempt(duration: Duration) {
-    histogram!(PROVISIONING_DURATION, "outcome" => "failed").record(duration);
-}
-
-/// An event sent to the dead-letter queue.
-pub fn record_dead_letter(event_type: &str, reason: FailureReason) {
-    counter!(WORKSPACE_FAILED, "reason" => reason.as_str()).increment(1);
-    counter!(EVENTS_PROCESSED, "type" => type_label(event_type), "outcome" => "dead_lettered")
-        .increment(1);
-}
-
-/// A retry about to wait, labelled with the error's reason code.
-pub fn record_retry(reason: &'static str) {
-    counter!(EVENTS_RETRIED, "reason" => reason).increment(1);
-}
-
-/// A batch committed with `size` events.
-pub fn record_batch(size: usize) {
-    histogram!(BATCH_SIZE).record(size as f64);
-}
-
-/// A replayed dead letter was processed (whatever its fate this time).
-pub fn record_replayed(original_reason: &str) {
-    counter!(EVENTS_REPLAYED, "reason" => reason_label(original_reason)).increment(1);
-}
-
 /// Reasons read back from headers: only the codes this product writes, else `other`.
 fn reason_label(reason: &str) -> &'static str {
     FailureReason::ALL
@@ -152,31 +244,6 @@ fn reason_label(reason: &str) -> &'static str {
         .map(FailureReason::as_str)
         .find(|code| *code == reason)
         .unwrap_or("other")
-}
-
-/// Time from the ingress receiving the event to its commit.
-pub fn record_lag(lag: Duration) {
-    histogram!(EVENT_LAG).record(lag);
-}
-
-pub fn set_consumer_connected(connected: bool) {
-    gauge!(CONSUMER_CONNECTED).set(f64::from(u8::from(connected)));
-}
-
-pub fn deliveries_in_flight(delta: f64) {
-    gauge!(DELIVERIES_IN_FLIGHT).increment(delta);
-}
-
-/// A webhook request answered; `event_type` is known only once the signature was verified.
-pub fn record_webhook(status: u16, event_type: Option<&str>, duration: Duration) {
-    let event_type = event_type.map_or_else(|| "unknown".to_owned(), type_label);
-    counter!(WEBHOOK_REQUESTS, "status" => status.to_string(), "type" => event_type).increment(1);
-    histogram!(WEBHOOK_DURATION).record(duration);
-}
-
-/// One publish's wait for the broker's confirm (or its failure).
-pub fn record_publish_confirm(duration: Duration) {
-    histogram!(WEBHOOK_PUBLISH_CONFIRM).record(duration);
 }
 
 /// Event types come from message bodies: keep the label set bounded and printable.
@@ -196,6 +263,30 @@ fn type_label(event_type: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn upkeep_runs_on_its_own_while_nothing_scrapes() {
+        let metrics = Metrics::new().unwrap();
+        metrics.record_lag(Duration::from_millis(5));
+        let stop = CancellationToken::new();
+        let upkeep = tokio::spawn(
+            metrics
+                .clone()
+                .run_upkeep(Duration::from_millis(100), stop.clone()),
+        );
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        stop.cancel();
+        upkeep.await.unwrap();
+        assert!(metrics.upkeep_runs() >= 3, "{} runs", metrics.upkeep_runs());
+    }
+
+    #[test]
+    fn two_applications_keep_separate_figures() {
+        let (a, b) = (Metrics::new().unwrap(), Metrics::new().unwrap());
+        a.record_outcome("user.created", Outcome::Created, Duration::from_millis(3));
+        assert!(a.render().contains("workspace_created_total 1"));
+        assert!(!b.render().contains("workspace_created_total"));
+    }
 
     #[test]
     fn clerk_types_are_their_own_labels_and_anything_else_is_other() {

@@ -1,25 +1,31 @@
 //! The ops HTTP server: `/metrics` for Prometheus, `/healthz` (the process is alive) and
-//! `/readyz` (the database and the broker are reachable; 503 naming what is not).
+//! `/readyz` (the database, with every migration this binary knows, and the broker are
+//! reachable; 503 naming what is not).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use metrics_exporter_prometheus::PrometheusHandle;
 use sea_orm::DatabaseConnection;
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
+use tracing::debug;
 
-use crate::health;
+use crate::metrics::Metrics;
+use crate::{db, health};
 
 /// Readiness probes must answer quickly even when the database hangs.
 const DATABASE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one database verdict answers `/readyz`: probes at any rate cost the database at most
+/// one check per this interval.
+const DATABASE_VERDICT_TTL: Duration = Duration::from_secs(1);
 
 /// Whether a component currently holds what it needs (a broker connection); `/readyz` reads it.
 #[derive(Clone, Debug, Default)]
@@ -38,11 +44,78 @@ impl ReadyFlag {
 /// What the ops endpoints read.
 #[derive(Clone)]
 pub struct OpsState {
-    pub metrics: PrometheusHandle,
+    metrics: Metrics,
     /// Checked by `/readyz` when this process uses the database.
-    pub db: Option<DatabaseConnection>,
-    /// Named flags of the broker-facing components (`consumer`, later `ingress`).
-    pub broker: Vec<(&'static str, ReadyFlag)>,
+    db: Option<DatabaseConnection>,
+    /// Named flags of the broker-facing components (`consumer`, `ingress`).
+    broker: Vec<(&'static str, ReadyFlag)>,
+    /// The last database verdict; its lock makes concurrent probes share one check.
+    database_verdict: Arc<Mutex<Option<(Instant, DatabaseVerdict)>>>,
+}
+
+/// What `/readyz` says about the database.
+#[derive(Clone, Copy, Debug)]
+struct DatabaseVerdict {
+    /// Reachable, with its tables and constraints.
+    reachable: bool,
+    /// Every migration this binary knows is applied.
+    migrated: bool,
+}
+
+impl OpsState {
+    pub fn new(
+        metrics: Metrics,
+        db: Option<DatabaseConnection>,
+        broker: Vec<(&'static str, ReadyFlag)>,
+    ) -> Self {
+        Self {
+            metrics,
+            db,
+            broker,
+            database_verdict: Arc::default(),
+        }
+    }
+
+    /// The database verdict at most [`DATABASE_VERDICT_TTL`] old; one check at a time.
+    async fn database_verdict(&self, db: &DatabaseConnection) -> DatabaseVerdict {
+        let mut last = self.database_verdict.lock().await;
+        if let Some((at, verdict)) = *last
+            && at.elapsed() < DATABASE_VERDICT_TTL
+        {
+            return verdict;
+        }
+        let verdict = check_database(db).await;
+        *last = Some((Instant::now(), verdict));
+        verdict
+    }
+}
+
+/// The schema probe, then the migrations this binary expects, within one timeout.
+async fn check_database(db: &DatabaseConnection) -> DatabaseVerdict {
+    let check = async {
+        let reachable = health::check(db).await.healthy;
+        let migrated = match db::unapplied_migrations(db).await {
+            Ok(unapplied) if unapplied.is_empty() => true,
+            Ok(unapplied) => {
+                debug!(?unapplied, "migrations not applied yet");
+                false
+            }
+            Err(err) => {
+                debug!(error = %err, "cannot read the applied migrations");
+                false
+            }
+        };
+        DatabaseVerdict {
+            reachable,
+            migrated,
+        }
+    };
+    tokio::time::timeout(DATABASE_CHECK_TIMEOUT, check)
+        .await
+        .unwrap_or(DatabaseVerdict {
+            reachable: false,
+            migrated: false,
+        })
 }
 
 pub fn router(state: OpsState) -> Router {
@@ -75,10 +148,10 @@ async fn readyz(State(state): State<OpsState>) -> Response {
     let mut checks = serde_json::Map::new();
     let mut ready = true;
     if let Some(db) = &state.db {
-        let check = tokio::time::timeout(DATABASE_CHECK_TIMEOUT, health::check(db)).await;
-        let database = check.is_ok_and(|report| report.healthy);
-        checks.insert("database".into(), json!(database));
-        ready &= database;
+        let verdict = state.database_verdict(db).await;
+        checks.insert("database".into(), json!(verdict.reachable));
+        checks.insert("database_migrations".into(), json!(verdict.migrated));
+        ready &= verdict.reachable && verdict.migrated;
     }
     for (name, flag) in &state.broker {
         checks.insert(format!("broker_{name}"), json!(flag.get()));

@@ -1,24 +1,34 @@
-//! The long-running process: some of ingress, consumer and ops server, sharing one metrics
-//! recorder, one database pool and one shutdown signal. `worker consume`, `worker ingress` and
-//! `worker run` are this with different parts switched on.
+//! The long-running application: some of ingress, consumer and ops server, sharing one metrics
+//! recorder, one database pool and one stop signal. `worker consume`, `worker ingress` and
+//! `worker run` are this with different parts switched on; tests start it in process.
+//!
+//! [`Application::build`] does everything that can fail at start (secrets, migrations, binding
+//! every listener, port 0 allowed) and reports the addresses; [`Application::run_until_stopped`]
+//! runs the parts until the caller's token is cancelled, or until one of them fails, which stops
+//! the others and is returned as an error (the binary exits non-zero).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, anyhow};
+use axum::Router;
+use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::{
     BrokerSettings, ConsumerSettings, DatabaseSettings, IngressSettings, OpsSettings,
 };
 use crate::consumer::Consumer;
+use crate::db;
 use crate::ingress::signature::Verifier;
 use crate::ingress::{self, IngressState, Publisher};
+use crate::metrics::Metrics;
 use crate::ops::{self, OpsState, ReadyFlag};
 use crate::retry::RetryPolicy;
-use crate::{db, metrics};
 
 /// Which parts this process runs, with their settings.
 pub struct Plan {
@@ -31,8 +41,242 @@ pub struct Plan {
     pub ingress: Option<IngressSettings>,
 }
 
+/// A built application: listeners bound, pool open, nothing running yet.
+pub struct Application {
+    metrics: Metrics,
+    db: Option<DatabaseConnection>,
+    ingress: Option<Ingress>,
+    consumer: Option<Consumer>,
+    ops_listener: TcpListener,
+    ops_state: OpsState,
+    upkeep_interval: Duration,
+}
+
+/// The webhook endpoint, bound, with the publisher it stops after the last request.
+struct Ingress {
+    listener: TcpListener,
+    router: Router,
+    stop_publisher: CancellationToken,
+}
+
+impl Application {
+    /// Checks the settings, opens what the parts need and binds every listener. Fails before
+    /// anything runs, so a bad secret or a taken port is an exit at start, not a warning later.
+    pub async fn build(plan: Plan) -> anyhow::Result<Self> {
+        // Refuse to start on a bad secret before touching anything else.
+        let verifier = match &plan.ingress {
+            Some(settings) => Some(Arc::new(
+                Verifier::from_secrets(&settings.clerk_webhook_secret)
+                    .context("CLERK_WEBHOOK_SECRET")?,
+            )),
+            None => None,
+        };
+        let metrics = Metrics::new().context("building the metrics recorder")?;
+        // Only the consumer needs the database; an ingress-only process never touches it.
+        let db = match &plan.consumer {
+            None => None,
+            Some(_) => Some(service_database(&plan).await?),
+        };
+        let mut readiness = Vec::new();
+
+        let ingress = match (&plan.ingress, verifier) {
+            (Some(settings), Some(verifier)) => {
+                let listener = bind(settings.ingress_addr, "INGRESS_ADDR").await?;
+                let stop_publisher = CancellationToken::new();
+                let publisher = Publisher::spawn(
+                    plan.broker.clone(),
+                    RetryPolicy::RECONNECT,
+                    stop_publisher.clone(),
+                );
+                readiness.push(("ingress", publisher.connected.clone()));
+                let state = IngressState {
+                    verifier,
+                    publisher,
+                    publish_timeout: settings.publish_timeout,
+                    metrics: metrics.clone(),
+                };
+                Some(Ingress {
+                    listener,
+                    router: ingress::router(state, settings.ingress_max_body),
+                    stop_publisher,
+                })
+            }
+            _ => None,
+        };
+
+        let consumer = match (plan.consumer, &db) {
+            (Some(settings), Some(db)) => {
+                let consumer = Consumer {
+                    broker: plan.broker.clone(),
+                    settings,
+                    db: db.clone(),
+                    connected: ReadyFlag::default(),
+                    metrics: metrics.clone(),
+                };
+                readiness.push(("consumer", consumer.connected.clone()));
+                Some(consumer)
+            }
+            _ => None,
+        };
+
+        let ops_listener = bind(plan.ops.metrics_addr, "METRICS_ADDR").await?;
+        let ops_state = OpsState::new(metrics.clone(), db.clone(), readiness);
+        let app = Self {
+            metrics,
+            db,
+            ingress,
+            consumer,
+            ops_listener,
+            ops_state,
+            upkeep_interval: plan.ops.metrics_upkeep_interval,
+        };
+        app.log_addresses();
+        Ok(app)
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` answer.
+    pub fn ops_addr(&self) -> SocketAddr {
+        local_addr(&self.ops_listener)
+    }
+
+    /// Where `POST /webhooks/clerk` answers, when this application runs the ingress.
+    pub fn ingress_addr(&self) -> Option<SocketAddr> {
+        self.ingress
+            .as_ref()
+            .map(|ingress| local_addr(&ingress.listener))
+    }
+
+    /// The application's metrics, for tests to read without a scrape.
+    pub fn metrics(&self) -> Metrics {
+        self.metrics.clone()
+    }
+
+    /// The addresses as log lines: a harness that starts the binary on port 0 reads them.
+    fn log_addresses(&self) {
+        if let Some(addr) = self.ingress_addr() {
+            info!(addr = %addr, "ingress listening");
+        }
+        info!(addr = %self.ops_addr(), "ops server listening");
+    }
+
+    /// Runs every part until `shutdown` is cancelled, then stops them in order: the ingress
+    /// (then its publisher) and the consumer drain first, while the ops server still answers;
+    /// then the ops server. A part that fails or ends on its own stops all of them, and the
+    /// first such failure is the result.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let stop = shutdown.child_token();
+        let mut parts: JoinSet<anyhow::Result<()>> = JoinSet::new();
+        if let Some(Ingress {
+            listener,
+            router,
+            stop_publisher,
+        }) = self.ingress
+        {
+            let stop = stop.clone();
+            parts.spawn(async move {
+                let served = ingress::serve(listener, router, stop).await;
+                // In-flight requests have published; now the broker connection can go.
+                stop_publisher.cancel();
+                served.context("ingress server")
+            });
+        }
+        if let Some(consumer) = self.consumer {
+            let stop = stop.clone();
+            parts.spawn(async move {
+                consumer.run(stop).await;
+                Ok(())
+            });
+        }
+
+        // The ops server and the metrics upkeep outlive the other parts, so /metrics and /readyz
+        // answer during the drain.
+        let stop_ops = CancellationToken::new();
+        let mut ops_server = tokio::spawn(ops::serve(
+            self.ops_listener,
+            self.ops_state,
+            stop_ops.clone(),
+        ));
+        let upkeep = tokio::spawn(
+            self.metrics
+                .clone()
+                .run_upkeep(self.upkeep_interval, stop_ops.clone()),
+        );
+
+        let failure = supervise(&mut parts, &mut ops_server, &stop, &stop_ops).await;
+        if !stop_ops.is_cancelled() {
+            stop_ops.cancel();
+            match ops_server.await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => warn!(error = %err, "ops server failed while stopping"),
+                Err(err) => warn!(error = %err, "ops server task failed while stopping"),
+            }
+        }
+        if let Err(err) = upkeep.await {
+            warn!(error = %err, "metrics upkeep task failed");
+        }
+        if let Some(db) = self.db {
+            db.close().await.context("closing the database pool")?;
+        }
+        match failure {
+            Some(err) => Err(err),
+            None => {
+                info!("stopped");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Waits for every part to end; the first that fails (or the ops server ending at all) cancels
+/// `stop`, so the others drain and end too. Returns that first failure.
+async fn supervise(
+    parts: &mut JoinSet<anyhow::Result<()>>,
+    ops_server: &mut JoinHandle<std::io::Result<()>>,
+    stop: &CancellationToken,
+    stop_ops: &CancellationToken,
+) -> Option<anyhow::Error> {
+    let mut failure = None;
+    loop {
+        let err = tokio::select! {
+            ended = parts.join_next() => match ended {
+                None => return failure,
+                Some(ended) => part_failure(ended, stop.is_cancelled()),
+            },
+            ended = &mut *ops_server, if !stop_ops.is_cancelled() => {
+                stop_ops.cancel();
+                Some(match ended {
+                    Ok(Ok(())) => anyhow!("the ops server stopped on its own"),
+                    Ok(Err(err)) => anyhow::Error::new(err).context("ops server"),
+                    Err(err) => anyhow::Error::new(err).context("ops server task"),
+                })
+            }
+        };
+        if let Some(err) = err {
+            error!(
+                error = format!("{err:#}"),
+                "a part of the service failed; stopping"
+            );
+            failure.get_or_insert(err);
+            stop.cancel();
+        }
+    }
+}
+
+/// A part that ended: an error, a panic, or ending before it was asked to is a failure.
+fn part_failure(
+    ended: Result<anyhow::Result<()>, tokio::task::JoinError>,
+    stopping: bool,
+) -> Option<anyhow::Error> {
+    match ended {
+        Ok(Ok(())) if stopping => None,
+        Ok(Ok(())) => Some(anyhow!("a part of the service stopped on its own")),
+        Ok(Err(err)) => Some(err),
+        Err(err) => Some(anyhow::Error::new(err).context("a service task crashed")),
+    }
+}
+
 /// The consumer's pool; with `migrate`, only after the schema is up to date.
-async fn service_database(plan: &Plan) -> anyhow::Result<sea_orm::DatabaseConnection> {
+async fn service_database(plan: &Plan) -> anyhow::Result<DatabaseConnection> {
     let database = || format!("database {}", plan.database.redacted_url());
     if plan.migrate {
         let migrated = db::migrate(&plan.database).await.with_context(database)?;
@@ -43,96 +287,25 @@ async fn service_database(plan: &Plan) -> anyhow::Result<sea_orm::DatabaseConnec
         .with_context(database)
 }
 
-/// Runs the plan until SIGTERM/SIGINT, then stops each part gracefully.
-pub async fn run(plan: Plan) -> anyhow::Result<()> {
-    // Refuse to start on a bad secret before touching anything else.
-    let verifier = match &plan.ingress {
-        Some(settings) => Some(Arc::new(
-            Verifier::from_secrets(&settings.clerk_webhook_secret)
-                .context("CLERK_WEBHOOK_SECRET")?,
-        )),
-        None => None,
-    };
-    let metrics = metrics::install().context("installing the metrics recorder")?;
-    // Only the consumer needs the database; an ingress-only process never touches it.
-    let db = match &plan.consumer {
-        None => None,
-        Some(_) => Some(service_database(&plan).await?),
-    };
-
-    let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
-    let parts = TaskTracker::new();
-    let mut readiness = Vec::new();
-
-    if let (Some(settings), Some(verifier)) = (&plan.ingress, verifier) {
-        let listener = bind(settings.ingress_addr, "INGRESS_ADDR").await?;
-        info!(addr = %listener.local_addr()?, "ingress listening");
-        let stop_publisher = CancellationToken::new();
-        let publisher = Publisher::spawn(
-            plan.broker.clone(),
-            RetryPolicy::RECONNECT,
-            stop_publisher.clone(),
-        );
-        readiness.push(("ingress", publisher.connected.clone()));
-        let state = IngressState {
-            verifier,
-            publisher,
-            publish_timeout: settings.publish_timeout,
-        };
-        let router = ingress::router(state, settings.ingress_max_body);
-        let shutdown = shutdown.clone();
-        parts.spawn(async move {
-            if let Err(err) = ingress::serve(listener, router, shutdown).await {
-                warn!(error = %err, "ingress server failed");
-            }
-            // In-flight requests have published; now the broker connection can go.
-            stop_publisher.cancel();
-        });
-    }
-
-    if let (Some(settings), Some(db)) = (plan.consumer, &db) {
-        let consumer = Consumer {
-            broker: plan.broker.clone(),
-            settings,
-            db: db.clone(),
-            connected: ReadyFlag::default(),
-        };
-        readiness.push(("consumer", consumer.connected.clone()));
-        let shutdown = shutdown.clone();
-        parts.spawn(async move { consumer.run(shutdown).await });
-    }
-
-    let ops_listener = bind(plan.ops.metrics_addr, "METRICS_ADDR").await?;
-    info!(addr = %ops_listener.local_addr()?, "ops server listening");
-    let ops_state = OpsState {
-        metrics,
-        db: db.clone(),
-        broker: readiness,
-    };
-    // The ops server outlives the other parts so /metrics and /readyz answer during the drain.
-    let stop_ops = CancellationToken::new();
-    let ops_server = tokio::spawn(ops::serve(ops_listener, ops_state, stop_ops.clone()));
-
-    parts.close();
-    parts.wait().await;
-    stop_ops.cancel();
-    match ops_server.await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => warn!(error = %err, "ops server failed"),
-        Err(err) => warn!(error = %err, "ops server task failed"),
-    }
-    if let Some(db) = db {
-        db.close().await.context("closing the database pool")?;
-    }
-    info!("stopped");
-    Ok(())
-}
-
-async fn bind(addr: std::net::SocketAddr, setting: &str) -> anyhow::Result<TcpListener> {
+async fn bind(addr: SocketAddr, setting: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {setting} {addr}"))
+}
+
+/// A bound listener's address; the unspecified address only if the OS cannot say.
+fn local_addr(listener: &TcpListener) -> SocketAddr {
+    listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+/// Builds and runs `plan` until SIGTERM or SIGINT: what the binary does.
+pub async fn run(plan: Plan) -> anyhow::Result<()> {
+    let app = Application::build(plan).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    app.run_until_stopped(shutdown).await
 }
 
 /// Cancels `token` on SIGTERM or SIGINT: the start of a graceful shutdown.
@@ -160,4 +333,69 @@ pub async fn cancel_on_signal(token: CancellationToken) {
         },
     }
     token.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending_ops_server() -> JoinHandle<std::io::Result<()>> {
+        tokio::spawn(std::future::pending())
+    }
+
+    #[tokio::test]
+    async fn a_crashed_part_stops_the_others_and_is_the_result() {
+        let (stop, stop_ops) = (CancellationToken::new(), CancellationToken::new());
+        let mut parts = JoinSet::new();
+        let other = stop.clone();
+        parts.spawn(async move {
+            other.cancelled().await;
+            Ok(())
+        });
+        parts.spawn(async { panic!("a server crashed") });
+        let mut ops = pending_ops_server();
+        let failure = supervise(&mut parts, &mut ops, &stop, &stop_ops).await;
+        assert!(stop.is_cancelled(), "the other part was told to stop");
+        assert!(format!("{:#}", failure.unwrap()).contains("crashed"));
+    }
+
+    #[tokio::test]
+    async fn an_ops_server_that_fails_stops_everything() {
+        let (stop, stop_ops) = (CancellationToken::new(), CancellationToken::new());
+        let mut parts = JoinSet::new();
+        let other = stop.clone();
+        parts.spawn(async move {
+            other.cancelled().await;
+            Ok(())
+        });
+        let mut ops = tokio::spawn(async { Err(std::io::Error::other("accept failed")) });
+        let failure = supervise(&mut parts, &mut ops, &stop, &stop_ops).await;
+        assert!(stop.is_cancelled() && stop_ops.is_cancelled());
+        assert!(format!("{:#}", failure.unwrap()).contains("accept failed"));
+    }
+
+    #[tokio::test]
+    async fn a_requested_stop_is_not_a_failure() {
+        let (stop, stop_ops) = (CancellationToken::new(), CancellationToken::new());
+        let mut parts = JoinSet::new();
+        let other = stop.clone();
+        parts.spawn(async move {
+            other.cancelled().await;
+            Ok(())
+        });
+        stop.cancel();
+        let mut ops = pending_ops_server();
+        assert!(
+            supervise(&mut parts, &mut ops, &stop, &stop_ops)
+                .await
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_part_that_ends_before_the_stop_is_a_failure() {
+        assert!(part_failure(Ok(Ok(())), true).is_none());
+        assert!(part_failure(Ok(Ok(())), false).is_some());
+        assert!(part_failure(Ok(Err(anyhow!("bind"))), true).is_some());
+    }
 }

@@ -18,7 +18,7 @@ use crate::dead_letter::{self, FAILURE_REASON, Failure};
 use crate::dlq::REPLAY_COUNT;
 use crate::domain::{Event, UserId, UserProfile};
 use crate::error::{ProvisionError, Rejected};
-use crate::metrics;
+use crate::metrics::Metrics;
 use crate::provision::{self, Outcome, Provisioned};
 use crate::retry::{Attempts, Decision, RetryPolicy};
 
@@ -32,6 +32,7 @@ pub struct Processor {
     pub shutdown: CancellationToken,
     /// Acks and requeues on the consumer channel.
     pub settlements: Settlements,
+    pub metrics: Metrics,
 }
 
 /// What the logs and metrics say about a delivery.
@@ -47,7 +48,7 @@ impl Processor {
     /// Takes one delivery, parsed once by the caller, to its end: acked, dead-lettered, or (on
     /// shutdown mid-retry) returned to the queue. Never drops it silently.
     async fn process(&self, delivery: Delivery, parsed: Result<Event, Rejected>) {
-        metrics::deliveries_in_flight(1.0);
+        self.metrics.deliveries_in_flight(1.0);
         let context = Context::of(&delivery, &parsed);
         let mut attempts = Attempts {
             made: redeliveries(&delivery),
@@ -62,13 +63,13 @@ impl Processor {
             attempts = RetryPolicy::count(&result, attempts);
             let err = match result {
                 Ok(provisioned) => {
-                    record_success(&delivery, &context, &provisioned, attempts, elapsed);
+                    self.record_success(&delivery, &context, &provisioned, attempts, elapsed);
                     self.ack(&[&delivery], &context).await;
                     break;
                 }
                 Err(err) => err,
             };
-            metrics::record_failed_attempt(elapsed);
+            self.metrics.record_failed_attempt(elapsed);
             let first_failed_at = *first_failed_at.get_or_insert_with(Utc::now);
             match self.policy.decide(&err, attempts) {
                 Decision::Retry => {
@@ -94,7 +95,7 @@ impl Processor {
                 }
             }
         }
-        context.settled();
+        self.settled(&context);
     }
 
     /// Several deliveries at once: distinct users' changes share one transaction; anything else
@@ -136,7 +137,7 @@ impl Processor {
         &self,
         together: Vec<(Delivery, Box<UserProfile>)>,
     ) -> Result<(), Vec<(Delivery, Box<UserProfile>)>> {
-        metrics::deliveries_in_flight(together.len() as f64);
+        self.metrics.deliveries_in_flight(together.len() as f64);
         let started = Instant::now();
         let profiles: Vec<&UserProfile> = together.iter().map(|(_, p)| p.as_ref()).collect();
         let result = provision::provision_batch(&self.db, &profiles).await;
@@ -144,12 +145,12 @@ impl Processor {
         let results = match result {
             Ok(results) => results,
             Err(err) => {
-                metrics::deliveries_in_flight(-(together.len() as f64));
+                self.metrics.deliveries_in_flight(-(together.len() as f64));
                 debug!(size = together.len(), error = %err, "batch failed; one event at a time");
                 return Err(together);
             }
         };
-        metrics::record_batch(together.len());
+        self.metrics.record_batch(together.len());
         let mut contexts = Vec::with_capacity(together.len());
         for ((delivery, profile), provisioned) in together.iter().zip(results) {
             let context = Context::named(delivery, profile.event_type(), Some(&profile.id));
@@ -157,15 +158,60 @@ impl Processor {
                 made: redeliveries(delivery) + 1,
                 budgeted: 0,
             };
-            record_success(delivery, &context, &provisioned, attempts, elapsed);
+            self.record_success(delivery, &context, &provisioned, attempts, elapsed);
             contexts.push(context);
         }
         let deliveries: Vec<&Delivery> = together.iter().map(|(delivery, _)| delivery).collect();
         if let Some(first) = contexts.first() {
             self.ack(&deliveries, first).await;
         }
-        contexts.iter().for_each(Context::settled);
+        contexts.iter().for_each(|context| self.settled(context));
         Ok(())
+    }
+
+    /// What a success leaves behind: its metrics and its log line.
+    fn record_success(
+        &self,
+        delivery: &Delivery,
+        context: &Context,
+        provisioned: &Provisioned,
+        attempts: Attempts,
+        elapsed: Duration,
+    ) {
+        self.metrics
+            .record_outcome(&context.event_type, provisioned.outcome, elapsed);
+        if let Some(lag) = lag_since_received(delivery) {
+            self.metrics.record_lag(lag);
+        }
+        let duration_ms = elapsed.as_secs_f64() * 1000.0;
+        if provisioned.outcome == Outcome::Created {
+            info!(
+                user_id = context.user_id.as_deref(),
+                event_id = %context.event_id,
+                workspace_id = provisioned.workspace_id.as_deref(),
+                attempt = attempts.made,
+                duration_ms,
+                "WORKSPACE_CREATED"
+            );
+        } else {
+            info!(
+                user_id = context.user_id.as_deref(),
+                event_id = %context.event_id,
+                event_type = %context.event_type,
+                outcome = provisioned.outcome.as_str(),
+                attempt = attempts.made,
+                duration_ms,
+                "event processed"
+            );
+        }
+    }
+
+    /// The delivery's fate is decided: count it as done.
+    fn settled(&self, context: &Context) {
+        if let Some(reason) = &context.replayed_after {
+            self.metrics.record_replayed(reason);
+        }
+        self.metrics.deliveries_in_flight(-1.0);
     }
 
     /// Acknowledges deliveries whose transaction committed; `context` names them in a warning.
@@ -197,7 +243,8 @@ impl Processor {
             self.requeue(delivery, context).await;
             return;
         }
-        metrics::record_dead_letter(&context.event_type, failure.reason);
+        self.metrics
+            .record_dead_letter(&context.event_type, failure.reason);
         error!(
             user_id = context.user_id.as_deref(),
             event_id = %context.event_id,
@@ -220,7 +267,7 @@ impl Processor {
         delays: &mut impl Iterator<Item = Duration>,
     ) -> bool {
         let delay = delays.next().unwrap_or(self.policy.max_delay);
-        metrics::record_retry(err.reason_code());
+        self.metrics.record_retry(err.reason_code());
         warn!(
             user_id = context.user_id.as_deref(),
             event_id = %context.event_id,
@@ -249,41 +296,6 @@ impl Processor {
     }
 }
 
-/// What a success leaves behind: its metrics and its log line.
-fn record_success(
-    delivery: &Delivery,
-    context: &Context,
-    provisioned: &Provisioned,
-    attempts: Attempts,
-    elapsed: Duration,
-) {
-    metrics::record_outcome(&context.event_type, provisioned.outcome, elapsed);
-    if let Some(lag) = lag_since_received(delivery) {
-        metrics::record_lag(lag);
-    }
-    let duration_ms = elapsed.as_secs_f64() * 1000.0;
-    if provisioned.outcome == Outcome::Created {
-        info!(
-            user_id = context.user_id.as_deref(),
-            event_id = %context.event_id,
-            workspace_id = provisioned.workspace_id.as_deref(),
-            attempt = attempts.made,
-            duration_ms,
-            "WORKSPACE_CREATED"
-        );
-    } else {
-        info!(
-            user_id = context.user_id.as_deref(),
-            event_id = %context.event_id,
-            event_type = %context.event_type,
-            outcome = provisioned.outcome.as_str(),
-            attempt = attempts.made,
-            duration_ms,
-            "event processed"
-        );
-    }
-}
-
 async fn attempt(
     db: &DatabaseConnection,
     parsed: &Result<Event, Rejected>,
@@ -295,14 +307,6 @@ async fn attempt(
 }
 
 impl Context {
-    /// The delivery's fate is decided: count it as done.
-    fn settled(&self) {
-        if let Some(reason) = &self.replayed_after {
-            metrics::record_replayed(reason);
-        }
-        metrics::deliveries_in_flight(-1.0);
-    }
-
     fn of(delivery: &Delivery, parsed: &Result<Event, Rejected>) -> Self {
         match parsed {
             Ok(event) => Self::named(delivery, event.event_type(), event.user_id()),

@@ -24,9 +24,10 @@ use tracing::{info, warn};
 
 use crate::broker::{self, Topology};
 use crate::config::{BrokerSettings, ConsumerSettings};
+use crate::metrics::Metrics;
 use crate::ops::ReadyFlag;
+use crate::provision;
 use crate::retry::RetryPolicy;
-use crate::{metrics, provision};
 
 pub use delivery::Processor;
 use settle::Settlements;
@@ -38,6 +39,7 @@ pub struct Consumer {
     pub db: DatabaseConnection,
     /// Set while a broker session is up.
     pub connected: ReadyFlag,
+    pub metrics: Metrics,
 }
 
 /// How a session ended.
@@ -93,7 +95,7 @@ impl Consumer {
 
     fn set_connected(&self, connected: bool) {
         self.connected.set(connected);
-        metrics::set_consumer_connected(connected);
+        self.metrics.set_consumer_connected(connected);
     }
 
     /// One broker connection: declare, consume, hand each delivery to its own task.
@@ -116,6 +118,7 @@ impl Consumer {
             dead_letter_exchange: topology.dead_letter_exchange.clone(),
             shutdown: shutdown.clone(),
             settlements: Settlements::new(channel.clone()),
+            metrics: self.metrics.clone(),
         });
         let mut deliveries = channel
             .basic_consume(

@@ -31,7 +31,8 @@ pub use publisher::Publisher;
 use signature::{SignatureError, SignedHeaders, Verifier};
 
 use crate::broker::{PublishError, RECEIVED_AT_HEADER};
-use crate::{clerk, metrics};
+use crate::clerk;
+use crate::metrics::Metrics;
 
 /// What the handler needs, shared by every request.
 #[derive(Clone)]
@@ -39,6 +40,7 @@ pub struct IngressState {
     pub verifier: Arc<Verifier>,
     pub publisher: Arc<Publisher>,
     pub publish_timeout: Duration,
+    pub metrics: Metrics,
 }
 
 pub fn router(state: IngressState, max_body_bytes: usize) -> Router {
@@ -141,7 +143,9 @@ async fn receive(
             (refused.status(), None, body)
         }
     };
-    metrics::record_webhook(status.as_u16(), event_type.as_deref(), started.elapsed());
+    state
+        .metrics
+        .record_webhook(status.as_u16(), event_type.as_deref(), started.elapsed());
     (status, Json(body)).into_response()
 }
 
@@ -171,7 +175,7 @@ async fn accept(
         .publisher
         .publish(&event_type, &body, properties, state.publish_timeout)
         .await;
-    metrics::record_publish_confirm(started.elapsed());
+    state.metrics.record_publish_confirm(started.elapsed());
     published?;
     Ok(Accepted::Queued {
         event_type,

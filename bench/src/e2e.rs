@@ -36,10 +36,13 @@ pub struct FixedRate {
     pub latency: Latency,
 }
 
-type Starts = Arc<Mutex<HashMap<String, DateTime<Utc>>>>;
+/// When each POST started, by user id: what a commit's latency is measured from.
+pub type Starts = Arc<Mutex<HashMap<String, DateTime<Utc>>>>;
 
 /// A fresh stack with `worker run` on it, signing with the bench's webhook secret.
-async fn start_service(extra: &[(&'static str, String)]) -> anyhow::Result<(Stack, WorkerProcess)> {
+pub async fn start_service(
+    extra: &[(&'static str, String)],
+) -> anyhow::Result<(Stack, WorkerProcess)> {
     let stack = Stack::new().await;
     let mut env = extra.to_vec();
     env.push(("CLERK_WEBHOOK_SECRET", SECRET.to_owned()));
@@ -131,7 +134,7 @@ pub async fn fixed_rate(
 const WARM_UP_EVENTS: usize = 300;
 
 /// POSTs `events` sign-ups named `run` at `per_second`, noting each start in `starts` if given.
-async fn offer(
+pub async fn offer(
     client: &reqwest::Client,
     addr: std::net::SocketAddr,
     run: &str,
@@ -181,24 +184,55 @@ async fn post(
 }
 
 async fn latencies(stack: &Stack, starts: &Starts) -> anyhow::Result<Latency> {
-    let starts = starts.lock().await;
-    let rows = stack
-        .db
-        .rows("SELECT user_id, (EXTRACT(EPOCH FROM created_at) * 1000000)::bigint AS committed_us FROM workspaces")
-        .await;
-    let mut samples: Vec<f64> = rows
-        .iter()
-        .filter_map(|row| {
-            let start = starts.get(row["user_id"].as_str()?)?;
-            let committed_us = row["committed_us"].as_i64()?;
-            Some((committed_us - start.timestamp_micros()) as f64 / 1000.0)
-        })
+    let mut samples: Vec<f64> = commit_latencies(stack, starts)
+        .await?
+        .into_iter()
+        .map(|(_, ms)| ms)
         .collect();
+    Ok(Latency::of(&mut samples))
+}
+
+/// Each POST's start and its POST-to-commit milliseconds; an error unless every POST in `starts`
+/// has its workspace.
+pub async fn commit_latencies(
+    stack: &Stack,
+    starts: &Starts,
+) -> anyhow::Result<Vec<(DateTime<Utc>, f64)>> {
+    let starts = starts.lock().await;
+    let mut samples = Vec::with_capacity(starts.len());
+    let mut after = String::new();
+    // In pages, so a long soak's rows are never all in memory as JSON at once; each row carries
+    // its page's last key, compared by the database's collation as the next page's will be.
+    loop {
+        let sql = format!(
+            "SELECT *, max(user_id) OVER () AS page_last FROM (\
+             SELECT user_id, (EXTRACT(EPOCH FROM created_at) * 1000000)::bigint AS committed_us \
+             FROM workspaces WHERE user_id > '{after}' ORDER BY user_id LIMIT {COMMIT_PAGE}) page"
+        );
+        let rows = stack.db.rows(&sql).await;
+        for row in &rows {
+            let Some(user_id) = row["user_id"].as_str() else {
+                continue;
+            };
+            let start = starts.get(user_id);
+            if let Some((start, committed_us)) = start.zip(row["committed_us"].as_i64()) {
+                let ms = (committed_us - start.timestamp_micros()) as f64 / 1000.0;
+                samples.push((*start, ms));
+            }
+        }
+        match rows.first().and_then(|row| row["page_last"].as_str()) {
+            Some(last) if rows.len() == COMMIT_PAGE => last.clone_into(&mut after),
+            _ => break,
+        }
+    }
     if samples.len() != starts.len() {
         bail!("{} commits for {} posts", samples.len(), starts.len());
     }
-    Ok(Latency::of(&mut samples))
+    Ok(samples)
 }
+
+/// Rows per query in `commit_latencies`.
+const COMMIT_PAGE: usize = 50_000;
 
 async fn last_commit(stack: &Stack) -> anyhow::Result<DateTime<Utc>> {
     let micros = stack

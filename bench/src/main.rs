@@ -2,11 +2,13 @@
 //! ceiling, measured in the same run (only ratios within one run mean anything on shared
 //! machines). Prints a table; `--json FILE` writes the same figures.
 //!
-//! `cargo build --release -p worker && cargo run --release -p bench -- all`
+//! `cargo build --release -p worker && cargo run --release -p bench -- all`; the long `soak`
+//! (memory over minutes) runs only alone: `... -- soak --minutes 3`.
 
 mod ceiling;
 mod drain;
 mod e2e;
+mod soak;
 mod stack;
 mod stats;
 
@@ -18,7 +20,7 @@ use serde::Serialize;
 #[derive(Debug, Parser)]
 #[command(about = "Throughput, latency and memory against the database's own ceiling")]
 struct Args {
-    /// What to measure; `all` runs every phase in one run and prints the ratios.
+    /// What to measure; `all` runs every phase but `soak` in one run and prints the ratios.
     #[arg(value_enum, default_value_t = Phase::All)]
     phase: Phase,
     /// Events for `drain` and `e2e`.
@@ -45,9 +47,24 @@ struct Args {
     /// Events for `latency`.
     #[arg(long, default_value_t = 3_000)]
     latency_events: usize,
-    /// Offered rate for `latency` alone (with `all`: half the measured e2e maximum).
+    /// Offered rate for `latency` alone (with `all`: half the measured e2e maximum), and for
+    /// `soak` (default 1000/s, a fixed fraction of e2e so runs compare; no e2e run first).
     #[arg(long)]
     rate: Option<f64>,
+    /// `soak`: measured minutes at `--rate`, after the warm-up.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    minutes: u64,
+    /// `soak`: webhooks at `--rate` first for this long (30s, 2m), left out of the figures so
+    /// start-up allocations (pools, caches, allocator arenas) do not count as growth.
+    #[arg(long, default_value = "30s", value_parser = soak::parse_duration)]
+    warm_up: std::time::Duration,
+    /// `soak`: how often the worker's RSS (VmRSS) is sampled against the events sent.
+    #[arg(long, default_value = "5s", value_parser = soak::parse_period)]
+    rss_interval: std::time::Duration,
+    /// `soak`: scrape the worker's `/metrics` this often (15s), as Prometheus would; by default
+    /// nothing scrapes it.
+    #[arg(long, value_parser = soak::parse_period)]
+    scrape_interval: Option<std::time::Duration>,
     /// Also write the figures here as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -60,6 +77,8 @@ enum Phase {
     E2e,
     Latency,
     All,
+    /// Memory and latency over minutes at a steady rate; never part of `all`.
+    Soak,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -76,6 +95,7 @@ struct Report {
     drain_batched: Option<drain::Drain>,
     e2e: Option<e2e::EndToEnd>,
     latency: Option<e2e::FixedRate>,
+    soak: Option<soak::Soak>,
     drain_over_ceiling: Option<f64>,
     drain_batched_over_ceiling: Option<f64>,
     e2e_over_ceiling: Option<f64>,
@@ -137,6 +157,16 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("latency: {} webhooks at {rate:.0}/s", args.latency_events);
         report.latency = Some(e2e::fixed_rate(args.latency_events, rate, &worker_env).await?);
     }
+    if args.phase == Phase::Soak {
+        let settings = soak::Settings {
+            minutes: args.minutes,
+            per_second: args.rate.unwrap_or(soak::DEFAULT_RATE),
+            warm_up: args.warm_up,
+            rss_every: args.rss_interval,
+            scrape_every: args.scrape_interval,
+        };
+        report.soak = Some(soak::measure(settings, &worker_env).await?);
+    }
     if args.phase == Phase::All {
         eprintln!("ceiling again, after the other phases");
         report.ceiling_after =
@@ -164,6 +194,9 @@ fn table(report: &Report) -> String {
         "machine: {} cores; settings: {}\n\n",
         report.cores, report.settings
     );
+    if let Some(soak) = &report.soak {
+        return out + &soak::table(soak);
+    }
     out += &row(
         "phase",
         "events/s",

@@ -70,8 +70,17 @@ pub fn worker_binary() -> anyhow::Result<PathBuf> {
 
 /// Peak resident memory of a process (VmHWM), in MiB.
 pub fn peak_rss_mib(pid: u32) -> Option<f64> {
+    status_kib(pid, "VmHWM:").map(|kib| kib as f64 / 1024.0)
+}
+
+/// Resident memory of a process now (VmRSS), in bytes.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:").map(|kib| kib * 1024)
+}
+
+/// A `kB` field of `/proc/<pid>/status`, such as `VmRSS:`.
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }

@@ -1,0 +1,453 @@
+//! `soak`: signed webhooks through `worker run` at a steady rate for minutes, the worker's
+//! resident memory sampled against the events sent so far. Memory that grows with events is a
+//! leak too slow for the short phases to show. Nothing scrapes `/metrics` unless asked: a scrape
+//! is what drains the metrics recorder, and a worker nobody scrapes must stay flat too.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use chrono::Utc;
+use serde::Serialize;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
+
+use crate::e2e::{Starts, commit_latencies, offer, start_service};
+use crate::stack::{rss_bytes, wait_for_workspaces};
+use crate::stats::Latency;
+
+/// The offered rate when `--rate` is not given: about a sixth of `e2e` on a 2-core machine, a
+/// steady load the worker keeps up with rather than a saturating one.
+pub const DEFAULT_RATE: f64 = 1000.0;
+
+/// Targets: RSS slope under this many bytes per event...
+const SLOPE_TARGET_BYTES_PER_EVENT: f64 = 1.0;
+/// ...and the last minute's p99 within this factor of the first minute's.
+const P99_GROWTH_LIMIT: f64 = 2.0;
+
+/// How long a commit may lag its POST at the end of a run before the run is an error.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// What the soak is asked to do.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    pub minutes: u64,
+    pub per_second: f64,
+    pub warm_up: Duration,
+    pub rss_every: Duration,
+    pub scrape_every: Option<Duration>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Soak {
+    pub minutes: u64,
+    pub offered_per_s: f64,
+    /// What the bench actually sent: measured events over the time sending them took.
+    pub sent_per_s: f64,
+    pub warm_up_s: f64,
+    pub rss_interval_s: f64,
+    /// `None`: nothing scraped `/metrics`.
+    pub scrape_interval_s: Option<f64>,
+    /// Successful scrapes of `/metrics`, the warm-up's included.
+    pub scrapes: usize,
+    /// Measured events (the warm-up's left out).
+    pub events: usize,
+    pub rss_start_mib: f64,
+    pub rss_end_mib: f64,
+    /// Least-squares slope of RSS on events sent; `None` with fewer than two samples.
+    pub rss_bytes_per_event: Option<f64>,
+    /// That slope at the offered rate.
+    pub rss_mib_per_hour: Option<f64>,
+    /// POST-to-commit latency by the minute its POST started in.
+    pub per_minute: Vec<Minute>,
+    pub slope_holds: bool,
+    pub p99_holds: bool,
+    pub rss_samples: Vec<RssSample>,
+}
+
+/// The worker's RSS at one moment, beside how many measured events had been sent by then.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct RssSample {
+    pub seconds: f64,
+    pub events: usize,
+    pub rss_bytes: u64,
+}
+
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Minute {
+    /// From 1.
+    pub minute: usize,
+    pub events: usize,
+    #[serde(flatten)]
+    pub latency: Latency,
+}
+
+/// Runs the soak on a fresh stack: warm-up, then `minutes` at the rate, then the figures.
+pub async fn measure(settings: Settings, extra: &[(&'static str, String)]) -> anyhow::Result<Soak> {
+    if !(settings.per_second > 0.0 && settings.per_second.is_finite()) {
+        bail!("the rate must be positive, not {}", settings.per_second);
+    }
+    let (stack, service) = start_service(extra).await?;
+    let scraper = settings
+        .scrape_every
+        .map(|every| stoppable(|stop| scrape(service.ops_addr, every, stop)));
+    let client = reqwest::Client::new();
+    let addr = service.ingress_addr;
+
+    let warm_up = (settings.warm_up.as_secs_f64() * settings.per_second).round() as usize;
+    eprintln!("soak: warm-up, {warm_up} webhooks, left out of the figures");
+    offer(&client, addr, "warm", warm_up, settings.per_second, None).await?;
+    wait_for_workspaces(&stack, warm_up as i64, COMMIT_TIMEOUT).await?;
+
+    let events = (settings.minutes as f64 * 60.0 * settings.per_second).round() as usize;
+    eprintln!("soak: {events} webhooks over {} min", settings.minutes);
+    let starts: Starts = Starts::default();
+    let (pid, sampled) = (service.pid(), starts.clone());
+    let sampler = stoppable(|stop| sample_rss(pid, sampled, settings.rss_every, stop));
+    let first = Utc::now();
+    offer(
+        &client,
+        addr,
+        "soak",
+        events,
+        settings.per_second,
+        Some(&starts),
+    )
+    .await?;
+    let sent_in = (Utc::now() - first).as_seconds_f64();
+    wait_for_workspaces(&stack, (warm_up + events) as i64, COMMIT_TIMEOUT).await?;
+    let rss_samples = stop(sampler).await?;
+    let scrapes = match scraper {
+        Some(scraper) => stop(scraper).await?,
+        None => 0,
+    };
+
+    let offsets: Vec<(f64, f64)> = commit_latencies(&stack, &starts)
+        .await?
+        .into_iter()
+        .map(|(start, ms)| ((start - first).as_seconds_f64(), ms))
+        .collect();
+    figures(settings, events, sent_in, scrapes, rss_samples, &offsets)
+}
+
+/// The report from what the run gathered; `offsets` are (seconds from the first POST to this
+/// one's start, its POST-to-commit milliseconds).
+fn figures(
+    settings: Settings,
+    events: usize,
+    sent_in: f64,
+    scrapes: usize,
+    rss_samples: Vec<RssSample>,
+    offsets: &[(f64, f64)],
+) -> anyhow::Result<Soak> {
+    let mib = |sample: Option<&RssSample>| {
+        sample
+            .map(|s| s.rss_bytes as f64 / MIB)
+            .ok_or_else(|| anyhow!("no RSS sample: did the worker exit?"))
+    };
+    let points: Vec<(f64, f64)> = rss_samples
+        .iter()
+        .map(|s| (s.events as f64, s.rss_bytes as f64))
+        .collect();
+    let slope = least_squares_slope(&points);
+    let per_minute = per_minute(offsets, settings.minutes as usize);
+    Ok(Soak {
+        minutes: settings.minutes,
+        offered_per_s: settings.per_second,
+        sent_per_s: events as f64 / sent_in.max(1e-3),
+        warm_up_s: settings.warm_up.as_secs_f64(),
+        rss_interval_s: settings.rss_every.as_secs_f64(),
+        scrape_interval_s: settings.scrape_every.map(|every| every.as_secs_f64()),
+        scrapes,
+        events,
+        rss_start_mib: mib(rss_samples.first())?,
+        rss_end_mib: mib(rss_samples.last())?,
+        rss_bytes_per_event: slope,
+        rss_mib_per_hour: slope.map(|s| s * settings.per_second * 3600.0 / MIB),
+        slope_holds: slope.is_some_and(|s| s < SLOPE_TARGET_BYTES_PER_EVENT),
+        p99_holds: p99_holds(&per_minute),
+        per_minute,
+        rss_samples,
+    })
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// A background task and the way to tell it to finish.
+type Stoppable<T> = (oneshot::Sender<()>, JoinHandle<T>);
+
+/// Spawns `task`, handing it the receiving end of its stop signal.
+fn stoppable<T, F>(task: impl FnOnce(oneshot::Receiver<()>) -> F) -> Stoppable<T>
+where
+    F: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let (tell, stop) = oneshot::channel();
+    (tell, tokio::spawn(task(stop)))
+}
+
+/// Tells the task to finish and waits for what it returns.
+async fn stop<T>((tell, task): Stoppable<T>) -> anyhow::Result<T> {
+    // An error only if the task already ended, which the join reports.
+    let _ = tell.send(());
+    task.await.context("a background task of the soak")
+}
+
+/// Samples the worker's RSS every `every`, and once more when stopped, beside the events sent
+/// so far (the POSTs in `starts`). Prints one line a minute so a long run shows it is alive.
+async fn sample_rss(
+    pid: u32,
+    starts: Starts,
+    every: Duration,
+    mut stop: oneshot::Receiver<()>,
+) -> Vec<RssSample> {
+    let started = Instant::now();
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let (mut samples, mut next_report) = (Vec::new(), 60.0);
+    loop {
+        let stopped = tokio::select! {
+            _ = &mut stop => true,
+            _ = ticks.tick() => false,
+        };
+        let events = starts.lock().await.len();
+        let seconds = started.elapsed().as_secs_f64();
+        if let Some(rss_bytes) = rss_bytes(pid) {
+            samples.push(RssSample {
+                seconds,
+                events,
+                rss_bytes,
+            });
+            if seconds >= next_report {
+                let mib = rss_bytes as f64 / MIB;
+                eprintln!("soak: {seconds:.0} s, {events} webhooks, RSS {mib:.1} MiB");
+                next_report += 60.0;
+            }
+        }
+        if stopped {
+            return samples;
+        }
+    }
+}
+
+/// GETs `/metrics` every `every` until stopped, as Prometheus would; the successful scrapes.
+async fn scrape(addr: SocketAddr, every: Duration, mut stop: oneshot::Receiver<()>) -> usize {
+    let client = reqwest::Client::new();
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut scrapes = 0;
+    loop {
+        tokio::select! {
+            _ = &mut stop => return scrapes,
+            _ = ticks.tick() => {}
+        }
+        match scrape_once(&client, addr).await {
+            Ok(()) => scrapes += 1,
+            Err(err) => eprintln!("soak: scraping /metrics: {err:#}"),
+        }
+    }
+}
+
+/// One scrape, the whole page read (rendering it is what drains the recorder).
+async fn scrape_once(client: &reqwest::Client, addr: SocketAddr) -> anyhow::Result<()> {
+    let response = client
+        .get(format!("http://{addr}/metrics"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await?
+        .error_for_status()?;
+    response.bytes().await?;
+    Ok(())
+}
+
+/// The least-squares slope of y on x; `None` without two distinct x.
+pub fn least_squares_slope(points: &[(f64, f64)]) -> Option<f64> {
+    let n = points.len() as f64;
+    let mean_x = points.iter().map(|(x, _)| x).sum::<f64>() / n;
+    let mean_y = points.iter().map(|(_, y)| y).sum::<f64>() / n;
+    let sxx: f64 = points.iter().map(|(x, _)| (x - mean_x).powi(2)).sum();
+    let sxy: f64 = points
+        .iter()
+        .map(|(x, y)| (x - mean_x) * (y - mean_y))
+        .sum();
+    (points.len() >= 2 && sxx > 0.0).then(|| sxy / sxx)
+}
+
+/// Latency percentiles by the minute each POST started in (`offsets` as in [`figures`]),
+/// `minutes` of them; a POST sent late, past the last minute, counts in the last.
+pub fn per_minute(offsets: &[(f64, f64)], minutes: usize) -> Vec<Minute> {
+    let mut buckets = vec![Vec::new(); minutes.max(1)];
+    let last = buckets.len() - 1;
+    for &(seconds, ms) in offsets {
+        let minute = ((seconds.max(0.0) / 60.0) as usize).min(last);
+        if let Some(bucket) = buckets.get_mut(minute) {
+            bucket.push(ms);
+        }
+    }
+    buckets
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut ms)| Minute {
+            minute: i + 1,
+            events: ms.len(),
+            latency: Latency::of(&mut ms),
+        })
+        .collect()
+}
+
+/// Whether the last minute's p99 is within [`P99_GROWTH_LIMIT`] of the first minute's.
+fn p99_holds(minutes: &[Minute]) -> bool {
+    match (minutes.first(), minutes.last()) {
+        (Some(first), Some(last)) => last.latency.p99_ms <= P99_GROWTH_LIMIT * first.latency.p99_ms,
+        _ => false,
+    }
+}
+
+/// A duration such as `15s`, `500ms`, `2m`, `1h`, or bare seconds (`30`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: a number with an optional unit, such as 15s"))?;
+    let scale = match unit {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(format!("{text:?}: the unit is one of ms, s, m, h")),
+    };
+    Duration::try_from_secs_f64(number * scale).map_err(|err| format!("{text:?}: {err}"))
+}
+
+/// A [`parse_duration`] that is not zero: a period between samples or scrapes.
+pub fn parse_period(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err(format!("{text:?}: a period must be longer than zero")),
+        period => Ok(period),
+    }
+}
+
+/// The soak's lines of the printed report.
+pub fn table(soak: &Soak) -> String {
+    let scraping = soak
+        .scrape_interval_s
+        .map_or("nothing scraped /metrics".to_owned(), |s| {
+            format!("/metrics scraped every {s} s ({} scrapes)", soak.scrapes)
+        });
+    let mut out = format!(
+        "soak: {} webhooks over {} min at {:.0}/s offered ({:.0}/s sent), after {} s warm-up; {scraping}\n",
+        soak.events, soak.minutes, soak.offered_per_s, soak.sent_per_s, soak.warm_up_s
+    );
+    out += &format!(
+        "RSS: {:.1} MiB at the start, {:.1} MiB at the end ({} samples, every {} s)\n",
+        soak.rss_start_mib,
+        soak.rss_end_mib,
+        soak.rss_samples.len(),
+        soak.rss_interval_s
+    );
+    out += &match (soak.rss_bytes_per_event, soak.rss_mib_per_hour) {
+        (Some(slope), Some(hourly)) => format!(
+            "RSS slope: {slope:.2} bytes/event = {hourly:.1} MiB/hour at {:.0}/s\n",
+            soak.offered_per_s
+        ),
+        _ => "RSS slope: - (fewer than two samples)\n".to_owned(),
+    };
+    out += &format!(
+        "\n{:<8} {:>10} {:>10} {:>10}\n",
+        "minute", "events", "p50 ms", "p99 ms"
+    );
+    for m in &soak.per_minute {
+        out += &format!(
+            "{:<8} {:>10} {:>10.1} {:>10.1}\n",
+            m.minute, m.events, m.latency.p50_ms, m.latency.p99_ms
+        );
+    }
+    let verdict = |holds: bool| if holds { "holds" } else { "FAILS" };
+    out += &format!(
+        "\ntarget RSS slope < {SLOPE_TARGET_BYTES_PER_EVENT} byte/event: {}\n",
+        verdict(soak.slope_holds)
+    );
+    out += &format!(
+        "target last minute's p99 <= {P99_GROWTH_LIMIT}x the first's: {}\n",
+        verdict(soak.p99_holds)
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slope_of_a_line_is_its_gradient() {
+        let points: Vec<(f64, f64)> = (0..10)
+            .map(|i| (f64::from(i) * 1000.0, 5e6 + 36.0 * f64::from(i) * 1000.0))
+            .collect();
+        let slope = least_squares_slope(&points).unwrap();
+        assert!((slope - 36.0).abs() < 1e-9, "{slope}");
+    }
+
+    #[test]
+    fn slope_of_noise_around_a_flat_line_is_near_zero() {
+        let points = [(0.0, 10.0), (1.0, 12.0), (2.0, 8.0), (3.0, 10.0)];
+        let slope = least_squares_slope(&points).unwrap();
+        assert!(slope.abs() < 1.0, "{slope}");
+    }
+
+    #[test]
+    fn no_slope_without_two_distinct_x() {
+        assert_eq!(least_squares_slope(&[]), None);
+        assert_eq!(least_squares_slope(&[(1.0, 2.0)]), None);
+        assert_eq!(least_squares_slope(&[(1.0, 2.0), (1.0, 3.0)]), None);
+    }
+
+    #[test]
+    fn latencies_fall_in_the_minute_their_post_started() {
+        let offsets = [(0.0, 1.0), (59.9, 3.0), (60.0, 10.0), (150.0, 20.0)];
+        let minutes = per_minute(&offsets, 3);
+        let counts: Vec<usize> = minutes.iter().map(|m| m.events).collect();
+        assert_eq!(counts, [2, 1, 1]);
+        assert_eq!(minutes[0].latency.p99_ms, 3.0);
+        assert_eq!(minutes[1].latency.p50_ms, 10.0);
+        assert_eq!(minutes[2].minute, 3);
+    }
+
+    #[test]
+    fn a_late_post_counts_in_the_last_minute() {
+        let minutes = per_minute(&[(10.0, 1.0), (61.0, 2.0), (125.0, 3.0)], 2);
+        let counts: Vec<usize> = minutes.iter().map(|m| m.events).collect();
+        assert_eq!(counts, [1, 2]);
+    }
+
+    #[test]
+    fn p99_target_compares_the_last_minute_with_the_first() {
+        let minute = |p99_ms| Minute {
+            minute: 1,
+            events: 1,
+            latency: Latency {
+                p99_ms,
+                ..Latency::default()
+            },
+        };
+        assert!(p99_holds(&[minute(10.0), minute(50.0), minute(20.0)]));
+        assert!(!p99_holds(&[minute(10.0), minute(20.1)]));
+        assert!(!p99_holds(&[]));
+    }
+
+    #[test]
+    fn durations_take_a_unit_or_none() {
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("15 parsecs").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_period("0s").is_err());
+    }
+}

@@ -1,8 +1,9 @@
 //! The Clerk boundary: raw webhook bytes become a validated [`Event`], once.
 //!
 //! Bytes from the queue are untrusted input exactly like bytes from the network, so every failure
-//! here is a [`Rejected`] with a stable reason (a domain constructor's [`Invalid`](crate::domain::Invalid)
-//! converts into one), and nothing past this module re-checks a field.
+//! here is a [`Rejected`] with a stable reason (a domain constructor's
+//! [`Invalid`](crate::domain::Invalid) converts into one), and nothing past this module re-checks
+//! a field.
 
 mod payload;
 

@@ -2,10 +2,14 @@
 //!
 //! The first migration is the product's database design exactly as specified; anything the service
 //! needs beyond it lives in later migrations so the design stays recognisable.
+//!
+//! Each migration's SQL is a file under `src/sql/` (`<name>.sql` up, `<name>_down.sql` down),
+//! included at compile time: the schema is read and reviewed as SQL, not as Rust strings.
 
 pub use sea_orm_migration::prelude::*;
 
-/// A migration written as SQL: `up` runs the module's `UP`, `down` its `DOWN`.
+/// A migration written as SQL: `up` runs the module's `UP`, `down` its `DOWN` (each the text of
+/// its `.sql` file).
 macro_rules! sql_migration {
     () => {
         #[derive(DeriveMigrationName)]

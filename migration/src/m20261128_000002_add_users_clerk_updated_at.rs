@@ -6,13 +6,7 @@
 
 use sea_orm_migration::prelude::*;
 
-const UP: &str = r#"
-ALTER TABLE users
-    ADD COLUMN clerk_updated_at TIMESTAMPTZ NOT NULL DEFAULT 'epoch';
-"#;
-
-const DOWN: &str = r#"
-ALTER TABLE users DROP COLUMN clerk_updated_at;
-"#;
+const UP: &str = include_str!("sql/users_clerk_updated_at.sql");
+const DOWN: &str = include_str!("sql/users_clerk_updated_at_down.sql");
 
 sql_migration!();

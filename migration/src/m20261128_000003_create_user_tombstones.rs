@@ -6,17 +6,7 @@
 
 use sea_orm_migration::prelude::*;
 
-const UP: &str = r#"
-CREATE TABLE user_tombstones (
-    user_id    TEXT PRIMARY KEY,
-    deleted_at TIMESTAMPTZ NOT NULL
-);
-
-CREATE INDEX idx_user_tombstones_deleted_at ON user_tombstones (deleted_at);
-"#;
-
-const DOWN: &str = r#"
-DROP TABLE user_tombstones;
-"#;
+const UP: &str = include_str!("sql/user_tombstones.sql");
+const DOWN: &str = include_str!("sql/user_tombstones_down.sql");
 
 sql_migration!();

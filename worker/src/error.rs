@@ -1,11 +1,17 @@
-//! The one error taxonomy: every failure is transient (retry) or permanent (dead-letter).
+//! The one error taxonomy: every failure is transient (retry) or permanent (dead-letter), and the
+//! variant of [`ProvisionError`] says which.
 //!
-//! [`ProvisionError::from_db`] is the only place that decides which class a database error belongs
-//! to; validation failures are permanent by construction ([`Rejected`]).
+//! What decides the class: [`Rejected`] is permanent by construction (a domain [`Invalid`] becomes
+//! one here, with its reason code); a database error is classified by
+//! [`ProvisionError::from_db`], which lives with provisioning (`provision::classify`).
 
+use std::error::Error;
 use std::fmt;
+use std::sync::Arc;
 
-use sea_orm::{DbErr, RuntimeErr, sqlx};
+use sea_orm::DbErr;
+
+use crate::domain::Invalid;
 
 /// Stable failure codes: they end up in dead-letter headers, metrics labels and alerts, so a
 /// variant's string never changes once shipped.
@@ -66,20 +72,49 @@ impl fmt::Display for FailureReason {
     }
 }
 
-/// Input that can never be provisioned as it is: the reason code plus human detail.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{reason}: {detail}")]
+/// Input that can never be provisioned as it is: the reason code, and the error that showed it.
+///
+/// The source is shared so a parsed-once rejection can be reported by every attempt.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{reason}: {source}")]
 pub struct Rejected {
     pub reason: FailureReason,
-    pub detail: String,
+    source: Arc<dyn Error + Send + Sync>,
 }
 
 impl Rejected {
+    /// A rejection whose only detail is a message (a field that is missing altogether).
     pub fn new(reason: FailureReason, detail: impl Into<String>) -> Self {
+        let message: Box<dyn Error + Send + Sync> = detail.into().into();
         Self {
             reason,
-            detail: detail.into(),
+            source: message.into(),
         }
+    }
+
+    /// A rejection caused by `source`, kept as this error's source.
+    pub fn because(reason: FailureReason, source: impl Error + Send + Sync + 'static) -> Self {
+        Self {
+            reason,
+            source: Arc::new(source),
+        }
+    }
+}
+
+impl From<Invalid> for Rejected {
+    fn from(invalid: Invalid) -> Self {
+        Self::because(reason_for(&invalid), invalid)
+    }
+}
+
+/// The code each domain rule reports when an input breaks it.
+fn reason_for(invalid: &Invalid) -> FailureReason {
+    match invalid {
+        Invalid::UserId(_) => FailureReason::InvalidUserId,
+        Invalid::Email(_) => FailureReason::InvalidEmail,
+        Invalid::Username(_) => FailureReason::InvalidUsername,
+        Invalid::WorkspaceName(_) => FailureReason::ConstraintViolation,
+        Invalid::ClerkTime(_) => FailureReason::InvalidPayload,
     }
 }
 
@@ -89,11 +124,11 @@ pub enum ProvisionError {
     /// The database cannot serve anyone right now (down, restarting, pool exhausted,
     /// misconfigured). Retry for as long as it lasts; it says nothing about this event.
     #[error("database unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] DbErr),
     /// This event hit a passing condition (serialization failure, deadlock, timeout).
     /// Retry with a bounded budget.
     #[error("transient database error: {0}")]
-    Transient(String),
+    Transient(#[source] DbErr),
     /// Retrying cannot help: dead-letter with the reason.
     #[error(transparent)]
     Permanent(#[from] Rejected),
@@ -113,128 +148,51 @@ impl ProvisionError {
             Self::Permanent(rejected) => rejected.reason.as_str(),
         }
     }
-
-    /// Classifies a database error. This is the single place that decides retry vs dead-letter.
-    pub fn from_db(err: DbErr) -> Self {
-        let detail = err.to_string();
-        match &err {
-            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => Self::Unavailable(detail),
-            DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
-                classify_sqlx(e, detail)
-            }
-            _ => Self::Transient(detail),
-        }
-    }
-}
-
-fn classify_sqlx(err: &sqlx::Error, detail: String) -> ProvisionError {
-    match err {
-        sqlx::Error::Database(db) => {
-            classify_sqlstate(db.code().as_deref().unwrap_or(""), db.constraint(), detail)
-        }
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => ProvisionError::Unavailable(detail),
-        _ => ProvisionError::Transient(detail),
-    }
-}
-
-/// SQLSTATE codes: <https://www.postgresql.org/docs/15/errcodes-appendix.html>.
-fn classify_sqlstate(code: &str, constraint: Option<&str>, detail: String) -> ProvisionError {
-    let class = code.get(..2).unwrap_or("");
-    match (class, code) {
-        // Connection exceptions, insufficient resources, bad credentials, missing database, table
-        // or function (not migrated yet), server shutting down or starting: nothing to do with
-        // the event.
-        ("08" | "53" | "28", _)
-        | (_, "3D000" | "42P01" | "42883" | "57P01" | "57P02" | "57P03") => {
-            ProvisionError::Unavailable(detail)
-        }
-        (_, "23505") => classify_unique_violation(constraint, detail),
-        (_, "23514") => ProvisionError::Permanent(Rejected::new(check_reason(constraint), detail)),
-        ("22", _) | (_, "23502") => {
-            ProvisionError::Permanent(Rejected::new(FailureReason::ConstraintViolation, detail))
-        }
-        // 40001 serialization failure, 40P01 deadlock, 55P03 lock timeout, 57014 statement
-        // timeout, 23503 (the user vanished under a concurrent delete), and anything unknown.
-        _ => ProvisionError::Transient(detail),
-    }
-}
-
-fn classify_unique_violation(constraint: Option<&str>, detail: String) -> ProvisionError {
-    match constraint {
-        Some("users_email_key") => {
-            ProvisionError::Permanent(Rejected::new(FailureReason::EmailConflict, detail))
-        }
-        Some("users_username_key") => {
-            ProvisionError::Permanent(Rejected::new(FailureReason::UsernameConflict, detail))
-        }
-        // The primary key or unique_user_workspace: a concurrent copy of the same event won the
-        // race; the next attempt sees its row and succeeds.
-        _ => ProvisionError::Transient(detail),
-    }
-}
-
-fn check_reason(constraint: Option<&str>) -> FailureReason {
-    match constraint {
-        Some("valid_email") => FailureReason::InvalidEmail,
-        Some("valid_username") => FailureReason::InvalidUsername,
-        _ => FailureReason::ConstraintViolation,
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn reason(err: ProvisionError) -> &'static str {
-        err.reason_code()
-    }
-
     #[test]
-    fn connection_and_server_state_errors_mean_the_database_is_unavailable() {
-        for code in [
-            "08006", "08001", "53300", "28P01", "3D000", "42P01", "42883", "57P01", "57P03",
-        ] {
-            let err = classify_sqlstate(code, None, String::new());
-            assert!(matches!(err, ProvisionError::Unavailable(_)), "{code}");
+    fn each_domain_rule_reports_its_reason() {
+        let cases = [
+            (Invalid::UserId("u 1".into()), "invalid_user_id"),
+            (Invalid::Email("a@b".into()), "invalid_email"),
+            (Invalid::Username("a.b".into()), "invalid_username"),
+            (Invalid::WorkspaceName(" ".into()), "constraint_violation"),
+            (Invalid::ClerkTime(-1), "invalid_payload"),
+        ];
+        for (invalid, code) in cases {
+            assert_eq!(
+                Rejected::from(invalid.clone()).reason.as_str(),
+                code,
+                "{invalid}"
+            );
         }
     }
 
     #[test]
-    fn contention_errors_are_transient() {
-        for code in ["40001", "40P01", "55P03", "57014", "23503", "XX000"] {
-            let err = classify_sqlstate(code, None, String::new());
-            assert!(matches!(err, ProvisionError::Transient(_)), "{code}");
-        }
+    fn a_rejection_says_its_reason_then_its_cause_and_keeps_the_cause() {
+        let rejected = Rejected::from(Invalid::Email("a@b".into()));
+        assert_eq!(
+            rejected.to_string(),
+            r#"invalid_email: email "a@b" does not match valid_email"#
+        );
+        let source = rejected.source().map(ToString::to_string);
+        assert_eq!(
+            source.as_deref(),
+            Some(r#"email "a@b" does not match valid_email"#)
+        );
     }
 
     #[test]
-    fn unique_violations_name_the_contested_field() {
-        let email = classify_sqlstate("23505", Some("users_email_key"), String::new());
-        let username = classify_sqlstate("23505", Some("users_username_key"), String::new());
-        let workspace = classify_sqlstate("23505", Some("unique_user_workspace"), String::new());
-        assert_eq!(reason(email), "email_conflict");
-        assert_eq!(reason(username), "username_conflict");
-        assert!(workspace.is_retryable());
-    }
-
-    #[test]
-    fn check_violations_are_permanent() {
-        let email = classify_sqlstate("23514", Some("valid_email"), String::new());
-        let name = classify_sqlstate("23514", Some("valid_workspace_name"), String::new());
-        assert_eq!(reason(email), "invalid_email");
-        assert_eq!(reason(name), "constraint_violation");
-    }
-
-    #[test]
-    fn pool_exhaustion_is_unavailability() {
-        let err = ProvisionError::from_db(DbErr::ConnectionAcquire(
-            sea_orm::error::ConnAcquireErr::Timeout,
-        ));
-        assert!(matches!(err, ProvisionError::Unavailable(_)));
+    fn database_errors_are_kept_as_the_source() {
+        let err = ProvisionError::Transient(DbErr::Custom("deadlock detected".into()));
+        assert_eq!(
+            err.to_string(),
+            "transient database error: Custom Error: deadlock detected"
+        );
+        assert!(err.source().is_some_and(|s| s.is::<DbErr>()));
     }
 }

@@ -7,8 +7,9 @@
 //! - [`telemetry`]: log set-up.
 //! - [`clerk`]: Clerk's webhook shapes and their conversion into domain types.
 //! - [`domain`]: validated types (user id, email, username, names, avatar, workspace name, event).
-//! - [`provision`]: the provisioning transaction and its [`provision::Outcome`].
-//! - [`error`]: the transient/permanent taxonomy and the one database-error classifier.
+//! - [`provision`]: the provisioning transaction, its [`provision::Outcome`], and the one
+//!   database-error classifier.
+//! - [`error`]: the transient/permanent taxonomy.
 //! - [`db`]: connection pool and migrations; [`health`]: the database health check.
 //! - [`broker`]: RabbitMQ connection, topology and confirmed publishing.
 //! - [`consumer`]: the delivery loop with reconnection and graceful shutdown.

@@ -98,11 +98,15 @@ mod tests {
     };
 
     fn transient() -> Result<(), ProvisionError> {
-        Err(ProvisionError::Transient("deadlock detected".into()))
+        Err(ProvisionError::Transient(sea_orm::DbErr::Custom(
+            "deadlock detected".into(),
+        )))
     }
 
     fn unavailable() -> Result<(), ProvisionError> {
-        Err(ProvisionError::Unavailable("connection refused".into()))
+        Err(ProvisionError::Unavailable(sea_orm::DbErr::Custom(
+            "connection refused".into(),
+        )))
     }
 
     fn decide(result: &Result<(), ProvisionError>, attempts: Attempts) -> Decision {

@@ -1,7 +1,9 @@
 //! The Clerk boundary: raw webhook bytes become a validated [`Event`], once.
 //!
 //! Bytes from the queue are untrusted input exactly like bytes from the network, so every failure
-//! here is a [`Rejected`] with a stable reason, and nothing past this module re-checks a field.
+//! here is a [`Rejected`] with a stable reason (a domain constructor's
+//! [`Invalid`](crate::domain::Invalid) converts into one), and nothing past this module re-checks
+//! a field.
 
 mod payload;
 
@@ -46,7 +48,7 @@ pub fn parse_event(body: &[u8]) -> Result<Event, Rejected> {
 }
 
 fn invalid_payload(err: serde_json::Error) -> Rejected {
-    Rejected::new(FailureReason::InvalidPayload, err.to_string())
+    Rejected::because(FailureReason::InvalidPayload, err)
 }
 
 fn parse_data<T: DeserializeOwned>(data: Option<&RawValue>) -> Result<T, Rejected> {
@@ -56,7 +58,7 @@ fn parse_data<T: DeserializeOwned>(data: Option<&RawValue>) -> Result<T, Rejecte
 
 fn user_id_from(raw: Option<&str>) -> Result<UserId, Rejected> {
     let raw = raw.ok_or_else(|| Rejected::new(FailureReason::InvalidUserId, "no user id"))?;
-    UserId::parse(raw)
+    Ok(UserId::parse(raw)?)
 }
 
 fn profile_from(
@@ -99,7 +101,7 @@ fn primary_email(user: &RawUser) -> Result<Email, Rejected> {
         .ok_or_else(|| {
             Rejected::new(FailureReason::MissingEmail, "the user has no email address")
         })?;
-    Email::parse(&entry.email_address)
+    Ok(Email::parse(&entry.email_address)?)
 }
 
 fn name_from(id: &UserId, field: &'static str, raw: Option<&str>) -> Option<PersonName> {

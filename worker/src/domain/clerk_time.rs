@@ -1,6 +1,6 @@
 use chrono::{DateTime, Utc};
 
-use crate::error::{FailureReason, Rejected};
+use super::Invalid;
 
 /// A point on Clerk's clock (milliseconds since the epoch in payloads): what event ordering is
 /// decided by.
@@ -8,16 +8,11 @@ use crate::error::{FailureReason, Rejected};
 pub struct ClerkTime(DateTime<Utc>);
 
 impl ClerkTime {
-    pub fn from_millis(millis: i64) -> Result<Self, Rejected> {
+    pub fn from_millis(millis: i64) -> Result<Self, Invalid> {
         DateTime::from_timestamp_millis(millis)
             .filter(|t| t.timestamp() >= 0)
             .map(Self)
-            .ok_or_else(|| {
-                Rejected::new(
-                    FailureReason::InvalidPayload,
-                    format!("timestamp {millis} is not a time in milliseconds"),
-                )
-            })
+            .ok_or(Invalid::ClerkTime(millis))
     }
 
     pub fn as_datetime(self) -> DateTime<Utc> {
@@ -37,7 +32,9 @@ mod tests {
 
     #[test]
     fn negative_and_absurd_times_are_rejected() {
-        assert!(ClerkTime::from_millis(-1).is_err());
-        assert!(ClerkTime::from_millis(i64::MAX).is_err());
+        for millis in [-1, i64::MAX] {
+            let err = ClerkTime::from_millis(millis).unwrap_err();
+            assert_eq!(err, Invalid::ClerkTime(millis));
+        }
     }
 }

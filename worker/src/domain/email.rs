@@ -2,7 +2,7 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
-use crate::error::{FailureReason, Rejected};
+use super::Invalid;
 
 /// The schema's `valid_email` CHECK, as a Rust regex (`~*` is case-insensitive).
 static VALID_EMAIL: LazyLock<Regex> = LazyLock::new(|| {
@@ -16,15 +16,12 @@ pub struct Email(String);
 
 impl Email {
     /// Same rule as the database, so a bad address is refused before a transaction starts.
-    pub fn parse(raw: &str) -> Result<Self, Rejected> {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
         let trimmed = raw.trim();
         if VALID_EMAIL.is_match(trimmed) {
             Ok(Self(trimmed.to_owned()))
         } else {
-            Err(Rejected::new(
-                FailureReason::InvalidEmail,
-                format!("email {raw:?} does not match valid_email"),
-            ))
+            Err(Invalid::Email(raw.to_owned()))
         }
     }
 
@@ -72,7 +69,7 @@ mod tests {
             "a@@b.io",
         ] {
             let err = Email::parse(raw).unwrap_err();
-            assert_eq!(err.reason, FailureReason::InvalidEmail, "{raw:?}");
+            assert_eq!(err, Invalid::Email(raw.to_owned()), "{raw:?}");
         }
     }
 

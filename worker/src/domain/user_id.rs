@@ -1,6 +1,6 @@
 use std::fmt;
 
-use crate::error::{FailureReason, Rejected};
+use super::Invalid;
 
 /// A Clerk user id (`user_...`), the primary key of `users`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -11,7 +11,7 @@ impl UserId {
 
     /// Accepts ids made of ASCII letters, digits, `_` and `-`, as Clerk issues them: anything else
     /// would end up in logs, headers and URLs unescaped.
-    pub fn parse(raw: &str) -> Result<Self, Rejected> {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
         let valid = !raw.is_empty()
             && raw.len() <= Self::MAX_LEN
             && raw
@@ -20,10 +20,7 @@ impl UserId {
         if valid {
             Ok(Self(raw.to_owned()))
         } else {
-            Err(Rejected::new(
-                FailureReason::InvalidUserId,
-                format!("user id {raw:?} is not a Clerk id"),
-            ))
+            Err(Invalid::UserId(raw.to_owned()))
         }
     }
 }
@@ -53,7 +50,7 @@ mod tests {
     fn empty_long_or_odd_ids_are_rejected() {
         for raw in ["", "user 1", "user_1;drop", "ü", &"a".repeat(129)] {
             let err = UserId::parse(raw).unwrap_err();
-            assert_eq!(err.reason, FailureReason::InvalidUserId, "{raw}");
+            assert_eq!(err, Invalid::UserId(raw.to_owned()), "{raw}");
         }
     }
 }

@@ -1,6 +1,4 @@
-use crate::error::{FailureReason, Rejected};
-
-use super::{Email, UserId};
+use super::{Email, Invalid, UserId};
 
 /// A username the `valid_username` constraint accepts: 3 to 30 of `[A-Za-z0-9_]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -11,14 +9,11 @@ impl Username {
     const MAX_LEN: usize = 30;
 
     /// Accepts a username exactly as given; anything else is the user's data, not ours to change.
-    pub fn parse(raw: &str) -> Result<Self, Rejected> {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
         if is_valid(raw) {
             Ok(Self(raw.to_owned()))
         } else {
-            Err(Rejected::new(
-                FailureReason::InvalidUsername,
-                format!("username {raw:?} is not 3-30 of [A-Za-z0-9_]"),
-            ))
+            Err(Invalid::Username(raw.to_owned()))
         }
     }
 }
@@ -116,7 +111,7 @@ mod tests {
             &"x".repeat(31),
         ] {
             let err = Username::parse(raw).unwrap_err();
-            assert_eq!(err.reason, FailureReason::InvalidUsername, "{raw}");
+            assert_eq!(err, Invalid::Username(raw.to_owned()), "{raw}");
         }
     }
 

@@ -1,4 +1,4 @@
-use crate::error::{FailureReason, Rejected};
+use super::Invalid;
 
 /// A workspace name the `valid_workspace_name` constraint accepts: not blank, at most 100
 /// characters.
@@ -8,12 +8,9 @@ pub struct WorkspaceName(String);
 impl WorkspaceName {
     const MAX_CHARS: usize = 100;
 
-    pub fn parse(raw: &str) -> Result<Self, Rejected> {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
         if raw.trim().is_empty() || raw.chars().count() > Self::MAX_CHARS {
-            return Err(Rejected::new(
-                FailureReason::ConstraintViolation,
-                format!("workspace name {raw:?} must be 1-100 characters"),
-            ));
+            return Err(Invalid::WorkspaceName(raw.to_owned()));
         }
         Ok(Self(raw.to_owned()))
     }
@@ -50,7 +47,8 @@ mod tests {
     #[test]
     fn blank_and_long_names_are_rejected() {
         for raw in ["", "   ", &"x".repeat(101)] {
-            assert!(WorkspaceName::parse(raw).is_err(), "{raw}");
+            let err = WorkspaceName::parse(raw).unwrap_err();
+            assert_eq!(err, Invalid::WorkspaceName(raw.to_owned()), "{raw}");
         }
     }
 }

@@ -9,10 +9,11 @@
 use std::collections::HashMap;
 
 use chrono::SecondsFormat;
-use sea_orm::{ConnectionTrait, DatabaseConnection};
+use sea_orm::{DatabaseConnection, DbErr, FromQueryResult};
 use serde_json::json;
 
-use super::{Provisioned, provisioned_from, statement, username_parameters};
+use super::answer::ProvisionUserRow;
+use super::{Provisioned, statement, username_parameters};
 use crate::domain::{UserProfile, WorkspaceName};
 use crate::error::ProvisionError;
 
@@ -31,6 +32,14 @@ CROSS JOIN LATERAL provision_user(e.id, e.email, e.username, e.fallback, e.deriv
     e.first_name, e.last_name, e.avatar_url, e.updated_at, $2) AS p
 "#;
 
+/// One user's answer within the batch: whose, and `provision_user`'s own row.
+#[derive(FromQueryResult)]
+struct BatchRow {
+    id: String,
+    #[sea_orm(nested)]
+    answer: ProvisionUserRow,
+}
+
 /// Provisions distinct users' changes in one transaction; results come back in input order.
 /// Any error rolls the whole batch back (and is classified as for one event).
 pub async fn provision_batch(
@@ -41,20 +50,21 @@ pub async fn provision_batch(
         rows(profiles).into(),
         WorkspaceName::default().as_ref().into(),
     ];
-    let rows = db
-        .query_all_raw(statement(PROVISION_USERS, values))
+    let rows = BatchRow::find_by_statement(statement(PROVISION_USERS, values))
+        .all(db)
         .await
         .map_err(ProvisionError::from_db)?;
     let mut by_user = HashMap::with_capacity(rows.len());
-    for row in &rows {
-        let id: String = row.try_get("", "id").map_err(ProvisionError::from_db)?;
-        by_user.insert(id, provisioned_from(row).map_err(ProvisionError::from_db)?);
+    for row in rows {
+        let provisioned = Provisioned::try_from(row.answer).map_err(ProvisionError::from_db)?;
+        by_user.insert(row.id, provisioned);
     }
     profiles
         .iter()
         .map(|profile| {
             by_user.remove(profile.id.as_ref()).ok_or_else(|| {
-                ProvisionError::Transient(format!("no result for {} in its batch", profile.id))
+                let missing = format!("no result for {} in its batch", profile.id);
+                ProvisionError::Transient(DbErr::RecordNotFound(missing))
             })
         })
         .collect()

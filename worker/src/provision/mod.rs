@@ -7,20 +7,23 @@
 //! events apply one at a time, each seeing the committed work of the others; different users
 //! proceed in parallel.
 
+mod answer;
 mod batch;
+mod classify;
 mod sql;
 
 pub use batch::provision_batch;
 
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, QueryResult,
-    Statement, TransactionTrait, Value,
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, FromQueryResult,
+    QueryResult, Statement, TransactionTrait, Value,
 };
 use serde::Serialize;
 use tracing::{debug, instrument};
 
 use crate::domain::{Event, UserDeletion, UserId, UserProfile, UsernameChoice, WorkspaceName};
 use crate::error::{FailureReason, ProvisionError};
+use answer::ProvisionUserRow;
 
 /// What applying an event did. Every variant is a success.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -117,14 +120,14 @@ async fn provision_user_once(
         profile.updated_at.as_datetime().into(),
         WorkspaceName::default().as_ref().into(),
     ];
-    let row = db
-        .query_one_raw(statement(sql::PROVISION_USER, values))
+    ProvisionUserRow::find_by_statement(statement(sql::PROVISION_USER, values))
+        .one(db)
         .await
         .and_then(|row| {
             row.ok_or_else(|| DbErr::RecordNotFound("provision_user returned no row".into()))
         })
-        .map_err(ProvisionError::from_db)?;
-    provisioned_from(&row).map_err(ProvisionError::from_db)
+        .and_then(Provisioned::try_from)
+        .map_err(ProvisionError::from_db)
 }
 
 /// `provision_user`'s username, fallback username and whether the name is derived.
@@ -135,32 +138,6 @@ fn username_parameters(profile: &UserProfile) -> (&str, Option<&str>, bool) {
             (pair.preferred.as_ref(), Some(pair.fallback.as_ref()), true)
         }
     }
-}
-
-/// Reads `provision_user`'s answer.
-fn provisioned_from(row: &QueryResult) -> Result<Provisioned, DbErr> {
-    let user_write = match row.try_get::<String>("", "user_write")?.as_str() {
-        "inserted" => UserWrite::Inserted,
-        "updated" => UserWrite::Updated,
-        "unchanged" => UserWrite::Unchanged,
-        "stale" => UserWrite::Stale,
-        // A tombstone at least as new as this event: the user stays deleted.
-        "deleted" => {
-            return Ok(Provisioned {
-                outcome: Outcome::Stale,
-                workspace_id: None,
-            });
-        }
-        other => {
-            return Err(DbErr::Type(format!(
-                "provision_user answered an unknown user_write {other:?}"
-            )));
-        }
-    };
-    Ok(Provisioned {
-        outcome: outcome_of(user_write, row.try_get("", "workspace_created")?),
-        workspace_id: Some(row.try_get("", "workspace_id")?),
-    })
 }
 
 /// Commits when `result` is a success, rolls back otherwise; either way the error is classified.
@@ -178,26 +155,6 @@ async fn finish<T>(
             let _ = txn.rollback().await;
             Err(ProvisionError::from_db(err))
         }
-    }
-}
-
-/// What the upsert did to the user's row.
-enum UserWrite {
-    Inserted,
-    Updated,
-    /// Nothing: the row already reflects this very event (a duplicate).
-    Unchanged,
-    /// Nothing: the row reflects a newer event.
-    Stale,
-}
-
-/// What a user upsert plus workspace step amounted to.
-fn outcome_of(user_write: UserWrite, workspace_created: bool) -> Outcome {
-    match user_write {
-        _ if workspace_created => Outcome::Created,
-        UserWrite::Updated => Outcome::Updated,
-        UserWrite::Stale => Outcome::Stale,
-        UserWrite::Inserted | UserWrite::Unchanged => Outcome::AlreadyExisted,
     }
 }
 

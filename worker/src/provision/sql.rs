@@ -10,7 +10,8 @@ pub const LOCK_USER: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0
 /// One user's `user.created`/`user.updated`, whole: $1 id, $2 email, $3 username (chosen, or the
 /// preferred derived one), $4 fallback username (derived only), $5 whether the username is
 /// derived, $6 first name, $7 last name, $8 avatar, $9 Clerk's `updated_at`, $10 workspace name.
-/// The rules live with the function, in migration `m20261129_000004`.
+/// The rules live with the function, in the migration crate's `sql/provision_user_v1.sql`; the
+/// answer is read as an `answer::ProvisionUserRow`.
 pub const PROVISION_USER: &str = "SELECT user_write, workspace_id, workspace_created FROM provision_user($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 
 /// Remembers the deletion of $1 at $2, keeping the newest deletion time.

@@ -1,0 +1,2 @@
+ALTER TABLE users
+    ADD COLUMN clerk_updated_at TIMESTAMPTZ NOT NULL DEFAULT 'epoch';

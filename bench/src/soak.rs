@@ -91,7 +91,7 @@ pub async fn measure(settings: Settings, extra: &[(&'static str, String)]) -> an
     let (stack, service) = start_service(extra).await?;
     let scraper = settings
         .scrape_every
-        .map(|every| stoppable(|stop| scrape(service.ops_addr, every, stop)));
+        .map(|every| stoppable(|stop| scrape(service.ops_addr(), every, stop)));
     let client = reqwest::Client::new();
     let addr = service.ingress_addr;
 

@@ -89,6 +89,11 @@ impl WorkerProcess {
         }
     }
 
+    /// Where `/metrics`, `/healthz` and `/readyz` answer.
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops.addr
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -1,36 +1,32 @@
 //! The consumer: takes deliveries from the provisioning queue and provisions them, for as long
 //! as the process runs, across broker and database outages.
 //!
-//! One session is one broker connection. When it is lost (connection or channel closed, or the
-//! consumer cancelled by the broker, which simply ends the stream), the loop reconnects with
+//! One [`session`] is one broker connection. When it is lost (connection or channel closed, or
+//! the consumer cancelled by the broker, which simply ends the stream), the loop reconnects with
 //! backoff, redeclares and resumes. Deliveries of the lost session were never acknowledged, so
-//! the broker hands them out again; provisioning absorbs the repeat.
+//! the broker hands them out again; provisioning absorbs the repeat. Each delivery is taken to
+//! its end by the [`delivery::Processor`]: the [`retrying`] loop, the [`batch`] split and
+//! [`settle`]ment.
 
+mod batch;
 mod delivery;
+mod retrying;
+mod session;
 mod settle;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
-use lapin::{Channel, Connection};
 use sea_orm::DatabaseConnection;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::broker::{self, Topology};
 use crate::config::{BrokerSettings, ConsumerSettings};
 use crate::metrics::Metrics;
 use crate::ops::ReadyFlag;
 use crate::provision;
 use crate::retry::RetryPolicy;
 
-pub use delivery::Processor;
-use settle::Settlements;
+use session::{Session, SessionEnd};
 
 /// Everything the consumer needs, built once at start-up.
 pub struct Consumer {
@@ -40,12 +36,6 @@ pub struct Consumer {
     /// Set while a broker session is up.
     pub connected: ReadyFlag,
     pub metrics: Metrics,
-}
-
-/// How a session ended.
-enum SessionEnd {
-    Shutdown,
-    Lost(String),
 }
 
 impl Consumer {
@@ -60,8 +50,7 @@ impl Consumer {
     /// Consumes until `shutdown` is cancelled, then lets in-flight deliveries finish within the
     /// grace period. Never returns early on broker or database trouble: it waits and reconnects.
     pub async fn run(&self, shutdown: CancellationToken) {
-        let in_flight = TaskTracker::new();
-        in_flight.spawn(purge_tombstones_periodically(
+        let purge = tokio::spawn(purge_tombstones_periodically(
             self.db.clone(),
             self.settings.tombstone_retention,
             self.settings.tombstone_purge_interval,
@@ -69,14 +58,19 @@ impl Consumer {
         ));
         let mut reconnect_delays = RetryPolicy::RECONNECT.delays();
         loop {
-            let end = self.session(&in_flight, &shutdown).await;
-            self.set_connected(false);
-            match end {
-                // The session already let its deliveries finish and closed its connection.
-                Ok(SessionEnd::Shutdown) => return,
-                Ok(SessionEnd::Lost(why)) => {
-                    warn!(reason = %why, "broker session lost; reconnecting");
-                    reconnect_delays = RetryPolicy::RECONNECT.delays();
+            match Session::open(self, &shutdown).await {
+                Ok(session) => {
+                    self.set_connected(true);
+                    let end = session.run(self).await;
+                    self.set_connected(false);
+                    match end {
+                        // The session let its deliveries finish and closed its connection.
+                        SessionEnd::Shutdown => break,
+                        SessionEnd::Lost(why) => {
+                            warn!(reason = %why, "broker session lost; reconnecting");
+                            reconnect_delays = RetryPolicy::RECONNECT.delays();
+                        }
+                    }
                 }
                 Err(err) => warn!(error = %err, "broker unavailable; reconnecting"),
             }
@@ -88,138 +82,14 @@ impl Consumer {
                 () = shutdown.cancelled() => break,
             }
         }
-        // Stopped while disconnected: deliveries of the lost session cannot be acknowledged any
-        // more (the broker has them back), but let their transactions end cleanly.
-        self.drain(&in_flight).await;
+        if let Err(err) = purge.await {
+            warn!(error = %err, "the tombstone purge task failed");
+        }
     }
 
     fn set_connected(&self, connected: bool) {
         self.connected.set(connected);
         self.metrics.set_consumer_connected(connected);
-    }
-
-    /// One broker connection: declare, consume, hand each delivery to its own task.
-    async fn session(
-        &self,
-        in_flight: &TaskTracker,
-        shutdown: &CancellationToken,
-    ) -> Result<SessionEnd, lapin::Error> {
-        let topology = Topology::from_settings(&self.broker);
-        let connection = broker::connect(&self.broker, "worker").await?;
-        let channel = connection.create_channel().await?;
-        broker::declare(&channel, &topology).await?;
-        channel
-            .basic_qos(self.settings.prefetch, BasicQosOptions::default())
-            .await?;
-        let processor = Arc::new(Processor {
-            db: self.db.clone(),
-            policy: self.retry_policy(),
-            dead_letters: broker::confirm_channel(&connection).await?,
-            dead_letter_exchange: topology.dead_letter_exchange.clone(),
-            shutdown: shutdown.clone(),
-            settlements: Settlements::new(channel.clone()),
-            metrics: self.metrics.clone(),
-        });
-        let mut deliveries = channel
-            .basic_consume(
-                topology.queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        self.set_connected(true);
-        info!(queue = %topology.queue, prefetch = self.settings.prefetch, "consuming");
-
-        let slots = Arc::new(Semaphore::new(self.settings.max_concurrency));
-        let end = loop {
-            let slot = tokio::select! {
-                slot = slots.clone().acquire_owned() => slot,
-                () = shutdown.cancelled() => break SessionEnd::Shutdown,
-            };
-            let Ok(slot) = slot else {
-                break SessionEnd::Lost("concurrency limiter closed".into());
-            };
-            let next = tokio::select! {
-                next = deliveries.next() => next,
-                () = shutdown.cancelled() => break SessionEnd::Shutdown,
-            };
-            let first = match next {
-                Some(Ok(delivery)) => delivery,
-                Some(Err(err)) => break SessionEnd::Lost(err.to_string()),
-                None => break SessionEnd::Lost("the broker cancelled the consumer".into()),
-            };
-            // Whatever else the broker already sent joins the batch; nothing waits for more.
-            processor.settlements.taken(first.delivery_tag);
-            let mut batch = vec![first];
-            let mut lost = None;
-            while batch.len() < self.settings.batch_size {
-                match deliveries.next().now_or_never() {
-                    Some(Some(Ok(delivery))) => {
-                        processor.settlements.taken(delivery.delivery_tag);
-                        batch.push(delivery);
-                    }
-                    Some(Some(Err(err))) => lost = Some(err.to_string()),
-                    Some(None) => lost = Some("the broker cancelled the consumer".into()),
-                    None => break,
-                }
-                if lost.is_some() {
-                    break;
-                }
-            }
-            let processor = processor.clone();
-            in_flight.spawn(async move {
-                processor.process_batch(batch).await;
-                drop(slot);
-            });
-            if let Some(why) = lost {
-                break SessionEnd::Lost(why);
-            }
-        };
-        if let SessionEnd::Shutdown = end {
-            // No new deliveries; what is buffered but not started returns to the queue when the
-            // channel closes.
-            let tag = deliveries.tag();
-            if let Err(err) = channel
-                .basic_cancel(tag, BasicCancelOptions::default())
-                .await
-            {
-                warn!(error = %err, "could not cancel the consumer");
-            }
-            self.drain_then_close(in_flight, &channel, &connection)
-                .await;
-        }
-        Ok(end)
-    }
-
-    /// Waits for in-flight deliveries (they ack on `channel`), then closes the channel before the
-    /// connection: the broker answers a channel close only after handling every ack sent before
-    /// it, so what this worker finished does not come back to the queue.
-    async fn drain_then_close(
-        &self,
-        in_flight: &TaskTracker,
-        channel: &Channel,
-        connection: &Connection,
-    ) {
-        self.drain(in_flight).await;
-        if let Err(err) = channel.close(200, "worker shutting down".into()).await {
-            warn!(error = %err, "closing the consumer channel");
-        }
-        if let Err(err) = connection.close(200, "worker shutting down".into()).await {
-            warn!(error = %err, "closing the broker connection");
-        }
-    }
-
-    async fn drain(&self, in_flight: &TaskTracker) {
-        in_flight.close();
-        let grace = self.settings.shutdown_grace_period;
-        if tokio::time::timeout(grace, in_flight.wait()).await.is_err() {
-            warn!(
-                grace_ms = grace.as_millis() as u64,
-                unfinished = in_flight.len(),
-                "grace period over; unfinished deliveries stay in the queue"
-            );
-        }
     }
 }
 

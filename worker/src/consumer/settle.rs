@@ -1,6 +1,6 @@
-//! Settling deliveries: each one is acknowledged, or handed back to the queue, exactly once, on
-//! the consumer channel, and only after its fate is sealed (committed, or dead-lettered with a
-//! confirm).
+//! Settling deliveries: each one is acknowledged, dead-lettered (published with a confirm, then
+//! acknowledged) or handed back to the queue, exactly once, on the consumer channel, and only
+//! after its fate is sealed.
 //!
 //! A batch committed in one transaction is acknowledged with a single `multiple` ack (one frame,
 //! one broker command) when its tags are the lowest still unsettled on the channel, which is the
@@ -10,8 +10,15 @@
 use std::collections::BTreeSet;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use std::time::Duration;
+
 use lapin::Channel;
+use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
+use tracing::{error, warn};
+
+use super::delivery::{Context, Processor};
+use crate::dead_letter::{self, Failure};
 
 pub struct Settlements {
     channel: Channel,
@@ -97,6 +104,60 @@ fn covering_tag(unsettled: &BTreeSet<u64>, tags: &[u64]) -> Option<u64> {
     let mut up_to = unsettled.range(..=highest);
     let exactly_ours = up_to.clone().count() == tags.len() && up_to.all(|tag| tags.contains(tag));
     exactly_ours.then_some(highest)
+}
+
+/// Carrying out a delivery's fate on the broker.
+impl Processor {
+    /// Acknowledges deliveries whose transaction committed; `context` names them in a warning.
+    pub(super) async fn ack(&self, deliveries: &[&Delivery], context: &Context) {
+        let tags: Vec<u64> = deliveries.iter().map(|d| d.delivery_tag).collect();
+        if let Err(err) = self.settlements.ack(&tags).await {
+            // The broker will deliver them again; provisioning absorbs the repeat.
+            warn!(event_id = %context.event_id, count = tags.len(), error = %err, "ack failed");
+        }
+    }
+
+    pub(super) async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        context: &Context,
+        failure: Failure,
+        elapsed: Duration,
+    ) {
+        let published = dead_letter::publish(
+            &self.dead_letters,
+            &self.dead_letter_exchange,
+            delivery,
+            &failure,
+        )
+        .await;
+        if let Err(err) = published {
+            // Not in the dead-letter queue, so it must not leave the main queue either.
+            error!(event_id = %context.event_id, error = %err, "dead-lettering failed; requeueing");
+            self.requeue(delivery, context).await;
+            return;
+        }
+        self.metrics
+            .record_dead_letter(&context.event_type, failure.reason);
+        error!(
+            user_id = context.user_id.as_deref(),
+            event_id = %context.event_id,
+            event_type = %context.event_type,
+            reason = failure.reason.as_str(),
+            detail = %failure.detail,
+            attempt = failure.attempts,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            "WORKSPACE_FAILED"
+        );
+        self.ack(&[delivery], context).await;
+    }
+
+    /// Hands a delivery back to the queue; if that fails, closing the channel does it.
+    pub(super) async fn requeue(&self, delivery: &Delivery, context: &Context) {
+        if let Err(err) = self.settlements.requeue(delivery.delivery_tag).await {
+            warn!(event_id = %context.event_id, error = %err, "nack failed; the broker requeues on close");
+        }
+    }
 }
 
 #[cfg(test)]

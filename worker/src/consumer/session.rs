@@ -1,0 +1,191 @@
+//! One broker session: one connection, its consumer channel and the delivery tasks it started.
+//! The session's own token ends them all: on shutdown after a graceful drain, and when the
+//! connection is lost at once (the broker hands their deliveries out again), so a new session
+//! never runs beside the tasks of an old one.
+
+use std::sync::Arc;
+
+use futures::{FutureExt, StreamExt};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use super::Consumer;
+use super::batch::{Ready, take_batch};
+use super::delivery::Processor;
+use super::settle::Settlements;
+use crate::broker::{self, Topology};
+
+/// How a session ended.
+pub enum SessionEnd {
+    Shutdown,
+    Lost(String),
+}
+
+/// A connected session, consuming.
+pub struct Session {
+    connection: Connection,
+    channel: Channel,
+    deliveries: lapin::Consumer,
+    processor: Arc<Processor>,
+    tasks: TaskTracker,
+    /// Ends this session's tasks; a child of the process's shutdown token.
+    stop: CancellationToken,
+}
+
+impl Session {
+    /// Connects, declares the topology and starts consuming.
+    pub async fn open(
+        consumer: &Consumer,
+        shutdown: &CancellationToken,
+    ) -> Result<Self, lapin::Error> {
+        let topology = Topology::from_settings(&consumer.broker);
+        let connection = broker::connect(&consumer.broker, "worker").await?;
+        let channel = connection.create_channel().await?;
+        broker::declare(&channel, &topology).await?;
+        channel
+            .basic_qos(consumer.settings.prefetch, BasicQosOptions::default())
+            .await?;
+        let stop = shutdown.child_token();
+        let processor = Arc::new(Processor {
+            db: consumer.db.clone(),
+            policy: consumer.retry_policy(),
+            dead_letters: broker::confirm_channel(&connection).await?,
+            dead_letter_exchange: topology.dead_letter_exchange.clone(),
+            stop: stop.clone(),
+            settlements: Settlements::new(channel.clone()),
+            metrics: consumer.metrics.clone(),
+        });
+        let deliveries = channel
+            .basic_consume(
+                topology.queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        info!(queue = %topology.queue, prefetch = consumer.settings.prefetch, "consuming");
+        Ok(Self {
+            connection,
+            channel,
+            deliveries,
+            processor,
+            tasks: TaskTracker::new(),
+            stop,
+        })
+    }
+
+    /// Consumes until shutdown or until the connection is lost, then ends its tasks: drained
+    /// within the grace period on shutdown, stopped at once when lost.
+    pub async fn run(mut self, consumer: &Consumer) -> SessionEnd {
+        let end = self.consume(consumer).await;
+        match &end {
+            SessionEnd::Shutdown => {
+                // No new deliveries; what is buffered but not started returns to the queue when
+                // the channel closes.
+                let tag = self.deliveries.tag();
+                if let Err(err) = self
+                    .channel
+                    .basic_cancel(tag, BasicCancelOptions::default())
+                    .await
+                {
+                    warn!(error = %err, "could not cancel the consumer");
+                }
+                self.drain(consumer).await;
+                self.close().await;
+            }
+            SessionEnd::Lost(_) => {
+                // Nothing can be acknowledged on a lost connection: the broker already has
+                // these deliveries back. Stop waiting retries; let transactions end.
+                self.stop.cancel();
+                self.drain(consumer).await;
+            }
+        }
+        end
+    }
+
+    /// Hands each batch to a task of its own, never more than `MAX_CONCURRENCY` at once.
+    async fn consume(&mut self, consumer: &Consumer) -> SessionEnd {
+        let slots = Arc::new(Semaphore::new(consumer.settings.max_concurrency));
+        loop {
+            let slot = tokio::select! {
+                slot = slots.clone().acquire_owned() => slot,
+                () = self.stop.cancelled() => return SessionEnd::Shutdown,
+            };
+            let Ok(slot) = slot else {
+                return SessionEnd::Lost("concurrency limiter closed".into());
+            };
+            let next = tokio::select! {
+                next = self.deliveries.next() => next,
+                () = self.stop.cancelled() => return SessionEnd::Shutdown,
+            };
+            let first = match next {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(err)) => return SessionEnd::Lost(err.to_string()),
+                None => return SessionEnd::Lost(CONSUMER_CANCELLED.into()),
+            };
+            let settlements = &self.processor.settlements;
+            settlements.taken(first.delivery_tag);
+            let deliveries = &mut self.deliveries;
+            let (batch, lost) =
+                take_batch(first, consumer.settings.batch_size, || {
+                    match deliveries.next().now_or_never() {
+                        Some(Some(Ok(delivery))) => {
+                            settlements.taken(delivery.delivery_tag);
+                            Ready::Item(delivery)
+                        }
+                        Some(Some(Err(err))) => Ready::Lost(err.to_string()),
+                        Some(None) => Ready::Lost(CONSUMER_CANCELLED.into()),
+                        None => Ready::Nothing,
+                    }
+                });
+            let processor = self.processor.clone();
+            self.tasks.spawn(async move {
+                processor.process_batch(batch).await;
+                drop(slot);
+            });
+            if let Some(why) = lost {
+                return SessionEnd::Lost(why);
+            }
+        }
+    }
+
+    /// Waits for the session's tasks for at most the grace period; then ends them.
+    async fn drain(&self, consumer: &Consumer) {
+        self.tasks.close();
+        let grace = consumer.settings.shutdown_grace_period;
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                grace_ms = grace.as_millis() as u64,
+                unfinished = self.tasks.len(),
+                "grace period over; unfinished deliveries stay in the queue"
+            );
+        }
+        self.stop.cancel();
+    }
+
+    /// Closes the channel before the connection: the broker answers a channel close only after
+    /// handling every ack sent before it, so what this worker finished does not come back.
+    async fn close(&self) {
+        if let Err(err) = self.channel.close(200, "worker shutting down".into()).await {
+            warn!(error = %err, "closing the consumer channel");
+        }
+        if let Err(err) = self
+            .connection
+            .close(200, "worker shutting down".into())
+            .await
+        {
+            warn!(error = %err, "closing the broker connection");
+        }
+    }
+}
+
+/// A consumer stream that simply ends: the broker cancelled it (queue deleted, node lost).
+const CONSUMER_CANCELLED: &str = "the broker cancelled the consumer";

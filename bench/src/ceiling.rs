@@ -50,7 +50,7 @@ pub async fn measure(clients: usize, seconds: u64, batch: usize) -> anyhow::Resu
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("txn.sql");
     std::fs::write(&path, script(batch))?;
-    let url = url_parts(&db.settings.url)?;
+    let url = url_parts(db.settings.expose_url())?;
     let output = Command::new("pgbench")
         .args(["-n", "-M", "prepared", "-j", "2"])
         .args(["-h", &url.0, "-p", &url.1, "-U", &url.2])

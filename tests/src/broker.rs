@@ -80,7 +80,7 @@ impl TestBroker {
     /// The environment a worker process needs to use this topology.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![
-            ("AMQP_URL", self.settings.url.clone()),
+            ("AMQP_URL", self.settings.expose_url().to_owned()),
             ("AMQP_NAME_PREFIX", self.settings.name_prefix.clone()),
         ]
     }
@@ -267,7 +267,7 @@ impl TestBroker {
 impl Drop for TestBroker {
     fn drop(&mut self) {
         let topology = self.topology.clone();
-        let url = self.settings.url.clone();
+        let url = self.settings.expose_url().to_owned();
         let cleaner = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

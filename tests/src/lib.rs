@@ -68,7 +68,7 @@ impl TestDb {
 
     fn from_parts(settings: DatabaseSettings, conn: DatabaseConnection) -> Self {
         let name = settings
-            .url
+            .expose_url()
             .rsplit('/')
             .next()
             .unwrap_or_default()

@@ -24,7 +24,7 @@ impl Stack {
     /// A worker's environment for this stack, plus `extra` (later entries win).
     pub fn env(&self, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
         let mut env = self.broker.env();
-        env.push(("DATABASE_URL", self.db.settings.url.clone()));
+        env.push(("DATABASE_URL", self.db.settings.expose_url().to_owned()));
         // Tests run many workers at once against one server (max_connections 100): each opens
         // connections as it needs them rather than a warm minimum.
         env.push(("DATABASE_MIN_CONNECTIONS", "1".to_owned()));

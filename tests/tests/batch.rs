@@ -210,7 +210,7 @@ async fn the_consumer_batches_and_one_bad_event_does_not_sink_its_batch_mates() 
         .collect();
     broker.publish_many(&events).await;
     let mut env = broker.env();
-    env.push(("DATABASE_URL", db.settings.url.clone()));
+    env.push(("DATABASE_URL", db.settings.expose_url().to_owned()));
     env.push(("BATCH_SIZE", "16".into()));
     let worker = TestApp::spawn(&["consume"], &env).await;
     worker.wait_ready(Duration::from_secs(30)).await;

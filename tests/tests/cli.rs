@@ -68,7 +68,7 @@ async fn migrate_creates_the_database_when_missing_and_is_idempotent() {
 #[tokio::test]
 async fn health_reports_each_check_as_json() {
     let db = TestDb::migrated().await;
-    let output = run(worker(&db.settings.url, &["health"]));
+    let output = run(worker(db.settings.expose_url(), &["health"]));
     assert!(output.status.success());
     let report = json_line(&output);
     assert_eq!(report["healthy"], true);
@@ -86,7 +86,7 @@ async fn health_reports_each_check_as_json() {
 #[tokio::test]
 async fn health_fails_on_an_unmigrated_database() {
     let db = TestDb::empty().await;
-    let output = run(worker(&db.settings.url, &["health"]));
+    let output = run(worker(db.settings.expose_url(), &["health"]));
     assert_eq!(output.status.code(), Some(1));
     let report = json_line(&output);
     assert_eq!(report["healthy"], false);
@@ -110,7 +110,10 @@ async fn health_fails_when_the_database_is_unreachable() {
 async fn provision_applies_a_file_and_prints_one_json_line() {
     let db = TestDb::migrated().await;
     let file = write_temp(&fixture("user_created.json"));
-    let output = run(worker(&db.settings.url, &["provision", path(&file)]));
+    let output = run(worker(
+        db.settings.expose_url(),
+        &["provision", path(&file)],
+    ));
     assert!(
         output.status.success(),
         "{}",
@@ -122,14 +125,17 @@ async fn provision_applies_a_file_and_prints_one_json_line() {
     assert_eq!(line["user_id"], "user_39BL7AjFtiageEwS3wHL0KvAXLh");
     assert_eq!(db.scalar("SELECT count(*) FROM workspaces").await, 1);
 
-    let again = run(worker(&db.settings.url, &["provision", path(&file)]));
+    let again = run(worker(
+        db.settings.expose_url(),
+        &["provision", path(&file)],
+    ));
     assert_eq!(json_line(&again)["outcome"], "already_existed");
 }
 
 #[tokio::test]
 async fn provision_reads_standard_input_with_a_dash() {
     let db = TestDb::migrated().await;
-    let mut command = worker(&db.settings.url, &["provision", "-"]);
+    let mut command = worker(db.settings.expose_url(), &["provision", "-"]);
     let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -151,7 +157,10 @@ async fn provision_reads_standard_input_with_a_dash() {
 async fn provision_exits_65_with_the_reason_on_a_permanent_failure() {
     let db = TestDb::migrated().await;
     let file = write_temp(&fixture("user_created_phone_only.json"));
-    let output = run(worker(&db.settings.url, &["provision", path(&file)]));
+    let output = run(worker(
+        db.settings.expose_url(),
+        &["provision", path(&file)],
+    ));
     assert_eq!(output.status.code(), Some(65));
     let line = json_line(&output);
     assert_eq!(line["outcome"], "failed");
@@ -160,7 +169,10 @@ async fn provision_exits_65_with_the_reason_on_a_permanent_failure() {
     assert_eq!(line["user_id"], Value::Null);
 
     let garbage = write_temp(b"not json at all");
-    let output = run(worker(&db.settings.url, &["provision", path(&garbage)]));
+    let output = run(worker(
+        db.settings.expose_url(),
+        &["provision", path(&garbage)],
+    ));
     assert_eq!(output.status.code(), Some(65));
     assert_eq!(json_line(&output)["reason"], "invalid_payload");
 }
@@ -194,7 +206,7 @@ async fn provision_of_a_missing_file_fails_clearly() {
 #[tokio::test]
 async fn json_logs_are_json() {
     let db = TestDb::migrated().await;
-    let mut command = worker(&db.settings.url, &["migrate"]);
+    let mut command = worker(db.settings.expose_url(), &["migrate"]);
     command.env("LOG_FORMAT", "json").env("RUST_LOG", "info");
     let output = run(command);
     assert!(output.status.success());
@@ -210,7 +222,7 @@ async fn the_migration_cli_goes_up_status_down_and_fresh() {
     let migration = |args: &[&str]| {
         let output = Command::new(env!("CARGO_BIN_EXE_migration-under-test"))
             .args(args)
-            .env("DATABASE_URL", &db.settings.url)
+            .env("DATABASE_URL", db.settings.expose_url())
             .output()
             .expect("the migration binary runs");
         assert!(

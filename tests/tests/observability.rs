@@ -153,7 +153,7 @@ async fn a_real_prometheus_scrapes_the_worker_and_counts_what_it_provisioned() {
     let db = TestDb::migrated().await;
     let broker = TestBroker::new().await;
     let mut env = broker.env();
-    env.push(("DATABASE_URL", db.settings.url.clone()));
+    env.push(("DATABASE_URL", db.settings.expose_url().to_owned()));
     env.push(("CLERK_WEBHOOK_SECRET", SECRET.to_owned()));
     let service = TestApp::spawn(&["run"], &env).await;
     service.wait_ready(Duration::from_secs(30)).await;

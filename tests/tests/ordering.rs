@@ -148,7 +148,7 @@ async fn expired_tombstones_are_purged_by_the_worker() {
     )
     .await;
     let mut env = broker.env();
-    env.push(("DATABASE_URL", db.settings.url.clone()));
+    env.push(("DATABASE_URL", db.settings.expose_url().to_owned()));
     env.push(("TOMBSTONE_RETENTION", "1h".into()));
     env.push(("TOMBSTONE_PURGE_INTERVAL", "200ms".into()));
     let worker = TestApp::spawn(&["consume"], &env).await;
@@ -341,7 +341,7 @@ async fn random_histories_in_random_order_end_in_clerks_final_state() {
         broker.publish(&event_type, body, id).await;
     }
     let mut env = broker.env();
-    env.push(("DATABASE_URL", db.settings.url.clone()));
+    env.push(("DATABASE_URL", db.settings.expose_url().to_owned()));
     env.push(("MAX_CONCURRENCY", "16".into()));
     let mut worker = TestApp::spawn(&["consume"], &env).await;
     worker.wait_ready(Duration::from_secs(30)).await;

@@ -63,7 +63,7 @@ pub enum PublishError {
 pub async fn connect(settings: &BrokerSettings, role: &str) -> Result<Connection, lapin::Error> {
     let name = format!("{role}@{}#{}", hostname(), std::process::id());
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(&settings.url, properties).await
+    Connection::connect(settings.expose_url(), properties).await
 }
 
 fn hostname() -> String {

@@ -353,10 +353,13 @@ mod tests {
     fn defaults_are_the_products() {
         let cli = Cli::try_parse_from(["worker", "consume"]).unwrap();
         assert_eq!(
-            cli.database.url,
+            cli.database.expose_url(),
             "postgres://postgres@127.0.0.1:5432/provisioning"
         );
-        assert_eq!(cli.broker.url, "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(
+            cli.broker.expose_url(),
+            "amqp://guest:guest@127.0.0.1:5672/%2f"
+        );
         assert_eq!(cli.broker.exchange, "clerk.events");
         assert_eq!(cli.broker.delivery_limit, 10);
         let Command::Consume { consumer, ops } = cli.command else {

@@ -1,16 +1,18 @@
 //! Settings from environment variables, each with a matching CLI flag (clap `env`).
 //!
-//! Defaults are the product's: they work against a local PostgreSQL. Secrets (the database URL
-//! may carry a password) are hidden from `--help` and never logged unredacted.
+//! Defaults are the product's: they work against a local PostgreSQL. Secrets (the URLs may carry
+//! a password; the webhook signing secret) are [`SecretString`]s: hidden from `--help`, redacted
+//! by their `Debug`, and read only where they are used (`expose_*`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::builder::TypedValueParser;
 use clap::{Args, ValueEnum};
+use secrecy::{ExposeSecret, SecretString};
 
 /// How the service reaches PostgreSQL. The pool numbers are the product's pool settings.
-#[derive(Clone, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct DatabaseSettings {
     /// PostgreSQL URL; `worker migrate` creates the named database if it does not exist.
     #[arg(
@@ -21,7 +23,7 @@ pub struct DatabaseSettings {
         hide_env_values = true,
         global = true
     )]
-    pub url: String,
+    pub url: SecretString,
 
     /// Most connections the pool opens.
     #[arg(
@@ -67,7 +69,7 @@ impl DatabaseSettings {
     /// The settings with defaults, pointed at `url`: what tests and tools start from.
     pub fn for_url(url: impl Into<String>) -> Self {
         Self {
-            url: url.into(),
+            url: SecretString::from(url.into()),
             max_connections: 20,
             min_connections: 8,
             connect_timeout: Duration::from_secs(10),
@@ -75,27 +77,20 @@ impl DatabaseSettings {
         }
     }
 
+    /// The URL, password included: only for connecting.
+    pub fn expose_url(&self) -> &str {
+        self.url.expose_secret()
+    }
+
     /// The URL with any password replaced, fit for logs and error messages.
     pub fn redacted_url(&self) -> String {
-        redact(&self.url)
-    }
-}
-
-impl std::fmt::Debug for DatabaseSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DatabaseSettings")
-            .field("url", &self.redacted_url())
-            .field("max_connections", &self.max_connections)
-            .field("min_connections", &self.min_connections)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("idle_timeout", &self.idle_timeout)
-            .finish()
+        redact(self.expose_url())
     }
 }
 
 /// Where the broker is and what the topology is called. Every name is configurable, and a
 /// prefix lets tests (or several environments on one broker) keep their topologies apart.
-#[derive(Clone, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct BrokerSettings {
     /// RabbitMQ URL (`amqp://user:password@host:port/vhost`).
     #[arg(
@@ -106,7 +101,7 @@ pub struct BrokerSettings {
         hide_env_values = true,
         global = true
     )]
-    pub url: String,
+    pub url: SecretString,
 
     /// Prepended to every exchange and queue name below.
     #[arg(
@@ -177,7 +172,7 @@ impl BrokerSettings {
     /// The settings with defaults, pointed at `url` with `prefix`: what tests start from.
     pub fn with_prefix(url: impl Into<String>, prefix: impl Into<String>) -> Self {
         Self {
-            url: url.into(),
+            url: SecretString::from(url.into()),
             name_prefix: prefix.into(),
             exchange: "clerk.events".into(),
             queue: "workspace.provisioning".into(),
@@ -188,21 +183,14 @@ impl BrokerSettings {
         }
     }
 
+    /// The URL, password included: only for connecting.
+    pub fn expose_url(&self) -> &str {
+        self.url.expose_secret()
+    }
+
     /// The URL with any password replaced, fit for logs.
     pub fn redacted_url(&self) -> String {
-        redact(&self.url)
-    }
-}
-
-impl std::fmt::Debug for BrokerSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BrokerSettings")
-            .field("url", &self.redacted_url())
-            .field("name_prefix", &self.name_prefix)
-            .field("exchange", &self.exchange)
-            .field("queue", &self.queue)
-            .field("delivery_limit", &self.delivery_limit)
-            .finish_non_exhaustive()
+        redact(self.expose_url())
     }
 }
 
@@ -250,7 +238,7 @@ pub struct ConsumerSettings {
 }
 
 /// The webhook endpoint.
-#[derive(Clone, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct IngressSettings {
     /// Where `POST /webhooks/clerk` listens.
     #[arg(long, env = "INGRESS_ADDR", default_value = "0.0.0.0:8080")]
@@ -272,18 +260,7 @@ pub struct IngressSettings {
         hide_env_values = true,
         default_value = ""
     )]
-    pub clerk_webhook_secret: String,
-}
-
-impl std::fmt::Debug for IngressSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IngressSettings")
-            .field("ingress_addr", &self.ingress_addr)
-            .field("ingress_max_body", &self.ingress_max_body)
-            .field("publish_timeout", &self.publish_timeout)
-            .field("clerk_webhook_secret", &"<redacted>")
-            .finish()
-    }
+    pub clerk_webhook_secret: SecretString,
 }
 
 /// The ops HTTP server: `/metrics`, `/healthz`, `/readyz`.
@@ -330,6 +307,8 @@ pub enum LogFormat {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
 
     #[test]
@@ -349,5 +328,12 @@ mod tests {
         assert!(!format!("{settings:?}").contains("s3cret"));
         let broker = BrokerSettings::with_prefix("amqp://app:s3cret@mq:5672/%2f", "");
         assert!(!format!("{broker:?}").contains("s3cret"));
+        let cli = crate::cli::Cli::try_parse_from([
+            "worker",
+            "ingress",
+            "--clerk-webhook-secret=whsec_s3cret",
+        ])
+        .unwrap();
+        assert!(!format!("{cli:?}").contains("s3cret"));
     }
 }

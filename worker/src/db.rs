@@ -45,7 +45,7 @@ async fn open_min_connections(pool: sea_orm::sqlx::PgPool, count: u32) {
 }
 
 fn options(settings: &DatabaseSettings) -> ConnectOptions {
-    let mut options = ConnectOptions::new(settings.url.clone());
+    let mut options = ConnectOptions::new(settings.expose_url());
     options
         .max_connections(settings.max_connections)
         // Operators see whose connections these are in pg_stat_activity.
@@ -69,9 +69,9 @@ pub async fn migrate(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
 
 /// Connects to the server's `postgres` database to create ours; a no-op when it exists.
 async fn create_database_if_missing(settings: &DatabaseSettings) -> Result<(), DbErr> {
-    let (server_url, name) = split_database_url(&settings.url)?;
+    let (server_url, name) = split_database_url(settings.expose_url())?;
     let admin = connect(&DatabaseSettings {
-        url: server_url,
+        url: server_url.into(),
         max_connections: 1,
         ..settings.clone()
     })

@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use axum::Router;
 use sea_orm::DatabaseConnection;
+use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -66,7 +67,7 @@ impl Application {
         // Refuse to start on a bad secret before touching anything else.
         let verifier = match &plan.ingress {
             Some(settings) => Some(Arc::new(
-                Verifier::from_secrets(&settings.clerk_webhook_secret)
+                Verifier::from_secrets(settings.clerk_webhook_secret.expose_secret())
                     .context("CLERK_WEBHOOK_SECRET")?,
             )),
             None => None,

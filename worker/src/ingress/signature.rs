@@ -10,6 +10,7 @@ use axum::http::HeaderMap;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, KeyInit, Mac};
+use secrecy::{ExposeSecret, SecretSlice};
 use sha2::Sha256;
 
 /// How far a timestamp may be from now, either way.
@@ -98,15 +99,10 @@ fn header<'a>(
 }
 
 /// Verifies signatures against every configured secret, so secrets rotate without downtime.
-#[derive(Clone)]
+/// The keys are secrets: their `Debug` is redacted.
+#[derive(Clone, Debug)]
 pub struct Verifier {
-    keys: Vec<Vec<u8>>,
-}
-
-impl std::fmt::Debug for Verifier {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Verifier({} secret(s))", self.keys.len())
-    }
+    keys: Vec<SecretSlice<u8>>,
 }
 
 impl Verifier {
@@ -122,6 +118,7 @@ impl Verifier {
                     .decode(encoded)
                     .ok()
                     .filter(|key| !key.is_empty())
+                    .map(SecretSlice::from)
                     .ok_or(SecretError::Undecodable {
                         position: index + 1,
                     })
@@ -153,7 +150,7 @@ impl Verifier {
         let matches = self.keys.iter().any(|key| {
             candidates
                 .iter()
-                .any(|candidate| self::matches(key, headers, body, candidate))
+                .any(|candidate| self::matches(key.expose_secret(), headers, body, candidate))
         });
         if matches {
             Ok(())
@@ -179,7 +176,8 @@ fn matches(key: &[u8], headers: &SignedHeaders, body: &[u8], candidate: &[u8]) -
 pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Result<String, SecretError> {
     let verifier = Verifier::from_secrets(secret)?;
     let key = verifier.keys.first().ok_or(SecretError::Missing)?;
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).map_err(|_| SecretError::Missing)?;
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(key.expose_secret()).map_err(|_| SecretError::Missing)?;
     mac.update(format!("{id}.{timestamp}.").as_bytes());
     mac.update(body);
     Ok(format!(

@@ -9,6 +9,8 @@ use std::time::Duration;
 use clap::builder::TypedValueParser;
 use clap::{Args, ValueEnum};
 
+use crate::topology;
+
 /// How the service reaches PostgreSQL. The pool numbers are the product's pool settings.
 #[derive(Clone, Args)]
 pub struct DatabaseSettings {
@@ -121,7 +123,7 @@ pub struct BrokerSettings {
     #[arg(
         long = "amqp-exchange",
         env = "AMQP_EXCHANGE",
-        default_value = "clerk.events",
+        default_value = topology::DEFAULT_EXCHANGE,
         global = true
     )]
     pub exchange: String,
@@ -130,7 +132,7 @@ pub struct BrokerSettings {
     #[arg(
         long = "amqp-queue",
         env = "AMQP_QUEUE",
-        default_value = "workspace.provisioning",
+        default_value = topology::DEFAULT_QUEUE,
         global = true
     )]
     pub queue: String,
@@ -139,7 +141,7 @@ pub struct BrokerSettings {
     #[arg(
         long = "amqp-binding-key",
         env = "AMQP_BINDING_KEY",
-        default_value = "user.*",
+        default_value = topology::DEFAULT_BINDING_KEY,
         global = true
     )]
     pub binding_key: String,
@@ -148,7 +150,7 @@ pub struct BrokerSettings {
     #[arg(
         long = "amqp-dead-letter-exchange",
         env = "AMQP_DEAD_LETTER_EXCHANGE",
-        default_value = "clerk.events.dlx",
+        default_value = topology::DEFAULT_DEAD_LETTER_EXCHANGE,
         global = true
     )]
     pub dead_letter_exchange: String,
@@ -157,7 +159,7 @@ pub struct BrokerSettings {
     #[arg(
         long = "amqp-dead-letter-queue",
         env = "AMQP_DEAD_LETTER_QUEUE",
-        default_value = "workspace.provisioning.dlq",
+        default_value = topology::DEFAULT_DEAD_LETTER_QUEUE,
         global = true
     )]
     pub dead_letter_queue: String,
@@ -167,7 +169,7 @@ pub struct BrokerSettings {
     #[arg(
         long = "amqp-delivery-limit",
         env = "AMQP_DELIVERY_LIMIT",
-        default_value_t = 10,
+        default_value_t = topology::DEFAULT_DELIVERY_LIMIT,
         global = true
     )]
     pub delivery_limit: u32,
@@ -179,12 +181,12 @@ impl BrokerSettings {
         Self {
             url: url.into(),
             name_prefix: prefix.into(),
-            exchange: "clerk.events".into(),
-            queue: "workspace.provisioning".into(),
-            binding_key: "user.*".into(),
-            dead_letter_exchange: "clerk.events.dlx".into(),
-            dead_letter_queue: "workspace.provisioning.dlq".into(),
-            delivery_limit: 10,
+            exchange: topology::DEFAULT_EXCHANGE.into(),
+            queue: topology::DEFAULT_QUEUE.into(),
+            binding_key: topology::DEFAULT_BINDING_KEY.into(),
+            dead_letter_exchange: topology::DEFAULT_DEAD_LETTER_EXCHANGE.into(),
+            dead_letter_queue: topology::DEFAULT_DEAD_LETTER_QUEUE.into(),
+            delivery_limit: topology::DEFAULT_DELIVERY_LIMIT,
         }
     }
 

@@ -22,12 +22,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::broker::{self, Topology};
+use crate::broker;
 use crate::config::{BrokerSettings, ConsumerSettings};
 use crate::metrics::Metrics;
 use crate::ops::ReadyFlag;
 use crate::provision;
 use crate::retry::RetryPolicy;
+use crate::topology::Topology;
 
 pub use delivery::Processor;
 use settle::Settlements;

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use worker::clerk::event_type::USER_CREATED;
 
 use crate::stack::{Stack, commit_span_seconds, sign_up, spawn, wait_for_workspaces};
 
@@ -22,7 +23,7 @@ pub async fn measure(events: usize, extra: &[(&'static str, String)]) -> anyhow:
     let load: Vec<(String, Vec<u8>, String)> = (0..events)
         .map(|i| {
             (
-                "user.created".to_owned(),
+                USER_CREATED.to_owned(),
                 sign_up("drain", i).body(),
                 format!("msg_drain{i}"),
             )

@@ -7,8 +7,9 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
 use std::time::Duration;
-use worker::broker::{self, RECEIVED_AT_HEADER, Topology};
+use worker::broker;
 use worker::config::BrokerSettings;
+use worker::topology::{Topology, header};
 
 const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const START_RABBITMQ: &str = "start it with: rabbitmq-server -detached";
@@ -90,7 +91,7 @@ impl TestBroker {
     pub async fn publish(&self, routing_key: &str, body: &[u8], message_id: &str) {
         let mut headers = FieldTable::default();
         let now = chrono::Utc::now().timestamp_millis();
-        headers.insert(RECEIVED_AT_HEADER.into(), AMQPValue::LongLongInt(now));
+        headers.insert(header::RECEIVED_AT_MS.into(), AMQPValue::LongLongInt(now));
         let exchange = self.topology.exchange.clone();
         self.publish_to(&exchange, routing_key, body, message_id, headers)
             .await;
@@ -164,14 +165,14 @@ impl TestBroker {
     ) {
         let mut headers = FieldTable::default();
         headers.insert(
-            "x-failure-reason".into(),
+            header::FAILURE_REASON.into(),
             AMQPValue::LongString(reason.into()),
         );
         headers.insert(
-            "x-failure-detail".into(),
+            header::FAILURE_DETAIL.into(),
             AMQPValue::LongString("made by the test".into()),
         );
-        headers.insert("x-attempts".into(), AMQPValue::LongLongInt(1));
+        headers.insert(header::ATTEMPTS.into(), AMQPValue::LongLongInt(1));
         let exchange = self.topology.dead_letter_exchange.clone();
         self.publish_to(&exchange, routing_key, body, message_id, headers)
             .await;

@@ -2,6 +2,7 @@
 
 use sea_orm::DatabaseConnection;
 use serde_json::{Value, json};
+use worker::clerk::event_type::{USER_CREATED, USER_DELETED, USER_UPDATED};
 use worker::error::ProvisionError;
 use worker::provision::Provisioned;
 
@@ -23,7 +24,7 @@ pub struct UserEvent {
 impl UserEvent {
     pub fn created(id: &str, email: &str, username: Option<&str>) -> Self {
         Self {
-            event_type: "user.created",
+            event_type: USER_CREATED,
             id: id.to_owned(),
             email: Some(email.to_owned()),
             username: username.map(str::to_owned),
@@ -37,7 +38,7 @@ impl UserEvent {
     /// The same user, as a `user.updated` that is `later_ms` newer.
     pub fn updated(&self, later_ms: i64) -> Self {
         Self {
-            event_type: "user.updated",
+            event_type: USER_UPDATED,
             updated_at: self.updated_at + later_ms,
             ..self.clone()
         }
@@ -66,7 +67,7 @@ impl UserEvent {
 /// A `user.deleted` body as Clerk sends it: only `object`, `deleted` and the id.
 pub fn deleted_body(id: &str, timestamp: i64) -> Vec<u8> {
     envelope(
-        "user.deleted",
+        USER_DELETED,
         timestamp,
         json!({"object": "user", "deleted": true, "id": id}),
     )

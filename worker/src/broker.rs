@@ -1,6 +1,6 @@
-//! RabbitMQ: connecting, declaring the topology, and publishing with confirms. Shared by the
-//! consumer (dead letters) and, later, the ingress and the replay tool, so every part of the
-//! product declares exactly the same topology.
+//! RabbitMQ: connecting, declaring the [`Topology`], and publishing with confirms. Shared by the
+//! consumer, the ingress and the dead-letter tools, so every part of the product declares exactly
+//! the same topology.
 
 use std::time::Duration;
 
@@ -14,35 +14,7 @@ use lapin::{
 };
 
 use crate::config::BrokerSettings;
-
-/// Header the ingress sets to the time it received the event, in milliseconds since the epoch
-/// (the AMQP `timestamp` property only has seconds). `event_lag_seconds` starts there.
-pub const RECEIVED_AT_HEADER: &str = "x-received-at-ms";
-
-/// The names the product's exchanges and queues go by, with the prefix applied.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Topology {
-    pub exchange: String,
-    pub queue: String,
-    pub binding_key: String,
-    pub dead_letter_exchange: String,
-    pub dead_letter_queue: String,
-    pub delivery_limit: u32,
-}
-
-impl Topology {
-    pub fn from_settings(settings: &BrokerSettings) -> Self {
-        let prefixed = |name: &str| format!("{}{name}", settings.name_prefix);
-        Self {
-            exchange: prefixed(&settings.exchange),
-            queue: prefixed(&settings.queue),
-            binding_key: settings.binding_key.clone(),
-            dead_letter_exchange: prefixed(&settings.dead_letter_exchange),
-            dead_letter_queue: prefixed(&settings.dead_letter_queue),
-            delivery_limit: settings.delivery_limit,
-        }
-    }
-}
+use crate::topology::{DEAD_LETTER_BINDING_KEY, Topology, argument};
 
 /// Why a publish did not make it safely into a queue.
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +74,7 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), lapin
         .queue_bind(
             topology.dead_letter_queue.as_str().into(),
             topology.dead_letter_exchange.as_str().into(),
-            "#".into(),
+            DEAD_LETTER_BINDING_KEY.into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
@@ -128,7 +100,7 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), lapin
 
 fn quorum_arguments() -> FieldTable {
     let mut arguments = FieldTable::default();
-    arguments.insert("x-queue-type".into(), long_string("quorum"));
+    arguments.insert(argument::QUEUE_TYPE.into(), long_string(argument::QUORUM));
     arguments
 }
 
@@ -137,16 +109,19 @@ fn quorum_arguments() -> FieldTable {
 fn main_queue_arguments(topology: &Topology) -> FieldTable {
     let mut arguments = quorum_arguments();
     arguments.insert(
-        "x-dead-letter-exchange".into(),
+        argument::DEAD_LETTER_EXCHANGE.into(),
         long_string(&topology.dead_letter_exchange),
     );
     arguments.insert(
-        "x-dead-letter-strategy".into(),
-        long_string("at-least-once"),
+        argument::DEAD_LETTER_STRATEGY.into(),
+        long_string(argument::AT_LEAST_ONCE),
     );
-    arguments.insert("x-overflow".into(), long_string("reject-publish"));
     arguments.insert(
-        "x-delivery-limit".into(),
+        argument::OVERFLOW.into(),
+        long_string(argument::REJECT_PUBLISH),
+    );
+    arguments.insert(
+        argument::DELIVERY_LIMIT.into(),
         AMQPValue::LongLongInt(i64::from(topology.delivery_limit)),
     );
     arguments
@@ -262,17 +237,6 @@ pub async fn republish(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_prefix_applies_to_every_name_but_not_the_binding() {
-        let settings = BrokerSettings::with_prefix("amqp://h", "t1.");
-        let topology = Topology::from_settings(&settings);
-        assert_eq!(topology.exchange, "t1.clerk.events");
-        assert_eq!(topology.queue, "t1.workspace.provisioning");
-        assert_eq!(topology.dead_letter_exchange, "t1.clerk.events.dlx");
-        assert_eq!(topology.dead_letter_queue, "t1.workspace.provisioning.dlq");
-        assert_eq!(topology.binding_key, "user.*");
-    }
 
     #[test]
     fn the_main_queue_is_a_quorum_queue_with_a_delivery_limit_and_dead_lettering() {

@@ -11,6 +11,8 @@ use clap::builder::TypedValueParser;
 use clap::{Args, ValueEnum};
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::topology;
+
 /// How the service reaches PostgreSQL. The pool numbers are the product's pool settings.
 #[derive(Clone, Debug, Args)]
 pub struct DatabaseSettings {
@@ -116,7 +118,7 @@ pub struct BrokerSettings {
     #[arg(
         long = "amqp-exchange",
         env = "AMQP_EXCHANGE",
-        default_value = "clerk.events",
+        default_value = topology::DEFAULT_EXCHANGE,
         global = true
     )]
     pub exchange: String,
@@ -125,7 +127,7 @@ pub struct BrokerSettings {
     #[arg(
         long = "amqp-queue",
         env = "AMQP_QUEUE",
-        default_value = "workspace.provisioning",
+        default_value = topology::DEFAULT_QUEUE,
         global = true
     )]
     pub queue: String,
@@ -134,7 +136,7 @@ pub struct BrokerSettings {
     #[arg(
         long = "amqp-binding-key",
         env = "AMQP_BINDING_KEY",
-        default_value = "user.*",
+        default_value = topology::DEFAULT_BINDING_KEY,
         global = true
     )]
     pub binding_key: String,
@@ -143,7 +145,7 @@ pub struct BrokerSettings {
     #[arg(
         long = "amqp-dead-letter-exchange",
         env = "AMQP_DEAD_LETTER_EXCHANGE",
-        default_value = "clerk.events.dlx",
+        default_value = topology::DEFAULT_DEAD_LETTER_EXCHANGE,
         global = true
     )]
     pub dead_letter_exchange: String,
@@ -152,7 +154,7 @@ pub struct BrokerSettings {
     #[arg(
         long = "amqp-dead-letter-queue",
         env = "AMQP_DEAD_LETTER_QUEUE",
-        default_value = "workspace.provisioning.dlq",
+        default_value = topology::DEFAULT_DEAD_LETTER_QUEUE,
         global = true
     )]
     pub dead_letter_queue: String,
@@ -162,7 +164,7 @@ pub struct BrokerSettings {
     #[arg(
         long = "amqp-delivery-limit",
         env = "AMQP_DELIVERY_LIMIT",
-        default_value_t = 10,
+        default_value_t = topology::DEFAULT_DELIVERY_LIMIT,
         global = true
     )]
     pub delivery_limit: u32,
@@ -174,12 +176,12 @@ impl BrokerSettings {
         Self {
             url: SecretString::from(url.into()),
             name_prefix: prefix.into(),
-            exchange: "clerk.events".into(),
-            queue: "workspace.provisioning".into(),
-            binding_key: "user.*".into(),
-            dead_letter_exchange: "clerk.events.dlx".into(),
-            dead_letter_queue: "workspace.provisioning.dlq".into(),
-            delivery_limit: 10,
+            exchange: topology::DEFAULT_EXCHANGE.into(),
+            queue: topology::DEFAULT_QUEUE.into(),
+            binding_key: topology::DEFAULT_BINDING_KEY.into(),
+            dead_letter_exchange: topology::DEFAULT_DEAD_LETTER_EXCHANGE.into(),
+            dead_letter_queue: topology::DEFAULT_DEAD_LETTER_QUEUE.into(),
+            delivery_limit: topology::DEFAULT_DELIVERY_LIMIT,
         }
     }
 

@@ -1,4 +1,4 @@
-//! The database health check behind `worker health` (and later `/readyz`).
+//! The database health check behind `worker health` and `/readyz`.
 
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};

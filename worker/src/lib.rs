@@ -1,20 +1,23 @@
 //! Provisioning service for Clerk sign-ups.
 //!
-//! A Clerk webhook body, taken from RabbitMQ by [`consumer`], becomes a validated [`domain::Event`] in [`clerk`]; [`provision`] applies
-//! it to PostgreSQL in one transaction; [`error`] decides whether a failure is worth retrying.
+//! A Clerk webhook body, taken from RabbitMQ by [`consumer`], becomes a validated
+//! [`domain::Event`] in [`clerk`]; [`provision`] applies it to PostgreSQL in one transaction;
+//! [`error`] decides whether a failure is worth retrying.
 //!
 //! - [`config`]: settings from environment variables and flags.
 //! - [`telemetry`]: log set-up.
-//! - [`clerk`]: Clerk's webhook shapes and their conversion into domain types.
+//! - [`clerk`]: Clerk's event type names, webhook shapes and their conversion into domain types.
 //! - [`domain`]: validated types (user id, email, username, names, avatar, workspace name, event).
 //! - [`provision`]: the provisioning transaction, its [`provision::Outcome`], and the one
 //!   database-error classifier.
 //! - [`error`]: the transient/permanent taxonomy.
 //! - [`db`]: connection pool and migrations; [`health`]: the database health check.
-//! - [`broker`]: RabbitMQ connection, topology and confirmed publishing.
+//! - [`topology`]: the broker contract: exchange, queue, header and queue-argument names.
+//! - [`broker`]: RabbitMQ connection, declaring the topology and confirmed publishing.
 //! - [`consumer`]: the delivery loop with reconnection and graceful shutdown.
 //! - [`retry`]: the pure retry policy (decide, backoff with full jitter).
-//! - [`dead_letter`]: dead-letter headers and publishing.
+//! - [`dead_letter`]: writing dead letters, and the `worker dlq` operations on them (list,
+//!   replay, report).
 //! - [`metrics`]: every metric name and its recording function; [`ops`]: `/metrics`, `/healthz`,
 //!   `/readyz`.
 //! - [`ingress`]: the Svix-verified webhook endpoint that publishes to the broker.
@@ -28,7 +31,6 @@ pub mod config;
 pub mod consumer;
 pub mod db;
 pub mod dead_letter;
-pub mod dlq;
 pub mod domain;
 pub mod error;
 pub mod health;
@@ -39,3 +41,4 @@ pub mod provision;
 pub mod retry;
 pub mod service;
 pub mod telemetry;
+pub mod topology;

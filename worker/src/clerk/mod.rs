@@ -5,6 +5,7 @@
 //! [`Invalid`](crate::domain::Invalid) converts into one), and nothing past this module re-checks
 //! a field.
 
+pub mod event_type;
 mod payload;
 
 use serde::de::DeserializeOwned;
@@ -16,10 +17,11 @@ use crate::domain::{
     UserId, UserProfile, Username, UsernameChoice,
 };
 use crate::error::{FailureReason, Rejected};
+use event_type::{USER_CREATED, USER_DELETED, USER_UPDATED};
 use payload::{RawDeletedUser, RawEmailAddress, RawEnvelope, RawUser};
 
 /// The Clerk event types provisioning acts on; everything else is acknowledged and ignored.
-pub const SUPPORTED_TYPES: [&str; 3] = ["user.created", "user.updated", "user.deleted"];
+pub const SUPPORTED_TYPES: [&str; 3] = [USER_CREATED, USER_UPDATED, USER_DELETED];
 
 /// Whether provisioning acts on events of this type.
 pub fn is_supported(event_type: &str) -> bool {
@@ -31,13 +33,13 @@ pub fn is_supported(event_type: &str) -> bool {
 pub fn parse_event(body: &[u8]) -> Result<Event, Rejected> {
     let envelope: RawEnvelope = serde_json::from_slice(body).map_err(invalid_payload)?;
     match envelope.event_type.as_str() {
-        "user.created" | "user.updated" => {
+        USER_CREATED | USER_UPDATED => {
             let user: RawUser = parse_data(envelope.data)?;
-            let is_creation = envelope.event_type == "user.created";
+            let is_creation = envelope.event_type == USER_CREATED;
             profile_from(user, is_creation, envelope.timestamp)
                 .map(|profile| Event::UserChanged(Box::new(profile)))
         }
-        "user.deleted" => {
+        USER_DELETED => {
             let user: RawDeletedUser = parse_data(envelope.data)?;
             deletion_from(user, envelope.timestamp).map(Event::UserDeleted)
         }

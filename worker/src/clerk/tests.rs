@@ -1,3 +1,5 @@
+//! The parser against Clerk-shaped bodies: what becomes which event, and what is refused why.
+
 use serde_json::{Value, json};
 
 use super::*;

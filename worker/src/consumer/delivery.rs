@@ -11,14 +11,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::settle::Settlements;
-use crate::broker::{RECEIVED_AT_HEADER, integer_header, text_header};
-use crate::dead_letter::FAILURE_REASON;
-use crate::dlq::REPLAY_COUNT;
+use crate::broker::{integer_header, text_header};
 use crate::domain::{Event, UserId};
 use crate::error::{ProvisionError, Rejected};
 use crate::metrics::Metrics;
 use crate::provision::{self, Outcome, Provisioned};
 use crate::retry::{Attempts, RetryPolicy};
+use crate::topology::header::{DELIVERY_COUNT, FAILURE_REASON, RECEIVED_AT_MS, REPLAY_COUNT};
 
 /// Provisions deliveries; shared by every delivery task of one broker session. Its work is
 /// spread over the files named for each part: the retry loop (`retrying`), the batch split
@@ -132,14 +131,14 @@ impl Context {
 
 /// Earlier deliveries of this message (quorum queues count them in `x-delivery-count`).
 pub(super) fn redeliveries(delivery: &Delivery) -> u32 {
-    header_i64(delivery, "x-delivery-count")
+    header_i64(delivery, DELIVERY_COUNT)
         .and_then(|n| u32::try_from(n).ok())
         .unwrap_or(0)
 }
 
 /// Time since the ingress received the event, from the millisecond header it sets.
 fn lag_since_received(delivery: &Delivery) -> Option<Duration> {
-    let received = header_i64(delivery, RECEIVED_AT_HEADER)?;
+    let received = header_i64(delivery, RECEIVED_AT_MS)?;
     let lag_ms = Utc::now().timestamp_millis().checked_sub(received)?;
     u64::try_from(lag_ms).ok().map(Duration::from_millis)
 }

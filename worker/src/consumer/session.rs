@@ -18,7 +18,8 @@ use super::Consumer;
 use super::batch::{Ready, take_batch};
 use super::delivery::Processor;
 use super::settle::Settlements;
-use crate::broker::{self, Topology};
+use crate::broker;
+use crate::topology::Topology;
 
 /// How a session ended.
 pub enum SessionEnd {

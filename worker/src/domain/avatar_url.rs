@@ -1,3 +1,5 @@
+//! The user's picture URL, kept only when it is a usable http(s) URL.
+
 use url::Url;
 
 /// An absolute http(s) URL for the user's picture.

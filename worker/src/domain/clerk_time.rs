@@ -1,3 +1,5 @@
+//! Clerk's timestamps, which decide whether an event is older than what is stored.
+
 use chrono::{DateTime, Utc};
 
 use super::Invalid;

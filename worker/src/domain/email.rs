@@ -1,3 +1,5 @@
+//! The user's primary email address, as the schema's `valid_email` check accepts it.
+
 use std::sync::LazyLock;
 
 use regex::Regex;

@@ -1,4 +1,7 @@
+//! The validated event: what one Clerk webhook asks provisioning to do.
+
 use super::{AvatarUrl, ClerkTime, DerivedUsername, Email, PersonName, UserId, Username};
+use crate::clerk::event_type::{USER_CREATED, USER_DELETED, USER_UPDATED};
 
 /// A Clerk webhook, validated: what provisioning acts on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,7 +19,7 @@ impl Event {
     pub fn event_type(&self) -> &str {
         match self {
             Self::UserChanged(profile) => profile.event_type(),
-            Self::UserDeleted(_) => "user.deleted",
+            Self::UserDeleted(_) => USER_DELETED,
             Self::Unsupported { event_type } => event_type,
         }
     }
@@ -48,9 +51,9 @@ impl UserProfile {
     /// Clerk's `type` of the event this profile came in.
     pub fn event_type(&self) -> &'static str {
         if self.is_creation {
-            "user.created"
+            USER_CREATED
         } else {
-            "user.updated"
+            USER_UPDATED
         }
     }
 }

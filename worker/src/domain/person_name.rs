@@ -1,3 +1,5 @@
+//! First and last names: optional and cosmetic, so too long is cut rather than refused.
+
 /// A first or last name: non-blank, at most 50 characters (characters, not bytes).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PersonName(String);

@@ -1,3 +1,5 @@
+//! Clerk's user id, the key every row of a user hangs from.
+
 use std::fmt;
 
 use super::Invalid;

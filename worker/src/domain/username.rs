@@ -1,3 +1,5 @@
+//! Usernames: the one a user chose, or the pair derived for a user without one.
+
 use super::{Email, Invalid, UserId};
 
 /// A username the `valid_username` constraint accepts: 3 to 30 of `[A-Za-z0-9_]`.

@@ -1,3 +1,5 @@
+//! The name of a user's workspace, as the schema's `valid_workspace_name` check accepts it.
+
 use super::Invalid;
 
 /// A workspace name the `valid_workspace_name` constraint accepts: not blank, at most 100

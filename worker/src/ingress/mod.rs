@@ -30,9 +30,10 @@ use tracing::{info, instrument, warn};
 pub use publisher::Publisher;
 use signature::{SignatureError, SignedHeaders, Verifier};
 
-use crate::broker::{PublishError, RECEIVED_AT_HEADER};
+use crate::broker::PublishError;
 use crate::clerk;
 use crate::metrics::Metrics;
+use crate::topology::header::RECEIVED_AT_MS;
 
 /// What the handler needs, shared by every request.
 #[derive(Clone)]
@@ -187,7 +188,7 @@ async fn accept(
 fn properties(signed: &SignedHeaders, received_at_ms: i64) -> BasicProperties {
     let mut headers = FieldTable::default();
     headers.insert(
-        RECEIVED_AT_HEADER.into(),
+        RECEIVED_AT_MS.into(),
         AMQPValue::LongLongInt(received_at_ms),
     );
     BasicProperties::default()

@@ -13,10 +13,11 @@ use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::broker::{self, PublishError, Topology};
+use crate::broker::{self, PublishError};
 use crate::config::BrokerSettings;
 use crate::ops::ReadyFlag;
 use crate::retry::RetryPolicy;
+use crate::topology::Topology;
 
 /// How often the keeper looks at the connection's health.
 const WATCH_INTERVAL: Duration = Duration::from_millis(250);

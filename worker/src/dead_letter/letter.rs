@@ -1,32 +1,16 @@
-//! Dead-letter operations for on-call engineers: list what failed and why, preview a replay, and
-//! replay exactly the chosen events, safely, while the worker keeps running.
-//!
-//! Reading a dead letter never removes it: each is taken unacknowledged on a channel of our own
-//! and goes back to the queue when that channel closes, even if this process is killed. A replayed
-//! one is acknowledged (removed) only after the broker confirmed its republish, so an
-//! interruption can at worst replay an event twice, which provisioning absorbs.
-
-mod replay;
-pub mod report;
-
-use std::collections::BTreeMap;
+//! One dead letter as operators see it, read from the message's headers, and the filter the
+//! `dlq` commands choose letters with.
 
 use lapin::message::BasicGetMessage;
-use lapin::options::BasicGetOptions;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Connection};
 use serde::Serialize;
 
-use crate::broker::{self, Topology, integer_header, text_header};
-use crate::config::BrokerSettings;
-use crate::dead_letter::{
-    ATTEMPTS, FAILURE_DETAIL, FAILURE_REASON, FIRST_FAILED_AT, LAST_FAILED_AT,
+use crate::broker::{integer_header, text_header};
+use crate::topology::header::{
+    ATTEMPTS, DEATH, DEATH_REASON, FAILURE_DETAIL, FAILURE_REASON, FIRST_FAILED_AT, LAST_FAILED_AT,
+    REPLAY_COUNT,
 };
 
-pub use replay::{ReplayPlan, ReplaySummary, replay};
-
-/// Header counting how many times a dead letter was replayed.
-pub const REPLAY_COUNT: &str = "x-replay-count";
 /// The reason shown for letters the broker dead-lettered itself (delivery limit exceeded).
 const BROKER_REASON_FALLBACK: &str = "unknown";
 
@@ -68,105 +52,6 @@ impl Filter {
     }
 }
 
-/// What `dlq list` prints.
-#[derive(Debug, Serialize)]
-pub struct Listing {
-    pub dead_letters: Vec<DeadLetter>,
-    /// Over every matching dead letter, `--limit` or not.
-    pub counts_by_reason: BTreeMap<String, usize>,
-    pub total: usize,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum DlqError {
-    #[error("broker: {0}")]
-    Broker(#[from] lapin::Error),
-    #[error("database: {0}")]
-    Database(#[from] sea_orm::DbErr),
-    #[error("republishing failed: {0}")]
-    Publish(#[from] broker::PublishError),
-}
-
-/// A private view of the dead-letter queue: what it takes stays unacknowledged, and returns to
-/// the queue when [`close`](Self::close) runs or the connection drops.
-pub(crate) struct Browser {
-    pub connection: Connection,
-    channel: Channel,
-    queue: String,
-    pub topology: Topology,
-    /// Dead letters waiting when the browser opened: it looks at no more, so letters that
-    /// arrive meanwhile (a replayed event failing again) are not taken in the same run.
-    remaining: u32,
-}
-
-impl Browser {
-    pub async fn open(settings: &BrokerSettings) -> Result<Self, DlqError> {
-        let topology = Topology::from_settings(settings);
-        let connection = broker::connect(settings, "dlq").await?;
-        let channel = connection.create_channel().await?;
-        broker::declare(&channel, &topology).await?;
-        let remaining = broker::ready_messages(&channel, &topology.dead_letter_queue).await?;
-        Ok(Self {
-            connection,
-            channel,
-            queue: topology.dead_letter_queue.clone(),
-            topology,
-            remaining,
-        })
-    }
-
-    /// The next dead letter not yet taken by this browser, if any.
-    pub async fn next(&mut self) -> Result<Option<BasicGetMessage>, DlqError> {
-        if self.remaining == 0 {
-            return Ok(None);
-        }
-        self.remaining -= 1;
-        Ok(self
-            .channel
-            .basic_get(self.queue.as_str().into(), BasicGetOptions::default())
-            .await?)
-    }
-
-    /// Gives back everything taken and not acknowledged.
-    pub async fn close(self) {
-        let _ = self.channel.close(200, "dlq done".into()).await;
-        let _ = self.connection.close(200, "dlq done".into()).await;
-    }
-}
-
-/// Lists dead letters without removing any.
-pub async fn list(settings: &BrokerSettings, filter: &Filter) -> Result<Listing, DlqError> {
-    let mut browser = Browser::open(settings).await?;
-    let mut listing = Listing {
-        dead_letters: Vec::new(),
-        counts_by_reason: BTreeMap::new(),
-        total: 0,
-    };
-    let result = async {
-        while let Some(message) = browser.next().await? {
-            let letter = DeadLetter::from_message(&message);
-            if !filter.matches(&letter) {
-                continue;
-            }
-            listing.total += 1;
-            *listing
-                .counts_by_reason
-                .entry(letter.reason.clone())
-                .or_default() += 1;
-            if filter
-                .limit
-                .is_none_or(|limit| listing.dead_letters.len() < limit)
-            {
-                listing.dead_letters.push(letter);
-            }
-        }
-        Ok::<_, DlqError>(())
-    }
-    .await;
-    browser.close().await;
-    result.map(|()| listing)
-}
-
 impl DeadLetter {
     pub fn from_message(message: &BasicGetMessage) -> Self {
         let delivery = &message.delivery;
@@ -199,13 +84,13 @@ fn user_id_of(body: &[u8]) -> Option<String> {
 
 /// Letters the broker dead-lettered (delivery limit) carry `x-death` with the broker's reason.
 fn broker_reason(headers: &FieldTable) -> Option<String> {
-    let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death")? else {
+    let AMQPValue::FieldArray(deaths) = headers.inner().get(DEATH)? else {
         return None;
     };
     let AMQPValue::FieldTable(first) = deaths.as_slice().first()? else {
         return None;
     };
-    text_header(first, "reason").map(|reason| format!("broker_{reason}"))
+    text_header(first, DEATH_REASON).map(|reason| format!("broker_{reason}"))
 }
 
 #[cfg(test)]

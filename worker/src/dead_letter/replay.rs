@@ -11,13 +11,12 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::{Browser, DeadLetter, DlqError, Filter, REPLAY_COUNT};
-use crate::broker::{self, RECEIVED_AT_HEADER};
+use super::browser::Browser;
+use super::{DeadLetter, DlqError, Filter};
+use crate::broker;
+use crate::clerk::event_type::{USER_CREATED, USER_UPDATED};
 use crate::config::BrokerSettings;
-
-/// Header keeping the ingress's original receive time when a replay resets `x-received-at-ms`
-/// (so `event_lag_seconds` measures the replay, not the hours the letter waited).
-pub const ORIGINAL_RECEIVED_AT_HEADER: &str = "x-original-received-at-ms";
+use crate::topology::header::{ORIGINAL_RECEIVED_AT_MS, RECEIVED_AT_MS, REPLAY_COUNT};
 
 /// Whether the user of a user.created/updated dead letter is already provisioned.
 const HAS_WORKSPACE: &str = "SELECT EXISTS (SELECT 1 FROM users u JOIN workspaces w ON w.user_id = u.id \
@@ -118,11 +117,11 @@ async fn republish(
     letter: &DeadLetter,
 ) -> Result<(), DlqError> {
     broker::republish(channel, exchange, &message.delivery, |headers| {
-        if let Some(original) = headers.inner().get(RECEIVED_AT_HEADER).cloned() {
-            headers.insert(ORIGINAL_RECEIVED_AT_HEADER.into(), original);
+        if let Some(original) = headers.inner().get(RECEIVED_AT_MS).cloned() {
+            headers.insert(ORIGINAL_RECEIVED_AT_MS.into(), original);
         }
         let now = Utc::now().timestamp_millis();
-        headers.insert(RECEIVED_AT_HEADER.into(), AMQPValue::LongLongInt(now));
+        headers.insert(RECEIVED_AT_MS.into(), AMQPValue::LongLongInt(now));
         headers.insert(
             REPLAY_COUNT.into(),
             AMQPValue::LongLongInt(letter.replay_count + 1),
@@ -137,7 +136,7 @@ async fn already_provisioned(
     db: &DatabaseConnection,
     letter: &DeadLetter,
 ) -> Result<bool, DlqError> {
-    let (Some(user_id), "user.created" | "user.updated") =
+    let (Some(user_id), USER_CREATED | USER_UPDATED) =
         (&letter.user_id, letter.event_type.as_str())
     else {
         return Ok(false);

@@ -1,7 +1,5 @@
-//! Dead letters: an event that can never be provisioned, kept byte for byte with why it failed,
-//! for operators to inspect and replay.
-//!
-//! The header names are a public contract (dashboards, `worker dlq`, runbooks).
+//! Writing a dead letter: the delivery republished to the dead-letter exchange byte for byte,
+//! with headers saying why and when it failed.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use lapin::Channel;
@@ -10,12 +8,9 @@ use lapin::types::{AMQPValue, FieldTable};
 
 use crate::broker::{self, PublishError};
 use crate::error::FailureReason;
-
-pub const FAILURE_REASON: &str = "x-failure-reason";
-pub const FAILURE_DETAIL: &str = "x-failure-detail";
-pub const ATTEMPTS: &str = "x-attempts";
-pub const FIRST_FAILED_AT: &str = "x-first-failed-at";
-pub const LAST_FAILED_AT: &str = "x-last-failed-at";
+use crate::topology::header::{
+    ATTEMPTS, FAILURE_DETAIL, FAILURE_REASON, FIRST_FAILED_AT, LAST_FAILED_AT,
+};
 
 /// Longest `x-failure-detail` kept: enough for a database error, bounded for the broker.
 const MAX_DETAIL_CHARS: usize = 1000;

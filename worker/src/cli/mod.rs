@@ -1,0 +1,201 @@
+//! The `worker` command line: one subcommand per operator task, dispatched to the module of its
+//! group. The binary's edge, so errors are `anyhow` here and typed everywhere below.
+
+mod database;
+mod dlq;
+mod provision;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing::error;
+
+use crate::config::{
+    BrokerSettings, ConsumerSettings, DatabaseSettings, IngressSettings, LogFormat, OpsSettings,
+};
+use crate::{service, telemetry};
+
+pub use dlq::{DlqCommand, FilterArgs};
+pub use provision::{EXIT_PERMANENT, EXIT_TRANSIENT};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "worker",
+    version,
+    about = "Provisions users and workspaces from Clerk events"
+)]
+pub struct Cli {
+    /// Log line format on stderr.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t, global = true)]
+    pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub database: DatabaseSettings,
+
+    #[command(flatten)]
+    pub broker: BrokerSettings,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the database if it is missing and apply pending migrations.
+    Migrate,
+    /// Print the database health check as JSON; exit status 1 when unhealthy.
+    Health,
+    /// Apply one Clerk event body without the broker and print the outcome as one JSON line.
+    Provision {
+        /// The webhook body: a file, or `-` for standard input.
+        file: PathBuf,
+    },
+    /// Consume Clerk events from RabbitMQ and provision them until SIGTERM/SIGINT.
+    Consume {
+        #[command(flatten)]
+        consumer: ConsumerSettings,
+        #[command(flatten)]
+        ops: OpsSettings,
+    },
+    /// Serve the Clerk webhook endpoint alone, publishing verified events to RabbitMQ.
+    Ingress {
+        #[command(flatten)]
+        ingress: IngressSettings,
+        #[command(flatten)]
+        ops: OpsSettings,
+    },
+    /// Inspect and replay dead letters.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Everything in one process: migrate, then ingress, consumer and ops server.
+    Run {
+        #[command(flatten)]
+        consumer: ConsumerSettings,
+        #[command(flatten)]
+        ingress: IngressSettings,
+        #[command(flatten)]
+        ops: OpsSettings,
+    },
+}
+
+/// The whole binary: parse arguments, set up logs, run the subcommand.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            error!(error = %err, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli.run()) {
+        Ok(code) => code,
+        Err(err) => {
+            error!(error = format!("{err:#}"), "command failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+impl Cli {
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        if let Some(plan) = self.service_plan() {
+            service::run(plan).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        let Self {
+            database,
+            broker,
+            command,
+            ..
+        } = self;
+        match command {
+            Command::Migrate => database::migrate(&database).await,
+            Command::Health => Ok(database::health(&database).await),
+            Command::Provision { file } => provision::run(&database, &file).await,
+            Command::Dlq { command } => dlq::run(&database, &broker, command).await,
+            // Handled above, through their service plan.
+            Command::Consume { .. } | Command::Ingress { .. } | Command::Run { .. } => {
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    }
+
+    /// The parts a long-running command (`consume`, `ingress`, `run`) runs; `None` for the
+    /// one-shot commands. Tests build an in-process application from it.
+    pub fn service_plan(&self) -> Option<service::Plan> {
+        let plan = |ops: &OpsSettings, migrate, consumer, ingress| service::Plan {
+            database: self.database.clone(),
+            broker: self.broker.clone(),
+            ops: ops.clone(),
+            migrate,
+            consumer,
+            ingress,
+        };
+        match &self.command {
+            Command::Consume { consumer, ops } => {
+                Some(plan(ops, false, Some(consumer.clone()), None))
+            }
+            Command::Ingress { ingress, ops } => {
+                Some(plan(ops, false, None, Some(ingress.clone())))
+            }
+            Command::Run {
+                consumer,
+                ingress,
+                ops,
+            } => Some(plan(
+                ops,
+                true,
+                Some(consumer.clone()),
+                Some(ingress.clone()),
+            )),
+            Command::Migrate
+            | Command::Health
+            | Command::Provision { .. }
+            | Command::Dlq { .. } => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_are_the_products() {
+        let cli = Cli::try_parse_from(["worker", "consume"]).unwrap();
+        assert_eq!(
+            cli.database.expose_url(),
+            "postgres://postgres@127.0.0.1:5432/provisioning"
+        );
+        assert_eq!(
+            cli.broker.expose_url(),
+            "amqp://guest:guest@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(cli.broker.exchange, "clerk.events");
+        assert_eq!(cli.broker.delivery_limit, 10);
+        let Command::Consume { consumer, ops } = cli.command else {
+            panic!("expected consume");
+        };
+        assert_eq!(consumer.prefetch, 64);
+        assert_eq!(consumer.max_concurrency, 16);
+        assert_eq!(consumer.retry_max_attempts, 8);
+        assert_eq!(
+            consumer.retry_initial_delay,
+            std::time::Duration::from_millis(100)
+        );
+        assert_eq!(consumer.retry_max_delay, std::time::Duration::from_secs(30));
+        assert_eq!(ops.metrics_addr.to_string(), "0.0.0.0:9000");
+    }
+}

@@ -1,0 +1,131 @@
+//! The broker contract: the default exchange, queue and binding names, the headers a message
+//! carries, and the queue arguments. Operators, dashboards and runbooks rely on these exact
+//! strings, so each is spelled here and only here; settings and [`Topology`] build on them.
+
+use crate::clerk::event_type;
+use crate::config::BrokerSettings;
+
+/// Durable topic exchange Clerk events are published to (routing key = event type).
+pub const DEFAULT_EXCHANGE: &str = "clerk.events";
+/// Quorum queue the worker consumes.
+pub const DEFAULT_QUEUE: &str = "workspace.provisioning";
+/// Binding of the queue to the exchange: every user event.
+pub const DEFAULT_BINDING_KEY: &str = event_type::ANY_USER_EVENT;
+/// Exchange dead letters go to.
+pub const DEFAULT_DEAD_LETTER_EXCHANGE: &str = "clerk.events.dlx";
+/// Quorum queue holding dead letters for operators.
+pub const DEFAULT_DEAD_LETTER_QUEUE: &str = "workspace.provisioning.dlq";
+/// Binding of the dead-letter queue: every routing key, so nothing dead-lettered is lost.
+pub const DEAD_LETTER_BINDING_KEY: &str = "#";
+/// Deliveries of one message before the broker dead-letters it.
+pub const DEFAULT_DELIVERY_LIMIT: u32 = 10;
+
+/// Message headers: those the product sets, and those the broker sets that it reads.
+pub mod header {
+    /// When the ingress received the event, in milliseconds since the epoch (the AMQP
+    /// `timestamp` property only has seconds). `event_lag_seconds` starts there.
+    pub const RECEIVED_AT_MS: &str = "x-received-at-ms";
+    /// The ingress's receive time of a replayed letter, kept when a replay resets
+    /// [`RECEIVED_AT_MS`] (so `event_lag_seconds` measures the replay, not the wait).
+    pub const ORIGINAL_RECEIVED_AT_MS: &str = "x-original-received-at-ms";
+    /// A dead letter's failure reason code.
+    pub const FAILURE_REASON: &str = "x-failure-reason";
+    /// A dead letter's failure, in words.
+    pub const FAILURE_DETAIL: &str = "x-failure-detail";
+    /// Attempts made before the event was dead-lettered.
+    pub const ATTEMPTS: &str = "x-attempts";
+    pub const FIRST_FAILED_AT: &str = "x-first-failed-at";
+    pub const LAST_FAILED_AT: &str = "x-last-failed-at";
+    /// How many times a dead letter was replayed.
+    pub const REPLAY_COUNT: &str = "x-replay-count";
+    /// Set by quorum queues: earlier deliveries of this message.
+    pub const DELIVERY_COUNT: &str = "x-delivery-count";
+    /// Set by the broker on a message it dead-lettered itself: a list of tables.
+    pub const DEATH: &str = "x-death";
+    /// The field of a [`DEATH`] table saying why (e.g. `delivery_limit`).
+    pub const DEATH_REASON: &str = "reason";
+}
+
+/// Queue arguments (`x-arguments`) and their values.
+pub mod argument {
+    pub const QUEUE_TYPE: &str = "x-queue-type";
+    pub const QUORUM: &str = "quorum";
+    pub const DEAD_LETTER_EXCHANGE: &str = "x-dead-letter-exchange";
+    pub const DEAD_LETTER_STRATEGY: &str = "x-dead-letter-strategy";
+    pub const AT_LEAST_ONCE: &str = "at-least-once";
+    pub const OVERFLOW: &str = "x-overflow";
+    pub const REJECT_PUBLISH: &str = "reject-publish";
+    pub const DELIVERY_LIMIT: &str = "x-delivery-limit";
+}
+
+/// The names the product's exchanges and queues go by, with the prefix applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topology {
+    pub exchange: String,
+    pub queue: String,
+    pub binding_key: String,
+    pub dead_letter_exchange: String,
+    pub dead_letter_queue: String,
+    pub delivery_limit: u32,
+}
+
+impl Topology {
+    pub fn from_settings(settings: &BrokerSettings) -> Self {
+        let prefixed = |name: &str| format!("{}{name}", settings.name_prefix);
+        Self {
+            exchange: prefixed(&settings.exchange),
+            queue: prefixed(&settings.queue),
+            binding_key: settings.binding_key.clone(),
+            dead_letter_exchange: prefixed(&settings.dead_letter_exchange),
+            dead_letter_queue: prefixed(&settings.dead_letter_queue),
+            delivery_limit: settings.delivery_limit,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prefix_applies_to_every_name_but_not_the_binding() {
+        let settings = BrokerSettings::with_prefix("amqp://h", "t1.");
+        let topology = Topology::from_settings(&settings);
+        assert_eq!(topology.exchange, "t1.clerk.events");
+        assert_eq!(topology.queue, "t1.workspace.provisioning");
+        assert_eq!(topology.dead_letter_exchange, "t1.clerk.events.dlx");
+        assert_eq!(topology.dead_letter_queue, "t1.workspace.provisioning.dlq");
+        assert_eq!(topology.binding_key, "user.*");
+    }
+
+    #[test]
+    fn header_names_are_the_published_ones() {
+        let names = [
+            header::RECEIVED_AT_MS,
+            header::ORIGINAL_RECEIVED_AT_MS,
+            header::FAILURE_REASON,
+            header::FAILURE_DETAIL,
+            header::ATTEMPTS,
+            header::FIRST_FAILED_AT,
+            header::LAST_FAILED_AT,
+            header::REPLAY_COUNT,
+            header::DELIVERY_COUNT,
+            header::DEATH,
+        ];
+        assert_eq!(
+            names,
+            [
+                "x-received-at-ms",
+                "x-original-received-at-ms",
+                "x-failure-reason",
+                "x-failure-detail",
+                "x-attempts",
+                "x-first-failed-at",
+                "x-last-failed-at",
+                "x-replay-count",
+                "x-delivery-count",
+                "x-death",
+            ]
+        );
+    }
+}

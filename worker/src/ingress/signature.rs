@@ -65,6 +65,15 @@ pub struct SignedHeaders {
 }
 
 impl SignedHeaders {
+    /// Refuses a timestamp more than [`TOLERANCE_SECONDS`] from `now` (seconds since the epoch),
+    /// either way: checked before the body is read, and again by [`Verifier::verify`].
+    pub fn check_timestamp(&self, now: i64) -> Result<(), SignatureError> {
+        if (now - self.timestamp).abs() > TOLERANCE_SECONDS {
+            return Err(SignatureError::TimestampOutOfTolerance);
+        }
+        Ok(())
+    }
+
     pub fn from_headers(headers: &HeaderMap) -> Result<Self, SignatureError> {
         let id = header(headers, "svix-id", "webhook-id")?;
         let timestamp = header(headers, "svix-timestamp", "webhook-timestamp")?;
@@ -138,9 +147,7 @@ impl Verifier {
         body: &[u8],
         now: i64,
     ) -> Result<(), SignatureError> {
-        if (now - headers.timestamp).abs() > TOLERANCE_SECONDS {
-            return Err(SignatureError::TimestampOutOfTolerance);
-        }
+        headers.check_timestamp(now)?;
         let candidates: Vec<Vec<u8>> = headers
             .signature
             .split_whitespace()

@@ -228,3 +228,218 @@ fn a_non_numeric_timestamp_or_oversized_id_is_invalid() {
         Err(SignatureError::InvalidHeader("svix-id"))
     );
 }
+
+/// The three headers as `SignedHeaders::from_headers` reads them, each replaceable.
+fn header_map(id: &str, timestamp: &str, signature: &str) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    map.insert("svix-id", id.parse().unwrap());
+    map.insert("svix-timestamp", timestamp.parse().unwrap());
+    map.insert("svix-signature", signature.parse().unwrap());
+    map
+}
+
+/// `count` space-separated copies of `entry`.
+fn repeated(entry: &str, count: usize) -> String {
+    vec![entry; count].join(" ")
+}
+
+/// A well-formed v1 entry (32 bytes) that matches nothing.
+const DECOY: &str = "v1,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6mc=";
+
+fn macs_to_verify(secrets: &str, signature: &str) -> (Result<(), SignatureError>, usize) {
+    let verifier = Verifier::from_secrets(secrets).unwrap();
+    let h = headers(ID_A, TS_A, signature);
+    mac_count::during(|| verifier.verify(&h, BODY_A, TS_A))
+}
+
+#[test]
+fn forty_thousand_empty_entries_cost_no_mac() {
+    let (result, macs) = macs_to_verify(SECRET_A, &repeated("v1,", 40_000));
+    assert_eq!((result, macs), (Err(SignatureError::NoMatch), 0));
+}
+
+#[test]
+fn entries_that_cannot_be_a_tag_cost_no_mac() {
+    let short_long_or_not_base64 = [
+        "v1,bm9wZQ==",
+        "v1,AAAA",
+        "v1,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6mcA",
+        "v1,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6mc",
+        "v1,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6m*=",
+        "v1,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6mcAAA==",
+        "v2,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+    ]
+    .join(" ");
+    let rotated = format!("{SECRET_A} {SECRET_B}");
+    let (result, macs) = macs_to_verify(&rotated, &short_long_or_not_base64);
+    assert_eq!((result, macs), (Err(SignatureError::NoMatch), 0));
+}
+
+#[test]
+fn forty_thousand_tag_shaped_decoys_cost_one_mac_per_secret() {
+    let decoys = repeated(DECOY, 40_000);
+    assert_eq!(
+        macs_to_verify(SECRET_A, &decoys),
+        (Err(SignatureError::NoMatch), 1)
+    );
+    let rotated = format!("{SECRET_B} {SECRET_A}");
+    assert_eq!(
+        macs_to_verify(&rotated, &decoys),
+        (Err(SignatureError::NoMatch), 2)
+    );
+}
+
+#[test]
+fn a_match_among_decoys_costs_at_most_one_mac_per_secret() {
+    let signature = format!(
+        "{} {SIG_A} {}",
+        repeated(DECOY, 20_000),
+        repeated(DECOY, 20_000)
+    );
+    assert_eq!(macs_to_verify(SECRET_A, &signature), (Ok(()), 1));
+    let matching_secret_second = format!("{SECRET_B} {SECRET_A}");
+    assert_eq!(
+        macs_to_verify(&matching_secret_second, &signature),
+        (Ok(()), 2)
+    );
+    let matching_secret_first = format!("{SECRET_A} {SECRET_B}");
+    assert_eq!(
+        macs_to_verify(&matching_secret_first, &signature),
+        (Ok(()), 1)
+    );
+}
+
+#[test]
+fn an_out_of_tolerance_timestamp_costs_no_mac() {
+    let verifier = Verifier::from_secrets(SECRET_A).unwrap();
+    let h = headers(ID_A, TS_A, SIG_A);
+    let (result, macs) = mac_count::during(|| verifier.verify(&h, BODY_A, TS_A + 301));
+    assert_eq!(
+        (result, macs),
+        (Err(SignatureError::TimestampOutOfTolerance), 0)
+    );
+}
+
+#[test]
+fn sixteen_signatures_are_read_and_seventeen_are_invalid() {
+    let sixteen = format!("{} {SIG_A}", repeated("v1,", 15));
+    let map = header_map(ID_A, &TS_A.to_string(), &sixteen);
+    assert_eq!(
+        SignedHeaders::from_headers(&map),
+        Ok(headers(ID_A, TS_A, &sixteen))
+    );
+    for seventeen in [
+        format!("{sixteen} v2,x"),
+        repeated("v1,", 17),
+        repeated("v1,", 40_000),
+    ] {
+        let map = header_map(ID_A, &TS_A.to_string(), &seventeen);
+        assert_eq!(
+            SignedHeaders::from_headers(&map),
+            Err(SignatureError::InvalidHeader("svix-signature"))
+        );
+    }
+}
+
+#[test]
+fn a_value_over_four_kib_under_any_of_the_six_names_is_invalid() {
+    let oversized = "m".repeat(MAX_HEADER_BYTES + 1);
+    let at_limit = format!(
+        "{SIG_A} v2,{}",
+        "x".repeat(MAX_HEADER_BYTES - SIG_A.len() - 4)
+    );
+    assert_eq!(at_limit.len(), MAX_HEADER_BYTES);
+    let map = header_map(ID_A, &TS_A.to_string(), &at_limit);
+    assert!(SignedHeaders::from_headers(&map).is_ok());
+
+    for name in [
+        "svix-id",
+        "svix-timestamp",
+        "svix-signature",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+    ] {
+        let mut map = header_map(ID_A, &TS_A.to_string(), SIG_A);
+        map.append(name, oversized.parse().unwrap());
+        assert_eq!(
+            SignedHeaders::from_headers(&map),
+            Err(SignatureError::InvalidHeader(name)),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn a_timestamp_is_one_to_ten_ascii_digits() {
+    for valid in ["0", "1614265330", "9999999999", "0000000001"] {
+        let map = header_map(ID_A, valid, SIG_A);
+        let parsed = SignedHeaders::from_headers(&map).map(|h| h.timestamp);
+        assert_eq!(parsed, Ok(valid.parse().unwrap()), "{valid:?}");
+    }
+    for invalid in [
+        "",
+        " ",
+        "+1614265330",
+        "-1614265330",
+        "-0",
+        "16142653300",
+        "16142653300000",
+        "99999999999999999999",
+        " 1614265330",
+        "1614265330 ",
+        "1614265330\t",
+        "1_614_265_330",
+        "1614265330.0",
+        "0x5f",
+        "abc",
+    ] {
+        let map = header_map(ID_A, invalid, SIG_A);
+        assert_eq!(
+            SignedHeaders::from_headers(&map),
+            Err(SignatureError::InvalidHeader("svix-timestamp")),
+            "{invalid:?}"
+        );
+    }
+}
+
+#[test]
+fn the_tolerance_check_cannot_overflow() {
+    for (timestamp, now) in [
+        (i64::MIN, i64::MAX),
+        (i64::MAX, i64::MIN),
+        (0, i64::MIN),
+        (i64::MIN, 0),
+    ] {
+        assert_eq!(
+            headers(ID_A, timestamp, SIG_A).check_timestamp(now),
+            Err(SignatureError::TimestampOutOfTolerance),
+            "{timestamp} at {now}"
+        );
+    }
+    assert_eq!(
+        headers(ID_A, i64::MAX, SIG_A).check_timestamp(i64::MAX - 300),
+        Ok(())
+    );
+    assert_eq!(
+        headers(ID_A, i64::MIN, SIG_A).check_timestamp(i64::MIN + 300),
+        Ok(())
+    );
+}
+
+#[test]
+fn a_zero_timestamp_reads_and_is_out_of_tolerance() {
+    let map = header_map(ID_A, "0", SIG_A);
+    let h = SignedHeaders::from_headers(&map).unwrap();
+    assert_eq!(
+        h.check_timestamp(TS_A),
+        Err(SignatureError::TimestampOutOfTolerance)
+    );
+}
+
+#[test]
+fn every_header_limit_is_the_invalid_header_code() {
+    for name in ["svix-id", "svix-timestamp", "svix-signature", "webhook-id"] {
+        assert_eq!(SignatureError::InvalidHeader(name).code(), "invalid_header");
+    }
+}

@@ -134,4 +134,6 @@ fn deletion_from(user: RawDeletedUser, timestamp: Option<i64>) -> Result<UserDel
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;

@@ -162,26 +162,36 @@ pub async fn offer(
     Ok(())
 }
 
+/// POSTs one signed webhook; a 503 (the ingress shedding load, or the broker away) is tried
+/// again with the same id, as Svix does, until it is accepted.
 async fn post(
     client: &reqwest::Client,
     addr: std::net::SocketAddr,
     body: &[u8],
 ) -> anyhow::Result<()> {
     let webhook = Webhook::signed(SECRET, body);
-    let response = client
-        .post(format!("http://{addr}/webhooks/clerk"))
-        .header("svix-id", &webhook.id)
-        .header("svix-timestamp", webhook.timestamp.to_string())
-        .header("svix-signature", &webhook.signature)
-        .body(webhook.body)
-        .send()
-        .await
-        .context("POST /webhooks/clerk")?;
-    if response.status().as_u16() != 202 {
-        bail!("the ingress answered {}", response.status());
+    for _ in 0..RETRIES_503 {
+        let response = client
+            .post(format!("http://{addr}/webhooks/clerk"))
+            .header("svix-id", &webhook.id)
+            .header("svix-timestamp", webhook.timestamp.to_string())
+            .header("svix-signature", &webhook.signature)
+            .body(webhook.body.clone())
+            .send()
+            .await
+            .context("POST /webhooks/clerk")?;
+        match response.status().as_u16() {
+            202 => return Ok(()),
+            503 => tokio::time::sleep(RETRY_503_AFTER).await,
+            status => bail!("the ingress answered {status}"),
+        }
     }
-    Ok(())
+    bail!("the ingress answered 503 {RETRIES_503} times")
 }
+
+/// How often, and how soon, a 503 is tried again.
+const RETRIES_503: usize = 50;
+const RETRY_503_AFTER: Duration = Duration::from_millis(100);
 
 async fn latencies(stack: &Stack, starts: &Starts) -> anyhow::Result<Latency> {
     let mut samples: Vec<f64> = commit_latencies(stack, starts)

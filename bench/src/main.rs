@@ -8,6 +8,7 @@
 mod ceiling;
 mod drain;
 mod e2e;
+mod hostile;
 mod soak;
 mod stack;
 mod stats;
@@ -65,6 +66,15 @@ struct Args {
     /// nothing scrapes it.
     #[arg(long, value_parser = soak::parse_period)]
     scrape_interval: Option<std::time::Duration>,
+    /// `hostile`: seconds of valid traffic, once without and once under the attack.
+    #[arg(long, default_value_t = 20)]
+    hostile_seconds: u64,
+    /// `hostile`: invalid-signature requests per second the attackers send.
+    #[arg(long, default_value_t = 500.0)]
+    attack_rate: f64,
+    /// `hostile`: connections the attackers keep trickling an unfinished request head.
+    #[arg(long, default_value_t = 200)]
+    slow_connections: usize,
     /// Also write the figures here as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -76,6 +86,8 @@ enum Phase {
     Drain,
     E2e,
     Latency,
+    /// Valid traffic at half the e2e rate, with and without an attack beside it.
+    Hostile,
     All,
     /// Memory and latency over minutes at a steady rate; never part of `all`.
     Soak,
@@ -96,6 +108,7 @@ struct Report {
     e2e: Option<e2e::EndToEnd>,
     latency: Option<e2e::FixedRate>,
     soak: Option<soak::Soak>,
+    hostile: Option<hostile::Hostile>,
     drain_over_ceiling: Option<f64>,
     drain_batched_over_ceiling: Option<f64>,
     e2e_over_ceiling: Option<f64>,
@@ -156,6 +169,18 @@ async fn main() -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("latency alone needs --rate"))?;
         eprintln!("latency: {} webhooks at {rate:.0}/s", args.latency_events);
         report.latency = Some(e2e::fixed_rate(args.latency_events, rate, &worker_env).await?);
+    }
+    if wants(Phase::Hostile) {
+        let rate = args
+            .rate
+            .or_else(|| report.e2e.map(|e2e| e2e.events_per_s / 2.0))
+            .ok_or_else(|| anyhow::anyhow!("hostile alone needs --rate"))?;
+        let events = (rate * args.hostile_seconds as f64) as usize;
+        let attack = hostile::Attack {
+            invalid_per_s: args.attack_rate,
+            slow_connections: args.slow_connections,
+        };
+        report.hostile = Some(hostile::measure(events, rate, attack, &worker_env).await?);
     }
     if args.phase == Phase::Soak {
         let settings = soak::Settings {
@@ -241,6 +266,9 @@ fn table(report: &Report) -> String {
     }
     if let Some(r) = report.latency {
         out += &row("latency", &rate(r.offered_per_s), latency(r.latency), "-");
+    }
+    if let Some(h) = &report.hostile {
+        out += &hostile::table(h);
     }
     out += "\n(ceiling p50 column: pgbench mean latency per transaction)\n";
     if report.ceiling_after.is_some() {

@@ -41,6 +41,7 @@ pub struct DatabaseSettings {
     #[arg(
         long = "database-max-connections",
         env = "DATABASE_MAX_CONNECTIONS",
+        value_name = "DATABASE_MAX_CONNECTIONS",
         default_value_t = 20,
         value_parser = at_least_one::<u32>,
         global = true
@@ -53,6 +54,7 @@ pub struct DatabaseSettings {
     #[arg(
         long = "database-min-connections",
         env = "DATABASE_MIN_CONNECTIONS",
+        value_name = "DATABASE_MIN_CONNECTIONS",
         default_value_t = 8,
         global = true
     )]

@@ -101,12 +101,15 @@ fn assert_output_clean(output: &Output, password: &str, what: &str) {
     assert_no_password(&stderr(output), password, &format!("{what} (stderr)"));
 }
 
+/// Arguments, environment, and the setting the refusal must name.
+type RefusalCase<'a> = (Vec<&'a str>, Vec<(&'a str, String)>, &'a str);
+
 #[test]
 fn each_setting_that_makes_no_sense_exits_2_naming_it_and_never_its_value() {
     let db = |url: String| vec![("DATABASE_URL", url)];
     let amqp = |url: String| vec![("AMQP_URL", url)];
     let flag_url = format!("postgres://app:{PASSWORD}@h/db");
-    let cases: Vec<(Vec<&str>, Vec<(&str, String)>, &str)> = vec![
+    let cases: Vec<RefusalCase> = vec![
         (vec!["consume"], vec![("PREFETCH", "0".into())], "PREFETCH"),
         (vec!["consume", "--prefetch", "0"], vec![], "PREFETCH"),
         (

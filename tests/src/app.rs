@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::ops::Deref;
 use std::time::{Duration, Instant};
 
-use clap::{CommandFactory, Parser};
+use clap::CommandFactory;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use worker::cli::Cli;
@@ -39,7 +39,7 @@ impl TestApp {
             ("INGRESS_ADDR", "127.0.0.1:0".to_owned()),
         ];
         argv.extend(flags(args, listeners.iter().chain(env)));
-        let cli = Cli::try_parse_from(&argv)?;
+        let cli = Cli::configure(&argv)?;
         let plan = cli
             .service_plan()
             .ok_or_else(|| anyhow::anyhow!("{args:?} is not a long-running command"))?;

@@ -359,7 +359,7 @@ async fn no_secret_or_an_undecodable_one_refuses_to_start() {
         let mut process =
             WorkerProcess::spawn(WORKER, &["ingress"], &ingress_env(&broker, secret)).await;
         let status = process.wait_exit(Duration::from_secs(20)).await;
-        assert!(!status.success());
+        assert_eq!(status.code(), Some(2));
         assert!(process.logs().contains(expected), "{}", process.logs());
     }
 }

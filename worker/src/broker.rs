@@ -32,10 +32,14 @@ pub enum PublishError {
 }
 
 /// Opens a connection named after this process, so operators can find it in the management UI.
+/// The URL is parsed by our code: lapin's own parse errors quote the URL, password included.
 pub async fn connect(settings: &BrokerSettings, role: &str) -> Result<Connection, lapin::Error> {
+    let uri = settings
+        .amqp_uri()
+        .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidInput, err))?;
     let name = format!("{role}@{}#{}", hostname(), std::process::id());
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(settings.expose_url(), properties).await
+    Connection::connect_uri(uri, properties).await
 }
 
 fn hostname() -> String {

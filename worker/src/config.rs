@@ -2,7 +2,11 @@
 //!
 //! Defaults are the product's: they work against a local PostgreSQL. Secrets (the URLs may carry
 //! a password; the webhook signing secret) are [`SecretString`]s: hidden from `--help`, redacted
-//! by their `Debug`, and read only where they are used (`expose_*`).
+//! by their `Debug`, and read only where they are used (`expose_*`). The URLs are parsed by our
+//! code ([`urls`]), and settings that make no sense are refused at start ([`check`]).
+
+mod check;
+mod urls;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -13,10 +17,16 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::topology;
 
+pub use check::{ConfigError, EXIT_CONFIG};
+pub use urls::{PostgresTarget, UrlError};
+
 /// How the service reaches PostgreSQL. The pool numbers are the product's pool settings.
 #[derive(Clone, Debug, Args)]
 pub struct DatabaseSettings {
     /// PostgreSQL URL; `worker migrate` creates the named database if it does not exist.
+    /// Percent-encode `/ ? # %` in the user name or password (a raw `@` in the password is
+    /// fine: the last `@` ends it); `?password=` works too; parameters sqlx does not know are
+    /// refused.
     #[arg(
         id = "database_url",
         long = "database-url",
@@ -27,20 +37,24 @@ pub struct DatabaseSettings {
     )]
     pub url: SecretString,
 
-    /// Most connections the pool opens.
+    /// Most connections the pool opens (at least 1).
     #[arg(
         long = "database-max-connections",
         env = "DATABASE_MAX_CONNECTIONS",
+        value_name = "DATABASE_MAX_CONNECTIONS",
         default_value_t = 20,
+        value_parser = at_least_one::<u32>,
         global = true
     )]
     pub max_connections: u32,
 
     /// Connections the pool opens at start and keeps open while idle, so the first sign-ups
-    /// after a start or a quiet spell do not each pay for a new connection.
+    /// after a start or a quiet spell do not each pay for a new connection. Refused above the
+    /// maximum.
     #[arg(
         long = "database-min-connections",
         env = "DATABASE_MIN_CONNECTIONS",
+        value_name = "DATABASE_MIN_CONNECTIONS",
         default_value_t = 8,
         global = true
     )]
@@ -94,7 +108,8 @@ impl DatabaseSettings {
 /// prefix lets tests (or several environments on one broker) keep their topologies apart.
 #[derive(Clone, Debug, Args)]
 pub struct BrokerSettings {
-    /// RabbitMQ URL (`amqp://user:password@host:port/vhost`).
+    /// RabbitMQ URL (`amqp://user:password@host:port/vhost`); credentials are encoded as in
+    /// DATABASE_URL.
     #[arg(
         id = "amqp_url",
         long = "amqp-url",
@@ -199,12 +214,13 @@ impl BrokerSettings {
 /// How the consumer takes and retries deliveries.
 #[derive(Clone, Debug, Args)]
 pub struct ConsumerSettings {
-    /// Unacknowledged deliveries the broker sends ahead (`basic.qos`).
-    #[arg(long, env = "PREFETCH", default_value_t = 64)]
+    /// Unacknowledged deliveries the broker sends ahead (`basic.qos`), at least 1: AMQP reads 0
+    /// as no limit at all.
+    #[arg(long, env = "PREFETCH", default_value_t = 64, value_parser = prefetch_count)]
     pub prefetch: u16,
 
-    /// Provisionings (single events or batches) running at once.
-    #[arg(long, env = "MAX_CONCURRENCY", default_value_t = 16)]
+    /// Provisionings (single events or batches) running at once (at least 1).
+    #[arg(long, env = "MAX_CONCURRENCY", default_value_t = 16, value_parser = at_least_one::<usize>)]
     pub max_concurrency: usize,
 
     /// Most deliveries provisioned together in one transaction. Only deliveries the broker
@@ -287,16 +303,34 @@ fn positive_duration(raw: &str) -> Result<Duration, String> {
     }
 }
 
-/// Replaces the password of a URL, for logs and error messages.
-fn redact(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        Ok(parsed) => parsed.to_string(),
-        Err(_) => "<unparseable url>".to_owned(),
+/// A count where zero would mean no work at all.
+fn at_least_one<T>(raw: &str) -> Result<T, String>
+where
+    T: std::str::FromStr + Default + PartialEq,
+    T::Err: std::fmt::Display,
+{
+    match raw.parse::<T>() {
+        Ok(count) if count == T::default() => Err("must be at least 1".to_owned()),
+        Ok(count) => Ok(count),
+        Err(err) => Err(err.to_string()),
     }
+}
+
+/// A prefetch count: AMQP reads 0 as no limit, so the broker would send the whole queue.
+fn prefetch_count(raw: &str) -> Result<u16, String> {
+    match raw.parse::<u16>() {
+        Ok(0) => {
+            Err("must be at least 1: AMQP reads a prefetch of 0 as no limit at all".to_owned())
+        }
+        Ok(count) => Ok(count),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+/// Replaces every password in a URL, for logs and error messages; an unparsable URL becomes
+/// `<invalid URL>` (it may hold a password where no parser can find it).
+fn redact(raw: &str) -> String {
+    urls::redact(raw)
 }
 
 /// How log lines are written (to stderr; stdout is for command output).

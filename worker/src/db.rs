@@ -4,9 +4,10 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement,
 };
+use secrecy::ExposeSecret;
 use tracing::{debug, info};
 
-use crate::config::DatabaseSettings;
+use crate::config::{ConfigError, DatabaseSettings};
 
 /// The worker's connections' `application_name`.
 pub const APPLICATION_NAME: &str = "worker";
@@ -16,20 +17,22 @@ const DUPLICATE_DATABASE: &str = "42P04";
 
 /// Opens the pool with the product's settings, failing now if the database cannot be reached.
 pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, DbErr> {
-    Database::connect(options(settings)).await
+    Database::connect(options(settings)?).await
 }
 
 /// A pool that does not wait for the database: long-running services start (and report not
 /// ready) while it is down, and their queries fail as `database_unavailable` until it is up.
 /// Its minimum connections open in the background.
 pub async fn connect_lazy(settings: &DatabaseSettings) -> Result<DatabaseConnection, DbErr> {
-    let min_connections = settings.min_connections.min(settings.max_connections);
-    let mut options = options(settings);
-    options.connect_lazy(true).min_connections(min_connections);
+    settings.check().map_err(refused)?;
+    let mut options = options(settings)?;
+    options
+        .connect_lazy(true)
+        .min_connections(settings.min_connections);
     let db = Database::connect(options).await?;
     tokio::spawn(open_min_connections(
         db.get_postgres_connection_pool().clone(),
-        min_connections,
+        settings.min_connections,
     ));
     Ok(db)
 }
@@ -44,8 +47,14 @@ async fn open_min_connections(pool: sea_orm::sqlx::PgPool, count: u32) {
     }
 }
 
-fn options(settings: &DatabaseSettings) -> ConnectOptions {
-    let mut options = ConnectOptions::new(settings.expose_url());
+/// The pool's options. sea-orm records its options, URL included, in a trace span, so its URL
+/// has no password: the password goes straight into sqlx's options, which nothing logs.
+fn options(settings: &DatabaseSettings) -> Result<ConnectOptions, DbErr> {
+    let target = settings.target().map_err(refused)?;
+    let mut options = ConnectOptions::new(target.url);
+    if let Some(password) = target.password {
+        options.map_sqlx_postgres_opts(move |pg| pg.password(password.expose_secret()));
+    }
     options
         .max_connections(settings.max_connections)
         // Operators see whose connections these are in pg_stat_activity.
@@ -54,7 +63,12 @@ fn options(settings: &DatabaseSettings) -> ConnectOptions {
         .acquire_timeout(settings.connect_timeout)
         .idle_timeout(settings.idle_timeout)
         .sqlx_logging(false);
-    options
+    Ok(options)
+}
+
+/// A refused setting as a database error; its message names the setting, never the value.
+fn refused(err: ConfigError) -> DbErr {
+    DbErr::Custom(err.to_string())
 }
 
 /// Creates the database named in the URL when it is missing, then applies pending migrations.

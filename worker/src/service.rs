@@ -68,7 +68,7 @@ impl Application {
         let verifier = match &plan.ingress {
             Some(settings) => Some(Arc::new(
                 Verifier::from_secrets(settings.clerk_webhook_secret.expose_secret())
-                    .context("CLERK_WEBHOOK_SECRET")?,
+                    .map_err(crate::config::ConfigError::from)?,
             )),
             None => None,
         };

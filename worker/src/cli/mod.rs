@@ -1,10 +1,14 @@
 //! The `worker` command line: one subcommand per operator task, dispatched to the module of its
 //! group. The binary's edge, so errors are `anyhow` here and typed everywhere below.
+//!
+//! Exit statuses: 0 done; 1 failed (or unhealthy); 2 refused settings ([`ConfigError`], clap's
+//! usage errors included); 65 and 75 from `worker provision`.
 
 mod database;
 mod dlq;
 mod provision;
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -12,7 +16,8 @@ use clap::{Parser, Subcommand};
 use tracing::error;
 
 use crate::config::{
-    BrokerSettings, ConsumerSettings, DatabaseSettings, IngressSettings, LogFormat, OpsSettings,
+    BrokerSettings, ConfigError, ConsumerSettings, DatabaseSettings, EXIT_CONFIG, IngressSettings,
+    LogFormat, OpsSettings,
 };
 use crate::{service, telemetry};
 
@@ -81,9 +86,16 @@ pub enum Command {
     },
 }
 
-/// The whole binary: parse arguments, set up logs, run the subcommand.
+/// The whole binary: parse and check the settings, set up logs, run the subcommand. Refused
+/// settings exit with status 2 here, wherever they were found.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::configure(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(err) => {
+            err.print();
+            return ExitCode::from(err.exit_code());
+        }
+    };
     telemetry::init(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -96,12 +108,46 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             error!(error = format!("{err:#}"), "command failed");
-            ExitCode::FAILURE
+            match err.downcast_ref::<ConfigError>() {
+                Some(_) => ExitCode::from(EXIT_CONFIG),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }
 
 impl Cli {
+    /// Parses `args` and the environment, then refuses settings that make no sense for the
+    /// command: what the binary and the in-process test application start from.
+    pub fn configure<I, T>(args: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let cli = Self::try_parse_from(args)?;
+        cli.check()?;
+        Ok(cli)
+    }
+
+    /// Checks the settings the command uses (the global ones it ignores are not its business).
+    fn check(&self) -> Result<(), ConfigError> {
+        let (database, broker) = match &self.command {
+            Command::Migrate | Command::Health | Command::Provision { .. } => (true, false),
+            Command::Ingress { .. } => (false, true),
+            Command::Consume { .. } | Command::Run { .. } | Command::Dlq { .. } => (true, true),
+        };
+        if database {
+            self.database.check()?;
+        }
+        if broker {
+            self.broker.check()?;
+        }
+        match &self.command {
+            Command::Ingress { ingress, .. } | Command::Run { ingress, .. } => ingress.check(),
+            _ => Ok(()),
+        }
+    }
+
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         if let Some(plan) = self.service_plan() {
             service::run(plan).await?;

@@ -1,0 +1,140 @@
+//! Refusing settings that make no sense before anything starts, rather than failing (or silently
+//! doing something else) later. Every message names the setting and the reason, never a secret's
+//! value; the binary exits with [`EXIT_CONFIG`] on any of them, as on clap's own usage errors.
+
+use lapin::uri::AMQPUri;
+use secrecy::ExposeSecret;
+
+use super::urls::{self, PostgresTarget, UrlError};
+use super::{BrokerSettings, DatabaseSettings, IngressSettings};
+use crate::ingress::signature::{SecretError, Verifier};
+
+/// Exit status for settings refused at start: clap's own status for a usage error.
+pub const EXIT_CONFIG: u8 = 2;
+
+/// Settings the process refuses to start with.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// clap refused the command line or the environment (or was asked for help or the version).
+    #[error(transparent)]
+    CommandLine(#[from] clap::Error),
+    #[error("{setting} {reason}")]
+    Url {
+        setting: &'static str,
+        reason: UrlError,
+    },
+    #[error(
+        "DATABASE_MIN_CONNECTIONS ({min}) is above DATABASE_MAX_CONNECTIONS ({max}): the pool \
+         cannot keep more connections open than it may open"
+    )]
+    PoolBounds { min: u32, max: u32 },
+    /// Its messages name CLERK_WEBHOOK_SECRET and never quote it.
+    #[error(transparent)]
+    WebhookSecret(#[from] SecretError),
+}
+
+impl ConfigError {
+    /// The process's exit status: clap's for its own errors (0 after `--help`), otherwise 2.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::CommandLine(err) => u8::try_from(err.exit_code()).unwrap_or(EXIT_CONFIG),
+            _ => EXIT_CONFIG,
+        }
+    }
+
+    /// Prints the error as clap prints its own (help and version to stdout, errors to stderr).
+    pub fn print(&self) {
+        match self {
+            Self::CommandLine(err) => {
+                let _ = err.print();
+            }
+            other => eprintln!("error: {other}"),
+        }
+    }
+}
+
+impl DatabaseSettings {
+    /// The URL without its password, for sea-orm, and the password on its own.
+    pub fn target(&self) -> Result<PostgresTarget, ConfigError> {
+        urls::postgres(self.expose_url()).map_err(|reason| ConfigError::Url {
+            setting: "DATABASE_URL (--database-url)",
+            reason,
+        })
+    }
+
+    /// A usable URL, and a pool minimum no larger than its maximum.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.target()?;
+        if self.min_connections > self.max_connections {
+            return Err(ConfigError::PoolBounds {
+                min: self.min_connections,
+                max: self.max_connections,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl BrokerSettings {
+    /// The parsed URL lapin connects with.
+    pub fn amqp_uri(&self) -> Result<AMQPUri, ConfigError> {
+        urls::amqp(self.expose_url()).map_err(|reason| ConfigError::Url {
+            setting: "AMQP_URL (--amqp-url)",
+            reason,
+        })
+    }
+
+    /// A usable URL.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.amqp_uri().map(drop)
+    }
+}
+
+impl IngressSettings {
+    /// The webhook signing secret(s) decode; the verifier the ingress uses.
+    pub fn verifier(&self) -> Result<Verifier, ConfigError> {
+        Ok(Verifier::from_secrets(
+            self.clerk_webhook_secret.expose_secret(),
+        )?)
+    }
+
+    /// A signing secret is set and decodes.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.verifier().map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pool_minimum_above_its_maximum_is_refused() {
+        let mut settings = DatabaseSettings::for_url("postgres://h/db");
+        settings.min_connections = 9;
+        settings.max_connections = 4;
+        let err = settings.check().unwrap_err();
+        assert!(err.to_string().contains("DATABASE_MIN_CONNECTIONS (9)"));
+        assert_eq!(err.exit_code(), EXIT_CONFIG);
+        settings.min_connections = 4;
+        assert!(settings.check().is_ok());
+    }
+
+    #[test]
+    fn url_errors_name_the_setting_and_never_the_value() {
+        let err = DatabaseSettings::for_url("postgres://u:pa/ssZq7Xk9@h/db")
+            .check()
+            .unwrap_err();
+        let message = err.to_string();
+        assert!(message.starts_with("DATABASE_URL (--database-url) is not a URL"));
+        assert!(!message.contains("Zq7Xk9"), "{message}");
+        let err = BrokerSettings::with_prefix("amqp:guest:Zq7Xk9@h:5672/%2f", "")
+            .check()
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("AMQP_URL (--amqp-url) has no `//`")
+        );
+        assert!(!err.to_string().contains("Zq7Xk9"));
+    }
+}

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::e2e::{Starts, commit_latencies, offer, start_service};
 use crate::stack::wait_for_workspaces;
-use crate::stats::Latency;
+use crate::stats::{Latency, target_line};
 
 /// Targets: the attacked valid rate at least this share of the unattacked one...
 const RATE_TARGET: f64 = 0.8;
@@ -265,7 +265,6 @@ async fn trickle(addr: std::net::SocketAddr) -> std::io::Result<()> {
 
 /// The phase's lines of the table.
 pub fn table(hostile: &Hostile) -> String {
-    let verdict = |holds: bool| if holds { "holds" } else { "FAILS" };
     let run = |name: &str, run: &Run| {
         format!(
             "{name:<10} {:>12.0} {:>10.1} {:>10.1} {:>10.1} {:>10.1}\n",
@@ -289,13 +288,13 @@ pub fn table(hostile: &Hostile) -> String {
         "attacked/valid rate = {:.2}; invalid requests answered {:?}; slow connections closed by the server {} times\n",
         hostile.rate_ratio, hostile.attack_answers, hostile.slow_reconnects
     );
-    out += &format!(
-        "target attacked rate >= {RATE_TARGET} of the unattacked: {}\n",
-        verdict(hostile.rate_holds)
+    out += &target_line(
+        &format!("attacked rate >= {RATE_TARGET} of the unattacked"),
+        hostile.rate_holds,
     );
-    out += &format!(
-        "target attacked p99 <= {P99_TARGET_MS} ms: {}\n",
-        verdict(hostile.p99_holds)
+    out += &target_line(
+        &format!("attacked p99 <= {P99_TARGET_MS} ms"),
+        hostile.p99_holds,
     );
     out
 }

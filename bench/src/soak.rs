@@ -15,7 +15,7 @@ use tokio::time::MissedTickBehavior;
 
 use crate::e2e::{Starts, commit_latencies, offer, start_service};
 use crate::stack::{rss_bytes, wait_for_workspaces};
-use crate::stats::Latency;
+use crate::stats::{Latency, target_line};
 
 /// The offered rate when `--rate` is not given: about a sixth of `e2e` on a 2-core machine, a
 /// steady load the worker keeps up with rather than a saturating one.
@@ -367,14 +367,14 @@ pub fn table(soak: &Soak) -> String {
             m.minute, m.events, m.latency.p50_ms, m.latency.p99_ms
         );
     }
-    let verdict = |holds: bool| if holds { "holds" } else { "FAILS" };
-    out += &format!(
-        "\ntarget RSS slope < {SLOPE_TARGET_BYTES_PER_EVENT} byte/event: {}\n",
-        verdict(soak.slope_holds)
+    out += "\n";
+    out += &target_line(
+        &format!("RSS slope < {SLOPE_TARGET_BYTES_PER_EVENT} byte/event"),
+        soak.slope_holds,
     );
-    out += &format!(
-        "target last minute's p99 <= {P99_GROWTH_LIMIT}x the first's: {}\n",
-        verdict(soak.p99_holds)
+    out += &target_line(
+        &format!("last minute's p99 <= {P99_GROWTH_LIMIT}x the first's"),
+        soak.p99_holds,
     );
     out
 }

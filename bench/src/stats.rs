@@ -31,6 +31,12 @@ impl Latency {
     }
 }
 
+/// A target's line in a table: what it asks, and whether this run met it.
+pub fn target_line(target: &str, holds: bool) -> String {
+    let verdict = if holds { "holds" } else { "FAILS" };
+    format!("target {target}: {verdict}\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

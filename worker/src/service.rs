@@ -340,12 +340,12 @@ pub async fn cancel_on_signal(token: CancellationToken) {
 mod tests {
     use super::*;
 
-    fn pending_ops_server() -> JoinHandle<std::io::Result<()>> {
-        tokio::spawn(std::future::pending())
-    }
-
-    #[tokio::test]
-    async fn a_crashed_part_stops_the_others_and_is_the_result() {
+    /// Tokens, and a part that runs until told to stop, as a server does.
+    fn running_part() -> (
+        CancellationToken,
+        CancellationToken,
+        JoinSet<anyhow::Result<()>>,
+    ) {
         let (stop, stop_ops) = (CancellationToken::new(), CancellationToken::new());
         let mut parts = JoinSet::new();
         let other = stop.clone();
@@ -353,6 +353,16 @@ mod tests {
             other.cancelled().await;
             Ok(())
         });
+        (stop, stop_ops, parts)
+    }
+
+    fn pending_ops_server() -> JoinHandle<std::io::Result<()>> {
+        tokio::spawn(std::future::pending())
+    }
+
+    #[tokio::test]
+    async fn a_crashed_part_stops_the_others_and_is_the_result() {
+        let (stop, stop_ops, mut parts) = running_part();
         parts.spawn(async { panic!("a server crashed") });
         let mut ops = pending_ops_server();
         let failure = supervise(&mut parts, &mut ops, &stop, &stop_ops).await;
@@ -362,13 +372,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_ops_server_that_fails_stops_everything() {
-        let (stop, stop_ops) = (CancellationToken::new(), CancellationToken::new());
-        let mut parts = JoinSet::new();
-        let other = stop.clone();
-        parts.spawn(async move {
-            other.cancelled().await;
-            Ok(())
-        });
+        let (stop, stop_ops, mut parts) = running_part();
         let mut ops = tokio::spawn(async { Err(std::io::Error::other("accept failed")) });
         let failure = supervise(&mut parts, &mut ops, &stop, &stop_ops).await;
         assert!(stop.is_cancelled() && stop_ops.is_cancelled());
@@ -377,20 +381,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_requested_stop_is_not_a_failure() {
-        let (stop, stop_ops) = (CancellationToken::new(), CancellationToken::new());
-        let mut parts = JoinSet::new();
-        let other = stop.clone();
-        parts.spawn(async move {
-            other.cancelled().await;
-            Ok(())
-        });
+        let (stop, stop_ops, mut parts) = running_part();
         stop.cancel();
         let mut ops = pending_ops_server();
-        assert!(
-            supervise(&mut parts, &mut ops, &stop, &stop_ops)
-                .await
-                .is_none()
-        );
+        let failure = supervise(&mut parts, &mut ops, &stop, &stop_ops).await;
+        assert!(failure.is_none());
     }
 
     #[test]

@@ -96,25 +96,6 @@ async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Option<V
     Some(received)
 }
 
-/// One complete response on a connection that stays open: (status, body).
-async fn read_response(stream: &mut TcpStream) -> (u16, String) {
-    let mut received = Vec::new();
-    let mut buffer = [0u8; 4096];
-    loop {
-        if let Some((status, body, length)) = parse_response(&received)
-            && body.len() >= length
-        {
-            return (status, body);
-        }
-        let n = tokio::time::timeout(GENEROUS, stream.read(&mut buffer))
-            .await
-            .expect("a response in time")
-            .expect("readable");
-        assert!(n > 0, "closed before a whole response: {received:?}");
-        received.extend_from_slice(&buffer[..n]);
-    }
-}
-
 /// The status, the body so far and the declared length of a response, once its head is in.
 fn parse_response(bytes: &[u8]) -> Option<(u16, String, usize)> {
     let text = String::from_utf8_lossy(bytes);
@@ -147,14 +128,12 @@ fn error_code(response: &[u8]) -> String {
     )
 }
 
-/// Sends a request on a new connection and returns the raw response, read until it is whole
-/// (its declared length) or the server closed the connection.
-async fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> Vec<u8> {
-    let mut stream = TcpStream::connect(addr).await.expect("connected");
-    stream.write_all(request).await.expect("request sent");
+/// The raw response on `stream`, read until it is whole (its declared length) or the server
+/// closed the connection.
+async fn read_whole(stream: &mut TcpStream) -> Vec<u8> {
     let mut received = Vec::new();
     let mut buffer = [0u8; 4096];
-    while !parse_response(&received).is_some_and(|(_, body, length)| body.len() >= length) {
+    while parse_response(&received).is_none_or(|(_, body, length)| body.len() < length) {
         let read = tokio::time::timeout(GENEROUS, stream.read(&mut buffer))
             .await
             .expect("an answer in time");
@@ -164,6 +143,13 @@ async fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> Vec<u8> {
         }
     }
     received
+}
+
+/// Sends a request on a new connection and returns the raw response.
+async fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).await.expect("connected");
+    stream.write_all(request).await.expect("request sent");
+    read_whole(&mut stream).await
 }
 
 #[tokio::test]
@@ -346,8 +332,7 @@ async fn a_kept_alive_connection_is_closed_after_the_idle_timeout() {
         .write_all(b"GET /webhooks/clerk HTTP/1.1\r\nhost: ingress\r\n\r\n")
         .await
         .unwrap();
-    let (status, _) = read_response(&mut stream).await;
-    assert_eq!(status, 405);
+    assert_eq!(status(&read_whole(&mut stream).await), 405);
     let rest = read_until_closed(&mut stream, GENEROUS).await;
     assert_eq!(
         rest.as_deref(),
@@ -380,7 +365,7 @@ async fn on_stop_connections_without_a_complete_head_close_at_once() {
         .write_all(b"GET /webhooks/clerk HTTP/1.1\r\nhost: ingress\r\n\r\n")
         .await
         .unwrap();
-    assert_eq!(read_response(&mut kept_alive).await.0, 405);
+    assert_eq!(status(&read_whole(&mut kept_alive).await), 405);
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     ingress.terminate();

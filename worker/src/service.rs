@@ -367,7 +367,55 @@ pub async fn cancel_on_signal(token: CancellationToken) {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
+    use crate::cli::Cli;
+
+    fn plan(args: &[&str]) -> Plan {
+        let argv = ["worker"].iter().chain(args);
+        Cli::try_parse_from(argv).unwrap().service_plan().unwrap()
+    }
+
+    #[test]
+    fn the_ingress_limits_default_to_the_documented_values() {
+        let plan = plan(&["ingress"]);
+        let settings = plan.ingress.as_ref().unwrap();
+        let (server, request) = (
+            server_limits(settings, &plan.shutdown),
+            request_limits(settings),
+        );
+        assert_eq!(server.max_head, 16 * 1024);
+        assert_eq!(server.header_timeout, Duration::from_secs(5));
+        assert_eq!(server.idle_timeout, Duration::from_secs(75));
+        assert_eq!(server.grace_period, Duration::from_secs(30));
+        assert_eq!(request.max_body, 256 * 1024);
+        assert_eq!(request.body_timeout, Duration::from_secs(5));
+        assert_eq!(request.request_timeout, Duration::from_secs(10));
+        assert_eq!(settings.ingress_max_concurrency, 256);
+    }
+
+    #[test]
+    fn one_grace_period_for_every_long_running_command() {
+        for command in ["consume", "ingress", "run"] {
+            let plan = plan(&[command, "--shutdown-grace-period=2s"]);
+            assert_eq!(plan.shutdown.shutdown_grace_period, Duration::from_secs(2));
+        }
+    }
+
+    #[test]
+    fn limits_of_zero_are_refused() {
+        for flag in [
+            "--ingress-header-timeout=0s",
+            "--ingress-max-concurrency=0",
+            "--ingress-max-head=10",
+        ] {
+            assert!(
+                Cli::try_parse_from(["worker", "ingress", flag]).is_err(),
+                "{flag}"
+            );
+        }
+    }
 
     fn pending_ops_server() -> JoinHandle<std::io::Result<()>> {
         tokio::spawn(std::future::pending())

@@ -237,3 +237,80 @@ fn properties(signed: &SignedHeaders, received_at_ms: i64) -> BasicProperties {
         .with_timestamp(u64::try_from(received_at_ms / 1000).unwrap_or_default())
         .with_headers(headers)
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::{StreamExt, stream};
+
+    use super::*;
+
+    const LIMITS: RequestLimits = RequestLimits {
+        max_body: 16,
+        body_timeout: Duration::from_millis(200),
+        request_timeout: Duration::from_secs(10),
+    };
+
+    /// A body that sends `first` and then nothing, ever.
+    fn stalled(first: &'static [u8]) -> Body {
+        let chunks = stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(first))])
+            .chain(stream::pending());
+        Body::from_stream(chunks)
+    }
+
+    #[tokio::test]
+    async fn a_body_within_the_limit_is_read_whole() {
+        let body = read_body(Body::from("{\"type\":\"x\"}"), &LIMITS).await;
+        assert_eq!(body.unwrap(), Bytes::from_static(b"{\"type\":\"x\"}"));
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_too_large_declared_or_streamed() {
+        let declared = Body::from(vec![b'a'; 17]);
+        assert!(matches!(
+            read_body(declared, &LIMITS).await,
+            Err(Refused::TooLarge)
+        ));
+        let chunks = stream::iter(
+            [b"0123456789", b"0123456789"]
+                .map(|chunk| Ok::<_, std::io::Error>(Bytes::from_static(chunk))),
+        );
+        assert!(matches!(
+            read_body(Body::from_stream(chunks), &LIMITS).await,
+            Err(Refused::TooLarge)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stalls_is_a_body_timeout() {
+        let read = read_body(stalled(b"{\"ty"), &LIMITS).await;
+        assert!(matches!(read, Err(Refused::BodyTimedOut(_))));
+    }
+
+    #[test]
+    fn every_refusal_has_its_public_status_and_code() {
+        let cases = [
+            (Refused::Overloaded, 503, "overloaded"),
+            (
+                Refused::TimedOut(LIMITS.request_timeout),
+                503,
+                "request_timeout",
+            ),
+            (Refused::TooLarge, 413, "body_too_large"),
+            (
+                Refused::BodyTimedOut(LIMITS.body_timeout),
+                408,
+                "body_timeout",
+            ),
+            (Refused::Unreadable(String::new()), 400, "unreadable_body"),
+            (Refused::NotJson(String::new()), 400, "invalid_payload"),
+            (
+                Refused::Unavailable(PublishError::NotConfirmMode),
+                503,
+                "broker_unavailable",
+            ),
+        ];
+        for (refused, status, code) in cases {
+            assert_eq!((refused.status().as_u16(), refused.code()), (status, code));
+        }
+    }
+}

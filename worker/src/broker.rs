@@ -29,6 +29,9 @@ pub enum PublishError {
     Unroutable(String),
     #[error("no confirm from the broker within {0:?}")]
     TimedOut(Duration),
+    /// A channel without `confirm.select` acknowledges nothing: success would be a guess.
+    #[error("the channel is not in confirm mode: the broker would not confirm the publish")]
+    NotConfirmMode,
 }
 
 /// Opens a connection named after this process, so operators can find it in the management UI.
@@ -157,8 +160,9 @@ pub async fn confirm_channel(connection: &Connection) -> Result<Channel, lapin::
 }
 
 /// Publishes `body` as a persistent, mandatory message and waits for the broker's confirm.
-/// Success means a queue holds the message: a nack, a return (unroutable, though still acked) or
-/// no answer within `timeout` are all failures.
+/// Success means a queue holds the message: a nack, a return (unroutable, though still acked),
+/// no answer within `timeout`, or a channel not in confirm mode (no answer will ever come) are
+/// all failures.
 pub async fn publish_confirmed(
     channel: &Channel,
     exchange: &str,
@@ -187,7 +191,8 @@ pub async fn publish_confirmed(
         .await
         .map_err(|_| PublishError::TimedOut(timeout))??;
     match confirmation {
-        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::NotRequested => Err(PublishError::NotConfirmMode),
         Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable(routing_key.to_owned())),
         Confirmation::Nack(_) => Err(PublishError::Nacked),
     }

@@ -16,17 +16,19 @@ use axum::Router;
 use sea_orm::DatabaseConnection;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{
     BrokerSettings, ConsumerSettings, DatabaseSettings, IngressSettings, OpsSettings,
+    ShutdownSettings,
 };
 use crate::consumer::Consumer;
 use crate::db;
 use crate::ingress::signature::Verifier;
-use crate::ingress::{self, IngressState, Publisher};
+use crate::ingress::{self, IngressState, Publisher, RequestLimits, ServerLimits};
 use crate::metrics::Metrics;
 use crate::ops::{self, OpsState, ReadyFlag};
 use crate::retry::RetryPolicy;
@@ -36,6 +38,8 @@ pub struct Plan {
     pub database: DatabaseSettings,
     pub broker: BrokerSettings,
     pub ops: OpsSettings,
+    /// How long every part gets to finish on shutdown.
+    pub shutdown: ShutdownSettings,
     /// Apply migrations first (`worker run`).
     pub migrate: bool,
     pub consumer: Option<ConsumerSettings>,
@@ -57,6 +61,7 @@ pub struct Application {
 struct Ingress {
     listener: TcpListener,
     router: Router,
+    limits: ServerLimits,
     stop_publisher: CancellationToken,
 }
 
@@ -95,10 +100,13 @@ impl Application {
                     publisher,
                     publish_timeout: settings.publish_timeout,
                     metrics: metrics.clone(),
+                    limits: request_limits(settings),
+                    slots: Arc::new(Semaphore::new(settings.ingress_max_concurrency)),
                 };
                 Some(Ingress {
                     listener,
-                    router: ingress::router(state, settings.ingress_max_body),
+                    router: ingress::router(state),
+                    limits: server_limits(settings, &plan.shutdown),
                     stop_publisher,
                 })
             }
@@ -110,6 +118,7 @@ impl Application {
                 let consumer = Consumer {
                     broker: plan.broker.clone(),
                     settings,
+                    shutdown_grace_period: plan.shutdown.shutdown_grace_period,
                     db: db.clone(),
                     connected: ReadyFlag::default(),
                     metrics: metrics.clone(),
@@ -170,15 +179,16 @@ impl Application {
         if let Some(Ingress {
             listener,
             router,
+            limits,
             stop_publisher,
         }) = self.ingress
         {
-            let stop = stop.clone();
+            let (stop, metrics) = (stop.clone(), self.metrics.clone());
             parts.spawn(async move {
-                let served = ingress::serve(listener, router, stop).await;
+                ingress::serve(listener, router, limits, metrics, stop).await;
                 // In-flight requests have published; now the broker connection can go.
                 stop_publisher.cancel();
-                served.context("ingress server")
+                Ok(())
             });
         }
         if let Some(consumer) = self.consumer {
@@ -276,6 +286,25 @@ fn part_failure(
     }
 }
 
+/// The per-request limits of the ingress settings.
+fn request_limits(settings: &IngressSettings) -> RequestLimits {
+    RequestLimits {
+        max_body: settings.ingress_max_body,
+        body_timeout: settings.ingress_body_timeout,
+        request_timeout: settings.ingress_request_timeout,
+    }
+}
+
+/// The connection-level limits of the ingress settings; the grace period is every part's.
+fn server_limits(settings: &IngressSettings, shutdown: &ShutdownSettings) -> ServerLimits {
+    ServerLimits {
+        max_head: settings.ingress_max_head,
+        header_timeout: settings.ingress_header_timeout,
+        idle_timeout: settings.ingress_idle_timeout,
+        grace_period: shutdown.shutdown_grace_period,
+    }
+}
+
 /// The consumer's pool; with `migrate`, only after the schema is up to date.
 async fn service_database(plan: &Plan) -> anyhow::Result<DatabaseConnection> {
     let database = || format!("database {}", plan.database.redacted_url());
@@ -338,7 +367,55 @@ pub async fn cancel_on_signal(token: CancellationToken) {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
+    use crate::cli::Cli;
+
+    fn plan(args: &[&str]) -> Plan {
+        let argv = ["worker"].iter().chain(args);
+        Cli::try_parse_from(argv).unwrap().service_plan().unwrap()
+    }
+
+    #[test]
+    fn the_ingress_limits_default_to_the_documented_values() {
+        let plan = plan(&["ingress"]);
+        let settings = plan.ingress.as_ref().unwrap();
+        let (server, request) = (
+            server_limits(settings, &plan.shutdown),
+            request_limits(settings),
+        );
+        assert_eq!(server.max_head, 16 * 1024);
+        assert_eq!(server.header_timeout, Duration::from_secs(5));
+        assert_eq!(server.idle_timeout, Duration::from_secs(75));
+        assert_eq!(server.grace_period, Duration::from_secs(30));
+        assert_eq!(request.max_body, 256 * 1024);
+        assert_eq!(request.body_timeout, Duration::from_secs(5));
+        assert_eq!(request.request_timeout, Duration::from_secs(10));
+        assert_eq!(settings.ingress_max_concurrency, 256);
+    }
+
+    #[test]
+    fn one_grace_period_for_every_long_running_command() {
+        for command in ["consume", "ingress", "run"] {
+            let plan = plan(&[command, "--shutdown-grace-period=2s"]);
+            assert_eq!(plan.shutdown.shutdown_grace_period, Duration::from_secs(2));
+        }
+    }
+
+    #[test]
+    fn limits_of_zero_are_refused() {
+        for flag in [
+            "--ingress-header-timeout=0s",
+            "--ingress-max-concurrency=0",
+            "--ingress-max-head=10",
+        ] {
+            assert!(
+                Cli::try_parse_from(["worker", "ingress", flag]).is_err(),
+                "{flag}"
+            );
+        }
+    }
 
     /// Tokens, and a part that runs until told to stop, as a server does.
     fn running_part() -> (

@@ -17,7 +17,7 @@ use tracing::error;
 
 use crate::config::{
     BrokerSettings, ConfigError, ConsumerSettings, DatabaseSettings, EXIT_CONFIG, IngressSettings,
-    LogFormat, OpsSettings,
+    LogFormat, OpsSettings, ShutdownSettings,
 };
 use crate::{service, telemetry};
 
@@ -62,6 +62,8 @@ pub enum Command {
         consumer: ConsumerSettings,
         #[command(flatten)]
         ops: OpsSettings,
+        #[command(flatten)]
+        shutdown: ShutdownSettings,
     },
     /// Serve the Clerk webhook endpoint alone, publishing verified events to RabbitMQ.
     Ingress {
@@ -69,6 +71,8 @@ pub enum Command {
         ingress: IngressSettings,
         #[command(flatten)]
         ops: OpsSettings,
+        #[command(flatten)]
+        shutdown: ShutdownSettings,
     },
     /// Inspect and replay dead letters.
     Dlq {
@@ -83,6 +87,8 @@ pub enum Command {
         ingress: IngressSettings,
         #[command(flatten)]
         ops: OpsSettings,
+        #[command(flatten)]
+        shutdown: ShutdownSettings,
     },
 }
 
@@ -174,27 +180,36 @@ impl Cli {
     /// The parts a long-running command (`consume`, `ingress`, `run`) runs; `None` for the
     /// one-shot commands. Tests build an in-process application from it.
     pub fn service_plan(&self) -> Option<service::Plan> {
-        let plan = |ops: &OpsSettings, migrate, consumer, ingress| service::Plan {
-            database: self.database.clone(),
-            broker: self.broker.clone(),
-            ops: ops.clone(),
-            migrate,
-            consumer,
-            ingress,
+        let plan = |ops: &OpsSettings, shutdown: &ShutdownSettings, migrate, consumer, ingress| {
+            service::Plan {
+                database: self.database.clone(),
+                broker: self.broker.clone(),
+                ops: ops.clone(),
+                shutdown: shutdown.clone(),
+                migrate,
+                consumer,
+                ingress,
+            }
         };
         match &self.command {
-            Command::Consume { consumer, ops } => {
-                Some(plan(ops, false, Some(consumer.clone()), None))
-            }
-            Command::Ingress { ingress, ops } => {
-                Some(plan(ops, false, None, Some(ingress.clone())))
-            }
+            Command::Consume {
+                consumer,
+                ops,
+                shutdown,
+            } => Some(plan(ops, shutdown, false, Some(consumer.clone()), None)),
+            Command::Ingress {
+                ingress,
+                ops,
+                shutdown,
+            } => Some(plan(ops, shutdown, false, None, Some(ingress.clone()))),
             Command::Run {
                 consumer,
                 ingress,
                 ops,
+                shutdown,
             } => Some(plan(
                 ops,
+                shutdown,
                 true,
                 Some(consumer.clone()),
                 Some(ingress.clone()),
@@ -231,7 +246,7 @@ mod tests {
         );
         assert_eq!(cli.broker.exchange, "clerk.events");
         assert_eq!(cli.broker.delivery_limit, 10);
-        let Command::Consume { consumer, ops } = cli.command else {
+        let Command::Consume { consumer, ops, .. } = cli.command else {
             panic!("expected consume");
         };
         assert_eq!(consumer.prefetch, 64);

@@ -32,6 +32,8 @@ use session::{Session, SessionEnd};
 pub struct Consumer {
     pub broker: BrokerSettings,
     pub settings: ConsumerSettings,
+    /// How long in-flight deliveries get to finish on shutdown (`SHUTDOWN_GRACE_PERIOD`).
+    pub shutdown_grace_period: Duration,
     pub db: DatabaseConnection,
     /// Set while a broker session is up.
     pub connected: ReadyFlag,

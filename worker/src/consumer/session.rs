@@ -158,7 +158,7 @@ impl Session {
     /// Waits for the session's tasks for at most the grace period; then ends them.
     async fn drain(&self, consumer: &Consumer) {
         self.tasks.close();
-        let grace = consumer.settings.shutdown_grace_period;
+        let grace = consumer.shutdown_grace_period;
         if tokio::time::timeout(grace, self.tasks.wait())
             .await
             .is_err()

@@ -2,32 +2,36 @@
 //! is safely in the broker. Clerk (through Svix) retries any non-2xx for about a day, so every
 //! failure that a retry can fix is a 503.
 //!
-//! The body is verified as raw bytes, then only its `type` is read; it is published byte for
-//! byte and the consumer parses it.
+//! The Svix headers and the timestamp are checked before the body is read, so an unsigned or
+//! stale request costs no body. The body is then read within a size and a time limit, verified
+//! as raw bytes, and only its `type` is read; it is published byte for byte and the consumer
+//! parses it. At most `max_concurrency` requests are in progress; more are refused at once.
+//! The connection-level limits (head size, head and idle timeouts, shutdown) are [`server`]'s.
 
 mod publisher;
+mod server;
 pub mod signature;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use chrono::Utc;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Semaphore;
 use tracing::{info, instrument, warn};
 
 pub use publisher::Publisher;
+pub use server::{ServerLimits, serve};
 use signature::{SignatureError, SignedHeaders, Verifier};
 
 use crate::broker::PublishError;
@@ -42,24 +46,26 @@ pub struct IngressState {
     pub publisher: Arc<Publisher>,
     pub publish_timeout: Duration,
     pub metrics: Metrics,
+    pub limits: RequestLimits,
+    /// One permit per request in progress (`INGRESS_MAX_CONCURRENCY`).
+    pub slots: Arc<Semaphore>,
 }
 
-pub fn router(state: IngressState, max_body_bytes: usize) -> Router {
+/// The per-request limits (`INGRESS_*` settings).
+#[derive(Clone, Copy, Debug)]
+pub struct RequestLimits {
+    /// Largest body in bytes (larger: 413).
+    pub max_body: usize,
+    /// From the complete head to the whole body (longer: 408).
+    pub body_timeout: Duration,
+    /// From the complete head to the answer (longer: 503).
+    pub request_timeout: Duration,
+}
+
+pub fn router(state: IngressState) -> Router {
     Router::new()
         .route("/webhooks/clerk", post(receive))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
-}
-
-/// Serves until `shutdown`: then stops accepting and lets in-flight requests finish.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
 }
 
 /// A request that did well.
@@ -73,8 +79,14 @@ enum Accepted {
 /// Why a request was refused; each maps to one status and a stable code.
 #[derive(Debug, thiserror::Error)]
 enum Refused {
+    #[error("more webhook requests are in progress than the limit; retry later")]
+    Overloaded,
+    #[error("the request did not finish within {0:?}")]
+    TimedOut(Duration),
     #[error("the body is larger than the limit")]
     TooLarge,
+    #[error("the body did not arrive within {0:?}")]
+    BodyTimedOut(Duration),
     #[error("the body could not be read: {0}")]
     Unreadable(String),
     #[error(transparent)]
@@ -89,15 +101,21 @@ impl Refused {
     fn status(&self) -> StatusCode {
         match self {
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimedOut(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Unreadable(_) | Self::NotJson(_) => StatusCode::BAD_REQUEST,
             Self::Signature(_) => StatusCode::UNAUTHORIZED,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Overloaded | Self::TimedOut(_) | Self::Unavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
     fn code(&self) -> &'static str {
         match self {
+            Self::Overloaded => "overloaded",
+            Self::TimedOut(_) => "request_timeout",
             Self::TooLarge => "body_too_large",
+            Self::BodyTimedOut(_) => "body_timeout",
             Self::Unreadable(_) => "unreadable_body",
             Self::Signature(err) => err.code(),
             Self::NotJson(_) => "invalid_payload",
@@ -114,21 +132,27 @@ struct EventType {
 }
 
 #[instrument(skip_all, fields(event_id))]
-async fn receive(
-    State(state): State<IngressState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn receive(State(state): State<IngressState>, request: Request) -> Response {
     let started = Instant::now();
-    let received_at_ms = Utc::now().timestamp_millis();
-    let (status, event_type, body) = match accept(&state, &headers, body, received_at_ms).await {
+    // Held until the answer is ready; none left means refused at once, body unread.
+    let outcome = match state.slots.clone().try_acquire_owned() {
+        Ok(_slot) => within_deadline(&state, request).await,
+        Err(_) => Err(Refused::Overloaded),
+    };
+    let (status, event_type, body) = answer(outcome);
+    state
+        .metrics
+        .record_webhook(status.as_u16(), event_type.as_deref(), started.elapsed());
+    (status, Json(body)).into_response()
+}
+
+/// The status, the type label and the JSON body of an outcome, logged.
+fn answer(outcome: Result<Accepted, Refused>) -> (StatusCode, Option<String>, serde_json::Value) {
+    match outcome {
         Ok(Accepted::Queued { event_type, id }) => {
             info!(event_id = %id, event_type = %event_type, "webhook queued");
-            (
-                StatusCode::ACCEPTED,
-                Some(event_type),
-                json!({"status": "queued", "id": id}),
-            )
+            let body = json!({"status": "queued", "id": id});
+            (StatusCode::ACCEPTED, Some(event_type), body)
         }
         Ok(Accepted::Ignored { event_type }) => {
             info!(event_type = %event_type, "webhook type not handled; ignored");
@@ -143,25 +167,24 @@ async fn receive(
             let body = json!({"error": refused.code(), "detail": refused.to_string()});
             (refused.status(), None, body)
         }
-    };
-    state
-        .metrics
-        .record_webhook(status.as_u16(), event_type.as_deref(), started.elapsed());
-    (status, Json(body)).into_response()
+    }
 }
 
-async fn accept(
-    state: &IngressState,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-    received_at_ms: i64,
-) -> Result<Accepted, Refused> {
-    let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => Refused::TooLarge,
-        _ => Refused::Unreadable(rejection.body_text()),
-    })?;
-    let signed = SignedHeaders::from_headers(headers)?;
+/// [`accept`] within the request deadline, so Svix hears our answer before its own 15 s end.
+async fn within_deadline(state: &IngressState, request: Request) -> Result<Accepted, Refused> {
+    let deadline = state.limits.request_timeout;
+    tokio::time::timeout(deadline, accept(state, request))
+        .await
+        .unwrap_or(Err(Refused::TimedOut(deadline)))
+}
+
+async fn accept(state: &IngressState, request: Request) -> Result<Accepted, Refused> {
+    let received_at_ms = Utc::now().timestamp_millis();
+    let (parts, body) = request.into_parts();
+    let signed = SignedHeaders::from_headers(&parts.headers)?;
     tracing::Span::current().record("event_id", signed.id.as_str());
+    signed.check_timestamp(received_at_ms / 1000)?;
+    let body = read_body(body, &state.limits).await?;
     state
         .verifier
         .verify(&signed, &body, received_at_ms / 1000)?;
@@ -184,6 +207,23 @@ async fn accept(
     })
 }
 
+/// The whole body, at most `max_body` bytes and within `body_timeout`. A declared length over
+/// the limit is refused before a byte of the body is read.
+async fn read_body(body: Body, limits: &RequestLimits) -> Result<Bytes, Refused> {
+    let max = limits.max_body;
+    if body.size_hint().lower() > u64::try_from(max).unwrap_or(u64::MAX) {
+        return Err(Refused::TooLarge);
+    }
+    let collected = tokio::time::timeout(limits.body_timeout, Limited::new(body, max).collect())
+        .await
+        .map_err(|_| Refused::BodyTimedOut(limits.body_timeout))?;
+    match collected {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<LengthLimitError>() => Err(Refused::TooLarge),
+        Err(err) => Err(Refused::Unreadable(err.to_string())),
+    }
+}
+
 /// Persistent JSON with the Svix id as message id, so every hop can name the event.
 fn properties(signed: &SignedHeaders, received_at_ms: i64) -> BasicProperties {
     let mut headers = FieldTable::default();
@@ -196,4 +236,81 @@ fn properties(signed: &SignedHeaders, received_at_ms: i64) -> BasicProperties {
         .with_message_id(signed.id.as_str().into())
         .with_timestamp(u64::try_from(received_at_ms / 1000).unwrap_or_default())
         .with_headers(headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::{StreamExt, stream};
+
+    use super::*;
+
+    const LIMITS: RequestLimits = RequestLimits {
+        max_body: 16,
+        body_timeout: Duration::from_millis(200),
+        request_timeout: Duration::from_secs(10),
+    };
+
+    /// A body that sends `first` and then nothing, ever.
+    fn stalled(first: &'static [u8]) -> Body {
+        let chunks = stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(first))])
+            .chain(stream::pending());
+        Body::from_stream(chunks)
+    }
+
+    #[tokio::test]
+    async fn a_body_within_the_limit_is_read_whole() {
+        let body = read_body(Body::from("{\"type\":\"x\"}"), &LIMITS).await;
+        assert_eq!(body.unwrap(), Bytes::from_static(b"{\"type\":\"x\"}"));
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_too_large_declared_or_streamed() {
+        let declared = Body::from(vec![b'a'; 17]);
+        assert!(matches!(
+            read_body(declared, &LIMITS).await,
+            Err(Refused::TooLarge)
+        ));
+        let chunks = stream::iter(
+            [b"0123456789", b"0123456789"]
+                .map(|chunk| Ok::<_, std::io::Error>(Bytes::from_static(chunk))),
+        );
+        assert!(matches!(
+            read_body(Body::from_stream(chunks), &LIMITS).await,
+            Err(Refused::TooLarge)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stalls_is_a_body_timeout() {
+        let read = read_body(stalled(b"{\"ty"), &LIMITS).await;
+        assert!(matches!(read, Err(Refused::BodyTimedOut(_))));
+    }
+
+    #[test]
+    fn every_refusal_has_its_public_status_and_code() {
+        let cases = [
+            (Refused::Overloaded, 503, "overloaded"),
+            (
+                Refused::TimedOut(LIMITS.request_timeout),
+                503,
+                "request_timeout",
+            ),
+            (Refused::TooLarge, 413, "body_too_large"),
+            (
+                Refused::BodyTimedOut(LIMITS.body_timeout),
+                408,
+                "body_timeout",
+            ),
+            (Refused::Unreadable(String::new()), 400, "unreadable_body"),
+            (Refused::NotJson(String::new()), 400, "invalid_payload"),
+            (
+                Refused::Unavailable(PublishError::NotConfirmMode),
+                503,
+                "broker_unavailable",
+            ),
+        ];
+        for (refused, status, code) in cases {
+            assert_eq!((refused.status().as_u16(), refused.code()), (status, code));
+        }
+    }
 }

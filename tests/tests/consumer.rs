@@ -739,3 +739,26 @@ async fn a_listener_that_cannot_bind_stops_the_process_with_exit_1() {
         worker.logs()
     );
 }
+
+#[tokio::test]
+async fn readyz_under_many_concurrent_probes_checks_the_database_once_at_a_time() {
+    let stack = Stack::new().await;
+    let worker = consume(&stack, &[]).await;
+    let probes = (0..300).map(|_| worker.readyz());
+    let answers = futures::future::join_all(probes).await;
+    let mut checks = std::collections::BTreeSet::new();
+    for (status, body) in answers {
+        assert_eq!(status, 200, "{body}");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let at = body["database_checked_at"].as_str().expect("a check time");
+        checks.insert(chrono::DateTime::parse_from_rfc3339(at).unwrap());
+    }
+    // One check answers every probe for a second: 300 probes within a few seconds share a few
+    // checks, where a check per probe would be 300.
+    assert!(checks.len() <= 5, "{} checks for 300 probes", checks.len());
+    let span = *checks.last().unwrap() - *checks.first().unwrap();
+    assert!(
+        span.num_milliseconds() >= 1000 * (checks.len() as i64 - 1),
+        "checks closer than a second apart: {checks:?}"
+    );
+}

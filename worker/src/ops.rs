@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use chrono::{DateTime, Utc};
 use sea_orm::DatabaseConnection;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -50,7 +51,7 @@ pub struct OpsState {
     /// Named flags of the broker-facing components (`consumer`, `ingress`).
     broker: Vec<(&'static str, ReadyFlag)>,
     /// The last database verdict; its lock makes concurrent probes share one check.
-    database_verdict: Arc<Mutex<Option<(Instant, DatabaseVerdict)>>>,
+    database_verdict: Arc<Mutex<Option<DatabaseVerdict>>>,
 }
 
 /// What `/readyz` says about the database.
@@ -60,6 +61,10 @@ struct DatabaseVerdict {
     reachable: bool,
     /// Every migration this binary knows is applied.
     migrated: bool,
+    /// When the check ran: its age decides whether it still answers.
+    checked: Instant,
+    /// The same moment on the wall clock, which `/readyz` shows.
+    checked_at: DateTime<Utc>,
 }
 
 impl OpsState {
@@ -79,19 +84,20 @@ impl OpsState {
     /// The database verdict at most [`DATABASE_VERDICT_TTL`] old; one check at a time.
     async fn database_verdict(&self, db: &DatabaseConnection) -> DatabaseVerdict {
         let mut last = self.database_verdict.lock().await;
-        if let Some((at, verdict)) = *last
-            && at.elapsed() < DATABASE_VERDICT_TTL
+        if let Some(verdict) = *last
+            && verdict.checked.elapsed() < DATABASE_VERDICT_TTL
         {
             return verdict;
         }
         let verdict = check_database(db).await;
-        *last = Some((Instant::now(), verdict));
+        *last = Some(verdict);
         verdict
     }
 }
 
 /// The schema probe, then the migrations this binary expects, within one timeout.
 async fn check_database(db: &DatabaseConnection) -> DatabaseVerdict {
+    let (checked, checked_at) = (Instant::now(), Utc::now());
     let check = async {
         let reachable = health::check(db).await.healthy;
         let migrated = match db::unapplied_migrations(db).await {
@@ -105,17 +111,17 @@ async fn check_database(db: &DatabaseConnection) -> DatabaseVerdict {
                 false
             }
         };
-        DatabaseVerdict {
-            reachable,
-            migrated,
-        }
+        (reachable, migrated)
     };
-    tokio::time::timeout(DATABASE_CHECK_TIMEOUT, check)
+    let (reachable, migrated) = tokio::time::timeout(DATABASE_CHECK_TIMEOUT, check)
         .await
-        .unwrap_or(DatabaseVerdict {
-            reachable: false,
-            migrated: false,
-        })
+        .unwrap_or((false, false));
+    DatabaseVerdict {
+        reachable,
+        migrated,
+        checked,
+        checked_at,
+    }
 }
 
 pub fn router(state: OpsState) -> Router {
@@ -147,11 +153,13 @@ async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
 async fn readyz(State(state): State<OpsState>) -> Response {
     let mut checks = serde_json::Map::new();
     let mut ready = true;
+    let mut checked_at = None;
     if let Some(db) = &state.db {
         let verdict = state.database_verdict(db).await;
         checks.insert("database".into(), json!(verdict.reachable));
         checks.insert("database_migrations".into(), json!(verdict.migrated));
         ready &= verdict.reachable && verdict.migrated;
+        checked_at = Some(verdict.checked_at);
     }
     for (name, flag) in &state.broker {
         checks.insert(format!("broker_{name}"), json!(flag.get()));
@@ -162,7 +170,11 @@ async fn readyz(State(state): State<OpsState>) -> Response {
         .filter(|(_, ok)| **ok == json!(false))
         .map(|(name, _)| name)
         .collect();
-    let body = json!({"ready": ready, "checks": checks, "failing": failing});
+    let mut body = json!({"ready": ready, "checks": checks, "failing": failing});
+    if let Some(at) = checked_at {
+        body["database_checked_at"] =
+            json!(at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+    }
     let status = if ready {
         StatusCode::OK
     } else {

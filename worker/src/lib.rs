@@ -22,6 +22,7 @@
 //!   `/readyz`.
 //! - [`ingress`]: the Svix-verified webhook endpoint that publishes to the broker.
 //! - [`service`]: the long-running process (ingress, consumer, ops server) and its shutdown.
+//! - [`users`]: reading a user and their workspace back for operators.
 //! - [`cli`]: the `worker` command line.
 
 pub mod broker;
@@ -42,3 +43,4 @@ pub mod retry;
 pub mod service;
 pub mod telemetry;
 pub mod topology;
+pub mod users;

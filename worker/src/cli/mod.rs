@@ -2,11 +2,12 @@
 //! group. The binary's edge, so errors are `anyhow` here and typed everywhere below.
 //!
 //! Exit statuses: 0 done; 1 failed (or unhealthy); 2 refused settings ([`ConfigError`], clap's
-//! usage errors included); 65 and 75 from `worker provision`.
+//! usage errors included); 65 and 75 from `worker provision`; 67 from `worker user show`.
 
 mod database;
 mod dlq;
 mod provision;
+mod user;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -23,6 +24,7 @@ use crate::{service, telemetry};
 
 pub use dlq::{DlqCommand, FilterArgs};
 pub use provision::{EXIT_PERMANENT, EXIT_TRANSIENT};
+pub use user::{EXIT_NO_USER, ShowArgs, UserCommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -74,6 +76,11 @@ pub enum Command {
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
+    },
+    /// Look users up.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
     },
     /// Everything in one process: migrate, then ingress, consumer and ops server.
     Run {
@@ -132,7 +139,10 @@ impl Cli {
     /// Checks the settings the command uses (the global ones it ignores are not its business).
     fn check(&self) -> Result<(), ConfigError> {
         let (database, broker) = match &self.command {
-            Command::Migrate | Command::Health | Command::Provision { .. } => (true, false),
+            Command::Migrate
+            | Command::Health
+            | Command::Provision { .. }
+            | Command::User { .. } => (true, false),
             Command::Ingress { .. } => (false, true),
             Command::Consume { .. } | Command::Run { .. } | Command::Dlq { .. } => (true, true),
         };
@@ -164,6 +174,7 @@ impl Cli {
             Command::Health => Ok(database::health(&database).await),
             Command::Provision { file } => provision::run(&database, &file).await,
             Command::Dlq { command } => dlq::run(&database, &broker, command).await,
+            Command::User { command } => user::run(&database, command).await,
             // Handled above, through their service plan.
             Command::Consume { .. } | Command::Ingress { .. } | Command::Run { .. } => {
                 Ok(ExitCode::SUCCESS)
@@ -202,7 +213,8 @@ impl Cli {
             Command::Migrate
             | Command::Health
             | Command::Provision { .. }
-            | Command::Dlq { .. } => None,
+            | Command::Dlq { .. }
+            | Command::User { .. } => None,
         }
     }
 }

@@ -27,6 +27,7 @@
 
 pub mod broker;
 pub mod clerk;
+pub mod clerk_api;
 pub mod cli;
 pub mod config;
 pub mod consumer;
@@ -39,6 +40,7 @@ pub mod ingress;
 pub mod metrics;
 pub mod ops;
 pub mod provision;
+pub mod reconcile;
 pub mod retry;
 pub mod service;
 pub mod telemetry;

@@ -7,6 +7,7 @@
 mod database;
 mod dlq;
 mod provision;
+mod reconcile;
 mod user;
 
 use std::ffi::OsString;
@@ -24,6 +25,7 @@ use crate::{service, telemetry};
 
 pub use dlq::{DlqCommand, FilterArgs};
 pub use provision::{EXIT_PERMANENT, EXIT_TRANSIENT};
+pub use reconcile::ReconcileArgs;
 pub use user::{EXIT_NO_USER, ShowArgs, UserCommand};
 
 #[derive(Debug, Parser)]
@@ -82,6 +84,8 @@ pub enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Compare every Clerk user with the database; `--apply` repairs (dry run by default).
+    Reconcile(Box<ReconcileArgs>),
     /// Everything in one process: migrate, then ingress, consumer and ops server.
     Run {
         #[command(flatten)]
@@ -142,7 +146,8 @@ impl Cli {
             Command::Migrate
             | Command::Health
             | Command::Provision { .. }
-            | Command::User { .. } => (true, false),
+            | Command::User { .. }
+            | Command::Reconcile(_) => (true, false),
             Command::Ingress { .. } => (false, true),
             Command::Consume { .. } | Command::Run { .. } | Command::Dlq { .. } => (true, true),
         };
@@ -175,6 +180,7 @@ impl Cli {
             Command::Provision { file } => provision::run(&database, &file).await,
             Command::Dlq { command } => dlq::run(&database, &broker, command).await,
             Command::User { command } => user::run(&database, command).await,
+            Command::Reconcile(args) => reconcile::run(&database, *args).await,
             // Handled above, through their service plan.
             Command::Consume { .. } | Command::Ingress { .. } | Command::Run { .. } => {
                 Ok(ExitCode::SUCCESS)
@@ -214,7 +220,8 @@ impl Cli {
             | Command::Health
             | Command::Provision { .. }
             | Command::Dlq { .. }
-            | Command::User { .. } => None,
+            | Command::User { .. }
+            | Command::Reconcile(_) => None,
         }
     }
 }

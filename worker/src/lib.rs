@@ -23,6 +23,8 @@
 //! - [`ingress`]: the Svix-verified webhook endpoint that publishes to the broker.
 //! - [`service`]: the long-running process (ingress, consumer, ops server) and its shutdown.
 //! - [`users`]: reading a user and their workspace back for operators.
+//! - [`clerk_api`]: the paced, retrying client of Clerk's Backend API; [`reconcile`]: comparing
+//!   the Clerk instance with the database and repairing it.
 //! - [`cli`]: the `worker` command line.
 
 pub mod broker;

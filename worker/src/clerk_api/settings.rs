@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use clap::Args;
-use reqwest::Url;
 use secrecy::SecretString;
+use url::Url;
 
 /// How the worker reaches Clerk's Backend API (`worker reconcile`).
 #[derive(Clone, Debug, Args)]

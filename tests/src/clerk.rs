@@ -45,6 +45,11 @@ impl UserEvent {
     }
 
     pub fn body(&self) -> Vec<u8> {
+        envelope(self.event_type, self.updated_at + 50, self.data())
+    }
+
+    /// The user object alone, as Clerk's Backend API lists it (a webhook's `data`).
+    pub fn data(&self) -> Value {
         let emails = match &self.email {
             Some(email) => {
                 json!([{"id": "idn_primary", "object": "email_address", "email_address": email,
@@ -52,15 +57,14 @@ impl UserEvent {
             }
             None => json!([]),
         };
-        let data = json!({
+        json!({
             "id": self.id, "object": "user", "external_id": null,
             "primary_email_address_id": self.email.as_ref().map(|_| "idn_primary"),
             "username": self.username, "first_name": self.first_name, "last_name": self.last_name,
             "image_url": self.image_url, "profile_image_url": self.image_url,
             "email_addresses": emails, "phone_numbers": [], "public_metadata": {},
             "created_at": 1_764_300_000_000_i64, "updated_at": self.updated_at,
-        });
-        envelope(self.event_type, self.updated_at + 50, data)
+        })
     }
 }
 

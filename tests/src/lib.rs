@@ -10,6 +10,7 @@
 pub mod app;
 pub mod broker;
 pub mod clerk;
+pub mod clerk_api;
 pub mod ops;
 pub mod process;
 pub mod proxy;

@@ -22,10 +22,14 @@
 //!   `/readyz`.
 //! - [`ingress`]: the Svix-verified webhook endpoint that publishes to the broker.
 //! - [`service`]: the long-running process (ingress, consumer, ops server) and its shutdown.
+//! - [`users`]: reading a user and their workspace back for operators.
+//! - [`clerk_api`]: the paced, retrying client of Clerk's Backend API; [`reconcile`]: comparing
+//!   the Clerk instance with the database and repairing it.
 //! - [`cli`]: the `worker` command line.
 
 pub mod broker;
 pub mod clerk;
+pub mod clerk_api;
 pub mod cli;
 pub mod config;
 pub mod consumer;
@@ -38,7 +42,9 @@ pub mod ingress;
 pub mod metrics;
 pub mod ops;
 pub mod provision;
+pub mod reconcile;
 pub mod retry;
 pub mod service;
 pub mod telemetry;
 pub mod topology;
+pub mod users;

@@ -49,6 +49,14 @@ pub fn parse_event(body: &[u8]) -> Result<Event, Rejected> {
     }
 }
 
+/// Parses one bare Clerk user object (an element of the Backend API's `GET /v1/users` answer,
+/// the same shape as a `user.updated` webhook's `data`) with the webhook rules, so a backfill
+/// provisions exactly what the consumer would.
+pub fn parse_user(data: &[u8]) -> Result<UserProfile, Rejected> {
+    let user: RawUser = serde_json::from_slice(data).map_err(invalid_payload)?;
+    profile_from(user, false, None)
+}
+
 fn invalid_payload(err: serde_json::Error) -> Rejected {
     Rejected::because(FailureReason::InvalidPayload, err)
 }

@@ -2,11 +2,13 @@
 //! group. The binary's edge, so errors are `anyhow` here and typed everywhere below.
 //!
 //! Exit statuses: 0 done; 1 failed (or unhealthy); 2 refused settings ([`ConfigError`], clap's
-//! usage errors included); 65 and 75 from `worker provision`.
+//! usage errors included); 65 and 75 from `worker provision`; 67 from `worker user show`.
 
 mod database;
 mod dlq;
 mod provision;
+mod reconcile;
+mod user;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -23,6 +25,8 @@ use crate::{service, telemetry};
 
 pub use dlq::{DlqCommand, FilterArgs};
 pub use provision::{EXIT_PERMANENT, EXIT_TRANSIENT};
+pub use reconcile::ReconcileArgs;
+pub use user::{EXIT_NO_USER, ShowArgs, UserCommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -79,6 +83,13 @@ pub enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Look users up.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Compare every Clerk user with the database; `--apply` repairs (dry run by default).
+    Reconcile(Box<ReconcileArgs>),
     /// Everything in one process: migrate, then ingress, consumer and ops server.
     Run {
         #[command(flatten)]
@@ -138,7 +149,11 @@ impl Cli {
     /// Checks the settings the command uses (the global ones it ignores are not its business).
     fn check(&self) -> Result<(), ConfigError> {
         let (database, broker) = match &self.command {
-            Command::Migrate | Command::Health | Command::Provision { .. } => (true, false),
+            Command::Migrate
+            | Command::Health
+            | Command::Provision { .. }
+            | Command::User { .. }
+            | Command::Reconcile(_) => (true, false),
             Command::Ingress { .. } => (false, true),
             Command::Consume { .. } | Command::Run { .. } | Command::Dlq { .. } => (true, true),
         };
@@ -170,6 +185,8 @@ impl Cli {
             Command::Health => Ok(database::health(&database).await),
             Command::Provision { file } => provision::run(&database, &file).await,
             Command::Dlq { command } => dlq::run(&database, &broker, command).await,
+            Command::User { command } => user::run(&database, command).await,
+            Command::Reconcile(args) => reconcile::run(&database, *args).await,
             // Handled above, through their service plan.
             Command::Consume { .. } | Command::Ingress { .. } | Command::Run { .. } => {
                 Ok(ExitCode::SUCCESS)
@@ -217,7 +234,9 @@ impl Cli {
             Command::Migrate
             | Command::Health
             | Command::Provision { .. }
-            | Command::Dlq { .. } => None,
+            | Command::Dlq { .. }
+            | Command::User { .. }
+            | Command::Reconcile(_) => None,
         }
     }
 }

@@ -1,0 +1,263 @@
+//! Clerk's Backend API, read-only: list and count the instance's users, and ask whether one
+//! still exists. Requests are paced below Clerk's rate limit, a 429 waits for its `Retry-After`,
+//! 5xx answers and network errors are retried with backoff, and 401/403 stop at once. The secret
+//! key is sent in the `Authorization` header only, never logged or put in an error.
+
+mod settings;
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Request, StatusCode, header};
+use backon::{BackoffBuilder, ExponentialBuilder};
+use http_body_util::{BodyExt, Empty};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::sync::Mutex;
+use tokio::time::{Interval, MissedTickBehavior};
+use tracing::{debug, warn};
+use url::Url;
+
+use crate::domain::UserId;
+
+pub use settings::ClerkApiSettings;
+
+/// Most users Clerk returns in one page of `GET /v1/users`.
+pub const PAGE_LIMIT: u32 = 500;
+
+/// Why a Clerk API call failed (after whatever retries it deserved).
+#[derive(Debug, thiserror::Error)]
+pub enum ClerkApiError {
+    /// Clerk refused the secret key: retrying cannot help.
+    #[error(
+        "Clerk refused the secret key ({status}): check CLERK_SECRET_KEY is the instance's \
+         secret key (sk_live_... or sk_test_...)"
+    )]
+    Unauthorized { status: StatusCode },
+    /// An answer that is neither success nor retryable, or retries ran out on one.
+    #[error("Clerk answered {status} to {path}")]
+    Status { status: StatusCode, path: String },
+    /// The request could not be sent or its answer read, after retries.
+    #[error("cannot reach Clerk's API at {path}: {detail}")]
+    Network { path: String, detail: String },
+    /// The answer is not the documented shape.
+    #[error("Clerk's answer to {path} is not the documented shape: {source}")]
+    Shape {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The HTTP client could not be built (TLS set-up).
+    #[error("cannot set up TLS for Clerk's API: {0}")]
+    Tls(#[source] rustls::Error),
+    /// CLERK_API_URL cannot take the API's paths.
+    #[error("CLERK_API_URL cannot be a base for the API's paths")]
+    BaseUrl,
+}
+
+/// A paced, retrying client of Clerk's Backend API.
+pub struct ClerkApi {
+    http: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    timeout: Duration,
+    base: Url,
+    secret_key: SecretString,
+    pace: Mutex<Interval>,
+    max_retries: u32,
+}
+
+#[derive(Deserialize)]
+struct TotalCount {
+    total_count: u64,
+}
+
+/// An answer: its status, headers and whole body (Clerk's pages are at most 500 users).
+pub struct Response {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// What one attempt asks the retry loop to do.
+enum Attempt {
+    Done(Response),
+    /// Wait this long, then try again.
+    Again(Duration, ClerkApiError),
+    Fail(ClerkApiError),
+}
+
+impl ClerkApi {
+    /// A client for `settings`; TLS is rustls with the ring provider.
+    pub fn new(settings: &ClerkApiSettings) -> Result<Self, ClerkApiError> {
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+            .map_err(ClerkApiError::Tls)?
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let http = Client::builder(TokioExecutor::new()).build(connector);
+        if settings.api_url.cannot_be_a_base() {
+            return Err(ClerkApiError::BaseUrl);
+        }
+        let mut pace = tokio::time::interval(Duration::from_secs_f64(1.0 / settings.rate));
+        pace.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Ok(Self {
+            http,
+            base: settings.api_url.clone(),
+            secret_key: settings.secret_key.clone(),
+            timeout: settings.timeout,
+            pace: Mutex::new(pace),
+            max_retries: settings.max_retries,
+        })
+    }
+
+    /// `GET /v1/users/count`: how many users the instance has (sizes the progress display).
+    pub async fn count_users(&self) -> Result<u64, ClerkApiError> {
+        let url = self.url(&["v1", "users", "count"])?;
+        let response = self.get(url).await?;
+        let count: TotalCount = decode(response, "/v1/users/count")?;
+        Ok(count.total_count)
+    }
+
+    /// `GET /v1/users?limit&offset&order_by=+created_at`: one page of user objects, left raw
+    /// for the webhook parser.
+    pub async fn list_users(&self, offset: u64) -> Result<Vec<Box<RawValue>>, ClerkApiError> {
+        let mut url = self.url(&["v1", "users"])?;
+        url.query_pairs_mut()
+            .append_pair("limit", &PAGE_LIMIT.to_string())
+            .append_pair("offset", &offset.to_string())
+            .append_pair("order_by", "+created_at");
+        let response = self.get(url).await?;
+        decode(response, "/v1/users")
+    }
+
+    /// `GET /v1/users/{id}`: false when Clerk answers 404 (the user no longer exists).
+    pub async fn user_exists(&self, id: &UserId) -> Result<bool, ClerkApiError> {
+        let url = self.url(&["v1", "users", id.as_ref()])?;
+        let response = self.get(url).await?;
+        Ok(response.status != StatusCode::NOT_FOUND)
+    }
+
+    fn url(&self, segments: &[&str]) -> Result<Url, ClerkApiError> {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| ClerkApiError::BaseUrl)?
+            .pop_if_empty()
+            .extend(segments);
+        Ok(url)
+    }
+
+    /// One paced GET with the retry policy; answers a success or a 404.
+    async fn get(&self, url: Url) -> Result<Response, ClerkApiError> {
+        let mut backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(30))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        let mut retries = 0;
+        loop {
+            self.pace.lock().await.tick().await;
+            let sent = self.send(&url).await;
+            let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+            match judge(sent, url.path(), delay) {
+                Attempt::Done(response) => return Ok(response),
+                Attempt::Again(wait, err) if retries < self.max_retries => {
+                    retries += 1;
+                    warn!(error = %err, retry_in = ?wait, retries, "Clerk API call failed; retrying");
+                    tokio::time::sleep(wait).await;
+                }
+                Attempt::Again(_, err) | Attempt::Fail(err) => return Err(err),
+            }
+        }
+    }
+}
+
+impl ClerkApi {
+    /// One GET with the bearer token, read whole within the timeout; errors as text.
+    async fn send(&self, url: &Url) -> Result<Response, String> {
+        let request = Request::get(url.as_str())
+            .header(
+                header::AUTHORIZATION,
+                format!("Bearer {}", self.secret_key.expose_secret()),
+            )
+            .header(
+                header::USER_AGENT,
+                concat!("provisioning-worker/", env!("CARGO_PKG_VERSION")),
+            )
+            .body(Empty::new())
+            .map_err(|err| err.to_string())?;
+        let exchange = async {
+            let response = self
+                .http
+                .request(request)
+                .await
+                .map_err(|err| err.to_string())?;
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await.map_err(|err| err.to_string())?;
+            Ok(Response {
+                status: parts.status,
+                headers: parts.headers,
+                body: body.to_bytes(),
+            })
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+        }
+    }
+}
+
+/// Decides what an answer (or a failure to get one) means.
+fn judge(sent: Result<Response, String>, path: &str, backoff: Duration) -> Attempt {
+    let response = match sent {
+        Ok(response) => response,
+        Err(detail) => {
+            let path = path.to_owned();
+            return Attempt::Again(backoff, ClerkApiError::Network { path, detail });
+        }
+    };
+    let status = response.status;
+    debug!(%status, path, "Clerk API answer");
+    let error = ClerkApiError::Status {
+        status,
+        path: path.to_owned(),
+    };
+    match status {
+        s if s.is_success() || s == StatusCode::NOT_FOUND => Attempt::Done(response),
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+            Attempt::Fail(ClerkApiError::Unauthorized { status })
+        }
+        StatusCode::TOO_MANY_REQUESTS => {
+            Attempt::Again(retry_after(&response).unwrap_or(backoff), error)
+        }
+        s if s.is_server_error() => Attempt::Again(backoff, error),
+        _ => Attempt::Fail(error),
+    }
+}
+
+/// `Retry-After` in seconds, as Clerk sends it.
+fn retry_after(response: &Response) -> Option<Duration> {
+    let value = response.headers.get(header::RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    response: Response,
+    path: &str,
+) -> Result<T, ClerkApiError> {
+    if response.status == StatusCode::NOT_FOUND {
+        return Err(ClerkApiError::Status {
+            status: StatusCode::NOT_FOUND,
+            path: path.to_owned(),
+        });
+    }
+    serde_json::from_slice(&response.body).map_err(|source| ClerkApiError::Shape {
+        path: path.to_owned(),
+        source,
+    })
+}

@@ -1,0 +1,98 @@
+//! What a reconcile found and did: counts per class, and the first ids of each class.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// Ids listed per class; counts go on past it, so memory does not grow with the instance.
+pub const MAX_LISTED_IDS: usize = 1000;
+
+/// One class of users: how many, and the first [`MAX_LISTED_IDS`] of them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Class {
+    pub count: u64,
+    pub ids: Vec<String>,
+}
+
+impl Class {
+    /// Counts `id`, listing it while the list has room.
+    pub fn add(&mut self, id: &str) {
+        self.count += 1;
+        if self.ids.len() < MAX_LISTED_IDS {
+            self.ids.push(id.to_owned());
+        }
+    }
+}
+
+/// Users Clerk has that the consumer would dead-letter, by reason code.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Unprovisionable {
+    pub count: u64,
+    pub by_reason: BTreeMap<&'static str, u64>,
+    pub ids: Vec<(String, &'static str)>,
+}
+
+impl Unprovisionable {
+    /// Counts `id` under `reason`.
+    pub fn add(&mut self, id: &str, reason: &'static str) {
+        self.count += 1;
+        *self.by_reason.entry(reason).or_default() += 1;
+        if self.ids.len() < MAX_LISTED_IDS {
+            self.ids.push((id.to_owned(), reason));
+        }
+    }
+}
+
+/// The whole run: what differs between Clerk and the database, and what was changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Report {
+    pub applied: bool,
+    /// Users read from Clerk.
+    pub clerk_users: u64,
+    /// Users whose row and workspace already match Clerk.
+    pub in_sync: u64,
+    pub missing: Class,
+    pub no_workspace: Class,
+    pub stale: Class,
+    pub orphaned: Class,
+    pub unprovisionable: Unprovisionable,
+    /// Users provisioned by this run (missing, workspace-less or stale ones).
+    pub provisioned: u64,
+    /// Orphans deleted by this run (each leaves a tombstone).
+    pub deleted: u64,
+    /// Users or orphans that could not be fixed (a database error): the run exits non-zero.
+    pub failed: Class,
+    /// Orphan deletion was asked for but refused by the `--max-delete-fraction` guard.
+    pub deletion_refused: bool,
+}
+
+impl Report {
+    /// True when everything asked for was done.
+    pub fn succeeded(&self) -> bool {
+        self.failed.count == 0 && !self.deletion_refused
+    }
+
+    /// The one-line summary printed and logged at the end.
+    pub fn summary(&self) -> String {
+        format!(
+            "reconcile {}: {} Clerk users, {} in sync, {} missing, {} without workspace, {} stale, \
+             {} orphaned, {} unprovisionable; {} provisioned, {} deleted, {} failed{}",
+            if self.applied { "applied" } else { "dry run" },
+            self.clerk_users,
+            self.in_sync,
+            self.missing.count,
+            self.no_workspace.count,
+            self.stale.count,
+            self.orphaned.count,
+            self.unprovisionable.count,
+            self.provisioned,
+            self.deleted,
+            self.failed.count,
+            if self.deletion_refused {
+                "; orphan deletion refused (over --max-delete-fraction; --force to override)"
+            } else {
+                ""
+            },
+        )
+    }
+}

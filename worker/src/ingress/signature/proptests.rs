@@ -8,14 +8,7 @@ use super::*;
 
 const SECRET_A: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const SECRET_B: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
-const NAMES: [&str; 6] = [
-    "svix-id",
-    "svix-timestamp",
-    "svix-signature",
-    "webhook-id",
-    "webhook-timestamp",
-    "webhook-signature",
-];
+use super::tests::HEADER_NAMES as NAMES;
 const CODES: [&str; 4] = [
     "missing_header",
     "invalid_header",

@@ -3,6 +3,16 @@
 
 use super::*;
 
+/// Every header name Svix signs under, branded and unbranded: the contract, spelled out.
+pub(super) const HEADER_NAMES: [&str; 6] = [
+    "svix-id",
+    "svix-timestamp",
+    "svix-signature",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+];
+
 const SECRET_A: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const ID_A: &str = "msg_p5jXN8AQM9LWM0D4loKWxJek";
 const TS_A: i64 = 1_614_265_330;
@@ -352,14 +362,7 @@ fn a_value_over_four_kib_under_any_of_the_six_names_is_invalid() {
     let map = header_map(ID_A, &TS_A.to_string(), &at_limit);
     assert!(SignedHeaders::from_headers(&map).is_ok());
 
-    for name in [
-        "svix-id",
-        "svix-timestamp",
-        "svix-signature",
-        "webhook-id",
-        "webhook-timestamp",
-        "webhook-signature",
-    ] {
+    for name in HEADER_NAMES {
         let mut map = header_map(ID_A, &TS_A.to_string(), SIG_A);
         map.append(name, oversized.parse().unwrap());
         assert_eq!(

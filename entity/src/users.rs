@@ -22,6 +22,13 @@ pub struct Model {
     pub updated_at: DateTimeWithTimeZone,
     /// Clerk's `updated_at` of the last event applied to this row (ordering guard).
     pub clerk_updated_at: DateTimeWithTimeZone,
+    /// Set when the username was derived (Clerk had none): the name it moves to if a user
+    /// chooses this one in Clerk. `None` for a username the user chose.
+    pub username_fallback: Option<String>,
+    /// The envelope `timestamp` of that event: the ordering tie-break after `clerk_updated_at`.
+    pub clerk_event_at: DateTimeWithTimeZone,
+    /// Digest of that event's content: the last tie-break, so every delivery order converges.
+    pub clerk_data_digest: Vec<u8>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

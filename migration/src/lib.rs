@@ -34,6 +34,8 @@ mod m20261128_000001_create_users_and_workspaces;
 mod m20261128_000002_add_users_clerk_updated_at;
 mod m20261128_000003_create_user_tombstones;
 mod m20261129_000004_create_provision_user_function;
+mod m20261201_000005_account_churn;
+mod m20261201_000006_create_provision_user_v2;
 
 /// Every migration of the schema, oldest first.
 pub struct Migrator;
@@ -46,6 +48,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000002_add_users_clerk_updated_at::Migration),
             Box::new(m20261128_000003_create_user_tombstones::Migration),
             Box::new(m20261129_000004_create_provision_user_function::Migration),
+            Box::new(m20261201_000005_account_churn::Migration),
+            Box::new(m20261201_000006_create_provision_user_v2::Migration),
         ]
     }
 }

@@ -190,7 +190,7 @@ async fn a_conflict_fails_the_whole_batch_and_writes_nothing() {
     let db = TestDb::migrated().await;
     db.execute("INSERT INTO users (id, email, username) VALUES ('user_2owner', 'batch3@example.com', 'owner')").await;
     match batch(&db, &sign_ups(10)).await {
-        Err(ProvisionError::Permanent(rejected)) => {
+        Err(ProvisionError::Conflict(rejected)) => {
             assert_eq!(rejected.reason, FailureReason::EmailConflict)
         }
         other => panic!("expected the conflict, got {other:?}"),
@@ -212,6 +212,8 @@ async fn the_consumer_batches_and_one_bad_event_does_not_sink_its_batch_mates() 
     let mut env = broker.env();
     env.push(("DATABASE_URL", db.settings.expose_url().to_owned()));
     env.push(("BATCH_SIZE", "16".into()));
+    env.push(("RETRY_MAX_ATTEMPTS", "2".into()));
+    env.push(("RETRY_INITIAL_DELAY", "10ms".into()));
     let worker = TestApp::spawn(&["consume"], &env).await;
     worker.wait_ready(Duration::from_secs(30)).await;
 
@@ -238,7 +240,13 @@ async fn the_consumer_batches_and_one_bad_event_does_not_sink_its_batch_mates() 
     assert_eq!(worker.metric("workspace_created_total").await, 59.0);
     assert_eq!(
         worker.metric("events_retried_total").await,
-        0.0,
-        "the fallback is not a retry"
+        1.0,
+        "the fallback is not a retry; the conflict retried once, from the retry queue"
+    );
+    assert_eq!(
+        worker
+            .metric(r#"events_retried_total{reason="email_conflict"}"#)
+            .await,
+        1.0
     );
 }

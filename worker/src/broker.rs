@@ -102,6 +102,52 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), lapin
             FieldTable::default(),
         )
         .await?;
+    declare_retry_route(channel, topology).await
+}
+
+/// The retry queue between its two fanout exchanges: in through `retry.exchange`, out (on each
+/// message's expiry) through `retry.redeliver_exchange` into the main queue, routing key kept.
+async fn declare_retry_route(channel: &Channel, topology: &Topology) -> Result<(), lapin::Error> {
+    let route = &topology.retry;
+    let durable_exchange = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    for exchange in [&route.exchange, &route.redeliver_exchange] {
+        channel
+            .exchange_declare(
+                exchange.as_str().into(),
+                ExchangeKind::Fanout,
+                durable_exchange,
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    let durable_queue = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(
+            route.queue.as_str().into(),
+            durable_queue,
+            dead_lettering_arguments(&route.redeliver_exchange),
+        )
+        .await?;
+    for (queue, exchange) in [
+        (&route.queue, &route.exchange),
+        (&topology.queue, &route.redeliver_exchange),
+    ] {
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                exchange.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
     Ok(())
 }
 
@@ -114,10 +160,20 @@ fn quorum_arguments() -> FieldTable {
 /// Quorum queue that dead-letters, at least once, what exceeds the delivery limit. At-least-once
 /// dead-lettering requires `reject-publish` overflow (RabbitMQ >= 3.10).
 fn main_queue_arguments(topology: &Topology) -> FieldTable {
+    let mut arguments = dead_lettering_arguments(&topology.dead_letter_exchange);
+    arguments.insert(
+        argument::DELIVERY_LIMIT.into(),
+        AMQPValue::LongLongInt(i64::from(topology.delivery_limit)),
+    );
+    arguments
+}
+
+/// A quorum queue that dead-letters to `exchange`, at least once.
+fn dead_lettering_arguments(exchange: &str) -> FieldTable {
     let mut arguments = quorum_arguments();
     arguments.insert(
         argument::DEAD_LETTER_EXCHANGE.into(),
-        long_string(&topology.dead_letter_exchange),
+        long_string(exchange),
     );
     arguments.insert(
         argument::DEAD_LETTER_STRATEGY.into(),
@@ -126,10 +182,6 @@ fn main_queue_arguments(topology: &Topology) -> FieldTable {
     arguments.insert(
         argument::OVERFLOW.into(),
         long_string(argument::REJECT_PUBLISH),
-    );
-    arguments.insert(
-        argument::DELIVERY_LIMIT.into(),
-        AMQPValue::LongLongInt(i64::from(topology.delivery_limit)),
     );
     arguments
 }
@@ -207,6 +259,13 @@ pub fn text_header(headers: &FieldTable, name: &str) -> Option<String> {
     }
 }
 
+/// `headers` without the header `name` (lapin's table has no remove).
+pub fn without_header(headers: &FieldTable, name: &str) -> FieldTable {
+    let mut fields = headers.inner().clone();
+    fields.retain(|key, _| key.as_str() != name);
+    FieldTable::from(fields)
+}
+
 /// An integer header, whichever AMQP integer type carries it.
 pub fn integer_header(headers: &FieldTable, name: &str) -> Option<i64> {
     match headers.inner().get(name)? {
@@ -232,12 +291,29 @@ pub async fn republish(
 ) -> Result<(), PublishError> {
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
     edit_headers(&mut headers);
+    republish_as(
+        channel,
+        exchange,
+        delivery,
+        delivery.properties.clone().with_headers(headers),
+    )
+    .await
+}
+
+/// Publishes `delivery`'s body again to `exchange` with its routing key and the given
+/// `properties`; confirmed as [`publish_confirmed`].
+pub async fn republish_as(
+    channel: &Channel,
+    exchange: &str,
+    delivery: &lapin::message::Delivery,
+    properties: BasicProperties,
+) -> Result<(), PublishError> {
     publish_confirmed(
         channel,
         exchange,
         delivery.routing_key.as_str(),
         &delivery.data,
-        delivery.properties.clone().with_headers(headers),
+        properties,
         REPUBLISH_TIMEOUT,
     )
     .await

@@ -27,9 +27,10 @@ pub enum FailureReason {
     InvalidEmail,
     /// The username Clerk sent does not pass `valid_username`.
     InvalidUsername,
-    /// Another user already holds this email.
+    /// Another user still held this email when the retry budget ran out.
     EmailConflict,
-    /// Another user already holds this username.
+    /// Another user still held this username (chosen, not derived) when the retry budget ran
+    /// out.
     UsernameConflict,
     /// Some other CHECK or data rule of the schema refused the row.
     ConstraintViolation,
@@ -129,6 +130,12 @@ pub enum ProvisionError {
     /// Retry with a bounded budget.
     #[error("transient database error: {0}")]
     Transient(#[source] DbErr),
+    /// Another user holds this email or username. Order can explain it (that user's change or
+    /// deletion may still be on its way), so it is retried with the event's budget, waiting in
+    /// the broker's retry queue rather than in a consumer slot, and dead-lettered with its
+    /// reason only when the budget is spent.
+    #[error(transparent)]
+    Conflict(Rejected),
     /// Retrying cannot help: dead-letter with the reason.
     #[error(transparent)]
     Permanent(#[from] Rejected),
@@ -145,7 +152,7 @@ impl ProvisionError {
         match self {
             Self::Unavailable(_) => "database_unavailable",
             Self::Transient(_) => "transient",
-            Self::Permanent(rejected) => rejected.reason.as_str(),
+            Self::Conflict(rejected) | Self::Permanent(rejected) => rejected.reason.as_str(),
         }
     }
 }

@@ -22,6 +22,10 @@ pub struct RetryPolicy {
 pub enum Decision {
     /// Try again after waiting; the delivery stays unacknowledged meanwhile.
     Retry,
+    /// Try again after this delay, from the broker: the event waits in the retry queue, so the
+    /// wait holds no consumer slot and no prefetch (another user's event may be what resolves
+    /// it).
+    Defer(Duration),
     /// Never going to work: publish to the dead-letter queue with this reason, then acknowledge.
     DeadLetter(FailureReason),
 }
@@ -32,6 +36,7 @@ pub struct Attempts {
     /// Every attempt made, for logs and the `x-attempts` header.
     pub made: u32,
     /// Attempts that failed for a reason specific to this event; only these use up the budget.
+    /// Carried across deferred retries in the `x-retry-attempts` header.
     pub budgeted: u32,
 }
 
@@ -56,12 +61,19 @@ impl RetryPolicy {
                 Decision::Retry
             }
             ProvisionError::Transient(_) => Decision::DeadLetter(FailureReason::RetriesExhausted),
+            ProvisionError::Conflict(_) if attempts.budgeted < self.max_attempts => {
+                Decision::Defer(self.delay_before(attempts.budgeted + 1))
+            }
+            ProvisionError::Conflict(rejected) => Decision::DeadLetter(rejected.reason),
         }
     }
 
     /// Counts one more attempt that ended in `result`.
     pub fn count<T>(result: &Result<T, ProvisionError>, attempts: Attempts) -> Attempts {
-        let budgeted = matches!(result, Err(ProvisionError::Transient(_)));
+        let budgeted = matches!(
+            result,
+            Err(ProvisionError::Transient(_) | ProvisionError::Conflict(_))
+        );
         Attempts {
             made: attempts.made + 1,
             budgeted: attempts.budgeted + u32::from(budgeted),
@@ -79,6 +91,19 @@ impl RetryPolicy {
             .without_max_times()
             .build()
             .map(full_jitter)
+    }
+}
+
+impl RetryPolicy {
+    /// The delay before budgeted attempt `attempt` (the first is 1): the same curve as
+    /// [`Self::delays`], for a retry that lives in the broker rather than in a loop.
+    pub fn delay_before(&self, attempt: u32) -> Duration {
+        let doublings = attempt.saturating_sub(2).min(31);
+        let ceiling = self
+            .initial_delay
+            .saturating_mul(1 << doublings)
+            .min(self.max_delay);
+        full_jitter(ceiling)
     }
 }
 

@@ -17,6 +17,13 @@ pub const DEFAULT_DEAD_LETTER_EXCHANGE: &str = "clerk.events.dlx";
 pub const DEFAULT_DEAD_LETTER_QUEUE: &str = "workspace.provisioning.dlq";
 /// Binding of the dead-letter queue: every routing key, so nothing dead-lettered is lost.
 pub const DEAD_LETTER_BINDING_KEY: &str = "#";
+/// Suffix of the retry queue's name (after the main queue's): events whose conflict may resolve
+/// wait there, each for its own delay (per-message TTL), then go back to the main queue. Also
+/// the name of the fanout exchange that leads into it.
+pub const RETRY_SUFFIX: &str = ".retry";
+/// Suffix of the fanout exchange (after the main queue's name) that the retry queue dead-letters
+/// expired events to; only the main queue is bound to it, and routing keys stay as they were.
+pub const REDELIVER_SUFFIX: &str = ".redeliver";
 /// Deliveries of one message before the broker dead-letters it.
 pub const DEFAULT_DELIVERY_LIMIT: u32 = 10;
 
@@ -38,6 +45,9 @@ pub mod header {
     pub const LAST_FAILED_AT: &str = "x-last-failed-at";
     /// How many times a dead letter was replayed.
     pub const REPLAY_COUNT: &str = "x-replay-count";
+    /// Attempts of an event that used up retry budget, carried across deferred retries (the
+    /// retry queue); a replay starts without it, with the whole budget.
+    pub const RETRY_ATTEMPTS: &str = "x-retry-attempts";
     /// Set by quorum queues: earlier deliveries of this message.
     pub const DELIVERY_COUNT: &str = "x-delivery-count";
     /// Set by the broker on a message it dead-lettered itself: a list of tables.
@@ -58,6 +68,15 @@ pub mod argument {
     pub const DELIVERY_LIMIT: &str = "x-delivery-limit";
 }
 
+/// Where deferred retries go: into [`Self::exchange`], wait in [`Self::queue`] for their
+/// per-message TTL, then leave through [`Self::redeliver_exchange`] into the main queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryRoute {
+    pub exchange: String,
+    pub queue: String,
+    pub redeliver_exchange: String,
+}
+
 /// The names the product's exchanges and queues go by, with the prefix applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Topology {
@@ -66,15 +85,22 @@ pub struct Topology {
     pub binding_key: String,
     pub dead_letter_exchange: String,
     pub dead_letter_queue: String,
+    pub retry: RetryRoute,
     pub delivery_limit: u32,
 }
 
 impl Topology {
     pub fn from_settings(settings: &BrokerSettings) -> Self {
         let prefixed = |name: &str| format!("{}{name}", settings.name_prefix);
+        let queue = prefixed(&settings.queue);
         Self {
             exchange: prefixed(&settings.exchange),
-            queue: prefixed(&settings.queue),
+            retry: RetryRoute {
+                exchange: format!("{queue}{RETRY_SUFFIX}"),
+                queue: format!("{queue}{RETRY_SUFFIX}"),
+                redeliver_exchange: format!("{queue}{REDELIVER_SUFFIX}"),
+            },
+            queue,
             binding_key: settings.binding_key.clone(),
             dead_letter_exchange: prefixed(&settings.dead_letter_exchange),
             dead_letter_queue: prefixed(&settings.dead_letter_queue),
@@ -96,6 +122,12 @@ mod tests {
         assert_eq!(topology.dead_letter_exchange, "t1.clerk.events.dlx");
         assert_eq!(topology.dead_letter_queue, "t1.workspace.provisioning.dlq");
         assert_eq!(topology.binding_key, "user.*");
+        assert_eq!(topology.retry.exchange, "t1.workspace.provisioning.retry");
+        assert_eq!(topology.retry.queue, "t1.workspace.provisioning.retry");
+        assert_eq!(
+            topology.retry.redeliver_exchange,
+            "t1.workspace.provisioning.redeliver"
+        );
     }
 
     #[test]
@@ -109,6 +141,7 @@ mod tests {
             header::FIRST_FAILED_AT,
             header::LAST_FAILED_AT,
             header::REPLAY_COUNT,
+            header::RETRY_ATTEMPTS,
             header::DELIVERY_COUNT,
             header::DEATH,
         ];
@@ -123,6 +156,7 @@ mod tests {
                 "x-first-failed-at",
                 "x-last-failed-at",
                 "x-replay-count",
+                "x-retry-attempts",
                 "x-delivery-count",
                 "x-death",
             ]

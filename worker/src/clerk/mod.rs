@@ -86,11 +86,13 @@ fn profile_from(
         .updated_at
         .or(event_timestamp)
         .ok_or_else(|| Rejected::new(FailureReason::InvalidPayload, "no `updated_at`"))?;
+    let event_at = event_timestamp.map(ClerkTime::from_millis).transpose()?;
     Ok(UserProfile {
         first_name: name_from(&id, "first_name", user.first_name.as_deref()),
         last_name: name_from(&id, "last_name", user.last_name.as_deref()),
         avatar_url: avatar_from(&id, user.image_url.as_deref()),
         updated_at: ClerkTime::from_millis(updated_at)?,
+        event_at,
         id,
         is_creation,
         email,

@@ -54,6 +54,7 @@ fn print_success(event: &Event, provisioned: &Provisioned) -> ExitCode {
         "user_id": event.user_id().map(AsRef::<str>::as_ref),
         "outcome": provisioned.outcome,
         "workspace_id": provisioned.workspace_id,
+        "reassigned": provisioned.reassigned,
     });
     println!("{line}");
     ExitCode::SUCCESS

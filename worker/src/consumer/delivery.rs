@@ -17,7 +17,9 @@ use crate::error::{ProvisionError, Rejected};
 use crate::metrics::Metrics;
 use crate::provision::{self, Outcome, Provisioned};
 use crate::retry::{Attempts, RetryPolicy};
-use crate::topology::header::{DELIVERY_COUNT, FAILURE_REASON, RECEIVED_AT_MS, REPLAY_COUNT};
+use crate::topology::header::{
+    DELIVERY_COUNT, FAILURE_REASON, RECEIVED_AT_MS, REPLAY_COUNT, RETRY_ATTEMPTS,
+};
 
 /// Provisions deliveries; shared by every delivery task of one broker session. Its work is
 /// spread over the files named for each part: the retry loop (`retrying`), the batch split
@@ -25,9 +27,11 @@ use crate::topology::header::{DELIVERY_COUNT, FAILURE_REASON, RECEIVED_AT_MS, RE
 pub struct Processor {
     pub db: DatabaseConnection,
     pub policy: RetryPolicy,
-    /// Confirm-mode channel dead letters are published on.
-    pub dead_letters: Channel,
+    /// Confirm-mode channel dead letters and deferred retries are published on.
+    pub publisher: Channel,
     pub dead_letter_exchange: String,
+    /// Exchange into the retry queue, for [`crate::retry::Decision::Defer`].
+    pub retry_exchange: String,
     /// Cancelled when the session ends (shutdown, or the broker connection lost): a delivery
     /// waiting to retry goes back to the queue instead.
     pub stop: CancellationToken,
@@ -131,7 +135,21 @@ impl Context {
 
 /// Earlier deliveries of this message (quorum queues count them in `x-delivery-count`).
 pub(super) fn redeliveries(delivery: &Delivery) -> u32 {
-    header_i64(delivery, DELIVERY_COUNT)
+    header_u32(delivery, DELIVERY_COUNT)
+}
+
+/// What earlier attempts of this event already did: its redeliveries, and the attempts made
+/// before it was deferred to the retry queue, which used up budget.
+pub(super) fn earlier_attempts(delivery: &Delivery) -> Attempts {
+    let deferred = header_u32(delivery, RETRY_ATTEMPTS);
+    Attempts {
+        made: redeliveries(delivery).saturating_add(deferred),
+        budgeted: deferred,
+    }
+}
+
+fn header_u32(delivery: &Delivery, name: &str) -> u32 {
+    header_i64(delivery, name)
         .and_then(|n| u32::try_from(n).ok())
         .unwrap_or(0)
 }

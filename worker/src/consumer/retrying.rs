@@ -7,7 +7,7 @@ use chrono::Utc;
 use lapin::message::Delivery;
 use tracing::{info, warn};
 
-use super::delivery::{Context, Processor, attempt, redeliveries};
+use super::delivery::{Context, Processor, attempt, earlier_attempts};
 use crate::dead_letter::Failure;
 use crate::domain::Event;
 use crate::error::{ProvisionError, Rejected};
@@ -19,10 +19,7 @@ impl Processor {
     pub(super) async fn process(&self, delivery: Delivery, parsed: Result<Event, Rejected>) {
         self.metrics.deliveries_in_flight(1.0);
         let context = Context::of(&delivery, &parsed);
-        let mut attempts = Attempts {
-            made: redeliveries(&delivery),
-            budgeted: 0,
-        };
+        let mut attempts = earlier_attempts(&delivery);
         let mut delays = self.policy.delays();
         let mut first_failed_at = None;
         loop {
@@ -49,6 +46,11 @@ impl Processor {
                         self.give_back(&delivery, &context, &err).await;
                         break;
                     }
+                }
+                Decision::Defer(delay) => {
+                    self.defer(&delivery, &context, &err, attempts, first_failed_at, delay)
+                        .await;
+                    break;
                 }
                 Decision::DeadLetter(reason) => {
                     let failure = Failure {

@@ -55,8 +55,9 @@ impl Session {
         let processor = Arc::new(Processor {
             db: consumer.db.clone(),
             policy: consumer.retry_policy(),
-            dead_letters: broker::confirm_channel(&connection).await?,
+            publisher: broker::confirm_channel(&connection).await?,
             dead_letter_exchange: topology.dead_letter_exchange.clone(),
+            retry_exchange: topology.retry.exchange.clone(),
             stop: stop.clone(),
             settlements: Settlements::new(channel.clone()),
             metrics: consumer.metrics.clone(),

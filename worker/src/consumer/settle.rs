@@ -17,8 +17,16 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tracing::{error, warn};
 
+use chrono::{DateTime, Utc};
+use lapin::BasicProperties;
+use lapin::types::AMQPValue;
+
 use super::delivery::{Context, Processor};
+use crate::broker;
 use crate::dead_letter::{self, Failure};
+use crate::error::ProvisionError;
+use crate::retry::Attempts;
+use crate::topology::header::{DELIVERY_COUNT, FIRST_FAILED_AT, RETRY_ATTEMPTS};
 
 pub struct Settlements {
     channel: Channel,
@@ -125,7 +133,7 @@ impl Processor {
         elapsed: Duration,
     ) {
         let published = dead_letter::publish(
-            &self.dead_letters,
+            &self.publisher,
             &self.dead_letter_exchange,
             delivery,
             &failure,
@@ -152,12 +160,75 @@ impl Processor {
         self.ack(&[delivery], context).await;
     }
 
+    /// Sends the delivery to the retry queue to come back after `delay`, with the attempts
+    /// it used, then acknowledges it: waiting there holds no slot of this consumer.
+    pub(super) async fn defer(
+        &self,
+        delivery: &Delivery,
+        context: &Context,
+        err: &ProvisionError,
+        attempts: Attempts,
+        first_failed_at: DateTime<Utc>,
+        delay: Duration,
+    ) {
+        let properties = deferred_properties(delivery, attempts, first_failed_at, delay);
+        let published =
+            broker::republish_as(&self.publisher, &self.retry_exchange, delivery, properties)
+                .await;
+        if let Err(publish_err) = published {
+            // Not in the retry queue, so it must not leave the main queue either.
+            error!(event_id = %context.event_id, error = %publish_err, "deferring failed; requeueing");
+            self.requeue(delivery, context).await;
+            return;
+        }
+        self.metrics.record_retry(err.reason_code());
+        warn!(
+            user_id = context.user_id.as_deref(),
+            event_id = %context.event_id,
+            attempt = attempts.made,
+            budget_used = attempts.budgeted,
+            reason = err.reason_code(),
+            error = %err,
+            retry_in_ms = delay.as_millis() as u64,
+            "provisioning failed; retrying from the retry queue"
+        );
+        self.ack(&[delivery], context).await;
+    }
+
     /// Hands a delivery back to the queue; if that fails, closing the channel does it.
     pub(super) async fn requeue(&self, delivery: &Delivery, context: &Context) {
         if let Err(err) = self.settlements.requeue(delivery.delivery_tag).await {
             warn!(event_id = %context.event_id, error = %err, "nack failed; the broker requeues on close");
         }
     }
+}
+
+/// The delivery's properties for its stay in the retry queue: its per-message TTL, the budget
+/// used so far, and when it first failed. The broker's delivery count starts again.
+fn deferred_properties(
+    delivery: &Delivery,
+    attempts: Attempts,
+    first_failed_at: DateTime<Utc>,
+    delay: Duration,
+) -> BasicProperties {
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    headers = broker::without_header(&headers, DELIVERY_COUNT);
+    headers.insert(
+        RETRY_ATTEMPTS.into(),
+        AMQPValue::LongLongInt(i64::from(attempts.budgeted)),
+    );
+    if !headers.contains_key(FIRST_FAILED_AT) {
+        headers.insert(
+            FIRST_FAILED_AT.into(),
+            broker::long_string(&dead_letter::timestamp(first_failed_at)),
+        );
+    }
+    let ttl_ms = delay.as_millis().max(1).to_string();
+    delivery
+        .properties
+        .clone()
+        .with_headers(headers)
+        .with_expiration(ttl_ms.into())
 }
 
 #[cfg(test)]

@@ -64,7 +64,8 @@ fn add_failure_headers(headers: &mut FieldTable, failure: &Failure) {
     );
 }
 
-fn timestamp(at: DateTime<Utc>) -> String {
+/// A failure time as the `x-first-failed-at`/`x-last-failed-at` headers write it.
+pub fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 

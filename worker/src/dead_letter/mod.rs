@@ -19,7 +19,7 @@ pub mod report;
 
 use crate::broker;
 
-pub use failure::{Failure, publish};
+pub use failure::{Failure, publish, timestamp};
 pub use letter::{DeadLetter, Filter};
 pub use list::{Listing, list};
 pub use replay::{ReplayPlan, ReplaySummary, replay};

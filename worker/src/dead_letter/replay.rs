@@ -16,7 +16,9 @@ use super::{DeadLetter, DlqError, Filter};
 use crate::broker;
 use crate::clerk::event_type::{USER_CREATED, USER_UPDATED};
 use crate::config::BrokerSettings;
-use crate::topology::header::{ORIGINAL_RECEIVED_AT_MS, RECEIVED_AT_MS, REPLAY_COUNT};
+use crate::topology::header::{
+    ORIGINAL_RECEIVED_AT_MS, RECEIVED_AT_MS, REPLAY_COUNT, RETRY_ATTEMPTS,
+};
 
 /// Whether the user of a user.created/updated dead letter is already provisioned.
 const HAS_WORKSPACE: &str = "SELECT EXISTS (SELECT 1 FROM users u JOIN workspaces w ON w.user_id = u.id \
@@ -120,6 +122,8 @@ async fn republish(
         if let Some(original) = headers.inner().get(RECEIVED_AT_MS).cloned() {
             headers.insert(ORIGINAL_RECEIVED_AT_MS.into(), original);
         }
+        // A replay gets the whole retry budget again.
+        *headers = broker::without_header(headers, RETRY_ATTEMPTS);
         let now = Utc::now().timestamp_millis();
         headers.insert(RECEIVED_AT_MS.into(), AMQPValue::LongLongInt(now));
         headers.insert(

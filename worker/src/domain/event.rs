@@ -1,5 +1,8 @@
 //! The validated event: what one Clerk webhook asks provisioning to do.
 
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
 use super::{AvatarUrl, ClerkTime, DerivedUsername, Email, PersonName, UserId, Username};
 use crate::clerk::event_type::{USER_CREATED, USER_DELETED, USER_UPDATED};
 
@@ -45,6 +48,9 @@ pub struct UserProfile {
     pub avatar_url: Option<AvatarUrl>,
     /// Clerk's `updated_at`: an event older than what the row reflects is stale.
     pub updated_at: ClerkTime,
+    /// The envelope's `timestamp` (none for a user read from Clerk's API): breaks ties between
+    /// events with the same `updated_at`.
+    pub event_at: Option<ClerkTime>,
 }
 
 impl UserProfile {
@@ -55,6 +61,25 @@ impl UserProfile {
         } else {
             USER_UPDATED
         }
+    }
+
+    /// A digest of what this event says about the user: the last tie-break of event order, so
+    /// two events with the same clocks and different content converge in any delivery order.
+    pub fn content_digest(&self) -> [u8; 32] {
+        let username = match &self.username {
+            UsernameChoice::Chosen(name) => json!(["chosen", name.as_ref()]),
+            UsernameChoice::Derived(pair) => {
+                json!(["derived", pair.preferred.as_ref(), pair.fallback.as_ref()])
+            }
+        };
+        let content = json!([
+            self.email.as_ref(),
+            username,
+            text(self.first_name.as_ref()),
+            text(self.last_name.as_ref()),
+            text(self.avatar_url.as_ref()),
+        ]);
+        Sha256::digest(content.to_string().as_bytes()).into()
     }
 }
 
@@ -72,4 +97,8 @@ pub struct UserDeletion {
     pub id: UserId,
     /// The event's `timestamp`: a deletion older than the stored state is stale.
     pub deleted_at: ClerkTime,
+}
+
+fn text<T: AsRef<str>>(value: Option<&T>) -> Option<&str> {
+    value.map(AsRef::as_ref)
 }

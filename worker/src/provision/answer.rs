@@ -3,7 +3,7 @@
 
 use sea_orm::{DbErr, DeriveActiveEnum, EnumIter, FromQueryResult};
 
-use super::{Outcome, Provisioned};
+use super::{Outcome, Provisioned, Reassigned};
 
 /// What `provision_user` did to the user's row: its `user_write`, one of these strings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
@@ -19,7 +19,7 @@ pub enum UserWrite {
     /// Nothing: the row reflects a newer event.
     #[sea_orm(string_value = "stale")]
     Stale,
-    /// Nothing: a tombstone at least as new as this event; the user stays deleted.
+    /// Nothing: the user was deleted, and deletion is final.
     #[sea_orm(string_value = "deleted")]
     Deleted,
 }
@@ -32,16 +32,25 @@ pub struct ProvisionUserRow {
     pub workspace_id: Option<String>,
     /// Whether this call created the workspace; NULL only when the user stays deleted.
     pub workspace_created: Option<bool>,
+    /// The user whose derived username this event's chosen one took, if any.
+    pub reassigned_user_id: Option<String>,
+    /// That user's username now (their fallback).
+    pub reassigned_username: Option<String>,
 }
 
 impl TryFrom<ProvisionUserRow> for Provisioned {
     type Error = DbErr;
 
     fn try_from(row: ProvisionUserRow) -> Result<Self, DbErr> {
+        let reassigned = match (row.reassigned_user_id, row.reassigned_username) {
+            (Some(user_id), Some(username)) => Some(Reassigned { user_id, username }),
+            _ => None,
+        };
         if row.user_write == UserWrite::Deleted {
             return Ok(Self {
                 outcome: Outcome::Stale,
                 workspace_id: None,
+                reassigned,
             });
         }
         let (Some(workspace_id), Some(created)) = (row.workspace_id, row.workspace_created) else {
@@ -53,6 +62,7 @@ impl TryFrom<ProvisionUserRow> for Provisioned {
         Ok(Self {
             outcome: outcome_of(row.user_write, created),
             workspace_id: Some(workspace_id),
+            reassigned,
         })
     }
 }
@@ -79,6 +89,8 @@ mod tests {
             user_write,
             workspace_id: created.map(|_| "w1".to_owned()),
             workspace_created: created,
+            reassigned_user_id: None,
+            reassigned_username: None,
         }
     }
 

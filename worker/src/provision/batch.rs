@@ -8,12 +8,12 @@
 
 use std::collections::HashMap;
 
-use chrono::SecondsFormat;
+use chrono::{DateTime, SecondsFormat, Utc};
 use sea_orm::{DatabaseConnection, DbErr, FromQueryResult};
 use serde_json::json;
 
 use super::answer::ProvisionUserRow;
-use super::{Provisioned, statement, username_parameters};
+use super::{Provisioned, event_at, statement, username_parameters};
 use crate::domain::{UserProfile, WorkspaceName};
 use crate::error::ProvisionError;
 
@@ -21,15 +21,17 @@ use crate::error::ProvisionError;
 /// `provision_user` in the order of their lock keys (the sorted subquery is not flattened), so
 /// two batches never wait for each other's locks in a cycle.
 const PROVISION_USERS: &str = r#"
-SELECT e.id, p.user_write, p.workspace_id, p.workspace_created
+SELECT e.id, p.user_write, p.workspace_id, p.workspace_created, p.reassigned_user_id,
+    p.reassigned_username
 FROM (
     SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(id text, email text, username text,
         fallback text, derived boolean, first_name text, last_name text, avatar_url text,
-        updated_at timestamptz)
+        updated_at timestamptz, event_at timestamptz, digest text)
     ORDER BY hashtextextended(r.id, 0)
 ) AS e
 CROSS JOIN LATERAL provision_user(e.id, e.email, e.username, e.fallback, e.derived,
-    e.first_name, e.last_name, e.avatar_url, e.updated_at, $2) AS p
+    e.first_name, e.last_name, e.avatar_url, e.updated_at, e.event_at, decode(e.digest, 'hex'),
+    $2) AS p
 "#;
 
 /// One user's answer within the batch: whose, and `provision_user`'s own row.
@@ -85,9 +87,19 @@ fn rows(profiles: &[&UserProfile]) -> serde_json::Value {
                 "first_name": p.first_name.as_ref().map(AsRef::<str>::as_ref),
                 "last_name": p.last_name.as_ref().map(AsRef::<str>::as_ref),
                 "avatar_url": p.avatar_url.as_ref().map(AsRef::<str>::as_ref),
-                "updated_at": p.updated_at.as_datetime().to_rfc3339_opts(SecondsFormat::Micros, true),
+                "updated_at": rfc3339(p.updated_at.as_datetime()),
+                "event_at": rfc3339(event_at(p)),
+                "digest": hex(&p.content_digest()),
             })
         })
         .collect();
     serde_json::Value::Array(rows)
+}
+
+fn rfc3339(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -63,9 +63,11 @@ fn classify_sqlstate(code: &str, constraint: Option<&str>, err: DbErr) -> Provis
 
 fn classify_unique_violation(constraint: Option<&str>, err: DbErr) -> ProvisionError {
     match constraint {
-        Some("users_email_key") => Rejected::because(FailureReason::EmailConflict, err).into(),
+        Some("users_email_key") => {
+            ProvisionError::Conflict(Rejected::because(FailureReason::EmailConflict, err))
+        }
         Some("users_username_key") => {
-            Rejected::because(FailureReason::UsernameConflict, err).into()
+            ProvisionError::Conflict(Rejected::because(FailureReason::UsernameConflict, err))
         }
         // The primary key or unique_user_workspace: a concurrent copy of the same event won the
         // race; the next attempt sees its row and succeeds.
@@ -115,6 +117,9 @@ mod tests {
         let workspace = classify("23505", Some("unique_user_workspace"));
         assert_eq!(email.reason_code(), "email_conflict");
         assert_eq!(username.reason_code(), "username_conflict");
+        assert!(matches!(email, ProvisionError::Conflict(_)));
+        assert!(matches!(username, ProvisionError::Conflict(_)));
+        assert!(email.is_retryable() && username.is_retryable());
         assert!(workspace.is_retryable());
     }
 

@@ -1,11 +1,15 @@
 //! Provisioning: one event, one PostgreSQL transaction, and the database ends with exactly one
 //! correct `users` row and one workspace for it, however often and in whatever order events come.
 //!
-//! Order does not matter because Clerk's clock decides: an event changes a user only when it is
-//! newer than what the row reflects (`clerk_updated_at`), and a deletion leaves a tombstone that
-//! older events cannot get past. Every transaction first takes a per-user lock, so one user's
-//! events apply one at a time, each seeing the committed work of the others; different users
-//! proceed in parallel.
+//! Order does not matter because Clerk's clock decides: an event changes a user only when its
+//! ordering key is greater than the one the row reflects (Clerk's `updated_at`, then the envelope
+//! `timestamp`, then a digest of the content: a total order). Deletion is final: it leaves a
+//! tombstone nothing gets past, since Clerk never reuses a user id. Every transaction first takes
+//! a per-user lock, so one user's events apply one at a time, each seeing the committed work of
+//! the others; different users proceed in parallel.
+//!
+//! Usernames: one chosen in Clerk wins over one we derived for another user (who moves to their
+//! fallback, see [`Reassigned`]); chosen against chosen is a conflict, like a contested email.
 
 mod answer;
 mod batch;
@@ -14,14 +18,17 @@ mod sql;
 
 pub use batch::provision_batch;
 
+use chrono::{DateTime, Utc};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, FromQueryResult,
-    QueryResult, Statement, TransactionTrait, Value,
+    Statement, TransactionTrait, Value,
 };
 use serde::Serialize;
 use tracing::{debug, instrument};
 
-use crate::domain::{Event, UserDeletion, UserId, UserProfile, UsernameChoice, WorkspaceName};
+use crate::domain::{
+    ClerkTime, Event, UserDeletion, UserId, UserProfile, UsernameChoice, WorkspaceName,
+};
 use crate::error::{FailureReason, ProvisionError};
 use answer::ProvisionUserRow;
 
@@ -65,6 +72,18 @@ impl Outcome {
 pub struct Provisioned {
     pub outcome: Outcome,
     pub workspace_id: Option<String>,
+    /// Another user lost their derived username to this event's chosen one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reassigned: Option<Reassigned>,
+}
+
+/// A user whose derived username someone chose in Clerk, moved to their fallback in the same
+/// transaction. Operators see it logged and counted (`usernames_reassigned_total`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Reassigned {
+    pub user_id: String,
+    /// Their username now.
+    pub username: String,
 }
 
 /// Applies one validated Clerk event in one transaction.
@@ -79,6 +98,7 @@ pub async fn provision(
         Event::Unsupported { .. } => Ok(Provisioned {
             outcome: Outcome::Unsupported,
             workspace_id: None,
+            reassigned: None,
         }),
     }
 }
@@ -90,7 +110,7 @@ async fn provision_user(
     match provision_user_once(db, profile).await {
         // A concurrent sign-up took the derived username between our check and our insert. A
         // second attempt sees it committed and takes the fallback, so this is not a conflict yet.
-        Err(ProvisionError::Permanent(rejected))
+        Err(ProvisionError::Conflict(rejected))
             if rejected.reason == FailureReason::UsernameConflict
                 && matches!(profile.username, UsernameChoice::Derived(_)) =>
         {
@@ -108,7 +128,7 @@ async fn provision_user_once(
     profile: &UserProfile,
 ) -> Result<Provisioned, ProvisionError> {
     let (username, fallback, derived) = username_parameters(profile);
-    let values: [Value; 10] = [
+    let values: [Value; 12] = [
         profile.id.as_ref().into(),
         profile.email.as_ref().into(),
         username.into(),
@@ -118,6 +138,8 @@ async fn provision_user_once(
         text(profile.last_name.as_ref()),
         text(profile.avatar_url.as_ref()),
         profile.updated_at.as_datetime().into(),
+        event_at(profile).into(),
+        profile.content_digest().to_vec().into(),
         WorkspaceName::default().as_ref().into(),
     ];
     ProvisionUserRow::find_by_statement(statement(sql::PROVISION_USER, values))
@@ -128,6 +150,14 @@ async fn provision_user_once(
         })
         .and_then(Provisioned::try_from)
         .map_err(ProvisionError::from_db)
+}
+
+/// The envelope time in the ordering key; the epoch when there is none (a user read from
+/// Clerk's API), so any webhook with the same `updated_at` wins the tie.
+fn event_at(profile: &UserProfile) -> DateTime<Utc> {
+    profile
+        .event_at
+        .map_or(DateTime::UNIX_EPOCH, ClerkTime::as_datetime)
 }
 
 /// `provision_user`'s username, fallback username and whether the name is derived.
@@ -178,34 +208,25 @@ async fn delete_user_in(
     deletion: &UserDeletion,
 ) -> Result<Provisioned, DbErr> {
     lock_user(txn, &deletion.id).await?;
-    let values = [
+    let tombstone = [
         deletion.id.as_ref().into(),
         deletion.deleted_at.as_datetime().into(),
     ];
-    txn.execute_raw(statement(sql::RECORD_TOMBSTONE, values.clone()))
+    txn.execute_raw(statement(sql::RECORD_TOMBSTONE, tombstone))
         .await?;
     let deleted = txn
-        .query_one_raw(statement(sql::DELETE_USER, values))
+        .query_one_raw(statement(sql::DELETE_USER, [deletion.id.as_ref().into()]))
         .await?
         .is_some();
-    let outcome = if deleted {
-        Outcome::Deleted
-    } else if present(txn, &deletion.id).await? {
-        Outcome::Stale
-    } else {
-        Outcome::AlreadyDeleted
-    };
     Ok(Provisioned {
-        outcome,
+        outcome: if deleted {
+            Outcome::Deleted
+        } else {
+            Outcome::AlreadyDeleted
+        },
         workspace_id: None,
+        reassigned: None,
     })
-}
-
-async fn present(txn: &DatabaseTransaction, id: &UserId) -> Result<bool, DbErr> {
-    let row: Option<QueryResult> = txn
-        .query_one_raw(statement(sql::USER_EXISTS, [id.as_ref().into()]))
-        .await?;
-    Ok(row.is_some())
 }
 
 fn statement<const N: usize>(sql: &str, values: [Value; N]) -> Statement {

@@ -9,23 +9,22 @@ pub const LOCK_USER: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0
 
 /// One user's `user.created`/`user.updated`, whole: $1 id, $2 email, $3 username (chosen, or the
 /// preferred derived one), $4 fallback username (derived only), $5 whether the username is
-/// derived, $6 first name, $7 last name, $8 avatar, $9 Clerk's `updated_at`, $10 workspace name.
-/// The rules live with the function, in the migration crate's `sql/provision_user_v1.sql`; the
+/// derived, $6 first name, $7 last name, $8 avatar, $9 Clerk's `updated_at`, $10 the envelope
+/// `timestamp`, $11 the content digest, $12 workspace name.
+/// The rules live with the function, in the migration crate's `sql/provision_user_v2.sql`; the
 /// answer is read as an `answer::ProvisionUserRow`.
-pub const PROVISION_USER: &str = "SELECT user_write, workspace_id, workspace_created FROM provision_user($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+pub const PROVISION_USER: &str = "SELECT user_write, workspace_id, workspace_created, reassigned_user_id, reassigned_username FROM provision_user($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
 
-/// Remembers the deletion of $1 at $2, keeping the newest deletion time.
+/// Remembers the deletion of $1 at $2, keeping the newest deletion time. The tombstone is what
+/// makes deletion final: `provision_user` writes nothing for an id that has one.
 pub const RECORD_TOMBSTONE: &str = r#"
 INSERT INTO user_tombstones AS t (user_id, deleted_at) VALUES ($1, $2)
 ON CONFLICT (user_id) DO UPDATE SET deleted_at = EXCLUDED.deleted_at
 WHERE t.deleted_at < EXCLUDED.deleted_at
 "#;
 
-/// Deletes the user ($1) unless the row reflects a Clerk event newer than the deletion ($2).
-pub const DELETE_USER: &str =
-    "DELETE FROM users WHERE id = $1 AND clerk_updated_at <= $2 RETURNING id";
-
-pub const USER_EXISTS: &str = "SELECT TRUE AS present FROM users WHERE id = $1";
+/// Deletes the user ($1), whatever event the row reflects: Clerk never reuses a user id.
+pub const DELETE_USER: &str = "DELETE FROM users WHERE id = $1 RETURNING id";
 
 /// Forgets deletions older than $1.
 pub const PURGE_TOMBSTONES: &str = "DELETE FROM user_tombstones WHERE deleted_at < $1";

@@ -228,7 +228,8 @@ async fn fix(
 fn record_fix(id: &UserId, result: Result<Outcome, ProvisionError>, report: &mut Report) {
     match result {
         Ok(_) => report.provisioned += 1,
-        Err(ProvisionError::Permanent(rejected)) => {
+        // A conflict here is with Clerk's current state: the operator has to look.
+        Err(ProvisionError::Permanent(rejected) | ProvisionError::Conflict(rejected)) => {
             report
                 .unprovisionable
                 .add(id.as_ref(), rejected.reason.as_str());

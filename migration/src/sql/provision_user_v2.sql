@@ -1,0 +1,85 @@
+CREATE FUNCTION provision_user(
+    p_id TEXT, p_email TEXT, p_username TEXT, p_fallback TEXT, p_derived BOOLEAN,
+    p_first_name TEXT, p_last_name TEXT, p_avatar_url TEXT, p_updated_at TIMESTAMPTZ,
+    p_event_at TIMESTAMPTZ, p_digest BYTEA, p_workspace_name TEXT,
+    OUT user_write TEXT, OUT workspace_id TEXT, OUT workspace_created BOOLEAN,
+    OUT reassigned_user_id TEXT, OUT reassigned_username TEXT)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    known BOOLEAN;
+    stored_updated_at TIMESTAMPTZ;
+    stored_event_at TIMESTAMPTZ;
+    stored_digest BYTEA;
+BEGIN
+    -- One user's events apply one at a time; different users never wait for each other. Every
+    -- writer of a user's row holds this lock, so what is read below stays true until commit.
+    PERFORM pg_advisory_xact_lock(hashtextextended(p_id, 0));
+
+    -- Deletion is final: Clerk never reuses an id, so nothing brings a deleted user back.
+    IF EXISTS (SELECT 1 FROM user_tombstones t WHERE t.user_id = p_id) THEN
+        user_write := 'deleted';
+        RETURN;
+    END IF;
+
+    -- Events are ordered by Clerk's `updated_at`, then the envelope `timestamp`, then the digest
+    -- of their content: a total order, so any delivery order ends in the same row.
+    SELECT u.clerk_updated_at, u.clerk_event_at, u.clerk_data_digest
+    INTO stored_updated_at, stored_event_at, stored_digest
+    FROM users u WHERE u.id = p_id;
+    known := FOUND;
+
+    IF known AND (stored_updated_at, stored_event_at, stored_digest)
+                 >= (p_updated_at, p_event_at, p_digest) THEN
+        user_write := CASE
+            WHEN (stored_updated_at, stored_event_at, stored_digest)
+               = (p_updated_at, p_event_at, p_digest) THEN 'unchanged'
+            ELSE 'stale' END;
+    ELSE
+        -- A username chosen in Clerk takes it from a user who only has it derived; that user
+        -- moves to their fallback. Chosen against chosen stays a unique violation.
+        IF NOT p_derived THEN
+            UPDATE users o SET username = o.username_fallback, updated_at = now()
+            WHERE o.username = p_username AND o.id <> p_id
+              AND o.username_fallback IS NOT NULL AND o.username_fallback <> o.username
+            RETURNING o.id, o.username INTO reassigned_user_id, reassigned_username;
+        END IF;
+
+        IF NOT known THEN
+            -- A derived username yields to anyone already holding it.
+            INSERT INTO users (id, email, username, username_fallback, first_name, last_name,
+                avatar_url, clerk_updated_at, clerk_event_at, clerk_data_digest)
+            VALUES (p_id, p_email,
+                CASE WHEN p_derived AND EXISTS (
+                    SELECT 1 FROM users o WHERE o.username = p_username AND o.id <> p_id)
+                     THEN p_fallback ELSE p_username END,
+                CASE WHEN p_derived THEN p_fallback END,
+                p_first_name, p_last_name, p_avatar_url, p_updated_at, p_event_at, p_digest);
+            user_write := 'inserted';
+        ELSE
+            -- A derived username never replaces the stored one: it keeps it, flagged as derived.
+            UPDATE users u SET
+                email = p_email,
+                username = CASE WHEN p_derived THEN u.username ELSE p_username END,
+                username_fallback = CASE WHEN p_derived THEN p_fallback END,
+                first_name = p_first_name,
+                last_name = p_last_name,
+                avatar_url = p_avatar_url,
+                clerk_updated_at = p_updated_at,
+                clerk_event_at = p_event_at,
+                clerk_data_digest = p_digest,
+                updated_at = now()
+            WHERE u.id = p_id;
+            user_write := 'updated';
+        END IF;
+    END IF;
+
+    -- Even a stale or duplicate event ensures the workspace, so a lost creation heals.
+    INSERT INTO workspaces (user_id, name) VALUES (p_id, p_workspace_name)
+    ON CONFLICT ON CONSTRAINT unique_user_workspace DO NOTHING
+    RETURNING id INTO workspace_id;
+    workspace_created := FOUND;
+    IF NOT workspace_created THEN
+        SELECT w.id INTO workspace_id FROM workspaces w WHERE w.user_id = p_id;
+    END IF;
+END
+$fn$;

@@ -45,7 +45,12 @@ impl UserEvent {
     }
 
     pub fn body(&self) -> Vec<u8> {
-        envelope(self.event_type, self.updated_at + 50, self.data())
+        self.body_at(self.updated_at + 50)
+    }
+
+    /// The body with the envelope `timestamp` given (when Svix sent it, on Clerk's clock).
+    pub fn body_at(&self, timestamp: i64) -> Vec<u8> {
+        envelope(self.event_type, timestamp, self.data())
     }
 
     /// The user object alone, as Clerk's Backend API lists it (a webhook's `data`).

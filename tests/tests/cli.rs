@@ -236,10 +236,10 @@ async fn the_migration_cli_goes_up_status_down_and_fresh() {
     migration(&["up"]);
     let status = migration(&["status"]);
     assert!(
-        status.contains("m20261129_000004_create_provision_user_function"),
+        status.contains("m20261201_000006_create_provision_user_v2"),
         "{status}"
     );
-    migration(&["down", "-n", "4"]);
+    migration(&["down", "-n", "6"]);
     assert_eq!(
         db.scalar("SELECT count(*) FROM pg_tables WHERE tablename IN ('users', 'workspaces')")
             .await,

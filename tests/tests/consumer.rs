@@ -126,7 +126,9 @@ async fn the_same_message_five_times_gives_one_workspace_and_counts_one_creation
 async fn bad_events_are_dead_lettered_with_their_reason_and_the_queue_keeps_flowing() {
     let stack = Stack::new().await;
     stack.db.execute("INSERT INTO users (id, email, username) VALUES ('user_2owner', 'taken@example.com', 'owner')").await;
-    let worker = consume(&stack, &[]).await;
+    // The conflict is tried twice (once more from the retry queue), then dead-lettered.
+    let retry = [("RETRY_MAX_ATTEMPTS", "2"), ("RETRY_INITIAL_DELAY", "10ms")];
+    let worker = consume(&stack, &retry).await;
     let malformed = b"{\"type\": \"user.created\", \"data\": {".to_vec();
     let phone_only = fixture("user_created_phone_only.json");
     let conflict = UserEvent::created("user_2thief", "taken@example.com", Some("thief")).body();
@@ -180,7 +182,9 @@ async fn bad_events_are_dead_lettered_with_their_reason_and_the_queue_keeps_flow
     assert_eq!(by_id("msg_conflict").body, conflict);
     for letter in &dead {
         assert_eq!(letter.routing_key, "user.created");
-        assert_eq!(letter.header("x-attempts").as_deref(), Some("1"));
+        let conflict = letter.message_id.as_deref() == Some("msg_conflict");
+        let attempts = if conflict { "2" } else { "1" };
+        assert_eq!(letter.header("x-attempts").as_deref(), Some(attempts));
         assert!(
             letter
                 .header("x-failure-detail")

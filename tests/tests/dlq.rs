@@ -14,8 +14,11 @@ use serde_json::Value;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_worker-under-test");
 
+/// A consumer that dead-letters a conflict at its first attempt (a budget of one).
 async fn worker(stack: &Stack) -> TestApp {
-    stack.start(&["consume"], &[]).await
+    stack
+        .start(&["consume"], &[("RETRY_MAX_ATTEMPTS", "1")])
+        .await
 }
 
 /// Runs `worker dlq ARGS` and returns its stdout, asserting success.

@@ -1,5 +1,5 @@
 //! `provision_user` itself, called as SQL on a freshly migrated database: one table row per rule
-//! the function implements (see `migration/src/sql/provision_user_v1.sql`), each with its setup,
+//! the function implements (see `migration/src/sql/provision_user_v2.sql`), each with its setup,
 //! the call, the answer it gives and the state it leaves. The worker only reads the answer; these
 //! rules are the function's contract.
 //!
@@ -32,11 +32,23 @@ const TOMBSTONE_AT_500: &str =
     "INSERT INTO user_tombstones (user_id, deleted_at) VALUES ('user_2fn', to_timestamp(500))";
 const TOMBSTONE_AT_1000: &str =
     "INSERT INTO user_tombstones (user_id, deleted_at) VALUES ('user_2fn', to_timestamp(1000))";
-const TOMBSTONE_AT_2000: &str =
-    "INSERT INTO user_tombstones (user_id, deleted_at) VALUES ('user_2fn', to_timestamp(2000))";
+/// The stored user, from an event with the same `updated_at` whose envelope said 2000.
+const STORED_AT_1000_TIMESTAMP_2000: &str = "INSERT INTO users (id, email, username, first_name, \
+     last_name, avatar_url, clerk_updated_at, clerk_event_at, updated_at) VALUES ('user_2fn', \
+     'fn@example.com', 'fn_user', 'Ada', 'Lovelace', 'https://img.example/a.png', \
+     to_timestamp(1000), to_timestamp(2000), '2000-01-01')";
+/// The other user, holding `countess` derived, with `fn_user_2other` as fallback.
+const OTHER_DERIVED_COUNTESS: &str = "INSERT INTO users (id, email, username, username_fallback, \
+     clerk_updated_at, updated_at) VALUES ('user_2other', 'other@example.com', 'countess', \
+     'fn_user_2other', to_timestamp(500), '2000-01-01')";
 
-const CALL: &str = "SELECT user_write, workspace_id, workspace_created FROM provision_user($1, \
-     $2, $3, $4, $5, $6, $7, $8, to_timestamp($9::bigint), $10)";
+const CALL: &str = "SELECT user_write, workspace_id, workspace_created, reassigned_user_id, \
+     reassigned_username FROM provision_user($1, $2, $3, $4, $5, $6, $7, $8, \
+     to_timestamp($9::bigint), to_timestamp($10::bigint), decode($11, 'hex'), $12)";
+/// Someone else, who holds the username `fn_user` only because it was derived for them.
+const OTHER_DERIVED_FN_USER: &str = "INSERT INTO users (id, email, username, username_fallback, \
+     clerk_updated_at, updated_at) VALUES ('user_2other', 'other@example.com', 'fn_user', \
+     'fn_user_2other', to_timestamp(500), '2000-01-01')";
 
 /// Everything the function can change, as JSON: users (with whether `updated_at` moved past the
 /// setup's), workspaces and tombstones.
@@ -45,7 +57,10 @@ SELECT jsonb_build_object(
     'users', COALESCE((SELECT jsonb_agg(jsonb_build_object(
         'id', id, 'email', email, 'username', username, 'first_name', first_name,
         'last_name', last_name, 'avatar_url', avatar_url,
+        'username_fallback', username_fallback,
         'clerk_updated_at', extract(epoch FROM clerk_updated_at)::bigint,
+        'clerk_event_at', extract(epoch FROM clerk_event_at)::bigint,
+        'digest', encode(clerk_data_digest, 'hex'),
         'touched', updated_at > '2000-01-01') ORDER BY id) FROM users), '[]'),
     'workspaces', COALESCE((SELECT jsonb_agg(jsonb_build_object('user_id', user_id, 'name', name)
         ORDER BY user_id) FROM workspaces), '[]'),
@@ -67,6 +82,10 @@ struct Call {
     last_name: Option<&'static str>,
     avatar_url: Option<&'static str>,
     updated_at: i64,
+    /// The envelope `timestamp`: the first tie-break.
+    event_at: i64,
+    /// The content digest, in hex: the last tie-break.
+    digest: &'static str,
     workspace_name: &'static str,
 }
 
@@ -81,6 +100,8 @@ const SIGN_UP: Call = Call {
     last_name: Some("Lovelace"),
     avatar_url: Some("https://img.example/a.png"),
     updated_at: 1000,
+    event_at: 0,
+    digest: "",
     workspace_name: "My Workspace",
 };
 
@@ -93,6 +114,14 @@ const NEWER: Call = Call {
     avatar_url: None,
     updated_at: 2000,
     ..SIGN_UP
+};
+
+/// [`NEWER`] after the user removed their username in Clerk: `ada` derived from the new email.
+const NEWER_DERIVED: Call = Call {
+    username: "ada",
+    fallback: Some("ada_2fn"),
+    derived: true,
+    ..NEWER
 };
 
 /// A sign-up without a username: `fn_user` derived from the email, and its fallback.
@@ -109,6 +138,8 @@ struct Case {
     call: Call,
     /// `user_write` and `workspace_created`, as the function answers them.
     answer: (&'static str, Option<bool>),
+    /// The user whose derived username the call took, and their username now.
+    reassigned: Option<(&'static str, &'static str)>,
     /// [`STATE`] afterwards.
     state: Json,
 }
@@ -122,15 +153,28 @@ fn stored() -> Json {
 fn written(call: &Call, username: &str, touched: bool) -> Json {
     json!({
         "id": call.id, "email": call.email, "username": username,
+        "username_fallback": if call.derived { call.fallback } else { None },
         "first_name": call.first_name, "last_name": call.last_name,
-        "avatar_url": call.avatar_url, "clerk_updated_at": call.updated_at, "touched": touched,
+        "avatar_url": call.avatar_url, "clerk_updated_at": call.updated_at,
+        "clerk_event_at": call.event_at, "digest": call.digest, "touched": touched,
     })
 }
 
 fn other() -> Json {
+    other_as("fn_user", None, false)
+}
+
+/// The other user as [`OTHER_DERIVED_FN_USER`] left them, with `username` now.
+fn other_derived(username: &str, touched: bool) -> Json {
+    other_as(username, Some("fn_user_2other"), touched)
+}
+
+fn other_as(username: &str, fallback: Option<&str>, touched: bool) -> Json {
     json!({
-        "id": OTHER, "email": "other@example.com", "username": "fn_user", "first_name": null,
-        "last_name": null, "avatar_url": null, "clerk_updated_at": 500, "touched": false,
+        "id": OTHER, "email": "other@example.com", "username": username,
+        "username_fallback": fallback, "first_name": null, "last_name": null,
+        "avatar_url": null, "clerk_updated_at": 500, "clerk_event_at": 0, "digest": "",
+        "touched": touched,
     })
 }
 
@@ -153,6 +197,7 @@ fn cases() -> Vec<Case> {
             setup: &[],
             call: SIGN_UP,
             answer: ("inserted", Some(true)),
+            reassigned: None,
             state: state(
                 vec![written(&SIGN_UP, "fn_user", true)],
                 vec![workspace("My Workspace")],
@@ -164,6 +209,7 @@ fn cases() -> Vec<Case> {
             setup: &[STORED, WORKSPACE],
             call: SIGN_UP,
             answer: ("unchanged", Some(false)),
+            reassigned: None,
             state: state(vec![stored()], vec![workspace("Team")], vec![]),
         },
         Case {
@@ -171,6 +217,7 @@ fn cases() -> Vec<Case> {
             setup: &[STORED, WORKSPACE],
             call: NEWER,
             answer: ("updated", Some(false)),
+            reassigned: None,
             state: state(
                 vec![written(&NEWER, "countess", true)],
                 vec![workspace("Team")],
@@ -185,31 +232,124 @@ fn cases() -> Vec<Case> {
                 ..NEWER
             },
             answer: ("stale", Some(false)),
+            reassigned: None,
             state: state(vec![stored()], vec![workspace("Team")], vec![]),
         },
         Case {
-            rule: "a tombstone newer than the event keeps the user deleted, without a workspace",
-            setup: &[TOMBSTONE_AT_2000],
+            rule: "a tombstone keeps the user deleted, without a workspace",
+            setup: &[TOMBSTONE_AT_500],
             call: SIGN_UP,
             answer: ("deleted", None),
-            state: state(vec![], vec![], vec![tombstone(2000)]),
+            reassigned: None,
+            state: state(vec![], vec![], vec![tombstone(500)]),
         },
         Case {
-            rule: "a tombstone exactly as new as the event keeps the user deleted too",
+            rule: "deletion is final: an event newer than the tombstone keeps the user deleted too",
             setup: &[TOMBSTONE_AT_1000],
-            call: SIGN_UP,
+            call: NEWER,
             answer: ("deleted", None),
+            reassigned: None,
             state: state(vec![], vec![], vec![tombstone(1000)]),
         },
         Case {
-            rule: "a tombstone older than the event does not stop it, and stays",
-            setup: &[TOMBSTONE_AT_500],
+            rule: "with the same updated_at, the larger envelope timestamp wins",
+            setup: &[STORED, WORKSPACE],
+            call: Call {
+                updated_at: 1000,
+                event_at: 1001,
+                ..NEWER
+            },
+            answer: ("updated", Some(false)),
+            reassigned: None,
+            state: state(
+                vec![written(
+                    &Call {
+                        updated_at: 1000,
+                        event_at: 1001,
+                        ..NEWER
+                    },
+                    "countess",
+                    true,
+                )],
+                vec![workspace("Team")],
+                vec![],
+            ),
+        },
+        Case {
+            rule: "with the same clocks, the larger digest wins",
+            setup: &[STORED, WORKSPACE],
+            call: Call {
+                updated_at: 1000,
+                digest: "01",
+                ..NEWER
+            },
+            answer: ("updated", Some(false)),
+            reassigned: None,
+            state: state(
+                vec![written(
+                    &Call {
+                        updated_at: 1000,
+                        digest: "01",
+                        ..NEWER
+                    },
+                    "countess",
+                    true,
+                )],
+                vec![workspace("Team")],
+                vec![],
+            ),
+        },
+        Case {
+            rule: "with the same updated_at, a smaller envelope timestamp is stale",
+            setup: &[STORED_AT_1000_TIMESTAMP_2000, WORKSPACE],
+            call: Call {
+                updated_at: 1000,
+                event_at: 1500,
+                ..NEWER
+            },
+            answer: ("stale", Some(false)),
+            reassigned: None,
+            state: state(
+                vec![written(
+                    &Call {
+                        event_at: 2000,
+                        ..SIGN_UP
+                    },
+                    "fn_user",
+                    false,
+                )],
+                vec![workspace("Team")],
+                vec![],
+            ),
+        },
+        Case {
+            rule: "a chosen username takes a derived one from its holder, who moves to their fallback",
+            setup: &[OTHER_DERIVED_FN_USER],
             call: SIGN_UP,
             answer: ("inserted", Some(true)),
+            reassigned: Some((OTHER, "fn_user_2other")),
             state: state(
-                vec![written(&SIGN_UP, "fn_user", true)],
+                vec![
+                    written(&SIGN_UP, "fn_user", true),
+                    other_derived("fn_user_2other", true),
+                ],
                 vec![workspace("My Workspace")],
-                vec![tombstone(500)],
+                vec![],
+            ),
+        },
+        Case {
+            rule: "a user who sets a username in Clerk gets it, taking it from a derived holder",
+            setup: &[STORED, WORKSPACE, OTHER_DERIVED_COUNTESS],
+            call: NEWER,
+            answer: ("updated", Some(false)),
+            reassigned: Some((OTHER, "fn_user_2other")),
+            state: state(
+                vec![
+                    written(&NEWER, "countess", true),
+                    other_derived("fn_user_2other", true),
+                ],
+                vec![workspace("Team")],
+                vec![],
             ),
         },
         Case {
@@ -217,6 +357,7 @@ fn cases() -> Vec<Case> {
             setup: &[],
             call: DERIVED,
             answer: ("inserted", Some(true)),
+            reassigned: None,
             state: state(
                 vec![written(&DERIVED, "fn_user", true)],
                 vec![workspace("My Workspace")],
@@ -228,6 +369,7 @@ fn cases() -> Vec<Case> {
             setup: &[OTHER_HOLDS_FN_USER],
             call: DERIVED,
             answer: ("inserted", Some(true)),
+            reassigned: None,
             state: state(
                 vec![written(&DERIVED, "fn_user_2fn", true), other()],
                 vec![workspace("My Workspace")],
@@ -235,17 +377,13 @@ fn cases() -> Vec<Case> {
             ),
         },
         Case {
-            rule: "a derived username never replaces a stored one",
+            rule: "a derived username never replaces a stored one, which is then flagged as derived",
             setup: &[STORED, WORKSPACE],
-            call: Call {
-                username: "ada",
-                fallback: Some("ada_2fn"),
-                derived: true,
-                ..NEWER
-            },
+            call: NEWER_DERIVED,
             answer: ("updated", Some(false)),
+            reassigned: None,
             state: state(
-                vec![written(&NEWER, "fn_user", true)],
+                vec![written(&NEWER_DERIVED, "fn_user", true)],
                 vec![workspace("Team")],
                 vec![],
             ),
@@ -255,6 +393,7 @@ fn cases() -> Vec<Case> {
             setup: &[STORED],
             call: SIGN_UP,
             answer: ("unchanged", Some(true)),
+            reassigned: None,
             state: state(vec![stored()], vec![workspace("My Workspace")], vec![]),
         },
         Case {
@@ -265,6 +404,7 @@ fn cases() -> Vec<Case> {
                 ..NEWER
             },
             answer: ("stale", Some(true)),
+            reassigned: None,
             state: state(vec![stored()], vec![workspace("My Workspace")], vec![]),
         },
         Case {
@@ -272,6 +412,7 @@ fn cases() -> Vec<Case> {
             setup: &[STORED],
             call: NEWER,
             answer: ("updated", Some(true)),
+            reassigned: None,
             state: state(
                 vec![written(&NEWER, "countess", true)],
                 vec![workspace("My Workspace")],
@@ -286,6 +427,7 @@ fn cases() -> Vec<Case> {
                 ..SIGN_UP
             },
             answer: ("inserted", Some(true)),
+            reassigned: None,
             state: state(
                 vec![written(&SIGN_UP, "fn_user", true)],
                 vec![workspace("Ada's Space")],
@@ -300,6 +442,7 @@ fn cases() -> Vec<Case> {
                 ..NEWER
             },
             answer: ("updated", Some(false)),
+            reassigned: None,
             state: state(
                 vec![written(&NEWER, "countess", true)],
                 vec![workspace("Team")],
@@ -321,6 +464,8 @@ fn parameters(call: &Call) -> Vec<Value> {
         text(call.last_name),
         text(call.avatar_url),
         call.updated_at.into(),
+        call.event_at.into(),
+        call.digest.into(),
         call.workspace_name.into(),
     ]
 }
@@ -361,6 +506,13 @@ async fn check(db: &TestDb, case: &Case) {
         (user_write.as_str(), workspace_created),
         case.answer,
         "{rule}"
+    );
+    let reassigned_user: Option<String> = answer.try_get("", "reassigned_user_id").unwrap();
+    let reassigned_name: Option<String> = answer.try_get("", "reassigned_username").unwrap();
+    assert_eq!(
+        reassigned_user.as_deref().zip(reassigned_name.as_deref()),
+        case.reassigned,
+        "{rule}: the reassignment"
     );
 
     let state: Json = query_one(&txn, STATE).await.try_get("", "state").unwrap();
@@ -424,6 +576,15 @@ fn refusals() -> Vec<Refusal> {
                  'third@example.com', 'fn_user_2fn')",
             ],
             call: DERIVED,
+            constraint: "users_username_key",
+        },
+        Refusal {
+            rule: "a chosen username a derived holder cannot give up (it is their fallback) is refused",
+            setup: &[
+                "INSERT INTO users (id, email, username, username_fallback) VALUES \
+                 ('user_2other', 'other@example.com', 'fn_user', 'fn_user')",
+            ],
+            call: SIGN_UP,
             constraint: "users_username_key",
         },
         Refusal {

@@ -24,6 +24,14 @@ async fn permanent_reason(db: &TestDb, body: &[u8]) -> FailureReason {
     }
 }
 
+/// A conflict: retried later (another user's event may free the value), never permanent.
+async fn conflict_reason(db: &TestDb, body: &[u8]) -> FailureReason {
+    match provision(&db.conn, body).await {
+        Err(ProvisionError::Conflict(rejected)) => rejected.reason,
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+}
+
 async fn user(db: &TestDb, id: &str) -> serde_json::Value {
     let rows = db
         .rows(&format!("SELECT * FROM users WHERE id = '{id}'"))
@@ -269,13 +277,19 @@ async fn a_stale_update_is_ignored_and_is_a_success() {
 }
 
 #[tokio::test]
-async fn a_deletion_older_than_the_stored_state_is_stale() {
+async fn a_deletion_deletes_whatever_clock_the_stored_row_has() {
     let db = TestDb::migrated().await;
     let created = UserEvent::created("user_2del", "d@example.com", Some("deleted_one"));
     outcome(&db, &created.updated(5_000).body()).await;
     let early_delete = deleted_body("user_2del", created.updated_at + 1_000);
-    assert_eq!(outcome(&db, &early_delete).await, Outcome::Stale);
-    assert_eq!(totals(&db).await, (1, 1));
+    assert_eq!(outcome(&db, &early_delete).await, Outcome::Deleted);
+    assert_eq!(totals(&db).await, (0, 0));
+    assert_eq!(
+        outcome(&db, &created.updated(9_000).body()).await,
+        Outcome::Stale,
+        "nothing brings a deleted user back"
+    );
+    assert_eq!(totals(&db).await, (0, 0));
 }
 
 #[tokio::test]
@@ -331,7 +345,7 @@ async fn an_email_held_by_another_user_is_email_conflict_and_nothing_changes() {
     outcome(&db, &fixture("user_created.json")).await;
     let thief = UserEvent::created("user_2thief", "marta.lopez@example.com", Some("thief"));
     assert_eq!(
-        permanent_reason(&db, &thief.body()).await,
+        conflict_reason(&db, &thief.body()).await,
         FailureReason::EmailConflict
     );
     assert_eq!(totals(&db).await, (1, 1));
@@ -343,7 +357,7 @@ async fn a_chosen_username_held_by_another_user_is_username_conflict() {
     outcome(&db, &fixture("user_created.json")).await;
     let copycat = UserEvent::created("user_2copy", "copy@example.com", Some("marta_lopez"));
     assert_eq!(
-        permanent_reason(&db, &copycat.body()).await,
+        conflict_reason(&db, &copycat.body()).await,
         FailureReason::UsernameConflict
     );
     assert_eq!(totals(&db).await, (1, 1));
@@ -489,9 +503,11 @@ async fn an_answer_the_worker_does_not_know_is_an_error_not_an_outcome() {
     db.execute(
         "CREATE OR REPLACE FUNCTION provision_user(p_id TEXT, p_email TEXT, p_username TEXT, \
          p_fallback TEXT, p_derived BOOLEAN, p_first_name TEXT, p_last_name TEXT, \
-         p_avatar_url TEXT, p_updated_at TIMESTAMPTZ, p_workspace_name TEXT, \
-         OUT user_write TEXT, OUT workspace_id TEXT, OUT workspace_created BOOLEAN) \
-         LANGUAGE sql AS $$ SELECT 'merged', 'w1', false $$",
+         p_avatar_url TEXT, p_updated_at TIMESTAMPTZ, p_event_at TIMESTAMPTZ, p_digest BYTEA, \
+         p_workspace_name TEXT, OUT user_write TEXT, OUT workspace_id TEXT, \
+         OUT workspace_created BOOLEAN, OUT reassigned_user_id TEXT, \
+         OUT reassigned_username TEXT) \
+         LANGUAGE sql AS $$ SELECT 'merged', 'w1', false, NULL, NULL $$",
     )
     .await;
     let event = UserEvent::created("user_2future", "future@example.com", Some("future"));

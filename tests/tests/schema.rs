@@ -33,12 +33,32 @@ async fn migrations_go_up_down_and_up_again() {
         0
     );
 
+    let functions = "SELECT count(*) FROM pg_proc WHERE proname = 'provision_user'";
     Migrator::down(&db.conn, Some(1)).await.unwrap();
-    let functions = db
-        .scalar("SELECT count(*) FROM pg_proc WHERE proname = 'provision_user'")
+    assert_eq!(
+        db.scalar(functions).await,
+        0,
+        "the sixth migration's down drops provision_user v2"
+    );
+
+    Migrator::down(&db.conn, Some(1)).await.unwrap();
+    let churn_columns = db
+        .scalar("SELECT count(*) FROM information_schema.columns WHERE table_name = 'users' AND column_name IN ('username_fallback', 'clerk_event_at', 'clerk_data_digest')")
         .await;
     assert_eq!(
-        functions, 0,
+        churn_columns, 0,
+        "the fifth migration's down drops its columns"
+    );
+    assert_eq!(
+        db.scalar(functions).await,
+        1,
+        "and brings provision_user v1 back"
+    );
+
+    Migrator::down(&db.conn, Some(1)).await.unwrap();
+    assert_eq!(
+        db.scalar(functions).await,
+        0,
         "the fourth migration's down drops its function"
     );
 

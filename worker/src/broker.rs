@@ -171,10 +171,7 @@ fn main_queue_arguments(topology: &Topology) -> FieldTable {
 /// A quorum queue that dead-letters to `exchange`, at least once.
 fn dead_lettering_arguments(exchange: &str) -> FieldTable {
     let mut arguments = quorum_arguments();
-    arguments.insert(
-        argument::DEAD_LETTER_EXCHANGE.into(),
-        long_string(exchange),
-    );
+    arguments.insert(argument::DEAD_LETTER_EXCHANGE.into(), long_string(exchange));
     arguments.insert(
         argument::DEAD_LETTER_STRATEGY.into(),
         long_string(argument::AT_LEAST_ONCE),

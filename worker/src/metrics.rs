@@ -20,6 +20,7 @@ pub const WORKSPACE_FAILED: &str = "workspace_failed_total";
 pub const PROVISIONING_DURATION: &str = "workspace_provisioning_duration_seconds";
 pub const EVENTS_PROCESSED: &str = "events_processed_total";
 pub const EVENTS_RETRIED: &str = "events_retried_total";
+pub const USERNAMES_REASSIGNED: &str = "usernames_reassigned_total";
 pub const EVENT_LAG: &str = "event_lag_seconds";
 pub const CONSUMER_CONNECTED: &str = "consumer_connected";
 pub const DELIVERIES_IN_FLIGHT: &str = "deliveries_in_flight";
@@ -31,13 +32,14 @@ pub const WEBHOOK_PUBLISH_CONFIRM: &str = "webhook_publish_confirm_seconds";
 
 /// Every metric family this service exports, with whether it is a histogram (exported as
 /// `_bucket`, `_sum` and `_count` series). Dashboards and alerts may only use these.
-pub const ALL: [(&str, bool); 13] = [
+pub const ALL: [(&str, bool); 14] = [
     (BATCH_SIZE, true),
     (WORKSPACE_CREATED, false),
     (WORKSPACE_FAILED, false),
     (PROVISIONING_DURATION, true),
     (EVENTS_PROCESSED, false),
     (EVENTS_RETRIED, false),
+    (USERNAMES_REASSIGNED, false),
     (EVENTS_REPLAYED, false),
     (EVENT_LAG, true),
     (CONSUMER_CONNECTED, false),
@@ -158,6 +160,11 @@ impl Metrics {
         self.with(|| counter!(EVENTS_RETRIED, "reason" => reason).increment(1));
     }
 
+    /// A chosen username took a derived one; its holder moved to their fallback.
+    pub fn record_username_reassigned(&self) {
+        self.with(|| counter!(USERNAMES_REASSIGNED).increment(1));
+    }
+
     /// A batch committed with `size` events.
     pub fn record_batch(&self, size: usize) {
         self.with(|| histogram!(BATCH_SIZE).record(size as f64));
@@ -214,6 +221,10 @@ fn describe() {
         "Events consumed, by Clerk type and outcome."
     );
     describe_counter!(EVENTS_RETRIED, "Retries scheduled, by reason.");
+    describe_counter!(
+        USERNAMES_REASSIGNED,
+        "Derived usernames given up to a user who chose the same one in Clerk."
+    );
     describe_histogram!(
         BATCH_SIZE,
         "Events provisioned together in one transaction (batches of two or more)."

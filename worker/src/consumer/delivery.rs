@@ -65,6 +65,16 @@ impl Processor {
             self.metrics.record_lag(lag);
         }
         let duration_ms = elapsed.as_secs_f64() * 1000.0;
+        if let Some(reassigned) = &provisioned.reassigned {
+            self.metrics.record_username_reassigned();
+            info!(
+                user_id = %reassigned.user_id,
+                username = %reassigned.username,
+                claimed_by = context.user_id.as_deref(),
+                event_id = %context.event_id,
+                "USERNAME_REASSIGNED: a derived username went to the user who chose it"
+            );
+        }
         if provisioned.outcome == Outcome::Created {
             info!(
                 user_id = context.user_id.as_deref(),

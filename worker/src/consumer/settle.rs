@@ -173,8 +173,7 @@ impl Processor {
     ) {
         let properties = deferred_properties(delivery, attempts, first_failed_at, delay);
         let published =
-            broker::republish_as(&self.publisher, &self.retry_exchange, delivery, properties)
-                .await;
+            broker::republish_as(&self.publisher, &self.retry_exchange, delivery, properties).await;
         if let Err(publish_err) = published {
             // Not in the retry queue, so it must not leave the main queue either.
             error!(event_id = %context.event_id, error = %publish_err, "deferring failed; requeueing");

@@ -336,10 +336,10 @@ impl Clerk {
     /// A new email, a username chosen, changed or removed, new names.
     fn update(&mut self, account: usize) {
         let mut version = self.live[&account].clone();
-        if self.rng.u8(0..10) < 4 {
-            if let Some(email) = self.free_email() {
-                version.email = email;
-            }
+        if self.rng.u8(0..10) < 4
+            && let Some(email) = self.free_email()
+        {
+            version.email = email;
         }
         match self.rng.u8(0..10) {
             0..=1 => version.username = None,

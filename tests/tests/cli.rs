@@ -178,6 +178,35 @@ async fn provision_exits_65_with_the_reason_on_a_permanent_failure() {
 }
 
 #[tokio::test]
+async fn provision_exits_75_on_a_conflict_that_a_later_event_may_resolve() {
+    let db = TestDb::migrated().await;
+    db.execute("INSERT INTO users (id, email, username) VALUES ('user_2ana_old', 'marta.lopez@example.com', 'ana_old')").await;
+    let file = write_temp(&fixture("user_created.json"));
+    let output = run(worker(
+        db.settings.expose_url(),
+        &["provision", path(&file)],
+    ));
+    assert_eq!(output.status.code(), Some(75));
+    let line = json_line(&output);
+    assert_eq!(line["reason"], "email_conflict");
+    assert_eq!(line["retryable"], true);
+
+    // The old account's deletion frees the email: the same command now succeeds.
+    let deletion = write_temp(&integration_tests::clerk::deleted_body("user_2ana_old", 1));
+    let output = run(worker(
+        db.settings.expose_url(),
+        &["provision", path(&deletion)],
+    ));
+    assert_eq!(json_line(&output)["outcome"], "deleted");
+    let output = run(worker(
+        db.settings.expose_url(),
+        &["provision", path(&file)],
+    ));
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(json_line(&output)["outcome"], "created");
+}
+
+#[tokio::test]
 async fn provision_exits_75_when_the_database_is_unreachable() {
     let file = write_temp(&fixture("user_created.json"));
     let mut command = worker(

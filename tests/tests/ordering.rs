@@ -8,8 +8,11 @@ use std::time::Duration;
 use integration_tests::app::TestApp;
 use integration_tests::broker::TestBroker;
 use integration_tests::clerk::{UserEvent, deleted_body, provision};
+use integration_tests::process::WorkerProcess;
 use integration_tests::{TestDb, eventually};
 use worker::domain::{DerivedUsername, Email, UserId};
+
+const WORKER: &str = env!("CARGO_BIN_EXE_worker-under-test");
 use worker::provision::Outcome;
 
 async fn outcome(db: &TestDb, body: &[u8]) -> Outcome {
@@ -171,7 +174,22 @@ async fn concurrent_events_of_one_user_settle_on_the_newest() {
 }
 
 #[tokio::test]
-async fn expired_tombstones_are_purged_by_the_worker() {
+async fn tombstones_are_kept_for_ever_by_default() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new().await;
+    db.execute("INSERT INTO user_tombstones VALUES ('user_2ancient', now() - interval '400 days')")
+        .await;
+    let mut env = broker.env();
+    env.push(("DATABASE_URL", db.settings.expose_url().to_owned()));
+    env.push(("TOMBSTONE_PURGE_INTERVAL", "100ms".into()));
+    let worker = TestApp::spawn(&["consume"], &env).await;
+    worker.wait_ready(Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(count(&db, "SELECT count(*) FROM user_tombstones").await, 1);
+}
+
+#[tokio::test]
+async fn a_tombstone_retention_purges_older_tombstones_and_warns() {
     let db = TestDb::migrated().await;
     let broker = TestBroker::new().await;
     db.execute(
@@ -183,8 +201,7 @@ async fn expired_tombstones_are_purged_by_the_worker() {
     env.push(("DATABASE_URL", db.settings.expose_url().to_owned()));
     env.push(("TOMBSTONE_RETENTION", "1h".into()));
     env.push(("TOMBSTONE_PURGE_INTERVAL", "200ms".into()));
-    let worker = TestApp::spawn(&["consume"], &env).await;
-    worker.wait_ready(Duration::from_secs(30)).await;
+    let worker = WorkerProcess::spawn(WORKER, &["consume"], &env).await;
     eventually(
         "the old tombstone to go",
         Duration::from_secs(20),
@@ -205,6 +222,13 @@ async fn expired_tombstones_are_purged_by_the_worker() {
         )
         .await,
         1
+    );
+    assert!(
+        worker
+            .logs()
+            .contains("a replay of an event older than this could bring a deleted user back"),
+        "{}",
+        worker.logs()
     );
 }
 

@@ -241,12 +241,13 @@ pub struct ConsumerSettings {
     #[arg(long, env = "RETRY_MAX_ATTEMPTS", default_value_t = 8)]
     pub retry_max_attempts: u32,
 
-    /// How long a deletion is remembered (tombstone) so older events cannot bring the user
-    /// back: longer than Svix's retry window (~27 h) and any sane manual replay.
-    #[arg(long, env = "TOMBSTONE_RETENTION", default_value = "30days", value_parser = humantime::parse_duration)]
-    pub tombstone_retention: Duration,
+    /// How long a deletion is remembered (its tombstone). Unset (the default): for ever, one
+    /// small row per deleted user, and deletion is final. Set, a replay of an event older than
+    /// this could bring a deleted user back, so setting it logs a warning.
+    #[arg(long, env = "TOMBSTONE_RETENTION", value_parser = humantime::parse_duration)]
+    pub tombstone_retention: Option<Duration>,
 
-    /// How often expired tombstones are purged.
+    /// How often expired tombstones are purged (only with TOMBSTONE_RETENTION set).
     #[arg(long, env = "TOMBSTONE_PURGE_INTERVAL", default_value = "1h", value_parser = positive_duration)]
     pub tombstone_purge_interval: Duration,
 }

@@ -16,6 +16,7 @@ mod settle;
 
 use std::time::Duration;
 
+use futures::future::OptionFuture;
 use sea_orm::DatabaseConnection;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -52,12 +53,18 @@ impl Consumer {
     /// Consumes until `shutdown` is cancelled, then lets in-flight deliveries finish within the
     /// grace period. Never returns early on broker or database trouble: it waits and reconnects.
     pub async fn run(&self, shutdown: CancellationToken) {
-        let purge = tokio::spawn(purge_tombstones_periodically(
-            self.db.clone(),
-            self.settings.tombstone_retention,
-            self.settings.tombstone_purge_interval,
-            shutdown.clone(),
-        ));
+        let purge = self.settings.tombstone_retention.map(|retention| {
+            warn!(
+                ?retention,
+                "TOMBSTONE_RETENTION is set: a replay of an event older than this could bring a deleted user back"
+            );
+            tokio::spawn(purge_tombstones_periodically(
+                self.db.clone(),
+                retention,
+                self.settings.tombstone_purge_interval,
+                shutdown.clone(),
+            ))
+        });
         let mut reconnect_delays = RetryPolicy::RECONNECT.delays();
         loop {
             match Session::open(self, &shutdown).await {
@@ -84,7 +91,7 @@ impl Consumer {
                 () = shutdown.cancelled() => break,
             }
         }
-        if let Err(err) = purge.await {
+        if let Some(Err(err)) = OptionFuture::from(purge).await {
             warn!(error = %err, "the tombstone purge task failed");
         }
     }

@@ -276,12 +276,23 @@ impl Drop for TestBroker {
             runtime.block_on(async {
                 let connection = Connection::connect(&url, Default::default()).await?;
                 let channel = connection.create_channel().await?;
-                for queue in [&topology.queue, &topology.dead_letter_queue] {
+                let queues = [
+                    &topology.queue,
+                    &topology.dead_letter_queue,
+                    &topology.retry.queue,
+                ];
+                for queue in queues {
                     channel
                         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                         .await?;
                 }
-                for exchange in [&topology.exchange, &topology.dead_letter_exchange] {
+                let exchanges = [
+                    &topology.exchange,
+                    &topology.dead_letter_exchange,
+                    &topology.retry.exchange,
+                    &topology.retry.redeliver_exchange,
+                ];
+                for exchange in exchanges {
                     channel
                         .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
                         .await?;

@@ -93,7 +93,11 @@ async fn a_thousand_waiting_conflicts_hold_up_neither_other_users_nor_the_deleti
                 &format!("churn{i}@example.com"),
                 Some(&format!("new_{i}")),
             );
-            ("user.created".to_owned(), event.body(), format!("msg_new{i}"))
+            (
+                "user.created".to_owned(),
+                event.body(),
+                format!("msg_new{i}"),
+            )
         })
         .collect();
     stack.broker.publish_many(&sign_ups).await;
@@ -110,20 +114,28 @@ async fn a_thousand_waiting_conflicts_hold_up_neither_other_users_nor_the_deleti
         .broker
         .publish("user.created", &bystander.body(), "msg_bystander")
         .await;
-    eventually("the bystander provisioned", Duration::from_secs(10), || async {
-        stack
-            .db
-            .scalar("SELECT count(*) FROM workspaces WHERE user_id = 'user_2bystander'")
-            .await
-            == 1
-    })
+    eventually(
+        "the bystander provisioned",
+        Duration::from_secs(10),
+        || async {
+            stack
+                .db
+                .scalar("SELECT count(*) FROM workspaces WHERE user_id = 'user_2bystander'")
+                .await
+                == 1
+        },
+    )
     .await;
 
     // Nor are the deletions that free the emails.
     let deletions: Vec<(String, Vec<u8>, String)> = (1..=holders)
         .map(|i| {
             let body = deleted_body(&format!("user_2old{i}"), 1_764_300_000_000);
-            ("user.deleted".to_owned(), body, format!("msg_old{i}_deleted"))
+            (
+                "user.deleted".to_owned(),
+                body,
+                format!("msg_old{i}_deleted"),
+            )
         })
         .collect();
     stack.broker.publish_many(&deletions).await;
@@ -200,7 +212,9 @@ async fn a_username_chosen_in_clerk_takes_a_derived_one_and_says_so() {
     assert_eq!(
         stack
             .db
-            .scalar("SELECT count(*) FROM users WHERE id = 'user_2xu' AND username LIKE 'alice\\_%'")
+            .scalar(
+                "SELECT count(*) FROM users WHERE id = 'user_2xu' AND username LIKE 'alice\\_%'"
+            )
             .await,
         1
     );

@@ -766,3 +766,71 @@ async fn readyz_under_many_concurrent_probes_checks_the_database_once_at_a_time(
         "checks closer than a second apart: {checks:?}"
     );
 }
+
+#[tokio::test]
+async fn a_broker_lost_while_every_slot_waits_for_the_database_is_noticed_within_two_heartbeats() {
+    let stack = Stack::new().await;
+    let database = CuttableProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let broker = CuttableProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let mut env = env(
+        &stack,
+        &[
+            ("DATABASE_CONNECT_TIMEOUT", "500ms"),
+            ("MAX_CONCURRENCY", "2"),
+            ("PREFETCH", "4"),
+            ("BATCH_SIZE", "1"),
+        ],
+    );
+    env.retain(|(key, _)| !matches!(*key, "DATABASE_URL" | "AMQP_URL"));
+    env.push((
+        "DATABASE_URL",
+        format!("postgres://postgres@{}/{}", database.addr, stack.db.name),
+    ));
+    env.push((
+        "AMQP_URL",
+        format!("amqp://guest:guest@{}/%2f?heartbeat=2", broker.addr),
+    ));
+    let worker = TestApp::spawn(&["consume"], &env).await;
+    worker.wait_ready(Duration::from_secs(30)).await;
+
+    database.cut().await;
+    publish_sign_ups(&stack, 8).await;
+    eventually(
+        "both slots held by deliveries waiting for the database",
+        Duration::from_secs(20),
+        || async { worker.metric("deliveries_in_flight").await == 2.0 },
+    )
+    .await;
+
+    broker.stall();
+    eventually(
+        "the lost broker noticed (two heartbeats of 2 s, and some slack)",
+        Duration::from_secs(8),
+        || async { worker.metric("consumer_connected").await == 0.0 },
+    )
+    .await;
+    let (status, body) = worker.readyz().await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        worker.metric("deliveries_in_flight").await,
+        0.0,
+        "the old session's deliveries stopped"
+    );
+
+    broker.cut().await;
+    broker.restore();
+    broker.resume();
+    database.restore();
+    let mut most_in_flight = 0.0_f64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stack.workspaces().await < 8 && Instant::now() < deadline {
+        most_in_flight = most_in_flight.max(worker.metric("deliveries_in_flight").await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stack.workspaces().await, 8, "all 8 provisioned");
+    assert!(
+        most_in_flight <= 4.0,
+        "{most_in_flight} in flight > PREFETCH"
+    );
+    assert_eq!(worker.metric("workspace_failed_total").await, 0.0);
+}

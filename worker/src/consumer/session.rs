@@ -9,7 +9,7 @@ use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -32,6 +32,11 @@ pub struct Session {
     connection: Connection,
     channel: Channel,
     deliveries: lapin::Consumer,
+    /// Why the connection failed, as soon as it does (missed heartbeats included): noticed even
+    /// while every concurrency slot is busy and nobody reads `deliveries`.
+    lost: oneshot::Receiver<String>,
+    /// The process's shutdown token (`stop` is its child).
+    shutdown: CancellationToken,
     processor: Arc<Processor>,
     tasks: TaskTracker,
     /// Ends this session's tasks; a child of the process's shutdown token.
@@ -72,6 +77,8 @@ impl Session {
             .await?;
         info!(queue = %topology.queue, prefetch = consumer.settings.prefetch, "consuming");
         Ok(Self {
+            lost: watch_connection(&connection),
+            shutdown: shutdown.clone(),
             connection,
             channel,
             deliveries,
@@ -102,9 +109,14 @@ impl Session {
             }
             SessionEnd::Lost(_) => {
                 // Nothing can be acknowledged on a lost connection: the broker already has
-                // these deliveries back. Stop waiting retries; let transactions end.
+                // these deliveries back. Stop waiting retries, and let transactions end before
+                // a new session takes deliveries, so no more than PREFETCH are ever in flight.
                 self.stop.cancel();
-                self.drain(consumer).await;
+                self.tasks.close();
+                tokio::select! {
+                    () = self.tasks.wait() => {}
+                    () = self.shutdown.cancelled() => self.drain(consumer).await,
+                }
             }
         }
         end
@@ -116,6 +128,7 @@ impl Session {
         loop {
             let slot = tokio::select! {
                 slot = slots.clone().acquire_owned() => slot,
+                why = &mut self.lost => return SessionEnd::Lost(why.unwrap_or_else(|_| EVENTS_ENDED.into())),
                 () = self.stop.cancelled() => return SessionEnd::Shutdown,
             };
             let Ok(slot) = slot else {
@@ -123,6 +136,7 @@ impl Session {
             };
             let next = tokio::select! {
                 next = self.deliveries.next() => next,
+                why = &mut self.lost => return SessionEnd::Lost(why.unwrap_or_else(|_| EVENTS_ENDED.into())),
                 () = self.stop.cancelled() => return SessionEnd::Shutdown,
             };
             let first = match next {
@@ -189,5 +203,24 @@ impl Session {
     }
 }
 
+/// Reports the connection's first error (closed by the broker, I/O failed, or two heartbeats
+/// missed) from a task of its own, whatever the session is busy with.
+fn watch_connection(connection: &Connection) -> oneshot::Receiver<String> {
+    let (report, lost) = oneshot::channel();
+    let mut events = connection.events_listener().boxed();
+    tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            if let lapin::Event::Error(err) = event {
+                let _ = report.send(err.to_string());
+                return;
+            }
+        }
+    });
+    lost
+}
+
 /// A consumer stream that simply ends: the broker cancelled it (queue deleted, node lost).
 const CONSUMER_CANCELLED: &str = "the broker cancelled the consumer";
+
+/// The connection's event stream ended without an error: the connection is gone.
+const EVENTS_ENDED: &str = "the connection's events ended";

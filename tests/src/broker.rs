@@ -53,8 +53,15 @@ impl TestBroker {
     /// Declares a fresh topology (as the worker will) so messages can be published before any
     /// worker runs.
     pub async fn new() -> Self {
+        Self::with_delivery_limit(worker::topology::DEFAULT_DELIVERY_LIMIT).await
+    }
+
+    /// A topology whose main queue dead-letters a message returned more than `limit` times.
+    /// Workers on it need `AMQP_DELIVERY_LIMIT` set to match ([`Self::env`] does it).
+    pub async fn with_delivery_limit(limit: u32) -> Self {
         let prefix = format!("it-{}.", uuid::Uuid::new_v4().simple());
-        let settings = BrokerSettings::with_prefix(amqp_url(), prefix);
+        let mut settings = BrokerSettings::with_prefix(amqp_url(), prefix);
+        settings.delivery_limit = limit;
         let topology = Topology::from_settings(&settings);
         let connection = broker::connect(&settings, "test")
             .await
@@ -83,6 +90,10 @@ impl TestBroker {
         vec![
             ("AMQP_URL", self.settings.expose_url().to_owned()),
             ("AMQP_NAME_PREFIX", self.settings.name_prefix.clone()),
+            (
+                "AMQP_DELIVERY_LIMIT",
+                self.settings.delivery_limit.to_string(),
+            ),
         ]
     }
 

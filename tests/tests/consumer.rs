@@ -834,3 +834,53 @@ async fn a_broker_lost_while_every_slot_waits_for_the_database_is_noticed_within
     );
     assert_eq!(worker.metric("workspace_failed_total").await, 0.0);
 }
+
+#[tokio::test]
+async fn a_long_database_outage_hands_deliveries_back_once_and_dead_letters_nothing() {
+    // A delivery limit of 2: a message returned twice would be dead-lettered by the broker.
+    let stack = Stack {
+        db: integration_tests::TestDb::migrated().await,
+        broker: integration_tests::broker::TestBroker::with_delivery_limit(2).await,
+    };
+    let proxy = CuttableProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let mut env = env(
+        &stack,
+        &[
+            ("DATABASE_CONNECT_TIMEOUT", "500ms"),
+            ("DATABASE_OUTAGE_PAUSE", "2s"),
+            ("PREFETCH", "8"),
+            ("MAX_CONCURRENCY", "4"),
+        ],
+    );
+    env.retain(|(key, _)| *key != "DATABASE_URL");
+    env.push((
+        "DATABASE_URL",
+        format!("postgres://postgres@{}/{}", proxy.addr, stack.db.name),
+    ));
+    let worker = TestApp::spawn(&["consume"], &env).await;
+    worker.wait_ready(Duration::from_secs(30)).await;
+
+    proxy.cut().await;
+    publish_sign_ups(&stack, 50).await;
+    eventually(
+        "the consumer paused, every delivery back in the queue for anyone to take",
+        Duration::from_secs(30),
+        || async {
+            worker.metric("consumer_connected").await == 0.0 && stack.main_queue_ready().await == 50
+        },
+    )
+    .await;
+    // Paused for five times the pause: nothing is taken again while the database is down.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(stack.main_queue_ready().await, 50);
+    assert_eq!(worker.metric("deliveries_in_flight").await, 0.0);
+
+    proxy.restore();
+    wait_for_workspaces(&stack, 50, Duration::from_secs(60)).await;
+    assert_eq!(
+        stack.dead_letters_ready().await,
+        0,
+        "nothing past the delivery limit"
+    );
+    assert_eq!(worker.metric("workspace_failed_total").await, 0.0);
+}

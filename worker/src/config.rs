@@ -236,6 +236,13 @@ pub struct ConsumerSettings {
     #[arg(long, env = "RETRY_MAX_DELAY", default_value = "30s", value_parser = humantime::parse_duration)]
     pub retry_max_delay: Duration,
 
+    /// A database unavailable this long, without a success in between, pauses consuming: the
+    /// deliveries go back to the queue (visible to other workers, one added to their
+    /// `x-delivery-count`) and the worker takes more only once the database answers. Keep it
+    /// well below the broker's `consumer_timeout` (30 min by default).
+    #[arg(long, env = "DATABASE_OUTAGE_PAUSE", default_value = "60s", value_parser = positive_duration)]
+    pub database_outage_pause: Duration,
+
     /// Attempts for an event-specific transient error (deadlock, timeout) before it is
     /// dead-lettered as `retries_exhausted`. A database outage never uses up attempts.
     #[arg(long, env = "RETRY_MAX_ATTEMPTS", default_value_t = 8)]

@@ -1,6 +1,7 @@
 //! What every delivery task shares: the [`Processor`], what logs and metrics say about a delivery
 //! ([`Context`]), what a success leaves behind, and the headers a delivery is read by.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -38,6 +39,62 @@ pub struct Processor {
     /// Acks and requeues on the consumer channel.
     pub settlements: Settlements,
     pub metrics: Metrics,
+    /// How long the database has been unavailable, and the session's way to pause for it.
+    pub outage: Outage,
+}
+
+/// A database outage as this session sees it: when attempts began to find the database
+/// unavailable. Once that lasted `pause` without a success, `paused` is cancelled and the session
+/// ends, its deliveries returned to the queue, rather than hold them for the whole outage (past
+/// the broker's `consumer_timeout`, every one would come back with one more delivery count each
+/// time).
+pub struct Outage {
+    /// A number per outage, so a timer left from an outage that ended does nothing.
+    current: Arc<std::sync::Mutex<Option<u64>>>,
+    started: std::sync::atomic::AtomicU64,
+    pause: Duration,
+    pub paused: CancellationToken,
+}
+
+impl Outage {
+    pub fn new(pause: Duration) -> Self {
+        Self {
+            current: Arc::default(),
+            started: std::sync::atomic::AtomicU64::new(0),
+            pause,
+            paused: CancellationToken::new(),
+        }
+    }
+
+    /// An attempt found the database unavailable: the first of an outage starts its timer.
+    pub(super) fn unavailable(&self) {
+        let mut current = lock(&self.current);
+        if current.is_some() {
+            return;
+        }
+        let outage = self
+            .started
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *current = Some(outage);
+        let (still, paused, pause) = (self.current.clone(), self.paused.clone(), self.pause);
+        tokio::spawn(async move {
+            tokio::time::sleep(pause).await;
+            if *lock(&still) == Some(outage) {
+                paused.cancel();
+            }
+        });
+    }
+
+    /// An attempt got an answer from the database: the outage, if any, is over.
+    pub(super) fn over(&self) {
+        *lock(&self.current) = None;
+    }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// What the logs and metrics say about a delivery.

@@ -79,6 +79,17 @@ impl Consumer {
                             warn!(reason = %why, "broker session lost; reconnecting");
                             reconnect_delays = RetryPolicy::RECONNECT.delays();
                         }
+                        SessionEnd::DatabaseDown => {
+                            warn!(
+                                pause = ?self.settings.database_outage_pause,
+                                "the database has been unavailable too long; deliveries handed back, consuming again once it answers"
+                            );
+                            if !self.wait_for_database(&shutdown).await {
+                                break;
+                            }
+                            info!("the database answers again; consuming");
+                            reconnect_delays = RetryPolicy::RECONNECT.delays();
+                        }
                     }
                 }
                 Err(err) => warn!(error = %err, "broker unavailable; reconnecting"),
@@ -93,6 +104,21 @@ impl Consumer {
         }
         if let Some(Err(err)) = OptionFuture::from(purge).await {
             warn!(error = %err, "the tombstone purge task failed");
+        }
+    }
+
+    /// Pings the database with the reconnect backoff until it answers (true) or shutdown (false).
+    async fn wait_for_database(&self, shutdown: &CancellationToken) -> bool {
+        let mut delays = RetryPolicy::RECONNECT.delays();
+        loop {
+            if self.db.ping().await.is_ok() {
+                return true;
+            }
+            let delay = delays.next().unwrap_or(self.settings.retry_max_delay);
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = shutdown.cancelled() => return false,
+            }
         }
     }
 

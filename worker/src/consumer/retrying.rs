@@ -27,6 +27,10 @@ impl Processor {
             let result = attempt(&self.db, &parsed).await;
             let elapsed = started.elapsed();
             attempts = RetryPolicy::count(&result, attempts);
+            match &result {
+                Err(ProvisionError::Unavailable(_)) => self.outage.unavailable(),
+                _ => self.outage.over(),
+            }
             let err = match result {
                 Ok(provisioned) => {
                     self.record_success(&delivery, &context, &provisioned, attempts, elapsed);
@@ -91,12 +95,16 @@ impl Processor {
         tokio::select! {
             () = tokio::time::sleep(delay) => true,
             () = self.stop.cancelled() => false,
+            () = self.outage.paused.cancelled() => false,
         }
     }
 
-    /// The session ends with this delivery unfinished: it goes back to the queue.
+    /// The session ends with this delivery unfinished: it goes back to the queue. Paused for a
+    /// database outage, the channel's close returns it with the rest.
     async fn give_back(&self, delivery: &Delivery, context: &Context, err: &ProvisionError) {
         info!(event_id = %context.event_id, error = %err, "session ending; returning the delivery to the queue");
-        self.requeue(delivery, context).await;
+        if !self.outage.paused.is_cancelled() {
+            self.requeue(delivery, context).await;
+        }
     }
 }

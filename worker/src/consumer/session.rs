@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use super::Consumer;
 use super::batch::{Ready, take_batch};
-use super::delivery::Processor;
+use super::delivery::{Outage, Processor};
 use super::settle::Settlements;
 use crate::broker;
 use crate::topology::Topology;
@@ -25,6 +25,9 @@ use crate::topology::Topology;
 pub enum SessionEnd {
     Shutdown,
     Lost(String),
+    /// The database stayed unavailable for `DATABASE_OUTAGE_PAUSE`: the deliveries went back
+    /// to the queue; consume again once it answers.
+    DatabaseDown,
 }
 
 /// A connected session, consuming.
@@ -66,6 +69,7 @@ impl Session {
             stop: stop.clone(),
             settlements: Settlements::new(channel.clone()),
             metrics: consumer.metrics.clone(),
+            outage: Outage::new(consumer.settings.database_outage_pause),
         });
         let deliveries = channel
             .basic_consume(
@@ -107,6 +111,15 @@ impl Session {
                 self.drain(consumer).await;
                 self.close().await;
             }
+            SessionEnd::DatabaseDown => {
+                // Waiting retries hand their deliveries back at once; closing the channel
+                // returns what is buffered. Each comes back with one more delivery count, once
+                // per outage, and is visible to other workers meanwhile.
+                self.stop.cancel();
+                self.tasks.close();
+                self.tasks.wait().await;
+                self.close().await;
+            }
             SessionEnd::Lost(_) => {
                 // Nothing can be acknowledged on a lost connection: the broker already has
                 // these deliveries back. Stop waiting retries, and let transactions end before
@@ -129,6 +142,7 @@ impl Session {
             let slot = tokio::select! {
                 slot = slots.clone().acquire_owned() => slot,
                 why = &mut self.lost => return SessionEnd::Lost(why.unwrap_or_else(|_| EVENTS_ENDED.into())),
+                () = self.processor.outage.paused.cancelled() => return SessionEnd::DatabaseDown,
                 () = self.stop.cancelled() => return SessionEnd::Shutdown,
             };
             let Ok(slot) = slot else {
@@ -137,6 +151,7 @@ impl Session {
             let next = tokio::select! {
                 next = self.deliveries.next() => next,
                 why = &mut self.lost => return SessionEnd::Lost(why.unwrap_or_else(|_| EVENTS_ENDED.into())),
+                () = self.processor.outage.paused.cancelled() => return SessionEnd::DatabaseDown,
                 () = self.stop.cancelled() => return SessionEnd::Shutdown,
             };
             let first = match next {

@@ -213,19 +213,31 @@ launch() {
   # Not -detached: the launcher's output (errors before logging starts) goes to console.log.
   # setsid: the node outlives this script and the terminal.
   set_node_env "$n"
+  echo "==> $(date -u '+%F %T') starting $node" >>"$nd/log/console.log"
   exec env "${node_env[@]}" setsid "$sbin/rabbitmq-server" </dev/null >>"$nd/log/console.log" 2>&1 &
   echo $! >"$nd/launcher.pid"
+  # `alive` knows the launcher by the node name in its environment, there once env has run.
+  local i
+  for i in $(seq 1 50); do
+    alive "$n" && return 0
+    sleep 0.1
+  done
+  show_log "$n"
+  die "$node exited at once (log above)"
 }
 
+# What node N printed since its last launch (a failure to boot is explained first), then the end
+# of its log.
 show_log() {
   local n=$1 nd
   nd=$(node_dir "$n")
   load_node "$n"
   {
-    echo "--- tail of $nd/log/console.log"
-    tail -n 15 "$nd/log/console.log" 2>/dev/null || true
+    echo "--- $nd/log/console.log, since the last start"
+    awk '/^==> .* starting /{text=""} {text=text $0 "\n"} END{printf "%s", text}' \
+      "$nd/log/console.log" 2>/dev/null | head -n 40 || true
     echo "--- tail of $nd/log/$node.log"
-    tail -n 40 "$nd/log/$node.log" 2>/dev/null || true
+    tail -n 30 "$nd/log/$node.log" 2>/dev/null || true
   } >&2
 }
 

@@ -111,10 +111,16 @@ impl RabbitNodes {
 impl Drop for RabbitNodes {
     fn drop(&mut self) {
         // The data goes with the folder, so a crash is as good as a graceful stop, and faster.
+        // No panics here: this may run while the test unwinds.
         for n in 1..=self.size {
             let killed = self.script(&["kill", &n.to_string()]).output();
-            if let Err(err) = killed.as_ref().map(|out| check("kill", out)) {
-                eprintln!("warning: could not kill test RabbitMQ node {n}: {err}");
+            match killed {
+                Ok(output) if output.status.success() => {}
+                Ok(output) => eprintln!(
+                    "warning: could not kill test RabbitMQ node {n}: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                ),
+                Err(err) => eprintln!("warning: could not kill test RabbitMQ node {n}: {err}"),
             }
         }
         if let Err(err) = std::fs::remove_dir_all(&self.dir) {

@@ -45,13 +45,14 @@ async fn take_through(url: &str, queue: &str, expected: usize) -> Vec<Vec<u8>> {
     let mut bodies = Vec::new();
     let mut last_error = None;
     while bodies.len() < expected && Instant::now() < deadline {
-        match take_some(url, queue, &mut bodies).await {
-            Ok(()) => tokio::time::sleep(Duration::from_millis(100)).await,
-            Err(err) => {
-                last_error = Some(err);
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
+        let attempt =
+            tokio::time::timeout(Duration::from_secs(5), take_some(url, queue, &mut bodies));
+        match attempt.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => last_error = Some(err.to_string()),
+            Err(_) => last_error = Some("no answer within 5 s".to_owned()),
         }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(
         bodies.len(),

@@ -1,5 +1,5 @@
 //! RabbitMQ nodes of the test's own (a cluster, or one node with its own configuration), run by
-//! `deploy/rabbitmq-cluster.sh` beside the shared RabbitMQ; stopped and removed when the value is
+//! `deploy/rabbitmq-cluster.sh` beside the shared RabbitMQ; killed and removed when the value is
 //! dropped, even when the test panics.
 
 use std::path::{Path, PathBuf};
@@ -53,7 +53,7 @@ impl RabbitNodes {
         format!("{}{n}@localhost", self.prefix())
     }
 
-    /// SIGKILLs node `n`'s Erlang VM: a crash, nothing flushed or said to the peers.
+    /// SIGKILLs node `n`'s Erlang VM: a crash, nothing flushed or handed over.
     pub fn kill(&self, n: u16) {
         self.run(&["kill", &n.to_string()]);
     }

@@ -1,7 +1,9 @@
 //! The integration-test harness: every test gets its own PostgreSQL database, created fresh and
 //! dropped when the test ends (even when it panics), and its own broker names, so tests run in
 //! parallel and leave nothing. The application runs in the test's process ([`app::TestApp`]) or,
-//! where the process is the point, as a child process ([`process::WorkerProcess`]).
+//! where the process is the point, as a child process ([`process::WorkerProcess`]). A test that
+//! needs RabbitMQ nodes of its own (a cluster to crash, a broker setting) starts them with
+//! [`rabbit_nodes::RabbitNodes`].
 //!
 //! Tests talk to the real server at `TEST_DATABASE_SERVER` (default
 //! `postgres://postgres@127.0.0.1:5432`) and RabbitMQ at `TEST_AMQP_URL`; if one is not reachable
@@ -14,6 +16,7 @@ pub mod clerk_api;
 pub mod ops;
 pub mod process;
 pub mod proxy;
+pub mod rabbit_nodes;
 pub mod stack;
 pub mod webhook;
 

@@ -256,11 +256,16 @@ fn compose_command() -> Vec<&'static str> {
     }
 }
 
-#[test]
-fn docker_compose_accepts_the_compose_file() {
+/// `compose [--profile P] config --quiet` with the variables `.env` must set; its stderr on failure.
+fn compose_config(profile: Option<&str>) -> Result<(), String> {
     let compose = compose_command();
+    let profile: &[&str] = match profile {
+        Some(profile) => &["--profile", profile],
+        None => &[],
+    };
     let output = Command::new(compose[0])
         .args(&compose[1..])
+        .args(profile)
         .args(["config", "--quiet"])
         .envs([
             (
@@ -269,13 +274,25 @@ fn docker_compose_accepts_the_compose_file() {
             ),
             ("POSTGRES_PASSWORD", "test"),
             ("RABBITMQ_PASSWORD", "test"),
+            ("RABBITMQ_ERLANG_COOKIE", "test"),
             ("GRAFANA_ADMIN_PASSWORD", "test"),
         ])
         .current_dir(repo())
         .output()
         .expect("compose runs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{compose:?} config: {stderr}");
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{compose:?} {profile:?} config: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+#[test]
+fn docker_compose_accepts_the_compose_file() {
+    compose_config(None).unwrap_or_else(|err| panic!("{err}"));
 
     let file = read("docker-compose.yml");
     for service in [
@@ -294,7 +311,38 @@ fn docker_compose_accepts_the_compose_file() {
     }
     assert!(file.contains("condition: service_completed_successfully"));
     assert!(!file.contains("container_name"), "the worker must scale");
-    assert!(read(".env.example").contains("CLERK_WEBHOOK_SECRET="));
+    let env = read(".env.example");
+    assert!(env.contains("CLERK_WEBHOOK_SECRET="));
+    assert!(env.contains("RABBITMQ_ERLANG_COOKIE="));
+}
+
+#[test]
+fn docker_compose_accepts_the_cluster_profile() {
+    compose_config(Some("cluster")).unwrap_or_else(|err| panic!("{err}"));
+
+    let file = read("docker-compose.yml");
+    for service in [
+        "rabbitmq-1",
+        "rabbitmq-2",
+        "rabbitmq-3",
+        "ingress-cluster",
+        "worker-cluster",
+    ] {
+        assert!(
+            file.contains(&format!("\n  {service}:")),
+            "{service} in docker-compose.yml"
+        );
+    }
+    for node in ["rabbitmq-1", "rabbitmq-2", "rabbitmq-3"] {
+        assert!(
+            file.contains(&format!("@{node}:5672/%2f")),
+            "{node} in the cluster services' AMQP_URL"
+        );
+        assert!(
+            read("deploy/rabbitmq/cluster.conf").contains(&format!("= rabbit@{node}\n")),
+            "{node} in deploy/rabbitmq/cluster.conf"
+        );
+    }
 }
 
 #[test]

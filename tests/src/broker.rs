@@ -59,8 +59,13 @@ impl TestBroker {
     /// A topology whose main queue dead-letters a message returned more than `limit` times.
     /// Workers on it need `AMQP_DELIVERY_LIMIT` set to match ([`Self::env`] does it).
     pub async fn with_delivery_limit(limit: u32) -> Self {
+        Self::on(&amqp_url(), limit).await
+    }
+
+    /// A topology on the broker at `url` (a private node, say) with the delivery limit given.
+    pub async fn on(url: &str, limit: u32) -> Self {
         let prefix = format!("it-{}.", uuid::Uuid::new_v4().simple());
-        let mut settings = BrokerSettings::with_prefix(amqp_url(), prefix);
+        let mut settings = BrokerSettings::with_prefix(url, prefix);
         settings.delivery_limit = limit;
         let topology = Topology::from_settings(&settings);
         let connection = broker::connect(&settings, "test")

@@ -23,6 +23,12 @@ impl RabbitNodes {
     /// Starts `size` clustered nodes with `extra_conf` appended to each node's rabbitmq.conf,
     /// and returns once the cluster is formed; panics with the failing node's log otherwise.
     pub fn start(size: u16, extra_conf: &str) -> Self {
+        Self::start_configured(size, extra_conf, "")
+    }
+
+    /// As [`Self::start`], with `advanced_config` (Erlang terms, for settings rabbitmq.conf
+    /// does not know, e.g. `channel_tick_interval`) as every node's advanced.config, unless empty.
+    pub fn start_configured(size: u16, extra_conf: &str, advanced_config: &str) -> Self {
         assert!((1..=BLOCK).contains(&size), "1 to {BLOCK} nodes");
         let (dir, base_port) = reserve_block(size);
         let nodes = Self {
@@ -33,12 +39,16 @@ impl RabbitNodes {
         let extra = nodes.dir.join("extra.conf");
         std::fs::write(&extra, extra_conf).expect("extra.conf written");
         // Dropped (nodes killed, folder removed) if this panics.
-        let output = nodes
-            .script(&["start"])
+        let mut script = nodes.script(&["start"]);
+        script
             .env("RABBITMQ_CLUSTER_SIZE", size.to_string())
-            .env("RABBITMQ_CLUSTER_EXTRA_CONF", &extra)
-            .output()
-            .expect("deploy/rabbitmq-cluster.sh runs");
+            .env("RABBITMQ_CLUSTER_EXTRA_CONF", &extra);
+        if !advanced_config.is_empty() {
+            let advanced = nodes.dir.join("advanced.config");
+            std::fs::write(&advanced, advanced_config).expect("advanced.config written");
+            script.env("RABBITMQ_CLUSTER_ADVANCED_CONFIG", &advanced);
+        }
+        let output = script.output().expect("deploy/rabbitmq-cluster.sh runs");
         check("start", &output);
         nodes
     }

@@ -1,0 +1,79 @@
+//! A database outage longer than the broker's `consumer_timeout`, on a RabbitMQ node the test
+//! starts itself with a short `consumer_timeout` (checked every second) and a delivery limit of 2:
+//! nothing is dead-lettered, no message is returned more than once, and the messages stay
+//! visible in the queue while the worker waits for the database. The shared broker's settings
+//! are never touched.
+
+use std::time::Duration;
+
+use integration_tests::app::TestApp;
+use integration_tests::broker::TestBroker;
+use integration_tests::clerk::UserEvent;
+use integration_tests::proxy::CuttableProxy;
+use integration_tests::rabbit_nodes::RabbitNodes;
+use integration_tests::{TestDb, eventually};
+
+/// 5 s, checked on every channel tick of 1 s (3.10's default tick is 60 s).
+const SHORT_CONSUMER_TIMEOUT: &str =
+    "[{rabbit, [{consumer_timeout, 5000}, {channel_tick_interval, 1000}]}].\n";
+
+#[tokio::test]
+async fn a_database_outage_longer_than_the_consumer_timeout_dead_letters_nothing() {
+    let nodes = RabbitNodes::start_configured(1, "", SHORT_CONSUMER_TIMEOUT);
+    let broker = TestBroker::on(&nodes.amqp_url(1), 2).await;
+    let db = TestDb::migrated().await;
+    let proxy = CuttableProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let mut env = broker.env();
+    env.extend([
+        (
+            "DATABASE_URL",
+            format!("postgres://postgres@{}/{}", proxy.addr, db.name),
+        ),
+        ("DATABASE_MIN_CONNECTIONS", "1".into()),
+        ("DATABASE_CONNECT_TIMEOUT", "500ms".into()),
+        ("DATABASE_OUTAGE_PAUSE", "2s".into()),
+        ("RETRY_INITIAL_DELAY", "20ms".into()),
+        ("RETRY_MAX_DELAY", "500ms".into()),
+        ("PREFETCH", "8".into()),
+        ("MAX_CONCURRENCY", "4".into()),
+    ]);
+    let worker = TestApp::spawn(&["consume"], &env).await;
+    worker.wait_ready(Duration::from_secs(30)).await;
+
+    proxy.cut().await;
+    let sign_ups: Vec<(String, Vec<u8>, String)> = (0..30)
+        .map(|i| {
+            let event = UserEvent::created(
+                &format!("user_2outage{i}"),
+                &format!("outage{i}@example.com"),
+                Some(&format!("outage_{i}")),
+            );
+            (
+                "user.created".to_owned(),
+                event.body(),
+                format!("msg_outage{i}"),
+            )
+        })
+        .collect();
+    broker.publish_many(&sign_ups).await;
+    // Four times the consumer timeout, each second of it checked by the broker.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let ready = broker.ready(&broker.topology.queue).await;
+    assert_eq!(
+        ready, 30,
+        "every message visible to other workers during the outage"
+    );
+    assert_eq!(broker.ready(&broker.topology.dead_letter_queue).await, 0);
+
+    proxy.restore();
+    eventually("all 30 provisioned", Duration::from_secs(60), || async {
+        db.scalar("SELECT count(*) FROM workspaces").await == 30
+    })
+    .await;
+    assert_eq!(
+        broker.ready(&broker.topology.dead_letter_queue).await,
+        0,
+        "nothing was returned twice (the delivery limit is 2)"
+    );
+    assert_eq!(worker.metric("workspace_failed_total").await, 0.0);
+}

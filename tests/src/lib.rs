@@ -3,7 +3,7 @@
 //! parallel and leave nothing. The application runs in the test's process ([`app::TestApp`]) or,
 //! where the process is the point, as a child process ([`process::WorkerProcess`]). A test that
 //! needs RabbitMQ nodes of its own (a cluster to crash, a broker setting) starts them with
-//! [`rabbit_nodes::RabbitNodes`].
+//! [`rabbit_nodes::RabbitNodes`]. [`chaos`] checks the whole pipeline under a schedule of faults.
 //!
 //! Tests talk to the real server at `TEST_DATABASE_SERVER` (default
 //! `postgres://postgres@127.0.0.1:5432`) and RabbitMQ at `TEST_AMQP_URL`; if one is not reachable
@@ -11,6 +11,7 @@
 
 pub mod app;
 pub mod broker;
+pub mod chaos;
 pub mod clerk;
 pub mod clerk_api;
 pub mod ops;

@@ -58,6 +58,22 @@ impl RabbitNodes {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port(n))
     }
 
+    /// `amqp://guest:guest@127.0.0.1:<port>/<vhost>` of node `n`, for a vhost of the test's own
+    /// (a name that needs no percent-encoding).
+    pub fn amqp_url_in(&self, n: u16, vhost: &str) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/{vhost}", self.port(n))
+    }
+
+    /// Where node `n` takes AMQP connections: what a proxy in front of it forwards to.
+    pub fn amqp_addr(&self, n: u16) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port(n)))
+    }
+
+    /// How many nodes the cluster has.
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+
     /// `<prefix><n>@localhost`, as rabbitmqctl and the queues' member lists name node `n`.
     pub fn node_name(&self, n: u16) -> String {
         format!("{}{n}@localhost", self.prefix())

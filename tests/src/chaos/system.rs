@@ -1,0 +1,367 @@
+//! The system under faults: a private RabbitMQ cluster with a vhost of its own, a database of its
+//! own, one `worker ingress` and `worker consume` processes, each worker reaching the broker and
+//! the database through TCP proxies that faults can cut.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use worker::broker;
+use worker::config::BrokerSettings;
+use worker::topology::Topology;
+
+use crate::TestDb;
+use crate::process::WorkerProcess;
+use crate::proxy::CuttableProxy;
+use crate::rabbit_nodes::RabbitNodes;
+use crate::webhook::SECRET;
+
+/// The vhost every connection of the system uses, so the broker can close them all at once.
+pub(super) const VHOST: &str = "chaos";
+/// How long a process gets to be ready when the system starts.
+const READY: Duration = Duration::from_secs(60);
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct Setup {
+    /// The `worker` binary the processes run.
+    pub binary: PathBuf,
+    /// RabbitMQ nodes in the cluster.
+    pub nodes: u16,
+    /// `worker consume` processes; worker `i` connects to node `i % nodes + 1`, the ingress to
+    /// the last node.
+    pub workers: usize,
+    /// Settings for every process, after the system's own (later entries win).
+    pub env: Vec<(&'static str, String)>,
+}
+
+impl Setup {
+    /// Three nodes, two workers.
+    pub fn new(binary: impl Into<PathBuf>) -> Self {
+        Self {
+            binary: binary.into(),
+            nodes: 3,
+            workers: 2,
+            env: Vec::new(),
+        }
+    }
+}
+
+/// A process that faults kill and start again with the same command line and settings. The
+/// processes it ran before are kept, with their logs, until the system is dropped.
+pub(super) struct Service {
+    pub name: String,
+    binary: String,
+    args: Vec<&'static str>,
+    env: Vec<(&'static str, String)>,
+    pub running: Option<WorkerProcess>,
+    pub ended: Vec<WorkerProcess>,
+}
+
+impl Service {
+    /// Starts the process again; returns whether it got ready within `timeout`.
+    pub async fn start(&mut self, timeout: Duration) -> bool {
+        let process = WorkerProcess::spawn(&self.binary, &self.args, &self.env).await;
+        let ready = process
+            .ready_before(std::time::Instant::now() + timeout)
+            .await;
+        self.running = Some(process);
+        ready
+    }
+
+    /// SIGKILL; a no-op when it is not running.
+    pub fn kill(&mut self) {
+        if let Some(mut process) = self.running.take() {
+            process.kill();
+            self.ended.push(process);
+        }
+    }
+
+    /// Everything every run of the process logged, oldest first.
+    pub fn logs(&self) -> String {
+        self.ended
+            .iter()
+            .chain(&self.running)
+            .map(WorkerProcess::logs)
+            .collect()
+    }
+}
+
+/// The proxies between one worker and the broker (one per node) and the database.
+pub(super) struct Links {
+    pub broker: Vec<CuttableProxy>,
+    pub database: CuttableProxy,
+}
+
+/// Fields drop in order: processes first, then the proxies, the database and the nodes.
+pub struct System {
+    pub(super) ingress: Service,
+    pub(super) workers: Vec<Service>,
+    pub(super) links: Vec<Links>,
+    pub db: TestDb,
+    pub topology: Topology,
+    pub(super) nodes: Arc<RabbitNodes>,
+    /// Nodes a fault killed and no heal restarted yet.
+    pub(super) down: BTreeSet<u16>,
+    /// Times each node was killed.
+    pub(super) kills: BTreeMap<u16, usize>,
+    /// Where the ingress listens now (it moves when the ingress is started again).
+    pub(super) ingress_addr: watch::Sender<SocketAddr>,
+    run_id: String,
+}
+
+impl System {
+    /// Starts the cluster (formed before anything declares a queue), declares the product's
+    /// topology through node 1 (so node 1 leads the queue at first), then the ingress and
+    /// workers, and waits until each is ready. Panics with the reason if something cannot start.
+    pub async fn start(setup: Setup) -> Self {
+        let size = setup.nodes;
+        let nodes = tokio::task::spawn_blocking(move || RabbitNodes::start(size, ""))
+            .await
+            .expect("the RabbitMQ nodes start");
+        let nodes = Arc::new(nodes);
+        ctl(&nodes, 1, &["add_vhost", VHOST]).await;
+        ctl(
+            &nodes,
+            1,
+            &["set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*"],
+        )
+        .await;
+        let settings = BrokerSettings::with_prefix(nodes.amqp_url_in(1, VHOST), "");
+        let topology = Topology::from_settings(&settings);
+        declare(&settings, &topology).await;
+        let db = TestDb::migrated().await;
+
+        let binary = setup.binary.to_str().expect("a UTF-8 path").to_owned();
+        let common = |amqp_url: String, database_url: String| {
+            let mut env = vec![
+                ("AMQP_URL", amqp_url),
+                ("DATABASE_URL", database_url),
+                ("DATABASE_MIN_CONNECTIONS", "1".to_owned()),
+                ("DATABASE_CONNECT_TIMEOUT", "2s".to_owned()),
+                ("RETRY_MAX_DELAY", "2s".to_owned()),
+            ];
+            env.extend(setup.env.iter().cloned());
+            env
+        };
+        let mut ingress = Service {
+            name: "ingress".to_owned(),
+            binary: binary.clone(),
+            args: vec!["ingress"],
+            env: common(
+                nodes.amqp_url_in(size, VHOST),
+                db.settings.expose_url().to_owned(),
+            ),
+            running: None,
+            ended: Vec::new(),
+        };
+        ingress
+            .env
+            .push(("CLERK_WEBHOOK_SECRET", SECRET.to_owned()));
+        let mut links = Vec::new();
+        let mut workers = Vec::new();
+        let database = database_addr(db.settings.expose_url()).await;
+        for i in 0..setup.workers {
+            let mut broker = Vec::new();
+            for n in 1..=size {
+                broker.push(CuttableProxy::start(nodes.amqp_addr(n)).await);
+            }
+            let first = broker[i % usize::from(size)].addr;
+            let database_proxy = CuttableProxy::start(database).await;
+            let env = common(
+                format!("amqp://guest:guest@{first}/{VHOST}"),
+                through(db.settings.expose_url(), database_proxy.addr),
+            );
+            links.push(Links {
+                broker,
+                database: database_proxy,
+            });
+            workers.push(Service {
+                name: format!("worker {i}"),
+                binary: binary.clone(),
+                args: vec!["consume"],
+                env,
+                running: None,
+                ended: Vec::new(),
+            });
+        }
+        for service in std::iter::once(&mut ingress).chain(&mut workers) {
+            assert!(
+                service.start(READY).await,
+                "{} not ready within {READY:?}; logs:\n{}",
+                service.name,
+                service.logs()
+            );
+        }
+        let addr = ingress.running.as_ref().map(|p| p.ingress_addr);
+        let (ingress_addr, _) = watch::channel(addr.expect("the ingress runs"));
+        Self {
+            ingress,
+            workers,
+            links,
+            db,
+            topology,
+            nodes,
+            down: BTreeSet::new(),
+            kills: BTreeMap::new(),
+            ingress_addr,
+            run_id: uuid::Uuid::new_v4().simple().to_string()[..6].to_owned(),
+        }
+    }
+
+    /// Where the ingress listens, following its restarts.
+    pub fn ingress_addr(&self) -> watch::Receiver<SocketAddr> {
+        self.ingress_addr.subscribe()
+    }
+
+    /// A short random name of this system, in every svix-id and user id it is sent.
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    /// The cluster, for checks of the test's own (`rabbitmqctl`, node names).
+    pub fn nodes(&self) -> &RabbitNodes {
+        &self.nodes
+    }
+
+    /// A node no fault has down.
+    pub(super) fn live_node(&self) -> u16 {
+        (1..=self.nodes.size())
+            .find(|n| !self.down.contains(n))
+            .expect("a node is up")
+    }
+
+    /// `rabbitmqctl ARGS` on a live node.
+    pub(super) async fn ctl(&self, args: &[&str]) -> String {
+        ctl(&self.nodes, self.live_node(), args).await
+    }
+
+    /// The URL of a live node, in the system's vhost.
+    pub(super) fn live_url(&self) -> String {
+        self.nodes.amqp_url_in(self.live_node(), VHOST)
+    }
+
+    /// Waits until the main and retry queues hold no message, ready or unacknowledged, twice
+    /// in a row a second apart; false if they still do after `timeout`.
+    pub(super) async fn wait_drained(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut empty_before = false;
+        while std::time::Instant::now() < deadline {
+            let empty = self.queued().await == 0;
+            if empty && empty_before {
+                return true;
+            }
+            empty_before = empty;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        false
+    }
+
+    /// Messages in the main and retry queues, ready or delivered and not yet acknowledged.
+    async fn queued(&self) -> u64 {
+        let args = [
+            "list_queues",
+            "-p",
+            VHOST,
+            "name",
+            "messages",
+            "--formatter",
+            "json",
+        ];
+        let json = self.ctl(&args).await;
+        let rows: Vec<serde_json::Value> =
+            serde_json::from_str(&json).unwrap_or_else(|err| panic!("list_queues: {err}: {json}"));
+        let watched = [&self.topology.queue, &self.topology.retry.queue];
+        rows.iter()
+            .filter(|row| watched.iter().any(|queue| row["name"] == queue.as_str()))
+            .map(|row| row["messages"].as_u64().unwrap_or(u64::MAX / 4))
+            .sum()
+    }
+
+    /// Every log line of every process, current and past, that contains `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        std::iter::once(&self.ingress)
+            .chain(&self.workers)
+            .flat_map(|service| {
+                service
+                    .logs()
+                    .lines()
+                    .filter(|line| line.contains(needle))
+                    .map(|line| format!("{}: {line}", service.name))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+}
+
+/// `rabbitmqctl ARGS` on node `n`, off the async threads; panics with its errors.
+pub(super) async fn ctl(nodes: &Arc<RabbitNodes>, n: u16, args: &[&str]) -> String {
+    let nodes = nodes.clone();
+    let args: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        nodes.rabbitmqctl(n, &args)
+    })
+    .await
+    .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()))
+}
+
+/// Declares the topology once, so the queues exist (with a member on every node) before any
+/// process starts.
+async fn declare(settings: &BrokerSettings, topology: &Topology) {
+    let connection = broker::connect(settings, "chaos")
+        .await
+        .expect("node 1 takes connections");
+    let channel = connection.create_channel().await.expect("a channel");
+    broker::declare(&channel, topology)
+        .await
+        .expect("the topology declared");
+    let _ = connection.close(200, "declared".into()).await;
+}
+
+/// The database server's address in a `postgres://user@host:port/name` URL.
+async fn database_addr(url: &str) -> SocketAddr {
+    let host = authority(url).1;
+    tokio::net::lookup_host(host)
+        .await
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .unwrap_or_else(|| panic!("cannot resolve the database server {host}"))
+}
+
+/// `url` with its host and port replaced by `proxy`.
+fn through(url: &str, proxy: SocketAddr) -> String {
+    let (start, host) = authority(url);
+    format!("{start}{proxy}{}", &url[start.len() + host.len()..])
+}
+
+/// (everything before the host, `host:port`) of a URL with a path.
+fn authority(url: &str) -> (&str, &str) {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let end = url[after_scheme..]
+        .find('/')
+        .map_or(url.len(), |i| after_scheme + i);
+    let host_start = url[..end].rfind('@').map_or(after_scheme, |i| i + 1);
+    (&url[..host_start], &url[host_start..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::through;
+
+    #[test]
+    fn a_database_url_is_pointed_through_a_proxy() {
+        let proxy = "127.0.0.1:40001".parse().unwrap();
+        assert_eq!(
+            through("postgres://postgres@127.0.0.1:5432/it_1", proxy),
+            "postgres://postgres@127.0.0.1:40001/it_1"
+        );
+        assert_eq!(
+            through("postgres://app:p@ss@db:5432/x?sslmode=disable", proxy),
+            "postgres://app:p@ss@127.0.0.1:40001/x?sslmode=disable"
+        );
+    }
+}

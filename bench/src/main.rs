@@ -3,9 +3,11 @@
 //! machines). Prints a table; `--json FILE` writes the same figures.
 //!
 //! `cargo build --release -p worker && cargo run --release -p bench -- all`; the long `soak`
-//! (memory over minutes) runs only alone: `... -- soak --minutes 3`.
+//! (memory over minutes) and `chaos` (faults, judged per event; exit status 1 unless the verdict
+//! is ok) run only alone: `... -- soak --minutes 3`, `... -- chaos --seconds 60`.
 
 mod ceiling;
+mod chaos;
 mod drain;
 mod e2e;
 mod hostile;
@@ -48,10 +50,14 @@ struct Args {
     /// Events for `latency`.
     #[arg(long, default_value_t = 3_000)]
     latency_events: usize,
-    /// Offered rate for `latency` alone (with `all`: half the measured e2e maximum), and for
-    /// `soak` (default 1000/s, a fixed fraction of e2e so runs compare; no e2e run first).
+    /// Offered rate for `latency` alone (with `all`: half the measured e2e maximum), for
+    /// `soak` (default 1000/s, a fixed fraction of e2e so runs compare; no e2e run first), and
+    /// for `chaos` (default 100/s).
     #[arg(long)]
     rate: Option<f64>,
+    /// `chaos`: the stream of webhooks lasts at least this long (and until the last fault healed).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    seconds: u64,
     /// `soak`: measured minutes at `--rate`, after the warm-up.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     minutes: u64,
@@ -91,6 +97,9 @@ enum Phase {
     All,
     /// Memory and latency over minutes at a steady rate; never part of `all`.
     Soak,
+    /// Every kind of fault once during a steady stream, and a verdict per event; never part of
+    /// `all`.
+    Chaos,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -109,6 +118,7 @@ struct Report {
     latency: Option<e2e::FixedRate>,
     soak: Option<soak::Soak>,
     hostile: Option<hostile::Hostile>,
+    chaos: Option<integration_tests::chaos::Verdict>,
     drain_over_ceiling: Option<f64>,
     drain_batched_over_ceiling: Option<f64>,
     e2e_over_ceiling: Option<f64>,
@@ -192,6 +202,12 @@ async fn main() -> anyhow::Result<()> {
         };
         report.soak = Some(soak::measure(settings, &worker_env).await?);
     }
+    if args.phase == Phase::Chaos {
+        let rate = args.rate.unwrap_or(chaos::DEFAULT_RATE);
+        report.settings["rate"] = rate.into();
+        report.settings["seconds"] = args.seconds.into();
+        report.chaos = Some(chaos::check(rate, args.seconds, &worker_env).await?);
+    }
     if args.phase == Phase::All {
         eprintln!("ceiling again, after the other phases");
         report.ceiling_after =
@@ -211,6 +227,14 @@ async fn main() -> anyhow::Result<()> {
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")?;
     }
+    if let Some(verdict) = report.chaos.as_ref().filter(|v| !v.is_ok()) {
+        anyhow::bail!(
+            "chaos: {} acknowledged events lost, {} dead-lettered, {} users without exactly one workspace",
+            verdict.lost,
+            verdict.dead_lettered,
+            verdict.duplicates
+        );
+    }
     Ok(())
 }
 
@@ -221,6 +245,9 @@ fn table(report: &Report) -> String {
     );
     if let Some(soak) = &report.soak {
         return out + &soak::table(soak);
+    }
+    if let Some(verdict) = &report.chaos {
+        return out + &chaos::table(verdict);
     }
     out += &row(
         "phase",

@@ -233,7 +233,7 @@ impl System {
         let nodes = self.nodes.clone();
         tokio::task::spawn_blocking(move || nodes.kill(n))
             .await
-            .expect("the node is killed");
+            .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()));
         self.down.insert(n);
         *self.kills.entry(n).or_default() += 1;
     }
@@ -244,7 +244,7 @@ impl System {
         let nodes = self.nodes.clone();
         tokio::task::spawn_blocking(move || nodes.restart(n))
             .await
-            .expect("the node starts again");
+            .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()));
         self.down.remove(&n);
         let deadline = Instant::now() + MEMBER_ONLINE;
         while !self.queue_state().await.1.contains(&n) && Instant::now() < deadline {

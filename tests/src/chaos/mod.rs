@@ -18,7 +18,7 @@
 //! use std::time::Duration;
 //! use integration_tests::chaos::{Checker, Setup, System, schedule};
 //!
-//! let mut system = System::start(Setup::new(env!("CARGO_BIN_EXE_worker-under-test"))).await;
+//! let mut system = System::start(Setup::new("target/debug/worker")).await;
 //! let stream = Duration::from_secs(30);
 //! let checker = Checker::new(50.0, stream, schedule::every_fault(stream));
 //! let verdict = checker.run(&mut system).await;
@@ -28,7 +28,9 @@
 //! ```
 
 mod fault;
+mod links;
 pub mod schedule;
+mod service;
 mod stream;
 mod system;
 mod verdict;

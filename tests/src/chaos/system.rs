@@ -13,8 +13,9 @@ use worker::broker;
 use worker::config::BrokerSettings;
 use worker::topology::Topology;
 
+use super::links::{Links, database_addr, through};
+use super::service::Service;
 use crate::TestDb;
-use crate::process::WorkerProcess;
 use crate::proxy::CuttableProxy;
 use crate::rabbit_nodes::RabbitNodes;
 use crate::webhook::SECRET;
@@ -50,52 +51,6 @@ impl Setup {
     }
 }
 
-/// A process that faults kill and start again with the same command line and settings. The
-/// processes it ran before are kept, with their logs, until the system is dropped.
-pub(super) struct Service {
-    pub name: String,
-    binary: String,
-    args: Vec<&'static str>,
-    env: Vec<(&'static str, String)>,
-    pub running: Option<WorkerProcess>,
-    pub ended: Vec<WorkerProcess>,
-}
-
-impl Service {
-    /// Starts the process again; returns whether it got ready within `timeout`.
-    pub async fn start(&mut self, timeout: Duration) -> bool {
-        let process = WorkerProcess::spawn(&self.binary, &self.args, &self.env).await;
-        let ready = process
-            .ready_before(std::time::Instant::now() + timeout)
-            .await;
-        self.running = Some(process);
-        ready
-    }
-
-    /// SIGKILL; a no-op when it is not running.
-    pub fn kill(&mut self) {
-        if let Some(mut process) = self.running.take() {
-            process.kill();
-            self.ended.push(process);
-        }
-    }
-
-    /// Everything every run of the process logged, oldest first.
-    pub fn logs(&self) -> String {
-        self.ended
-            .iter()
-            .chain(&self.running)
-            .map(WorkerProcess::logs)
-            .collect()
-    }
-}
-
-/// The proxies between one worker and the broker (one per node) and the database.
-pub(super) struct Links {
-    pub broker: Vec<CuttableProxy>,
-    pub database: CuttableProxy,
-}
-
 /// Fields drop in order: processes first, then the proxies, the database and the nodes.
 pub struct System {
     pub(super) ingress: Service,
@@ -121,7 +76,7 @@ impl System {
         let size = setup.nodes;
         let nodes = tokio::task::spawn_blocking(move || RabbitNodes::start(size, ""))
             .await
-            .expect("the RabbitMQ nodes start");
+            .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()));
         let nodes = Arc::new(nodes);
         ctl(&nodes, 1, &["add_vhost", VHOST]).await;
         ctl(
@@ -147,17 +102,15 @@ impl System {
             env.extend(setup.env.iter().cloned());
             env
         };
-        let mut ingress = Service {
-            name: "ingress".to_owned(),
-            binary: binary.clone(),
-            args: vec!["ingress"],
-            env: common(
+        let mut ingress = Service::new(
+            "ingress",
+            &binary,
+            "ingress",
+            common(
                 nodes.amqp_url_in(size, VHOST),
                 db.settings.expose_url().to_owned(),
             ),
-            running: None,
-            ended: Vec::new(),
-        };
+        );
         ingress
             .env
             .push(("CLERK_WEBHOOK_SECRET", SECRET.to_owned()));
@@ -179,14 +132,12 @@ impl System {
                 broker,
                 database: database_proxy,
             });
-            workers.push(Service {
-                name: format!("worker {i}"),
-                binary: binary.clone(),
-                args: vec!["consume"],
+            workers.push(Service::new(
+                &format!("worker {i}"),
+                &binary,
+                "consume",
                 env,
-                running: None,
-                ended: Vec::new(),
-            });
+            ));
         }
         for service in std::iter::once(&mut ingress).chain(&mut workers) {
             assert!(
@@ -320,48 +271,4 @@ async fn declare(settings: &BrokerSettings, topology: &Topology) {
         .await
         .expect("the topology declared");
     let _ = connection.close(200, "declared".into()).await;
-}
-
-/// The database server's address in a `postgres://user@host:port/name` URL.
-async fn database_addr(url: &str) -> SocketAddr {
-    let host = authority(url).1;
-    tokio::net::lookup_host(host)
-        .await
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .unwrap_or_else(|| panic!("cannot resolve the database server {host}"))
-}
-
-/// `url` with its host and port replaced by `proxy`.
-fn through(url: &str, proxy: SocketAddr) -> String {
-    let (start, host) = authority(url);
-    format!("{start}{proxy}{}", &url[start.len() + host.len()..])
-}
-
-/// (everything before the host, `host:port`) of a URL with a path.
-fn authority(url: &str) -> (&str, &str) {
-    let after_scheme = url.find("://").map_or(0, |i| i + 3);
-    let end = url[after_scheme..]
-        .find('/')
-        .map_or(url.len(), |i| after_scheme + i);
-    let host_start = url[..end].rfind('@').map_or(after_scheme, |i| i + 1);
-    (&url[..host_start], &url[host_start..end])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::through;
-
-    #[test]
-    fn a_database_url_is_pointed_through_a_proxy() {
-        let proxy = "127.0.0.1:40001".parse().unwrap();
-        assert_eq!(
-            through("postgres://postgres@127.0.0.1:5432/it_1", proxy),
-            "postgres://postgres@127.0.0.1:40001/it_1"
-        );
-        assert_eq!(
-            through("postgres://app:p@ss@db:5432/x?sslmode=disable", proxy),
-            "postgres://app:p@ss@127.0.0.1:40001/x?sslmode=disable"
-        );
-    }
 }

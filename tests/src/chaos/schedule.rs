@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use super::{Fault, FaultKind};
 
-/// How long a killed node stays down before it is started again (it then takes 5-20 s to boot
-/// and rejoin).
-const NODE_DOWN: Duration = Duration::from_secs(5);
+/// How long a killed node stays down before it is started again (it then takes 5-30 s to boot
+/// and rejoin on two busy cores).
+const NODE_DOWN: Duration = Duration::from_secs(3);
 const CUT: Duration = Duration::from_secs(5);
 
 /// The queue leader's node killed a quarter into the stream and started again later, then a

@@ -608,7 +608,7 @@ async fn accounts_whose_identities_churn_end_in_clerks_final_state_in_any_order(
     assert_eq!(orphans, 0);
     eprintln!(
         "model test: {} accounts, {} events, {} deliveries, {} live at the end; retried: {} email \
-         conflicts, {} username conflicts; {} usernames reassigned; {} superseded; {} stale
+         conflicts, {} username conflicts; {} usernames reassigned; {} superseded; {} stale",
         clerk.created,
         clerk.events.len(),
         deliveries.len(),

@@ -45,6 +45,11 @@ const OTHER_DERIVED_COUNTESS: &str = "INSERT INTO users (id, email, username, us
 const CALL: &str = "SELECT user_write, workspace_id, workspace_created, reassigned_user_id, \
      reassigned_username FROM provision_user($1, $2, $3, $4, $5, $6, $7, $8, \
      to_timestamp($9::bigint), to_timestamp($10::bigint), decode($11, 'hex'), $12)";
+/// Someone else, holding `other@example.com` and the chosen username `countess` as of Clerk time
+/// 3000, later than any call here.
+const OTHER_LATER: &str = "INSERT INTO users (id, email, username, clerk_updated_at, \
+     updated_at) VALUES ('user_2other', 'other@example.com', 'countess', to_timestamp(3000), \
+     '2000-01-01')";
 /// Someone else, who holds the username `fn_user` only because it was derived for them.
 const OTHER_DERIVED_FN_USER: &str = "INSERT INTO users (id, email, username, username_fallback, \
      clerk_updated_at, updated_at) VALUES ('user_2other', 'other@example.com', 'fn_user', \
@@ -167,6 +172,22 @@ fn other() -> Json {
 /// The other user as [`OTHER_DERIVED_FN_USER`] left them, with `username` now.
 fn other_derived(username: &str, touched: bool) -> Json {
     other_as(username, Some("fn_user_2other"), touched)
+}
+
+/// `row` with `key` set to `value`.
+fn patched(mut row: Json, key: &str, value: &str) -> Json {
+    row[key] = json!(value);
+    row
+}
+
+/// The other user as [`OTHER_LATER`] left them.
+fn other_later() -> Json {
+    json!({
+        "id": OTHER, "email": "other@example.com", "username": "countess",
+        "username_fallback": null, "first_name": null, "last_name": null,
+        "avatar_url": null, "clerk_updated_at": 3000, "clerk_event_at": 0, "digest": "",
+        "touched": false,
+    })
 }
 
 fn other_as(username: &str, fallback: Option<&str>, touched: bool) -> Json {
@@ -318,6 +339,50 @@ fn cases() -> Vec<Case> {
                     "fn_user",
                     false,
                 )],
+                vec![workspace("Team")],
+                vec![],
+            ),
+        },
+        Case {
+            rule: "an email another user holds as of a later time: the row takes a stand-in, the newer event will replace it",
+            setup: &[OTHER_LATER],
+            call: Call {
+                email: "other@example.com",
+                ..SIGN_UP
+            },
+            answer: ("inserted", Some(true)),
+            reassigned: None,
+            state: state(
+                vec![
+                    patched(
+                        written(&SIGN_UP, "fn_user", true),
+                        "email",
+                        "user_2fn@superseded.invalid",
+                    ),
+                    other_later(),
+                ],
+                vec![workspace("My Workspace")],
+                vec![],
+            ),
+        },
+        Case {
+            rule: "a chosen username another user holds as of a later time: the derived fallback stands in",
+            setup: &[STORED, WORKSPACE, OTHER_LATER],
+            call: Call {
+                fallback: Some("ada_2fn"),
+                ..NEWER
+            },
+            answer: ("updated", Some(false)),
+            reassigned: None,
+            state: state(
+                vec![
+                    patched(
+                        written(&NEWER, "ada_2fn", true),
+                        "username_fallback",
+                        "ada_2fn",
+                    ),
+                    other_later(),
+                ],
                 vec![workspace("Team")],
                 vec![],
             ),

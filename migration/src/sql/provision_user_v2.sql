@@ -3,14 +3,18 @@ CREATE FUNCTION provision_user(
     p_first_name TEXT, p_last_name TEXT, p_avatar_url TEXT, p_updated_at TIMESTAMPTZ,
     p_event_at TIMESTAMPTZ, p_digest BYTEA, p_workspace_name TEXT,
     OUT user_write TEXT, OUT workspace_id TEXT, OUT workspace_created BOOLEAN,
-    OUT reassigned_user_id TEXT, OUT reassigned_username TEXT)
+    OUT reassigned_user_id TEXT, OUT reassigned_username TEXT, OUT superseded BOOLEAN)
 LANGUAGE plpgsql AS $fn$
 DECLARE
     known BOOLEAN;
     stored_updated_at TIMESTAMPTZ;
     stored_event_at TIMESTAMPTZ;
     stored_digest BYTEA;
+    new_email TEXT := p_email;
+    new_username TEXT := p_username;
+    new_fallback TEXT := CASE WHEN p_derived THEN p_fallback END;
 BEGIN
+    superseded := FALSE;
     -- One user's events apply one at a time; different users never wait for each other. Every
     -- writer of a user's row holds this lock, so what is read below stays true until commit.
     PERFORM pg_advisory_xact_lock(hashtextextended(p_id, 0));
@@ -35,9 +39,28 @@ BEGIN
                = (p_updated_at, p_event_at, p_digest) THEN 'unchanged'
             ELSE 'stale' END;
     ELSE
+        -- Another user holding the email (or the chosen username) as of a LATER Clerk time means
+        -- this user gave it up in between (Clerk keeps both unique among live users): a newer
+        -- event of this user exists and will replace it. Waiting for the holder could wait for
+        -- ever (a swap through a value someone took later), so the row takes a stand-in for that
+        -- value now: `<id>@superseded.invalid`, or the user's derived fallback username.
+        IF EXISTS (SELECT 1 FROM users o WHERE o.email = p_email AND o.id <> p_id
+                   AND o.clerk_updated_at > p_updated_at) THEN
+            new_email := p_id || '@superseded.invalid';
+            superseded := TRUE;
+        END IF;
+        IF NOT p_derived AND EXISTS (
+            SELECT 1 FROM users o WHERE o.username = p_username AND o.id <> p_id
+              AND o.username_fallback IS NULL AND o.clerk_updated_at > p_updated_at) THEN
+            new_username := p_fallback;
+            new_fallback := p_fallback;
+            superseded := TRUE;
+        END IF;
+
         -- A username chosen in Clerk takes it from a user who only has it derived; that user
-        -- moves to their fallback. Chosen against chosen stays a unique violation.
-        IF NOT p_derived THEN
+        -- moves to their fallback. Chosen against chosen (held as of an earlier time) stays a
+        -- unique violation: the holder's newer event will free it.
+        IF NOT p_derived AND new_username = p_username THEN
             UPDATE users o SET username = o.username_fallback, updated_at = now()
             WHERE o.username = p_username AND o.id <> p_id
               AND o.username_fallback IS NOT NULL AND o.username_fallback <> o.username
@@ -48,19 +71,19 @@ BEGIN
             -- A derived username yields to anyone already holding it.
             INSERT INTO users (id, email, username, username_fallback, first_name, last_name,
                 avatar_url, clerk_updated_at, clerk_event_at, clerk_data_digest)
-            VALUES (p_id, p_email,
+            VALUES (p_id, new_email,
                 CASE WHEN p_derived AND EXISTS (
                     SELECT 1 FROM users o WHERE o.username = p_username AND o.id <> p_id)
-                     THEN p_fallback ELSE p_username END,
-                CASE WHEN p_derived THEN p_fallback END,
-                p_first_name, p_last_name, p_avatar_url, p_updated_at, p_event_at, p_digest);
+                     THEN p_fallback ELSE new_username END,
+                new_fallback, p_first_name, p_last_name, p_avatar_url, p_updated_at, p_event_at,
+                p_digest);
             user_write := 'inserted';
         ELSE
             -- A derived username never replaces the stored one: it keeps it, flagged as derived.
             UPDATE users u SET
-                email = p_email,
-                username = CASE WHEN p_derived THEN u.username ELSE p_username END,
-                username_fallback = CASE WHEN p_derived THEN p_fallback END,
+                email = new_email,
+                username = CASE WHEN p_derived THEN u.username ELSE new_username END,
+                username_fallback = new_fallback,
                 first_name = p_first_name,
                 last_name = p_last_name,
                 avatar_url = p_avatar_url,

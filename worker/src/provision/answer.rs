@@ -36,6 +36,8 @@ pub struct ProvisionUserRow {
     pub reassigned_user_id: Option<String>,
     /// That user's username now (their fallback).
     pub reassigned_username: Option<String>,
+    /// The row took a stand-in for a value another user holds as of a later Clerk time.
+    pub superseded: bool,
 }
 
 impl TryFrom<ProvisionUserRow> for Provisioned {
@@ -60,7 +62,10 @@ impl TryFrom<ProvisionUserRow> for Provisioned {
             )));
         };
         Ok(Self {
-            outcome: outcome_of(row.user_write, created),
+            outcome: match outcome_of(row.user_write, created) {
+                Outcome::Updated | Outcome::AlreadyExisted if row.superseded => Outcome::Superseded,
+                outcome => outcome,
+            },
             workspace_id: Some(workspace_id),
             reassigned,
         })
@@ -91,6 +96,7 @@ mod tests {
             workspace_created: created,
             reassigned_user_id: None,
             reassigned_username: None,
+            superseded: false,
         }
     }
 
@@ -115,6 +121,19 @@ mod tests {
             let got = outcome(user_write, created);
             assert_eq!(got.ok(), Some(expected), "{user_write:?} {created:?}");
         }
+    }
+
+    #[test]
+    fn a_stand_in_is_superseded_unless_the_workspace_was_created() {
+        let superseded = |created| {
+            let row = ProvisionUserRow {
+                superseded: true,
+                ..answer(UserWrite::Updated, Some(created))
+            };
+            Provisioned::try_from(row).map(|p| p.outcome).ok()
+        };
+        assert_eq!(superseded(false), Some(Outcome::Superseded));
+        assert_eq!(superseded(true), Some(Outcome::Created));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::error::ProvisionError;
 /// two batches never wait for each other's locks in a cycle.
 const PROVISION_USERS: &str = r#"
 SELECT e.id, p.user_write, p.workspace_id, p.workspace_created, p.reassigned_user_id,
-    p.reassigned_username
+    p.reassigned_username, p.superseded
 FROM (
     SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(id text, email text, username text,
         fallback text, derived boolean, first_name text, last_name text, avatar_url text,

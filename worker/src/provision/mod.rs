@@ -27,7 +27,8 @@ use serde::Serialize;
 use tracing::{debug, instrument};
 
 use crate::domain::{
-    ClerkTime, Event, UserDeletion, UserId, UserProfile, UsernameChoice, WorkspaceName,
+    ClerkTime, DerivedUsername, Event, UserDeletion, UserId, UserProfile, UsernameChoice,
+    WorkspaceName,
 };
 use crate::error::{FailureReason, ProvisionError};
 use answer::ProvisionUserRow;
@@ -48,6 +49,10 @@ pub enum Outcome {
     AlreadyDeleted,
     /// The stored row reflects a newer Clerk event; this older one changed nothing.
     Stale,
+    /// Applied, but with a stand-in (`<id>@superseded.invalid`, or the derived fallback
+    /// username) for a value another user holds as of a later Clerk time: this user gave it up
+    /// since, and its own newer event will replace the stand-in.
+    Superseded,
     /// Not a user event; nothing to provision.
     Unsupported,
 }
@@ -62,6 +67,7 @@ impl Outcome {
             Self::Deleted => "deleted",
             Self::AlreadyDeleted => "already_deleted",
             Self::Stale => "stale",
+            Self::Superseded => "superseded",
             Self::Unsupported => "unsupported",
         }
     }
@@ -132,7 +138,7 @@ async fn provision_user_once(
         profile.id.as_ref().into(),
         profile.email.as_ref().into(),
         username.into(),
-        fallback.map(str::to_owned).into(),
+        fallback.into(),
         derived.into(),
         text(profile.first_name.as_ref()),
         text(profile.last_name.as_ref()),
@@ -160,13 +166,19 @@ fn event_at(profile: &UserProfile) -> DateTime<Utc> {
         .map_or(DateTime::UNIX_EPOCH, ClerkTime::as_datetime)
 }
 
-/// `provision_user`'s username, fallback username and whether the name is derived.
-fn username_parameters(profile: &UserProfile) -> (&str, Option<&str>, bool) {
+/// `provision_user`'s username, fallback username and whether the name is derived. A chosen
+/// username has a fallback too: the stand-in when a newer holder has it (see [`Outcome`]).
+fn username_parameters(profile: &UserProfile) -> (&str, String, bool) {
     match &profile.username {
-        UsernameChoice::Chosen(name) => (name.as_ref(), None, false),
-        UsernameChoice::Derived(pair) => {
-            (pair.preferred.as_ref(), Some(pair.fallback.as_ref()), true)
+        UsernameChoice::Chosen(name) => {
+            let pair = DerivedUsername::derive(&profile.email, &profile.id);
+            (name.as_ref(), pair.fallback.as_ref().to_owned(), false)
         }
+        UsernameChoice::Derived(pair) => (
+            pair.preferred.as_ref(),
+            pair.fallback.as_ref().to_owned(),
+            true,
+        ),
     }
 }
 

@@ -374,6 +374,11 @@ pub struct OpsSettings {
     /// or not anything scrapes `/metrics`.
     #[arg(long, env = "METRICS_UPKEEP_INTERVAL", default_value = "5s", value_parser = positive_duration)]
     pub metrics_upkeep_interval: Duration,
+
+    /// How often memory the allocator holds free is given back to the operating system, so the
+    /// resident set comes down after a burst instead of staying at its high-water mark.
+    #[arg(long, env = "MEMORY_TRIM_INTERVAL", default_value = "10s", value_parser = positive_duration)]
+    pub memory_trim_interval: Duration,
 }
 
 /// A duration for a period of something repeated: zero would be a busy loop (and a panic).

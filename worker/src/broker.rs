@@ -13,7 +13,9 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
 
-use crate::config::BrokerSettings;
+use tracing::{info, warn};
+
+use crate::config::{BrokerNode, BrokerSettings, NodeOrder};
 use crate::topology::{DEAD_LETTER_BINDING_KEY, Topology, argument};
 
 /// Why a publish did not make it safely into a queue.
@@ -37,12 +39,57 @@ pub enum PublishError {
 /// Opens a connection named after this process, so operators can find it in the management UI.
 /// The URL is parsed by our code: lapin's own parse errors quote the URL, password included.
 pub async fn connect(settings: &BrokerSettings, role: &str) -> Result<Connection, lapin::Error> {
-    let uri = settings
-        .amqp_uri()
+    connect_to_node(settings, role)
+        .await
+        .map(|(connection, _)| connection)
+}
+
+/// As [`connect`], trying the nodes of AMQP_URL in the configured order until one answers;
+/// also says which node that is. A node that does not answer within [`NODE_CONNECT_TIMEOUT`]
+/// is skipped, so a dead node costs one timeout, not the whole retry.
+pub async fn connect_to_node(
+    settings: &BrokerSettings,
+    role: &str,
+) -> Result<(Connection, String), lapin::Error> {
+    let nodes = settings
+        .amqp_nodes()
         .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidInput, err))?;
     let name = format!("{role}@{}#{}", hostname(), std::process::id());
-    let properties = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect_uri(uri, properties).await
+    let mut last_error = None;
+    for node in in_order(nodes, settings.node_order) {
+        let properties = ConnectionProperties::default().with_connection_name(name.clone().into());
+        let attempt = Connection::connect_uri(node.uri, properties);
+        match tokio::time::timeout(NODE_CONNECT_TIMEOUT, attempt).await {
+            Ok(Ok(connection)) => {
+                info!(node = %node.name, role, "connected to the broker");
+                return Ok((connection, node.name));
+            }
+            Ok(Err(err)) => {
+                warn!(node = %node.name, error = %err, "broker node unavailable; trying the next");
+                last_error = Some(err);
+            }
+            Err(_) => {
+                warn!(node = %node.name, timeout = ?NODE_CONNECT_TIMEOUT, "broker node did not answer; trying the next");
+                let timed_out = std::io::Error::new(std::io::ErrorKind::TimedOut, node.name);
+                last_error = Some(timed_out.into());
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "AMQP_URL names no node").into()
+    }))
+}
+
+/// How long one node gets to accept a connection.
+pub const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The nodes in the order to try them: as listed, or rotated to start at a random one.
+fn in_order(mut nodes: Vec<BrokerNode>, order: NodeOrder) -> Vec<BrokerNode> {
+    if order == NodeOrder::Random && !nodes.is_empty() {
+        let start = fastrand::usize(..nodes.len());
+        nodes.rotate_left(start);
+    }
+    nodes
 }
 
 fn hostname() -> String {
@@ -74,7 +121,7 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), lapin
         .queue_declare(
             topology.dead_letter_queue.as_str().into(),
             durable_queue,
-            quorum_arguments(),
+            quorum_arguments(topology),
         )
         .await?;
     channel
@@ -131,7 +178,7 @@ async fn declare_retry_route(channel: &Channel, topology: &Topology) -> Result<(
         .queue_declare(
             route.queue.as_str().into(),
             durable_queue,
-            dead_lettering_arguments(&route.redeliver_exchange),
+            dead_lettering_arguments(topology, &route.redeliver_exchange),
         )
         .await?;
     for (queue, exchange) in [
@@ -151,16 +198,23 @@ async fn declare_retry_route(channel: &Channel, topology: &Topology) -> Result<(
     Ok(())
 }
 
-fn quorum_arguments() -> FieldTable {
+/// A quorum queue, with `x-quorum-initial-group-size` only when the setting is given.
+fn quorum_arguments(topology: &Topology) -> FieldTable {
     let mut arguments = FieldTable::default();
     arguments.insert(argument::QUEUE_TYPE.into(), long_string(argument::QUORUM));
+    if let Some(size) = topology.quorum_initial_group_size {
+        arguments.insert(
+            argument::QUORUM_INITIAL_GROUP_SIZE.into(),
+            AMQPValue::LongLongInt(i64::from(size)),
+        );
+    }
     arguments
 }
 
 /// Quorum queue that dead-letters, at least once, what exceeds the delivery limit. At-least-once
 /// dead-lettering requires `reject-publish` overflow (RabbitMQ >= 3.10).
 fn main_queue_arguments(topology: &Topology) -> FieldTable {
-    let mut arguments = dead_lettering_arguments(&topology.dead_letter_exchange);
+    let mut arguments = dead_lettering_arguments(topology, &topology.dead_letter_exchange);
     arguments.insert(
         argument::DELIVERY_LIMIT.into(),
         AMQPValue::LongLongInt(i64::from(topology.delivery_limit)),
@@ -169,8 +223,8 @@ fn main_queue_arguments(topology: &Topology) -> FieldTable {
 }
 
 /// A quorum queue that dead-letters to `exchange`, at least once.
-fn dead_lettering_arguments(exchange: &str) -> FieldTable {
-    let mut arguments = quorum_arguments();
+fn dead_lettering_arguments(topology: &Topology, exchange: &str) -> FieldTable {
+    let mut arguments = quorum_arguments(topology);
     arguments.insert(argument::DEAD_LETTER_EXCHANGE.into(), long_string(exchange));
     arguments.insert(
         argument::DEAD_LETTER_STRATEGY.into(),
@@ -319,6 +373,57 @@ pub async fn republish_as(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_initial_group_size_is_sent_only_when_set() {
+        let mut settings = BrokerSettings::with_prefix("amqp://h", "");
+        let unset = Topology::from_settings(&settings);
+        let key = argument::QUORUM_INITIAL_GROUP_SIZE;
+        assert!(!main_queue_arguments(&unset).contains_key(key));
+        settings.quorum_initial_group_size = Some(3);
+        let set = Topology::from_settings(&settings);
+        for arguments in [main_queue_arguments(&set), quorum_arguments(&set)] {
+            assert_eq!(arguments.inner().get(key), Some(&AMQPValue::LongLongInt(3)));
+        }
+    }
+
+    #[test]
+    fn nodes_are_tried_as_listed_or_from_a_random_one_in_turn() {
+        let settings = BrokerSettings::with_prefix(
+            "amqp://u:p@a:5681/%2f, amqp://u:p@b:5682/%2f,amqp://u:p@c:5683/%2f",
+            "",
+        );
+        let names = |order| -> Vec<String> {
+            let nodes = settings.amqp_nodes().expect("three nodes");
+            in_order(nodes, order).into_iter().map(|n| n.name).collect()
+        };
+        assert_eq!(names(NodeOrder::Listed), ["a:5681", "b:5682", "c:5683"]);
+        let rotations = [
+            ["a:5681", "b:5682", "c:5683"],
+            ["b:5682", "c:5683", "a:5681"],
+            ["c:5683", "a:5681", "b:5682"],
+        ];
+        let mut starts = std::collections::HashSet::new();
+        for _ in 0..100 {
+            let random = names(NodeOrder::Random);
+            assert!(rotations.iter().any(|r| random == r), "{random:?}");
+            starts.insert(random[0].clone());
+        }
+        assert_eq!(starts.len(), 3, "every node is a first choice sometimes");
+    }
+
+    #[test]
+    fn every_node_is_redacted_and_a_bad_one_names_the_setting() {
+        let settings =
+            BrokerSettings::with_prefix("amqp://u:s3cret@a:1/%2f,amqp://u:s3cret@b:2/%2f", "");
+        assert_eq!(
+            settings.redacted_url(),
+            "amqp://u:***@a:1/%2f,amqp://u:***@b:2/%2f"
+        );
+        let bad = BrokerSettings::with_prefix("amqp://u:p@a:1/%2f,nonsense", "");
+        let err = bad.amqp_nodes().expect_err("the second node is no URL");
+        assert!(err.to_string().starts_with("AMQP_URL"), "{err}");
+    }
 
     #[test]
     fn the_main_queue_is_a_quorum_queue_with_a_delivery_limit_and_dead_lettering() {

@@ -17,7 +17,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::topology;
 
-pub use check::{ConfigError, EXIT_CONFIG};
+pub use check::{BrokerNode, ConfigError, EXIT_CONFIG};
 pub use urls::{PostgresTarget, UrlError};
 
 /// How the service reaches PostgreSQL. The pool numbers are the product's pool settings.
@@ -109,7 +109,8 @@ impl DatabaseSettings {
 #[derive(Clone, Debug, Args)]
 pub struct BrokerSettings {
     /// RabbitMQ URL (`amqp://user:password@host:port/vhost`); credentials are encoded as in
-    /// DATABASE_URL.
+    /// DATABASE_URL. Several URLs separated by commas are the nodes of one cluster: the process
+    /// connects to one of them and fails over to the next on a lost connection.
     #[arg(
         id = "amqp_url",
         long = "amqp-url",
@@ -119,6 +120,29 @@ pub struct BrokerSettings {
         global = true
     )]
     pub url: SecretString,
+
+    /// Which node of AMQP_URL to try first: `random` (connections spread over the cluster) or
+    /// `listed` (the order given; tests and pinned deployments use it).
+    #[arg(
+        long = "amqp-node-order",
+        env = "AMQP_NODE_ORDER",
+        value_enum,
+        default_value_t = NodeOrder::Random,
+        global = true
+    )]
+    pub node_order: NodeOrder,
+
+    /// `x-quorum-initial-group-size` of the queues, sent only when set. The broker compares it
+    /// on every redeclaration (a different value is refused), and RabbitMQ already gives a new
+    /// quorum queue up to 3 members (`quorum_cluster_size`), so leave it unset unless the
+    /// queues were declared with it.
+    #[arg(
+        long = "amqp-quorum-initial-group-size",
+        env = "AMQP_QUORUM_INITIAL_GROUP_SIZE",
+        value_parser = clap::value_parser!(u16).range(1..),
+        global = true
+    )]
+    pub quorum_initial_group_size: Option<u16>,
 
     /// Prepended to every exchange and queue name below.
     #[arg(
@@ -197,6 +221,8 @@ impl BrokerSettings {
             dead_letter_exchange: topology::DEFAULT_DEAD_LETTER_EXCHANGE.into(),
             dead_letter_queue: topology::DEFAULT_DEAD_LETTER_QUEUE.into(),
             delivery_limit: topology::DEFAULT_DELIVERY_LIMIT,
+            node_order: NodeOrder::Listed,
+            quorum_initial_group_size: None,
         }
     }
 
@@ -205,10 +231,23 @@ impl BrokerSettings {
         self.url.expose_secret()
     }
 
-    /// The URL with any password replaced, fit for logs.
+    /// The URL (every node's) with any password replaced, fit for logs.
     pub fn redacted_url(&self) -> String {
-        redact(self.expose_url())
+        self.expose_url()
+            .split(',')
+            .map(|url| redact(url.trim()))
+            .collect::<Vec<_>>()
+            .join(",")
     }
+}
+
+/// The order in which a process tries the nodes of AMQP_URL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum NodeOrder {
+    /// Start at a random node, then the next ones, wrapping around.
+    Random,
+    /// Always the first reachable node in the order given.
+    Listed,
 }
 
 /// How the consumer takes and retries deliveries.
@@ -335,6 +374,11 @@ pub struct OpsSettings {
     /// or not anything scrapes `/metrics`.
     #[arg(long, env = "METRICS_UPKEEP_INTERVAL", default_value = "5s", value_parser = positive_duration)]
     pub metrics_upkeep_interval: Duration,
+
+    /// How often memory the allocator holds free is given back to the operating system, so the
+    /// resident set comes down after a burst instead of staying at its high-water mark.
+    #[arg(long, env = "MEMORY_TRIM_INTERVAL", default_value = "10s", value_parser = positive_duration)]
+    pub memory_trim_interval: Duration,
 }
 
 /// A duration for a period of something repeated: zero would be a busy loop (and a panic).

@@ -39,6 +39,7 @@ pub mod domain;
 pub mod error;
 pub mod health;
 pub mod ingress;
+pub mod memory;
 pub mod metrics;
 pub mod ops;
 pub mod provision;

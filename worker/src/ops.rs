@@ -3,7 +3,6 @@
 //! reachable; 503 naming what is not).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
@@ -28,17 +27,34 @@ const DATABASE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// one check per this interval.
 const DATABASE_VERDICT_TTL: Duration = Duration::from_secs(1);
 
-/// Whether a component currently holds what it needs (a broker connection); `/readyz` reads it.
+/// Whether a component currently holds what it needs (a broker connection), and to which
+/// broker node; `/readyz` reads it.
 #[derive(Clone, Debug, Default)]
-pub struct ReadyFlag(Arc<AtomicBool>);
+pub struct ReadyFlag(Arc<std::sync::Mutex<Option<String>>>);
 
 impl ReadyFlag {
-    pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Relaxed);
+    /// Connected, to the node named `node` (host and port).
+    pub fn connected_to(&self, node: &str) {
+        *self.lock() = Some(node.to_owned());
+    }
+
+    pub fn disconnected(&self) {
+        *self.lock() = None;
     }
 
     pub fn get(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.lock().is_some()
+    }
+
+    /// The node in use, while connected.
+    pub fn node(&self) -> Option<String> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -161,9 +177,12 @@ async fn readyz(State(state): State<OpsState>) -> Response {
         ready &= verdict.reachable && verdict.migrated;
         checked_at = Some(verdict.checked_at);
     }
+    let mut nodes = serde_json::Map::new();
     for (name, flag) in &state.broker {
-        checks.insert(format!("broker_{name}"), json!(flag.get()));
-        ready &= flag.get();
+        let node = flag.node();
+        checks.insert(format!("broker_{name}"), json!(node.is_some()));
+        ready &= node.is_some();
+        nodes.insert((*name).to_owned(), json!(node));
     }
     let failing: Vec<&String> = checks
         .iter()
@@ -171,6 +190,9 @@ async fn readyz(State(state): State<OpsState>) -> Response {
         .map(|(name, _)| name)
         .collect();
     let mut body = json!({"ready": ready, "checks": checks, "failing": failing});
+    if !nodes.is_empty() {
+        body["broker_nodes"] = json!(nodes);
+    }
     if let Some(at) = checked_at {
         body["database_checked_at"] =
             json!(at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));

@@ -29,6 +29,7 @@ use crate::consumer::Consumer;
 use crate::db;
 use crate::ingress::signature::Verifier;
 use crate::ingress::{self, IngressState, Publisher, RequestLimits, ServerLimits};
+use crate::memory;
 use crate::metrics::Metrics;
 use crate::ops::{self, OpsState, ReadyFlag};
 use crate::retry::RetryPolicy;
@@ -55,6 +56,7 @@ pub struct Application {
     ops_listener: TcpListener,
     ops_state: OpsState,
     upkeep_interval: Duration,
+    trim_interval: Duration,
 }
 
 /// The webhook endpoint, bound, with the publisher it stops after the last request.
@@ -139,6 +141,7 @@ impl Application {
             ops_listener,
             ops_state,
             upkeep_interval: plan.ops.metrics_upkeep_interval,
+            trim_interval: plan.ops.memory_trim_interval,
         };
         app.log_addresses();
         Ok(app)
@@ -212,6 +215,10 @@ impl Application {
                 .clone()
                 .run_upkeep(self.upkeep_interval, stop_ops.clone()),
         );
+        let trim = tokio::spawn(memory::trim_periodically(
+            self.trim_interval,
+            stop_ops.clone(),
+        ));
 
         let failure = supervise(&mut parts, &mut ops_server, &stop, &stop_ops).await;
         if !stop_ops.is_cancelled() {
@@ -224,6 +231,9 @@ impl Application {
         }
         if let Err(err) = upkeep.await {
             warn!(error = %err, "metrics upkeep task failed");
+        }
+        if let Err(err) = trim.await {
+            warn!(error = %err, "memory trim task failed");
         }
         if let Some(db) = self.db {
             db.close().await.context("closing the database pool")?;

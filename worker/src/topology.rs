@@ -66,6 +66,7 @@ pub mod argument {
     pub const OVERFLOW: &str = "x-overflow";
     pub const REJECT_PUBLISH: &str = "reject-publish";
     pub const DELIVERY_LIMIT: &str = "x-delivery-limit";
+    pub const QUORUM_INITIAL_GROUP_SIZE: &str = "x-quorum-initial-group-size";
 }
 
 /// Where deferred retries go: into [`Self::exchange`], wait in [`Self::queue`] for their
@@ -87,6 +88,8 @@ pub struct Topology {
     pub dead_letter_queue: String,
     pub retry: RetryRoute,
     pub delivery_limit: u32,
+    /// Sent as `x-quorum-initial-group-size` only when set.
+    pub quorum_initial_group_size: Option<u16>,
 }
 
 impl Topology {
@@ -105,6 +108,7 @@ impl Topology {
             dead_letter_exchange: prefixed(&settings.dead_letter_exchange),
             dead_letter_queue: prefixed(&settings.dead_letter_queue),
             delivery_limit: settings.delivery_limit,
+            quorum_initial_group_size: settings.quorum_initial_group_size,
         }
     }
 }

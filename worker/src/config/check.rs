@@ -76,18 +76,34 @@ impl DatabaseSettings {
 }
 
 impl BrokerSettings {
-    /// The parsed URL lapin connects with.
-    pub fn amqp_uri(&self) -> Result<AMQPUri, ConfigError> {
-        urls::amqp(self.expose_url()).map_err(|reason| ConfigError::Url {
-            setting: "AMQP_URL (--amqp-url)",
-            reason,
-        })
+    /// The nodes of AMQP_URL (one URL, or several separated by commas), parsed into the form
+    /// lapin connects with, in the order given.
+    pub fn amqp_nodes(&self) -> Result<Vec<BrokerNode>, ConfigError> {
+        self.expose_url()
+            .split(',')
+            .map(|url| {
+                let uri = urls::amqp(url.trim()).map_err(|reason| ConfigError::Url {
+                    setting: "AMQP_URL (--amqp-url)",
+                    reason,
+                })?;
+                let name = format!("{}:{}", uri.authority.host, uri.authority.port);
+                Ok(BrokerNode { uri, name })
+            })
+            .collect()
     }
 
-    /// A usable URL.
+    /// Usable URLs.
     pub fn check(&self) -> Result<(), ConfigError> {
-        self.amqp_uri().map(drop)
+        self.amqp_nodes().map(drop)
     }
+}
+
+/// One node of the broker: where to connect, and how logs and `/readyz` name it (host and
+/// port; never the credentials).
+#[derive(Clone, Debug)]
+pub struct BrokerNode {
+    pub uri: AMQPUri,
+    pub name: String,
 }
 
 impl IngressSettings {

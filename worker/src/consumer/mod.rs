@@ -69,9 +69,9 @@ impl Consumer {
         loop {
             match Session::open(self, &shutdown).await {
                 Ok(session) => {
-                    self.set_connected(true);
+                    self.set_connected(Some(session.node()));
                     let end = session.run(self).await;
-                    self.set_connected(false);
+                    self.set_connected(None);
                     match end {
                         // The session let its deliveries finish and closed its connection.
                         SessionEnd::Shutdown => break,
@@ -122,9 +122,12 @@ impl Consumer {
         }
     }
 
-    fn set_connected(&self, connected: bool) {
-        self.connected.set(connected);
-        self.metrics.set_consumer_connected(connected);
+    fn set_connected(&self, node: Option<&str>) {
+        match node {
+            Some(node) => self.connected.connected_to(node),
+            None => self.connected.disconnected(),
+        }
+        self.metrics.set_consumer_connected(node.is_some());
     }
 }
 

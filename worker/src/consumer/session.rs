@@ -33,6 +33,8 @@ pub enum SessionEnd {
 /// A connected session, consuming.
 pub struct Session {
     connection: Connection,
+    /// The broker node connected to (host and port), for logs and `/readyz`.
+    node: String,
     channel: Channel,
     deliveries: lapin::Consumer,
     /// Why the connection failed, as soon as it does (missed heartbeats included): noticed even
@@ -53,7 +55,7 @@ impl Session {
         shutdown: &CancellationToken,
     ) -> Result<Self, lapin::Error> {
         let topology = Topology::from_settings(&consumer.broker);
-        let connection = broker::connect(&consumer.broker, "worker").await?;
+        let (connection, node) = broker::connect_to_node(&consumer.broker, "worker").await?;
         let channel = connection.create_channel().await?;
         broker::declare(&channel, &topology).await?;
         channel
@@ -79,10 +81,11 @@ impl Session {
                 FieldTable::default(),
             )
             .await?;
-        info!(queue = %topology.queue, prefetch = consumer.settings.prefetch, "consuming");
+        info!(queue = %topology.queue, prefetch = consumer.settings.prefetch, %node, "consuming");
         Ok(Self {
             lost: watch_connection(&connection),
             shutdown: shutdown.clone(),
+            node,
             connection,
             channel,
             deliveries,
@@ -90,6 +93,11 @@ impl Session {
             tasks: TaskTracker::new(),
             stop,
         })
+    }
+
+    /// The broker node this session is connected to.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     /// Consumes until shutdown or until the connection is lost, then ends its tasks: drained

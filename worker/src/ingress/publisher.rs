@@ -80,9 +80,9 @@ impl Publisher {
         let mut delays = reconnect.delays();
         loop {
             match open(&settings, &topology).await {
-                Ok((connection, channel)) => {
-                    self.set(Some(channel.clone())).await;
-                    info!(exchange = %topology.exchange, "ingress connected to the broker");
+                Ok((connection, channel, node)) => {
+                    self.set(Some((channel.clone(), node.as_str()))).await;
+                    info!(exchange = %topology.exchange, %node, "ingress connected to the broker");
                     delays = reconnect.delays();
                     let stopped = watch(&connection, &channel, &stop).await;
                     self.set(None).await;
@@ -102,20 +102,30 @@ impl Publisher {
         }
     }
 
-    async fn set(&self, channel: Option<Channel>) {
-        self.connected.set(channel.is_some());
+    async fn set(&self, connected: Option<(Channel, &str)>) {
+        let channel = match connected {
+            Some((channel, node)) => {
+                self.connected.connected_to(node);
+                Some(channel)
+            }
+            None => {
+                self.connected.disconnected();
+                None
+            }
+        };
         *self.channel.write().await = channel;
     }
 }
 
+/// A connection, its confirm channel with the topology declared, and the node's name.
 async fn open(
     settings: &BrokerSettings,
     topology: &Topology,
-) -> Result<(Connection, Channel), lapin::Error> {
-    let connection = broker::connect(settings, "ingress").await?;
+) -> Result<(Connection, Channel, String), lapin::Error> {
+    let (connection, node) = broker::connect_to_node(settings, "ingress").await?;
     let channel = broker::confirm_channel(&connection).await?;
     broker::declare(&channel, topology).await?;
-    Ok((connection, channel))
+    Ok((connection, channel, node))
 }
 
 /// Returns when the connection or channel is no longer usable (false) or on `stop` (true).

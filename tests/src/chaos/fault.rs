@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use super::system::{System, VHOST};
 
-/// One fault: injected at `at` (from the stream's start, or once the previous fault healed if
-/// that is later), healed `lasts` later.
+/// One fault: injected at `at` from the stream's start (or once the previous fault healed and
+/// every process is ready, if that is later), healed `lasts` later.
 #[derive(Clone, Debug)]
 pub struct Fault {
     pub at: Duration,
@@ -93,8 +93,10 @@ const MEMBER_ONLINE: Duration = Duration::from_secs(60);
 const READY: Duration = Duration::from_secs(30);
 
 impl System {
-    /// Injects `fault`, waits `fault.lasts`, and heals it.
+    /// Once every process is ready (so each fault hits a system that recovered from the last),
+    /// injects `fault`, waits `fault.lasts`, and heals it.
     pub(super) async fn inject(&mut self, fault: &Fault, journal: &mut Journal) {
+        self.settle(journal).await;
         journal.injected += 1;
         match fault.kind {
             FaultKind::KillLeader | FaultKind::KillFollower => {
@@ -152,6 +154,20 @@ impl System {
                     "{closed} of them closed; {} open now",
                     after.len()
                 ));
+            }
+        }
+    }
+
+    /// Waits until every running process answers `/readyz` with 200, for at most [`READY`];
+    /// notes those that do not.
+    async fn settle(&self, journal: &mut Journal) {
+        let deadline = Instant::now() + READY;
+        for service in std::iter::once(&self.ingress).chain(&self.workers) {
+            let Some(process) = &service.running else {
+                continue;
+            };
+            if !process.ready_before(deadline).await {
+                journal.note(format_args!("{} not ready within {READY:?}", service.name));
             }
         }
     }

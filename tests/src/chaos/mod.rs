@@ -55,8 +55,8 @@ pub struct Checker {
     /// The stream lasts at least this long, and until [`TAIL`] after the last fault healed, so
     /// every fault happens mid-stream.
     pub stream: Duration,
-    /// Faults, one at a time: each is injected at its offset from the stream's start or once the
-    /// previous one healed, whichever is later.
+    /// Faults, one at a time: each is injected at its offset from the stream's start, or once
+    /// the previous one healed and every process is ready again, whichever is later.
     pub schedule: Vec<Fault>,
     /// A webhook is posted again (after 0.25 s, doubling to 2 s) until it gets a 2xx or this
     /// long after its first attempt.

@@ -32,8 +32,9 @@ pub struct Setup {
     pub binary: PathBuf,
     /// RabbitMQ nodes in the cluster.
     pub nodes: u16,
-    /// `worker consume` processes; worker `i` connects to node `i % nodes + 1`, the ingress to
-    /// the last node.
+    /// `worker consume` processes. Each is given every node (`AMQP_URL`, through proxies of its
+    /// own) listed from node `i % nodes + 1` with `AMQP_NODE_ORDER=listed`, so they start on
+    /// different nodes; the ingress is given every node in random order.
     pub workers: usize,
     /// Settings for every process, after the system's own (later entries win).
     pub env: Vec<(&'static str, String)>,
@@ -102,18 +103,11 @@ impl System {
             env.extend(setup.env.iter().cloned());
             env
         };
-        let mut ingress = Service::new(
-            "ingress",
-            &binary,
-            "ingress",
-            common(
-                nodes.amqp_url_in(size, VHOST),
-                db.settings.expose_url().to_owned(),
-            ),
-        );
-        ingress
-            .env
-            .push(("CLERK_WEBHOOK_SECRET", SECRET.to_owned()));
+        // The ingress lists every node, in the production default's random order.
+        let all_nodes: Vec<String> = (1..=size).map(|n| nodes.amqp_url_in(n, VHOST)).collect();
+        let mut ingress_env = common(all_nodes.join(","), db.settings.expose_url().to_owned());
+        ingress_env.insert(0, ("CLERK_WEBHOOK_SECRET", SECRET.to_owned()));
+        let mut ingress = Service::new("ingress", &binary, "ingress", ingress_env);
         let mut links = Vec::new();
         let mut workers = Vec::new();
         let database = database_addr(db.settings.expose_url()).await;
@@ -122,12 +116,19 @@ impl System {
             for n in 1..=size {
                 broker.push(CuttableProxy::start(nodes.amqp_addr(n)).await);
             }
-            let first = broker[i % usize::from(size)].addr;
+            // Every node through this worker's proxies, listed from a node of its own: the
+            // workers start on different nodes and fail over to the next.
+            let mut urls: Vec<String> = broker
+                .iter()
+                .map(|proxy| format!("amqp://guest:guest@{}/{VHOST}", proxy.addr))
+                .collect();
+            urls.rotate_left(i % usize::from(size));
             let database_proxy = CuttableProxy::start(database).await;
-            let env = common(
-                format!("amqp://guest:guest@{first}/{VHOST}"),
+            let mut env = common(
+                urls.join(","),
                 through(db.settings.expose_url(), database_proxy.addr),
             );
+            env.insert(0, ("AMQP_NODE_ORDER", "listed".to_owned()));
             links.push(Links {
                 broker,
                 database: database_proxy,

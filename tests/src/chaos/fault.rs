@@ -170,6 +170,38 @@ impl System {
                 journal.note(format_args!("{} not ready within {READY:?}", service.name));
             }
         }
+        journal.note(self.placement().await);
+    }
+
+    /// Which node each process is connected to, from its `/readyz`.
+    async fn placement(&self) -> String {
+        let mut placed = Vec::new();
+        for (i, service) in std::iter::once(&self.ingress)
+            .chain(&self.workers)
+            .enumerate()
+        {
+            let Some(process) = &service.running else {
+                continue;
+            };
+            let body = process.get("/readyz").await.map(|(_, body)| body);
+            let readyz: serde_json::Value = body
+                .and_then(|body| serde_json::from_str(&body).ok())
+                .unwrap_or_default();
+            let addr = readyz["broker_nodes"]
+                .as_object()
+                .and_then(|nodes| nodes.values().find_map(|addr| addr.as_str()?.parse().ok()));
+            // Workers reach node k + 1 through their proxy k.
+            let proxies = i
+                .checked_sub(1)
+                .map_or(&[][..], |w| &self.links[w].broker[..]);
+            let node = (1..=self.nodes.size()).find(|&n| {
+                addr == Some(self.nodes.amqp_addr(n))
+                    || proxies.get(usize::from(n) - 1).map(|p| p.addr) == addr
+            });
+            let node = node.map_or("no node".to_owned(), |n| format!("node {n}"));
+            placed.push(format!("{} on {node}", service.name));
+        }
+        placed.join(", ")
     }
 
     /// Starts whatever is still down and restores every proxy (after a schedule that was cut

@@ -86,6 +86,11 @@ impl TestDb {
         }
     }
 
+    /// The connection as the worker's functions take it: statements straight to the server.
+    pub fn pool(&self) -> worker::db::Pool {
+        self.conn.clone().into()
+    }
+
     /// Runs SQL that returns nothing, panicking with the SQL on failure.
     pub async fn execute(&self, sql: &str) {
         self.conn

@@ -275,10 +275,9 @@ async fn with_the_setting_readyz_is_200_through_pgbouncer() {
 #[tokio::test]
 async fn with_the_setting_provision_health_user_show_and_a_dry_run_replay_work_through_pgbouncer() {
     let stack = Stack::new().await;
-    let bouncer = PgBouncer::start(postgres()).await;
+    let bouncer = &PgBouncer::start(postgres()).await;
     let db = stack.db.name.as_str();
 
-    let bouncer = &bouncer;
     let provisioned = futures::future::join_all(
         (0..12).map(|i| async move { provision(bouncer, db, "true", &user(i).body()).await }),
     )
@@ -289,11 +288,11 @@ async fn with_the_setting_provision_health_user_show_and_a_dry_run_replay_work_t
     }
     assert_eq!(stack.workspaces().await, 12);
 
-    let health = run(&bouncer, db, "true", &["health"], Vec::new()).await;
+    let health = run(bouncer, db, "true", &["health"], Vec::new()).await;
     assert!(health.status.success(), "{}", json(&health));
     let id = user(3).id;
     let show = run(
-        &bouncer,
+        bouncer,
         db,
         "true",
         &["user", "show", &id, "--json"],
@@ -310,7 +309,7 @@ async fn with_the_setting_provision_health_user_show_and_a_dry_run_replay_work_t
         .publish_dead_letter("user.created", &body, "msg_dead", "transient")
         .await;
     let args = ["dlq", "replay", "--dry-run", "--json"];
-    let dry_run = run(&bouncer, db, "true", &args, broker.env()).await;
+    let dry_run = run(bouncer, db, "true", &args, broker.env()).await;
     assert!(dry_run.status.success(), "{dry_run:?}");
     assert_eq!(json(&dry_run)["no_ops"], 1);
 }

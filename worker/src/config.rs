@@ -85,7 +85,7 @@ pub struct DatabaseSettings {
     /// client from one transaction to the next. Every statement then runs inside a transaction
     /// of its own that first clears the statements other clients left on that server
     /// connection, and none is cached. Off: statements are prepared once per connection and
-    /// reused, as PostgreSQL allows.
+    /// reused, as PostgreSQL allows. Migrations ignore it: they need PostgreSQL's own address.
     #[arg(
         long = "database-pgbouncer",
         env = "DATABASE_PGBOUNCER",

@@ -1,7 +1,8 @@
 //! The worker through PgBouncer in transaction pooling mode (a private PgBouncer 1.18, two
 //! server connections shared by every client): without `DATABASE_PGBOUNCER` sqlx's named
-//! prepared statements collide on PgBouncer's server connections; with it, the consumer and the
-//! commands provision everything right, a cut between PgBouncer and PostgreSQL included.
+//! prepared statements collide on PgBouncer's server connections; with it, the consumer (its
+//! readiness check and tombstone purge too) and the commands do everything right, a cut between
+//! PgBouncer and PostgreSQL included.
 
 use std::net::SocketAddr;
 use std::process::{Command, Output};
@@ -270,6 +271,34 @@ async fn with_the_setting_readyz_is_200_through_pgbouncer() {
     let body: Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(body["checks"]["database"], true);
     assert_eq!(body["checks"]["database_migrations"], true);
+}
+
+#[tokio::test]
+async fn with_the_setting_the_tombstone_purge_works_through_pgbouncer() {
+    let stack = Stack::new().await;
+    stack
+        .db
+        .execute(
+            "INSERT INTO user_tombstones VALUES ('user_2old', now() - interval '2 hours'), \
+             ('user_2recent', now() - interval '10 minutes')",
+        )
+        .await;
+    let bouncer = PgBouncer::start(postgres()).await;
+    let purge = [
+        ("TOMBSTONE_RETENTION", "1h"),
+        ("TOMBSTONE_PURGE_INTERVAL", "200ms"),
+    ];
+    let _worker = consume(&stack, &bouncer, &[&PGBOUNCER[..], &purge].concat()).await;
+
+    let old = "SELECT count(*) FROM user_tombstones WHERE user_id = 'user_2old'";
+    eventually(
+        "the old tombstone to go",
+        Duration::from_secs(20),
+        || async { stack.db.scalar(old).await == 0 },
+    )
+    .await;
+    let recent = "SELECT count(*) FROM user_tombstones WHERE user_id = 'user_2recent'";
+    assert_eq!(stack.db.scalar(recent).await, 1);
 }
 
 #[tokio::test]

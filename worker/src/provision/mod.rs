@@ -116,7 +116,8 @@ async fn provision_user(db: &Pool, profile: &UserProfile) -> Result<Provisioned,
 }
 
 /// One round trip: the `provision_user` function (see its migration) does the whole change, and
-/// on its own the statement is exactly one transaction.
+/// on its own the statement is exactly one transaction (an explicit one through PgBouncer: see
+/// [`Pool`]).
 async fn provision_user_once(
     db: &Pool,
     profile: &UserProfile,

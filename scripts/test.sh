@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command: makes sure everything the tests need is here and running (PostgreSQL,
-# RabbitMQ with rabbitmq_prometheus, promtool, docker compose for `config`, curl), installing from
-# Debian's packages what is missing, then runs the whole suite. Extra arguments go to cargo test.
+# RabbitMQ with rabbitmq_prometheus, promtool, docker compose for `config`, curl, PgBouncer),
+# installing from Debian's packages what is missing, then runs the whole suite. Extra arguments go
+# to cargo test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,6 +51,8 @@ ensure_tools() {
   command -v promtool >/dev/null 2>&1 || missing+=(prometheus)   # promtool and the server
   command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 || missing+=(docker-compose)
   command -v curl >/dev/null 2>&1 || missing+=(curl)
+  # Tests start their own PgBouncer (as the postgres user); the package's service stays stopped.
+  command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
     apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -yq --no-install-recommends "${missing[@]}"

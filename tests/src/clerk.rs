@@ -102,5 +102,5 @@ pub async fn provision(
     body: &[u8],
 ) -> Result<Provisioned, ProvisionError> {
     let event = worker::clerk::parse_event(body)?;
-    worker::provision::provision(db, &event).await
+    worker::provision::provision(&db.clone().into(), &event).await
 }

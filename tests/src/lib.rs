@@ -3,7 +3,9 @@
 //! parallel and leave nothing. The application runs in the test's process ([`app::TestApp`]) or,
 //! where the process is the point, as a child process ([`process::WorkerProcess`]). A test that
 //! needs RabbitMQ nodes of its own (a cluster to crash, a broker setting) starts them with
-//! [`rabbit_nodes::RabbitNodes`]. [`chaos`] checks the whole pipeline under a schedule of faults.
+//! [`rabbit_nodes::RabbitNodes`]; one that needs PgBouncer in front of PostgreSQL starts its
+//! own with [`pgbouncer::PgBouncer`]. [`chaos`] checks the whole pipeline under a schedule of
+//! faults.
 //!
 //! Tests talk to the real server at `TEST_DATABASE_SERVER` (default
 //! `postgres://postgres@127.0.0.1:5432`) and RabbitMQ at `TEST_AMQP_URL`; if one is not reachable
@@ -15,6 +17,7 @@ pub mod chaos;
 pub mod clerk;
 pub mod clerk_api;
 pub mod ops;
+pub mod pgbouncer;
 pub mod process;
 pub mod proxy;
 pub mod rabbit_nodes;
@@ -60,7 +63,7 @@ impl TestDb {
         let name = unique_name();
         admin_execute(&format!("CREATE DATABASE \"{name}\"")).await;
         let settings = DatabaseSettings::for_url(format!("{}/{name}", server_url()));
-        let conn = worker::db::connect(&settings)
+        let conn = Database::connect(settings.expose_url())
             .await
             .unwrap_or_else(|err| panic!("cannot connect to {name}: {err}"));
         Self::from_parts(settings, conn)
@@ -83,6 +86,11 @@ impl TestDb {
             settings,
             conn,
         }
+    }
+
+    /// The connection as the worker's functions take it: statements straight to the server.
+    pub fn pool(&self) -> worker::db::Pool {
+        self.conn.clone().into()
     }
 
     /// Runs SQL that returns nothing, panicking with the SQL on failure.

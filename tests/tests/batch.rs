@@ -21,7 +21,7 @@ fn profile(event: &UserEvent) -> Box<UserProfile> {
 async fn batch(db: &TestDb, events: &[UserEvent]) -> Result<Vec<Provisioned>, ProvisionError> {
     let profiles: Vec<Box<UserProfile>> = events.iter().map(profile).collect();
     let refs: Vec<&UserProfile> = profiles.iter().map(AsRef::as_ref).collect();
-    provision_batch(&db.conn, &refs).await
+    provision_batch(&db.pool(), &refs).await
 }
 
 fn sign_ups(n: usize) -> Vec<UserEvent> {

@@ -463,7 +463,9 @@ async fn a_lock_timeout_is_transient() {
         db.name
     ))
     .await;
-    let fresh = worker::db::connect(&db.settings).await.unwrap();
+    let fresh = sea_orm::Database::connect(db.settings.expose_url())
+        .await
+        .unwrap();
 
     let holder = db.conn.begin().await.unwrap();
     holder

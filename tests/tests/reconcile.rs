@@ -286,7 +286,8 @@ async fn a_reconcile_racing_the_consumer_ends_in_clerks_state() {
                 .await;
         }
     };
-    let run = worker::reconcile::run(&stack.db.conn, &stack.db.settings, &api, options, &Quiet);
+    let pool = stack.db.pool();
+    let run = worker::reconcile::run(&pool, &stack.db.settings, &api, options, &Quiet);
     let ((), report) = tokio::join!(publish, run);
     let report = report.expect("reconcile");
     assert_eq!(report.failed.count, 0);
@@ -301,7 +302,7 @@ async fn a_reconcile_racing_the_consumer_ends_in_clerks_state() {
         .await;
     assert_eq!(wrong, 0, "every row ends in Clerk's state");
     assert_eq!(stack.workspaces().await, n as i64);
-    let rerun = worker::reconcile::run(&stack.db.conn, &stack.db.settings, &api, options, &Quiet)
+    let rerun = worker::reconcile::run(&pool, &stack.db.settings, &api, options, &Quiet)
         .await
         .expect("rerun");
     assert_eq!(rerun.in_sync, n as u64);

@@ -99,24 +99,9 @@ fn hostname() -> String {
 /// Declares exchanges, queues and bindings. Idempotent: every process runs it at start-up and
 /// after each reconnect, with the same arguments (a mismatch is a broker error worth seeing).
 pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), lapin::Error> {
-    let durable_exchange = ExchangeDeclareOptions {
-        durable: true,
-        ..ExchangeDeclareOptions::default()
-    };
-    let durable_queue = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
-    for exchange in [&topology.exchange, &topology.dead_letter_exchange] {
-        channel
-            .exchange_declare(
-                exchange.as_str().into(),
-                ExchangeKind::Topic,
-                durable_exchange,
-                FieldTable::default(),
-            )
-            .await?;
-    }
+    let topic = [&topology.exchange, &topology.dead_letter_exchange];
+    declare_exchanges(channel, &topic, ExchangeKind::Topic).await?;
+    let durable_queue = durable_queue();
     channel
         .queue_declare(
             topology.dead_letter_queue.as_str().into(),
@@ -156,28 +141,12 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), lapin
 /// message's expiry) through `retry.redeliver_exchange` into the main queue, routing key kept.
 async fn declare_retry_route(channel: &Channel, topology: &Topology) -> Result<(), lapin::Error> {
     let route = &topology.retry;
-    let durable_exchange = ExchangeDeclareOptions {
-        durable: true,
-        ..ExchangeDeclareOptions::default()
-    };
-    for exchange in [&route.exchange, &route.redeliver_exchange] {
-        channel
-            .exchange_declare(
-                exchange.as_str().into(),
-                ExchangeKind::Fanout,
-                durable_exchange,
-                FieldTable::default(),
-            )
-            .await?;
-    }
-    let durable_queue = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
+    let fanout = [&route.exchange, &route.redeliver_exchange];
+    declare_exchanges(channel, &fanout, ExchangeKind::Fanout).await?;
     channel
         .queue_declare(
             route.queue.as_str().into(),
-            durable_queue,
+            durable_queue(),
             dead_lettering_arguments(topology, &route.redeliver_exchange),
         )
         .await?;
@@ -196,6 +165,36 @@ async fn declare_retry_route(channel: &Channel, topology: &Topology) -> Result<(
             .await?;
     }
     Ok(())
+}
+
+/// Durable exchanges of one kind.
+async fn declare_exchanges(
+    channel: &Channel,
+    names: &[&String],
+    kind: ExchangeKind,
+) -> Result<(), lapin::Error> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    for name in names {
+        channel
+            .exchange_declare(
+                name.as_str().into(),
+                kind.clone(),
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+fn durable_queue() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
 }
 
 /// A quorum queue, with `x-quorum-initial-group-size` only when the setting is given.

@@ -79,6 +79,26 @@ pub struct DatabaseSettings {
         global = true
     )]
     pub idle_timeout: Duration,
+
+    /// `DATABASE_URL` is a PgBouncer in transaction pooling mode: PgBouncer (1.18) hands each
+    /// transaction whichever server connection is free, and keeps no prepared statement of a
+    /// client from one transaction to the next. Every statement then runs inside a transaction
+    /// of its own that first clears the statements other clients left on that server
+    /// connection, and none is cached. Off: statements are prepared once per connection and
+    /// reused, as PostgreSQL allows. Migrations ignore it: they need PostgreSQL's own address.
+    #[arg(
+        long = "database-pgbouncer",
+        env = "DATABASE_PGBOUNCER",
+        value_name = "BOOL",
+        default_value_t = false,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new(),
+        global = true
+    )]
+    pub pgbouncer: bool,
 }
 
 impl DatabaseSettings {
@@ -90,6 +110,7 @@ impl DatabaseSettings {
             min_connections: 8,
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
+            pgbouncer: false,
         }
     }
 
@@ -439,6 +460,28 @@ mod tests {
         assert!(positive_duration("0s").is_err());
         assert!(positive_duration("soon").is_err());
         assert_eq!(positive_duration("100ms"), Ok(Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn pgbouncer_mode_is_off_unless_asked_for() {
+        let pgbouncer = |args: &[&str]| {
+            let argv = ["worker"].iter().chain(args);
+            crate::cli::Cli::try_parse_from(argv)
+                .map(|cli| cli.database.pgbouncer)
+                .map_err(|err| err.to_string())
+        };
+        assert_eq!(pgbouncer(&["consume"]), Ok(false));
+        assert_eq!(pgbouncer(&["consume", "--database-pgbouncer"]), Ok(true));
+        assert_eq!(pgbouncer(&["--database-pgbouncer", "consume"]), Ok(true));
+        assert_eq!(
+            pgbouncer(&["consume", "--database-pgbouncer=true"]),
+            Ok(true)
+        );
+        assert_eq!(
+            pgbouncer(&["consume", "--database-pgbouncer=false"]),
+            Ok(false)
+        );
+        assert!(pgbouncer(&["consume", "--database-pgbouncer=maybe"]).is_err());
     }
 
     #[test]

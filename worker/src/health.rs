@@ -1,8 +1,10 @@
 //! The database health check behind `worker health` and `/readyz`.
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use serde::Serialize;
+
+use crate::db::Pool;
 
 /// The report operators and probes read: overall verdict, each check, and why a check failed.
 #[derive(Debug, Serialize)]
@@ -52,7 +54,7 @@ impl HealthReport {
 }
 
 /// Runs every check over one round trip.
-pub async fn check(db: &DatabaseConnection) -> HealthReport {
+pub async fn check(db: &Pool) -> HealthReport {
     let probe = Statement::from_string(DbBackend::Postgres, SCHEMA_PROBE);
     let row = match db.query_one_raw(probe).await {
         Ok(Some(row)) => row,

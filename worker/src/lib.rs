@@ -11,7 +11,8 @@
 //! - [`provision`]: the provisioning transaction, its [`provision::Outcome`], and the one
 //!   database-error classifier.
 //! - [`error`]: the transient/permanent taxonomy.
-//! - [`db`]: connection pool and migrations; [`health`]: the database health check.
+//! - [`db`]: the connection pool (directly to PostgreSQL, or through PgBouncer in transaction
+//!   pooling mode) and migrations; [`health`]: the database health check.
 //! - [`topology`]: the broker contract: exchange, queue, header and queue-argument names.
 //! - [`broker`]: RabbitMQ connection, declaring the topology and confirmed publishing.
 //! - [`consumer`]: the delivery loop with reconnection and graceful shutdown.

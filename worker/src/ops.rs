@@ -11,15 +11,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use sea_orm::DatabaseConnection;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::db::{self, Pool};
+use crate::health;
 use crate::metrics::Metrics;
-use crate::{db, health};
 
 /// Readiness probes must answer quickly even when the database hangs.
 const DATABASE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -63,7 +63,7 @@ impl ReadyFlag {
 pub struct OpsState {
     metrics: Metrics,
     /// Checked by `/readyz` when this process uses the database.
-    db: Option<DatabaseConnection>,
+    db: Option<Pool>,
     /// Named flags of the broker-facing components (`consumer`, `ingress`).
     broker: Vec<(&'static str, ReadyFlag)>,
     /// The last database verdict; its lock makes concurrent probes share one check.
@@ -84,11 +84,7 @@ struct DatabaseVerdict {
 }
 
 impl OpsState {
-    pub fn new(
-        metrics: Metrics,
-        db: Option<DatabaseConnection>,
-        broker: Vec<(&'static str, ReadyFlag)>,
-    ) -> Self {
+    pub fn new(metrics: Metrics, db: Option<Pool>, broker: Vec<(&'static str, ReadyFlag)>) -> Self {
         Self {
             metrics,
             db,
@@ -98,7 +94,7 @@ impl OpsState {
     }
 
     /// The database verdict at most [`DATABASE_VERDICT_TTL`] old; one check at a time.
-    async fn database_verdict(&self, db: &DatabaseConnection) -> DatabaseVerdict {
+    async fn database_verdict(&self, db: &Pool) -> DatabaseVerdict {
         let mut last = self.database_verdict.lock().await;
         if let Some(verdict) = *last
             && verdict.checked.elapsed() < DATABASE_VERDICT_TTL
@@ -112,7 +108,7 @@ impl OpsState {
 }
 
 /// The schema probe, then the migrations this binary expects, within one timeout.
-async fn check_database(db: &DatabaseConnection) -> DatabaseVerdict {
+async fn check_database(db: &Pool) -> DatabaseVerdict {
     let (checked, checked_at) = (Instant::now(), Utc::now());
     let check = async {
         let reachable = health::check(db).await.healthy;

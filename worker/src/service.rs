@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use axum::Router;
-use sea_orm::DatabaseConnection;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -26,7 +25,7 @@ use crate::config::{
     ShutdownSettings,
 };
 use crate::consumer::Consumer;
-use crate::db;
+use crate::db::{self, Pool};
 use crate::ingress::signature::Verifier;
 use crate::ingress::{self, IngressState, Publisher, RequestLimits, ServerLimits};
 use crate::memory;
@@ -50,7 +49,7 @@ pub struct Plan {
 /// A built application: listeners bound, pool open, nothing running yet.
 pub struct Application {
     metrics: Metrics,
-    db: Option<DatabaseConnection>,
+    db: Option<Pool>,
     ingress: Option<Ingress>,
     consumer: Option<Consumer>,
     ops_listener: TcpListener,
@@ -315,10 +314,16 @@ fn server_limits(settings: &IngressSettings, shutdown: &ShutdownSettings) -> Ser
     }
 }
 
-/// The consumer's pool; with `migrate`, only after the schema is up to date.
-async fn service_database(plan: &Plan) -> anyhow::Result<DatabaseConnection> {
+/// The consumer's pool; with `migrate`, only after the schema is up to date. Migrations need
+/// PostgreSQL itself, so through PgBouncer they are left to `worker migrate`, and `/readyz`
+/// waits for them.
+async fn service_database(plan: &Plan) -> anyhow::Result<Pool> {
     let database = || format!("database {}", plan.database.redacted_url());
-    if plan.migrate {
+    if plan.migrate && plan.database.pgbouncer {
+        warn!(
+            "DATABASE_PGBOUNCER is set: not migrating; run `worker migrate` against PostgreSQL itself"
+        );
+    } else if plan.migrate {
         let migrated = db::migrate(&plan.database).await.with_context(database)?;
         migrated.close().await.with_context(database)?;
     }

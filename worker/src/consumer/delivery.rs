@@ -7,12 +7,12 @@ use std::time::Duration;
 use chrono::Utc;
 use lapin::Channel;
 use lapin::message::Delivery;
-use sea_orm::DatabaseConnection;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::settle::Settlements;
 use crate::broker::{integer_header, text_header};
+use crate::db::Pool;
 use crate::domain::{Event, UserId};
 use crate::error::{ProvisionError, Rejected};
 use crate::metrics::Metrics;
@@ -26,7 +26,7 @@ use crate::topology::header::{
 /// spread over the files named for each part: the retry loop (`retrying`), the batch split
 /// (`batch`) and settlement (`settle`).
 pub struct Processor {
-    pub db: DatabaseConnection,
+    pub db: Pool,
     pub policy: RetryPolicy,
     /// Confirm-mode channel dead letters and deferred retries are published on.
     pub publisher: Channel,
@@ -164,7 +164,7 @@ impl Processor {
 }
 
 pub(super) async fn attempt(
-    db: &DatabaseConnection,
+    db: &Pool,
     parsed: &Result<Event, Rejected>,
 ) -> Result<Provisioned, ProvisionError> {
     match parsed {

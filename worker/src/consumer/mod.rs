@@ -17,11 +17,11 @@ mod settle;
 use std::time::Duration;
 
 use futures::future::OptionFuture;
-use sea_orm::DatabaseConnection;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{BrokerSettings, ConsumerSettings};
+use crate::db::Pool;
 use crate::metrics::Metrics;
 use crate::ops::ReadyFlag;
 use crate::provision;
@@ -35,7 +35,7 @@ pub struct Consumer {
     pub settings: ConsumerSettings,
     /// How long in-flight deliveries get to finish on shutdown (`SHUTDOWN_GRACE_PERIOD`).
     pub shutdown_grace_period: Duration,
-    pub db: DatabaseConnection,
+    pub db: Pool,
     /// Set while a broker session is up.
     pub connected: ReadyFlag,
     pub metrics: Metrics,
@@ -134,7 +134,7 @@ impl Consumer {
 /// Forgets deletions older than `retention`, at start-up and every `interval`, until `shutdown`.
 /// Several workers may purge at once: the statement is idempotent.
 async fn purge_tombstones_periodically(
-    db: DatabaseConnection,
+    db: Pool,
     retention: Duration,
     interval: Duration,
     shutdown: CancellationToken,

@@ -7,7 +7,7 @@ use chrono::Utc;
 use lapin::message::BasicGetMessage;
 use lapin::options::BasicAckOptions;
 use lapin::types::AMQPValue;
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -16,6 +16,7 @@ use super::{DeadLetter, DlqError, Filter};
 use crate::broker;
 use crate::clerk::event_type::{USER_CREATED, USER_UPDATED};
 use crate::config::BrokerSettings;
+use crate::db::Pool;
 use crate::topology::header::{
     ORIGINAL_RECEIVED_AT_MS, RECEIVED_AT_MS, REPLAY_COUNT, RETRY_ATTEMPTS,
 };
@@ -52,7 +53,7 @@ pub struct ReplaySummary {
 /// on a dry run, which replays would be no-ops.
 pub async fn replay(
     settings: &BrokerSettings,
-    db: Option<&DatabaseConnection>,
+    db: Option<&Pool>,
     plan: &ReplayPlan,
     stop: &CancellationToken,
 ) -> Result<ReplaySummary, DlqError> {
@@ -64,7 +65,7 @@ pub async fn replay(
 
 async fn replay_with(
     browser: &mut Browser,
-    db: Option<&DatabaseConnection>,
+    db: Option<&Pool>,
     plan: &ReplayPlan,
     stop: &CancellationToken,
 ) -> Result<ReplaySummary, DlqError> {
@@ -136,10 +137,7 @@ async fn republish(
 }
 
 /// A user.created/updated whose user already has a workspace would change nothing new.
-async fn already_provisioned(
-    db: &DatabaseConnection,
-    letter: &DeadLetter,
-) -> Result<bool, DlqError> {
+async fn already_provisioned(db: &Pool, letter: &DeadLetter) -> Result<bool, DlqError> {
     let (Some(user_id), USER_CREATED | USER_UPDATED) =
         (&letter.user_id, letter.event_type.as_str())
     else {

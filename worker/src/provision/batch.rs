@@ -9,11 +9,12 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use sea_orm::{DatabaseConnection, DbErr, FromQueryResult};
+use sea_orm::{DbErr, FromQueryResult};
 use serde_json::json;
 
 use super::answer::ProvisionUserRow;
 use super::{Provisioned, event_at, statement, username_parameters};
+use crate::db::Pool;
 use crate::domain::{UserProfile, WorkspaceName};
 use crate::error::ProvisionError;
 
@@ -45,7 +46,7 @@ struct BatchRow {
 /// Provisions distinct users' changes in one transaction; results come back in input order.
 /// Any error rolls the whole batch back (and is classified as for one event).
 pub async fn provision_batch(
-    db: &DatabaseConnection,
+    db: &Pool,
     profiles: &[&UserProfile],
 ) -> Result<Vec<Provisioned>, ProvisionError> {
     let values = [

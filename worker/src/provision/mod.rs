@@ -20,12 +20,12 @@ pub use batch::provision_batch;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, FromQueryResult,
-    Statement, TransactionTrait, Value,
+    ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, FromQueryResult, Statement, Value,
 };
 use serde::Serialize;
 use tracing::{debug, instrument};
 
+use crate::db::Pool;
 use crate::domain::{
     ClerkTime, DerivedUsername, Event, UserDeletion, UserId, UserProfile, UsernameChoice,
     WorkspaceName,
@@ -94,10 +94,7 @@ pub struct Reassigned {
 
 /// Applies one validated Clerk event in one transaction.
 #[instrument(skip_all, fields(event_type = event.event_type(), user_id = event.user_id().map(UserId::as_ref)))]
-pub async fn provision(
-    db: &DatabaseConnection,
-    event: &Event,
-) -> Result<Provisioned, ProvisionError> {
+pub async fn provision(db: &Pool, event: &Event) -> Result<Provisioned, ProvisionError> {
     match event {
         Event::UserChanged(profile) => provision_user(db, profile).await,
         Event::UserDeleted(deletion) => delete_user(db, deletion).await,
@@ -109,10 +106,7 @@ pub async fn provision(
     }
 }
 
-async fn provision_user(
-    db: &DatabaseConnection,
-    profile: &UserProfile,
-) -> Result<Provisioned, ProvisionError> {
+async fn provision_user(db: &Pool, profile: &UserProfile) -> Result<Provisioned, ProvisionError> {
     match provision_user_once(db, profile).await {
         // A concurrent sign-up took the derived username between our check and our insert. A
         // second attempt sees it committed and takes the fallback, so this is not a conflict yet.
@@ -128,9 +122,10 @@ async fn provision_user(
 }
 
 /// One round trip: the `provision_user` function (see its migration) does the whole change, and
-/// on its own the statement is exactly one transaction.
+/// on its own the statement is exactly one transaction (an explicit one through PgBouncer: see
+/// [`Pool`]).
 async fn provision_user_once(
-    db: &DatabaseConnection,
+    db: &Pool,
     profile: &UserProfile,
 ) -> Result<Provisioned, ProvisionError> {
     let (username, fallback, derived) = username_parameters(profile);
@@ -206,10 +201,7 @@ async fn lock_user(txn: &DatabaseTransaction, id: &UserId) -> Result<(), DbErr> 
     Ok(())
 }
 
-async fn delete_user(
-    db: &DatabaseConnection,
-    deletion: &UserDeletion,
-) -> Result<Provisioned, ProvisionError> {
+async fn delete_user(db: &Pool, deletion: &UserDeletion) -> Result<Provisioned, ProvisionError> {
     let txn = db.begin().await.map_err(ProvisionError::from_db)?;
     let result = delete_user_in(&txn, deletion).await;
     finish(txn, result).await
@@ -251,7 +243,7 @@ fn text<T: AsRef<str>>(value: Option<&T>) -> Value {
 
 /// Forgets deletions older than `before`; returns how many. Run periodically by the worker.
 pub async fn purge_tombstones(
-    db: &DatabaseConnection,
+    db: &Pool,
     before: chrono::DateTime<chrono::Utc>,
 ) -> Result<u64, DbErr> {
     let result = db

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, FixedOffset, Utc};
 use entity::{users, workspaces};
 use futures::{StreamExt, stream};
-use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait, QueryFilter};
+use sea_orm::{ColumnTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tracing::{info, warn};
@@ -25,6 +25,7 @@ use tracing::{info, warn};
 use crate::clerk;
 use crate::clerk_api::{ClerkApi, ClerkApiError, PAGE_LIMIT};
 use crate::config::DatabaseSettings;
+use crate::db::Pool;
 use crate::domain::{ClerkTime, Event, UserDeletion, UserId, UserProfile};
 use crate::error::ProvisionError;
 use crate::provision::{self, Outcome};
@@ -73,7 +74,7 @@ type Rows = HashMap<String, (DateTime<FixedOffset>, bool)>;
 
 /// Runs the whole reconcile; the report says what differed and what was done.
 pub async fn run(
-    db: &DatabaseConnection,
+    db: &Pool,
     settings: &DatabaseSettings,
     api: &ClerkApi,
     options: Options,
@@ -86,7 +87,7 @@ pub async fn run(
 }
 
 async fn run_with(
-    db: &DatabaseConnection,
+    db: &Pool,
     seen: &Seen,
     api: &ClerkApi,
     options: Options,
@@ -141,7 +142,7 @@ fn parse_listed(raw: &RawValue) -> Listed {
 }
 
 async fn compare_page(
-    db: &DatabaseConnection,
+    db: &Pool,
     seen: &Seen,
     page: Vec<Box<RawValue>>,
     options: Options,
@@ -170,7 +171,7 @@ async fn compare_page(
 }
 
 /// The page's rows and whether each has a workspace: one JOIN through the entities.
-async fn rows_of(db: &DatabaseConnection, ids: &[String]) -> Result<Rows, DbErr> {
+async fn rows_of(db: &Pool, ids: &[String]) -> Result<Rows, DbErr> {
     let found = users::Entity::find()
         .filter(users::Column::Id.is_in(ids.iter().map(String::as_str)))
         .find_also_related(workspaces::Entity)
@@ -204,12 +205,7 @@ fn classify(
 }
 
 /// Provisions the page's users that differ, `concurrency` at a time.
-async fn fix(
-    db: &DatabaseConnection,
-    profiles: Vec<UserProfile>,
-    concurrency: usize,
-    report: &mut Report,
-) {
+async fn fix(db: &Pool, profiles: Vec<UserProfile>, concurrency: usize, report: &mut Report) {
     let results: Vec<(UserId, Result<Outcome, ProvisionError>)> = stream::iter(profiles)
         .map(|profile| async move {
             let id = profile.id.clone();
@@ -276,7 +272,7 @@ async fn is_orphan(api: &ClerkApi, id: &str) -> Result<bool, ClerkApiError> {
 /// Deletes the confirmed orphans like `user.deleted` events, unless they are too large a share
 /// of the table and the run is not forced.
 async fn delete_orphans(
-    db: &DatabaseConnection,
+    db: &Pool,
     seen: &Seen,
     options: Options,
     report: &mut Report,
@@ -308,7 +304,7 @@ async fn delete_orphans(
     }
 }
 
-async fn delete_one(db: &DatabaseConnection, id: &str, deleted_at: ClerkTime, report: &mut Report) {
+async fn delete_one(db: &Pool, id: &str, deleted_at: ClerkTime, report: &mut Report) {
     let Ok(user_id) = UserId::parse(id) else {
         warn!(user_id = id, "not a Clerk id; left for an operator");
         report.failed.add(id);

@@ -1,14 +1,20 @@
 //! The ids Clerk listed in this run, and the orphans found, kept in temporary tables on one
 //! dedicated connection: memory stays flat however many users there are, and the tables vanish
 //! with the connection, even when the run is killed.
+//!
+//! Through PgBouncer in transaction pooling mode a temporary table lives on one server connection
+//! while the next transaction may get another, so the whole run is one transaction there: the
+//! server connection stays ours until it ends, and rolling it back drops the tables.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, Value};
+use sea_orm::{
+    ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, QueryResult, Statement, Value,
+};
 
 use crate::config::DatabaseSettings;
-use crate::db;
+use crate::db::{self, Pool};
 
 const CREATE: &str = "CREATE TEMPORARY TABLE reconcile_seen (id TEXT PRIMARY KEY); \
      CREATE TEMPORARY TABLE reconcile_orphans (id TEXT PRIMARY KEY)";
@@ -21,9 +27,11 @@ const RECORD_ORPHAN: &str = "INSERT INTO reconcile_orphans VALUES ($1) ON CONFLI
 const ORPHANS: &str = "SELECT id FROM reconcile_orphans WHERE id > $1 ORDER BY id LIMIT $2";
 const NOW: &str = "SELECT now() AS now";
 
-/// The run's scratch tables, on a pool of exactly one connection that never idles out.
+/// The run's scratch tables, on a pool of exactly one connection that never idles out; through
+/// PgBouncer, in a transaction held for the run.
 pub struct Seen {
-    conn: DatabaseConnection,
+    pool: Pool,
+    pinned: Option<DatabaseTransaction>,
 }
 
 impl Seen {
@@ -33,14 +41,22 @@ impl Seen {
         settings.max_connections = 1;
         settings.min_connections = 1;
         settings.idle_timeout = Duration::from_secs(7 * 24 * 3600);
-        let conn = db::connect(&settings).await?;
-        conn.execute_unprepared(CREATE).await?;
-        Ok(Self { conn })
+        // Held for the run, the transaction keeps its server connection, so this pool's
+        // statement cache stays valid even through PgBouncer.
+        let through_pgbouncer = std::mem::take(&mut settings.pgbouncer);
+        let pool = db::connect(&settings).await?;
+        let pinned = match through_pgbouncer {
+            true => Some(pool.begin_clean().await?),
+            false => None,
+        };
+        let seen = Self { pool, pinned };
+        seen.execute_unprepared(CREATE).await?;
+        Ok(seen)
     }
 
     /// The database's clock now: rows created after it are not orphan candidates.
     pub async fn now(&self) -> Result<DateTime<Utc>, DbErr> {
-        let row = self.conn.query_one_raw(statement(NOW, [])).await?;
+        let row = self.query_one(statement(NOW, [])).await?;
         let row = row.ok_or_else(|| DbErr::RecordNotFound("SELECT now()".into()))?;
         row.try_get::<DateTime<Utc>>("", "now")
     }
@@ -48,9 +64,7 @@ impl Seen {
     /// Records the ids of one Clerk page.
     pub async fn record(&self, ids: &[String]) -> Result<(), DbErr> {
         let ids = serde_json::Value::from(ids.to_vec());
-        self.conn
-            .execute_raw(statement(RECORD_SEEN, [ids.into()]))
-            .await?;
+        self.execute(statement(RECORD_SEEN, [ids.into()])).await?;
         Ok(())
     }
 
@@ -62,34 +76,60 @@ impl Seen {
         limit: u64,
     ) -> Result<Vec<String>, DbErr> {
         let values = [after.into(), started.into(), (limit as i64).into()];
-        ids(&self.conn, statement(UNSEEN, values)).await
+        self.ids(statement(UNSEEN, values)).await
     }
 
     /// Remembers a confirmed orphan until deletion is decided.
     pub async fn record_orphan(&self, id: &str) -> Result<(), DbErr> {
-        self.conn
-            .execute_raw(statement(RECORD_ORPHAN, [id.into()]))
-            .await?;
+        self.execute(statement(RECORD_ORPHAN, [id.into()])).await?;
         Ok(())
     }
 
     /// Up to `limit` confirmed orphans after `after`, in id order.
     pub async fn orphans(&self, after: &str, limit: u64) -> Result<Vec<String>, DbErr> {
         let values = [after.into(), (limit as i64).into()];
-        ids(&self.conn, statement(ORPHANS, values)).await
+        self.ids(statement(ORPHANS, values)).await
     }
 
-    /// Closes the connection; the temporary tables go with it.
+    /// Closes the connection; the temporary tables go with it (or with the rolled back
+    /// transaction, through PgBouncer).
     pub async fn close(self) {
-        let _ = self.conn.close().await;
+        if let Some(txn) = self.pinned {
+            let _ = txn.rollback().await;
+        }
+        let _ = self.pool.close().await;
     }
-}
 
-async fn ids(conn: &DatabaseConnection, statement: Statement) -> Result<Vec<String>, DbErr> {
-    let rows = conn.query_all_raw(statement).await?;
-    rows.iter()
-        .map(|row| row.try_get::<String>("", "id"))
-        .collect()
+    async fn ids(&self, statement: Statement) -> Result<Vec<String>, DbErr> {
+        let rows = match &self.pinned {
+            Some(txn) => txn.query_all_raw(statement).await?,
+            None => self.pool.query_all_raw(statement).await?,
+        };
+        rows.iter()
+            .map(|row| row.try_get::<String>("", "id"))
+            .collect()
+    }
+
+    async fn query_one(&self, statement: Statement) -> Result<Option<QueryResult>, DbErr> {
+        match &self.pinned {
+            Some(txn) => txn.query_one_raw(statement).await,
+            None => self.pool.query_one_raw(statement).await,
+        }
+    }
+
+    async fn execute(&self, statement: Statement) -> Result<(), DbErr> {
+        match &self.pinned {
+            Some(txn) => txn.execute_raw(statement).await.map(drop),
+            None => self.pool.execute_raw(statement).await.map(drop),
+        }
+    }
+
+    async fn execute_unprepared(&self, sql: &str) -> Result<(), DbErr> {
+        match &self.pinned {
+            Some(txn) => txn.execute_unprepared(sql).await.map(drop),
+            None => self.pool.execute_unprepared(sql).await.map(drop),
+        }
+    }
 }
 
 fn statement<const N: usize>(sql: &str, values: [Value; N]) -> Statement {

@@ -3,8 +3,10 @@
 
 use chrono::{DateTime, FixedOffset};
 use entity::{user_tombstones, users, workspaces};
-use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, DbErr, EntityTrait, QueryFilter};
 use serde::Serialize;
+
+use crate::db::Pool;
 
 /// Which unique key an operator looks a user up by.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,7 +58,7 @@ pub struct WorkspaceView {
 }
 
 /// Finds the user by `key`: one JOIN for a live user; a tombstone lookup only for an id.
-pub async fn find(db: &DatabaseConnection, key: &UserKey) -> Result<Option<Found>, DbErr> {
+pub async fn find(db: &Pool, key: &UserKey) -> Result<Option<Found>, DbErr> {
     let filter = match key {
         UserKey::Id(id) => users::Column::Id.eq(id.as_str()),
         UserKey::Email(email) => users::Column::Email.eq(email.as_str()),
@@ -78,7 +80,7 @@ pub async fn find(db: &DatabaseConnection, key: &UserKey) -> Result<Option<Found
     }
 }
 
-async fn find_tombstone(db: &DatabaseConnection, id: &str) -> Result<Option<Found>, DbErr> {
+async fn find_tombstone(db: &Pool, id: &str) -> Result<Option<Found>, DbErr> {
     let tombstone = user_tombstones::Entity::find_by_id(id).one(db).await?;
     Ok(tombstone.map(|t| Found::Deleted {
         id: t.user_id,

@@ -1,11 +1,16 @@
-//! Connecting to PostgreSQL and bringing its schema up to date.
+//! Connecting to PostgreSQL (the worker's [`Pool`], directly or through PgBouncer) and bringing
+//! its schema up to date.
+
+mod pool;
+
+pub use pool::Pool;
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement,
 };
 use secrecy::ExposeSecret;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::config::{ConfigError, DatabaseSettings};
 
@@ -16,25 +21,26 @@ pub const APPLICATION_NAME: &str = "worker";
 const DUPLICATE_DATABASE: &str = "42P04";
 
 /// Opens the pool with the product's settings, failing now if the database cannot be reached.
-pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, DbErr> {
-    Database::connect(options(settings)?).await
+pub async fn connect(settings: &DatabaseSettings) -> Result<Pool, DbErr> {
+    let conn = Database::connect(options(settings)?).await?;
+    Ok(Pool::new(conn, settings.pgbouncer))
 }
 
 /// A pool that does not wait for the database: long-running services start (and report not
 /// ready) while it is down, and their queries fail as `database_unavailable` until it is up.
 /// Its minimum connections open in the background.
-pub async fn connect_lazy(settings: &DatabaseSettings) -> Result<DatabaseConnection, DbErr> {
+pub async fn connect_lazy(settings: &DatabaseSettings) -> Result<Pool, DbErr> {
     settings.check().map_err(refused)?;
     let mut options = options(settings)?;
     options
         .connect_lazy(true)
         .min_connections(settings.min_connections);
-    let db = Database::connect(options).await?;
+    let conn = Database::connect(options).await?;
     tokio::spawn(open_min_connections(
-        db.get_postgres_connection_pool().clone(),
+        conn.get_postgres_connection_pool().clone(),
         settings.min_connections,
     ));
-    Ok(db)
+    Ok(Pool::new(conn, settings.pgbouncer))
 }
 
 /// Opens `count` connections at once and returns them to the pool, which keeps them. A lazy pool
@@ -52,8 +58,19 @@ async fn open_min_connections(pool: sea_orm::sqlx::PgPool, count: u32) {
 fn options(settings: &DatabaseSettings) -> Result<ConnectOptions, DbErr> {
     let target = settings.target().map_err(refused)?;
     let mut options = ConnectOptions::new(target.url);
-    if let Some(password) = target.password {
-        options.map_sqlx_postgres_opts(move |pg| pg.password(password.expose_secret()));
+    let pgbouncer = settings.pgbouncer;
+    if target.password.is_some() || pgbouncer {
+        let password = target.password;
+        options.map_sqlx_postgres_opts(move |mut pg| {
+            if let Some(password) = &password {
+                pg = pg.password(password.expose_secret());
+            }
+            // A cached statement would be bound on a server connection that never saw it.
+            if pgbouncer {
+                pg = pg.statement_cache_capacity(0);
+            }
+            pg
+        });
     }
     options
         .max_connections(settings.max_connections)
@@ -72,10 +89,21 @@ fn refused(err: ConfigError) -> DbErr {
 }
 
 /// Creates the database named in the URL when it is missing, then applies pending migrations.
-/// Safe to run from several processes at once.
+/// Safe to run from several processes at once. Talks to PostgreSQL itself, never through
+/// PgBouncer (`CREATE DATABASE` cannot run in a transaction), so `DATABASE_PGBOUNCER` does not
+/// apply.
 pub async fn migrate(settings: &DatabaseSettings) -> Result<DatabaseConnection, DbErr> {
+    if settings.pgbouncer {
+        warn!(
+            "DATABASE_PGBOUNCER does not apply to migrations: DATABASE_URL must be PostgreSQL's own address"
+        );
+    }
+    let settings = &DatabaseSettings {
+        pgbouncer: false,
+        ..settings.clone()
+    };
     create_database_if_missing(settings).await?;
-    let db = connect(settings).await?;
+    let db = Database::connect(options(settings)?).await?;
     Migrator::up(&db, None).await?;
     info!(database = %settings.redacted_url(), "migrations applied");
     Ok(db)
@@ -84,11 +112,11 @@ pub async fn migrate(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
 /// Connects to the server's `postgres` database to create ours; a no-op when it exists.
 async fn create_database_if_missing(settings: &DatabaseSettings) -> Result<(), DbErr> {
     let (server_url, name) = split_database_url(settings.expose_url())?;
-    let admin = connect(&DatabaseSettings {
+    let admin = Database::connect(options(&DatabaseSettings {
         url: server_url.into(),
         max_connections: 1,
         ..settings.clone()
-    })
+    })?)
     .await?;
     let exists = admin
         .query_one_raw(Statement::from_sql_and_values(
@@ -125,7 +153,7 @@ fn split_database_url(raw: &str) -> Result<(String, String), DbErr> {
 
 /// Migrations this binary knows that the database has not applied. Newer migrations the database
 /// has (a later release ran first) do not count: they are the next binary's business.
-pub async fn unapplied_migrations(db: &DatabaseConnection) -> Result<Vec<String>, DbErr> {
+pub async fn unapplied_migrations(db: &impl ConnectionTrait) -> Result<Vec<String>, DbErr> {
     let applied: std::collections::HashSet<String> = db
         .query_all_raw(Statement::from_string(
             DbBackend::Postgres,

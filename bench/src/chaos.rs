@@ -33,6 +33,9 @@ pub fn table(verdict: &Verdict) -> String {
     for line in &verdict.faults {
         out += &format!("  {line}\n");
     }
+    if !verdict.failures.is_empty() {
+        out += &format!("failed attempts: {}\n", verdict.failures.join("; "));
+    }
     if !verdict.lost_ids.is_empty() {
         out += &format!("lost: {}\n", verdict.lost_ids.join(" "));
     }

@@ -18,6 +18,7 @@ async fn check(schedule: impl Fn(Duration) -> Vec<integration_tests::chaos::Faul
         .run(&mut system)
         .await;
     eprintln!("{}", verdict.faults.join("\n"));
+    eprintln!("failed attempts: {}", verdict.failures.join("; "));
     eprintln!("{verdict}");
     eprintln!("took {:.1} s", started.elapsed().as_secs_f64());
     assert!(

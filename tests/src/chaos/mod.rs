@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 pub use fault::{Fault, FaultKind};
-pub use stream::Record;
+pub use stream::{Answer, Record};
 pub use system::{Setup, System};
 pub use verdict::Verdict;
 
@@ -87,6 +87,7 @@ impl Checker {
                 at_least: self.stream,
                 retry_for: self.retry_for,
                 run: system.run_id().to_owned(),
+                started,
             },
             system.ingress_addr(),
             faults_done.clone(),

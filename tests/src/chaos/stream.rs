@@ -24,22 +24,36 @@ pub(super) struct Settings {
     pub retry_for: Duration,
     /// In every svix-id and user id, so runs never collide.
     pub run: String,
+    /// When the stream started: answers are timed from here, as the faults are.
+    pub started: Instant,
 }
 
-/// One svix-id: the user it signs up and every answer it got (0: no answer, the connection
-/// failed or timed out), in order.
+/// One svix-id: the user it signs up and every answer it got, in order.
 #[derive(Clone, Debug, Serialize)]
 pub struct Record {
     pub svix_id: String,
     pub user_id: String,
-    pub answers: Vec<u16>,
+    pub answers: Vec<Answer>,
+}
+
+/// One attempt's answer.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Answer {
+    /// When the attempt started, from the stream's start.
+    pub at: Duration,
+    /// The HTTP status; 0 when no answer came (the connection failed or timed out).
+    pub status: u16,
 }
 
 impl Record {
     pub fn acknowledged(&self) -> bool {
-        self.answers
-            .iter()
-            .any(|status| (200..300).contains(status))
+        self.answers.iter().any(Answer::is_success)
+    }
+}
+
+impl Answer {
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
     }
 }
 
@@ -54,7 +68,7 @@ pub(super) async fn send(
         .timeout(REQUEST_TIMEOUT)
         .build()
         .expect("an HTTP client");
-    let started = Instant::now();
+    let started = settings.started;
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / settings.rate));
     let mut sending = JoinSet::new();
     let mut records = Vec::new();
@@ -75,6 +89,7 @@ pub(super) async fn send(
             svix_id,
             event,
             settings.retry_for,
+            started,
         ));
         while let Some(done) = sending.try_join_next() {
             records.push(done.expect("a delivery does not panic"));
@@ -94,6 +109,7 @@ async fn deliver(
     svix_id: String,
     event: UserEvent,
     retry_for: Duration,
+    started: Instant,
 ) -> Record {
     let body = event.body();
     let first = Instant::now();
@@ -102,9 +118,13 @@ async fn deliver(
     loop {
         let webhook = Webhook::signed_at(SECRET, &body, &svix_id, chrono::Utc::now().timestamp());
         let addr = *ingress.borrow();
-        let status = post(&client, addr, webhook).await;
-        answers.push(status);
-        if (200..300).contains(&status) || first.elapsed() >= retry_for {
+        let at = started.elapsed();
+        let answer = Answer {
+            at,
+            status: post(&client, addr, webhook).await,
+        };
+        answers.push(answer);
+        if answer.is_success() || first.elapsed() >= retry_for {
             break;
         }
         tokio::time::sleep(delay).await;

@@ -37,6 +37,9 @@ pub struct Verdict {
     /// POSTs made, and what they got (0: no answer).
     pub attempts: usize,
     pub answers: BTreeMap<u16, usize>,
+    /// When attempts failed: spans of seconds from the stream's start with the failed answers
+    /// they got, e.g. `8-13 s: 503 x1865, 0 x10`.
+    pub failures: Vec<String>,
     /// Whether the main and retry queues emptied before the verdict was taken.
     pub drained: bool,
     pub lost_ids: Vec<String>,
@@ -100,8 +103,8 @@ pub(super) async fn judge(
     duplicate_user_ids.sort();
     let dead_lettered_ids = dead_letters(system).await;
     let mut answers = BTreeMap::new();
-    for status in records.iter().flat_map(|r| &r.answers) {
-        *answers.entry(*status).or_default() += 1;
+    for answer in records.iter().flat_map(|r| &r.answers) {
+        *answers.entry(answer.status).or_default() += 1;
     }
     let mut evidence = BTreeMap::new();
     let suspects = lost.iter().map(|r| &r.svix_id).take(EVIDENCE_IDS);
@@ -123,6 +126,7 @@ pub(super) async fn judge(
         provisioned: workspaces.values().filter(|n| **n == 1).count(),
         attempts: records.iter().map(|r| r.answers.len()).sum(),
         answers,
+        failures: failure_spans(&records),
         drained,
         lost_ids: listed(lost.iter().map(|r| r.svix_id.clone()).collect()),
         dead_lettered_ids: listed(dead_lettered_ids),
@@ -168,4 +172,39 @@ async fn dead_letters(system: &System) -> Vec<String> {
     }
     let _ = connection.close(200, "dead letters counted".into()).await;
     ids
+}
+
+/// Failed answers by the second their attempt started, consecutive seconds merged.
+fn failure_spans(records: &[Record]) -> Vec<String> {
+    let mut by_second: BTreeMap<u64, BTreeMap<u16, usize>> = BTreeMap::new();
+    let failed = records
+        .iter()
+        .flat_map(|r| &r.answers)
+        .filter(|a| !a.is_success());
+    for answer in failed {
+        let second = by_second.entry(answer.at.as_secs()).or_default();
+        *second.entry(answer.status).or_default() += 1;
+    }
+    let mut spans: Vec<(u64, u64, BTreeMap<u16, usize>)> = Vec::new();
+    for (second, statuses) in by_second {
+        match spans.last_mut() {
+            Some((_, last, total)) if *last + 1 == second => {
+                *last = second;
+                for (status, n) in statuses {
+                    *total.entry(status).or_default() += n;
+                }
+            }
+            _ => spans.push((second, second, statuses)),
+        }
+    }
+    spans
+        .into_iter()
+        .map(|(first, last, statuses)| {
+            let counts: Vec<String> = statuses
+                .iter()
+                .map(|(status, n)| format!("{status} x{n}"))
+                .collect();
+            format!("{first}-{} s: {}", last + 1, counts.join(", "))
+        })
+        .collect()
 }

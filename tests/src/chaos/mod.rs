@@ -27,6 +27,7 @@
 //! # }
 //! ```
 
+mod cluster;
 mod fault;
 mod links;
 pub mod schedule;

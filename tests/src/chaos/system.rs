@@ -36,7 +36,9 @@ pub struct Setup {
     /// own) listed from node `i % nodes + 1` with `AMQP_NODE_ORDER=listed`, so they start on
     /// different nodes; the ingress is given every node in random order.
     pub workers: usize,
-    /// Settings for every process, after the system's own (later entries win).
+    /// Settings for every process, after the system's own (later entries win), which are
+    /// `DATABASE_MIN_CONNECTIONS=1` (many tests share the server), and
+    /// `DATABASE_CONNECT_TIMEOUT=2s` and `RETRY_MAX_DELAY=2s` so recovery shows within the stream.
     pub env: Vec<(&'static str, String)>,
 }
 
@@ -194,43 +196,6 @@ impl System {
     /// The URL of a live node, in the system's vhost.
     pub(super) fn live_url(&self) -> String {
         self.nodes.amqp_url_in(self.live_node(), VHOST)
-    }
-
-    /// Waits until the main and retry queues hold no message, ready or unacknowledged, twice
-    /// in a row a second apart; false if they still do after `timeout`.
-    pub(super) async fn wait_drained(&self, timeout: Duration) -> bool {
-        let deadline = std::time::Instant::now() + timeout;
-        let mut empty_before = false;
-        while std::time::Instant::now() < deadline {
-            let empty = self.queued().await == 0;
-            if empty && empty_before {
-                return true;
-            }
-            empty_before = empty;
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-        false
-    }
-
-    /// Messages in the main and retry queues, ready or delivered and not yet acknowledged.
-    async fn queued(&self) -> u64 {
-        let args = [
-            "list_queues",
-            "-p",
-            VHOST,
-            "name",
-            "messages",
-            "--formatter",
-            "json",
-        ];
-        let json = self.ctl(&args).await;
-        let rows: Vec<serde_json::Value> =
-            serde_json::from_str(&json).unwrap_or_else(|err| panic!("list_queues: {err}: {json}"));
-        let watched = [&self.topology.queue, &self.topology.retry.queue];
-        rows.iter()
-            .filter(|row| watched.iter().any(|queue| row["name"] == queue.as_str()))
-            .map(|row| row["messages"].as_u64().unwrap_or(u64::MAX / 4))
-            .sum()
     }
 
     /// Every log line of every process, current and past, that contains `needle`.

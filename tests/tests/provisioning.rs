@@ -508,8 +508,8 @@ async fn an_answer_the_worker_does_not_know_is_an_error_not_an_outcome() {
          p_avatar_url TEXT, p_updated_at TIMESTAMPTZ, p_event_at TIMESTAMPTZ, p_digest BYTEA, \
          p_workspace_name TEXT, OUT user_write TEXT, OUT workspace_id TEXT, \
          OUT workspace_created BOOLEAN, OUT reassigned_user_id TEXT, \
-         OUT reassigned_username TEXT) \
-         LANGUAGE sql AS $$ SELECT 'merged', 'w1', false, NULL, NULL $$",
+         OUT reassigned_username TEXT, OUT superseded BOOLEAN) \
+         LANGUAGE sql AS $$ SELECT 'merged', 'w1', false, NULL, NULL, false $$",
     )
     .await;
     let event = UserEvent::created("user_2future", "future@example.com", Some("future"));

@@ -5,12 +5,12 @@
 
 use std::time::{Duration, Instant};
 
-use integration_tests::chaos::{Checker, Setup, System, schedule};
+use integration_tests::chaos::{Checker, Fault, Setup, System, schedule};
 
 const RATE: f64 = 50.0;
 const STREAM: Duration = Duration::from_secs(30);
 
-async fn check(schedule: impl Fn(Duration) -> Vec<integration_tests::chaos::Fault>) {
+async fn check(schedule: impl Fn(Duration) -> Vec<Fault>) {
     let started = Instant::now();
     let mut system = System::start(Setup::new(env!("CARGO_BIN_EXE_worker-under-test"))).await;
     eprintln!("system started in {:.1} s", started.elapsed().as_secs_f64());

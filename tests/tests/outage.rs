@@ -77,3 +77,62 @@ async fn a_database_outage_longer_than_the_consumer_timeout_dead_letters_nothing
     );
     assert_eq!(worker.metric("workspace_failed_total").await, 0.0);
 }
+
+#[tokio::test]
+async fn a_database_not_migrated_yet_pauses_the_consumer_until_it_is_without_looping() {
+    use migration::MigratorTrait;
+    let broker = TestBroker::with_delivery_limit(2).await;
+    let db = TestDb::migrated().await;
+    // The newest migration undone: every event fails as "unavailable" (function missing).
+    migration::Migrator::down(&db.conn, Some(1))
+        .await
+        .expect("one migration down");
+    let mut env = broker.env();
+    env.extend([
+        ("DATABASE_URL", db.settings.expose_url().to_owned()),
+        ("DATABASE_MIN_CONNECTIONS", "1".into()),
+        ("DATABASE_OUTAGE_PAUSE", "1s".into()),
+        ("RETRY_INITIAL_DELAY", "20ms".into()),
+        ("RETRY_MAX_DELAY", "200ms".into()),
+        ("PREFETCH", "8".into()),
+    ]);
+    let worker = TestApp::spawn(&["consume"], &env).await;
+    let sign_ups: Vec<(String, Vec<u8>, String)> = (0..10)
+        .map(|i| {
+            let event = UserEvent::created(
+                &format!("user_2unmigrated{i}"),
+                &format!("unmigrated{i}@example.com"),
+                Some(&format!("unmigrated_{i}")),
+            );
+            (
+                "user.created".to_owned(),
+                event.body(),
+                format!("msg_unmigrated{i}"),
+            )
+        })
+        .collect();
+    broker.publish_many(&sign_ups).await;
+    eventually("the consumer paused", Duration::from_secs(20), || async {
+        worker.metric("consumer_connected").await == 0.0
+            && broker.ready(&broker.topology.queue).await == 10
+    })
+    .await;
+    // Long enough for several pauses if it looped: each would add to every delivery count, and
+    // a delivery limit of 2 would dead-letter them.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        worker.metric("consumer_connected").await,
+        0.0,
+        "still paused"
+    );
+    assert_eq!(broker.ready(&broker.topology.dead_letter_queue).await, 0);
+
+    migration::Migrator::up(&db.conn, None)
+        .await
+        .expect("migrated");
+    eventually("all 10 provisioned", Duration::from_secs(60), || async {
+        db.scalar("SELECT count(*) FROM workspaces").await == 10
+    })
+    .await;
+    assert_eq!(broker.ready(&broker.topology.dead_letter_queue).await, 0);
+}

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{BrokerSettings, ConsumerSettings};
-use crate::db::Pool;
+use crate::db::{self, Pool};
 use crate::metrics::Metrics;
 use crate::ops::ReadyFlag;
 use crate::provision;
@@ -107,11 +107,15 @@ impl Consumer {
         }
     }
 
-    /// Pings the database with the reconnect backoff until it answers (true) or shutdown (false).
+    /// Waits, with the reconnect backoff, until the database answers with every migration this
+    /// binary knows applied (true), or shutdown (false). A bare ping is not enough: a database
+    /// not migrated yet fails every event as unavailable too, and consuming again at once would
+    /// hand the deliveries back again and again, each time adding to their delivery count.
     async fn wait_for_database(&self, shutdown: &CancellationToken) -> bool {
         let mut delays = RetryPolicy::RECONNECT.delays();
         loop {
-            if self.db.ping().await.is_ok() {
+            let ready = matches!(db::unapplied_migrations(&self.db).await, Ok(missing) if missing.is_empty());
+            if ready {
                 return true;
             }
             let delay = delays.next().unwrap_or(self.settings.retry_max_delay);

@@ -27,9 +27,12 @@ impl Processor {
             let result = attempt(&self.db, &parsed).await;
             let elapsed = started.elapsed();
             attempts = RetryPolicy::count(&result, attempts);
-            match &result {
-                Err(ProvisionError::Unavailable(_)) => self.outage.unavailable(),
-                _ => self.outage.over(),
+            match (&parsed, &result) {
+                (_, Err(ProvisionError::Unavailable(_))) => self.outage.unavailable(),
+                // Only an answer from the database ends an outage: a rejected body or an event
+                // type we ignore never asked it anything.
+                (Ok(Event::UserChanged(_) | Event::UserDeleted(_)), _) => self.outage.over(),
+                _ => {}
             }
             let err = match result {
                 Ok(provisioned) => {

@@ -120,13 +120,18 @@ impl Session {
                 self.close().await;
             }
             SessionEnd::DatabaseDown => {
-                // Waiting retries hand their deliveries back at once; closing the channel
-                // returns what is buffered. Each comes back with one more delivery count, once
-                // per outage, and is visible to other workers meanwhile.
+                // Closing the channel returns every delivery this session holds, buffered or
+                // at work, at once: each comes back with one more delivery count, once per
+                // outage, and is visible to other workers meanwhile. Work that still ends can
+                // no longer settle anything (the broker has it back); provisioning absorbs the
+                // repeat. Then let the tasks end, unless the process is stopping.
                 self.stop.cancel();
-                self.tasks.close();
-                self.tasks.wait().await;
                 self.close().await;
+                self.tasks.close();
+                tokio::select! {
+                    () = self.tasks.wait() => {}
+                    () = self.shutdown.cancelled() => {}
+                }
             }
             SessionEnd::Lost(_) => {
                 // Nothing can be acknowledged on a lost connection: the broker already has

@@ -46,6 +46,7 @@ pub mod ops;
 pub mod provision;
 pub mod reconcile;
 pub mod retry;
+pub mod schedule;
 pub mod service;
 pub mod telemetry;
 pub mod topology;

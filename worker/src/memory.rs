@@ -27,18 +27,13 @@ pub fn release_free_memory() -> bool {
 /// Calls [`release_free_memory`] every `interval` until `shutdown`, off the async threads (a
 /// trim walks the whole heap).
 pub async fn trim_periodically(interval: Duration, shutdown: CancellationToken) {
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticks.tick() => {}
-            () = shutdown.cancelled() => return,
-        }
+    crate::schedule::every(interval, shutdown, || async {
         match tokio::task::spawn_blocking(release_free_memory).await {
             Ok(released) => debug!(released, "memory trimmed"),
             Err(err) => debug!(error = %err, "memory trim task failed"),
         }
-    }
+    })
+    .await;
 }
 
 #[cfg(all(test, target_os = "linux", target_env = "gnu"))]

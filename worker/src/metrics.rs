@@ -108,16 +108,12 @@ impl Metrics {
     /// Folds waiting histogram samples into their buckets every `interval` until `shutdown`, so
     /// memory stays flat whether or not anything scrapes `/metrics`.
     pub async fn run_upkeep(self, interval: Duration, shutdown: CancellationToken) {
-        let mut ticks = tokio::time::interval(interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = ticks.tick() => {}
-                () = shutdown.cancelled() => return,
-            }
+        crate::schedule::every(interval, shutdown, || {
             self.handle.run_upkeep();
             self.upkeep_runs.fetch_add(1, Ordering::Relaxed);
-        }
+            std::future::ready(())
+        })
+        .await;
     }
 
     /// How many times the upkeep ran: what tests watch instead of memory.

@@ -4,11 +4,16 @@
 //! set ratchets up with every traffic spike and stays there, which over months of uneven traffic
 //! looks like a leak. `malloc_trim` hands every whole free page back. Long-running commands run
 //! [`trim_periodically`]; elsewhere (other allocators, other platforms) it does nothing.
+//!
+//! Each trim also reports what the process holds ([`MemoryUsage`]) as gauges, so a dashboard
+//! tells a leak (heap in use climbing) from memory the allocator keeps free (free heap climbing).
 
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
+
+use crate::metrics::Metrics;
 
 /// Returns free heap pages to the operating system; true when some were returned.
 pub fn release_free_memory() -> bool {
@@ -24,12 +29,70 @@ pub fn release_free_memory() -> bool {
     }
 }
 
+/// What the process holds, in bytes; a figure this platform cannot tell is `None`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryUsage {
+    /// Resident set size: what the operating system counts against the process.
+    pub resident: Option<u64>,
+    /// Heap bytes handed out to the program and not yet freed.
+    pub heap_in_use: Option<u64>,
+    /// Heap bytes freed by the program but still held by the allocator.
+    pub heap_free: Option<u64>,
+}
+
+/// Reads [`MemoryUsage`] now.
+pub fn usage() -> MemoryUsage {
+    let (heap_in_use, heap_free) = heap_usage().unzip();
+    MemoryUsage {
+        resident: resident_bytes(),
+        heap_in_use,
+        heap_free,
+    }
+}
+
+/// glibc's own totals over every arena: (in use, free), mmapped blocks counting as in use.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn heap_usage() -> Option<(u64, u64)> {
+    // SAFETY: mallinfo2 takes no argument and only reads the allocator's own bookkeeping.
+    let info = unsafe { libc::mallinfo2() };
+    let in_use = info.uordblks.saturating_add(info.hblkhd);
+    Some((in_use as u64, info.fordblks as u64))
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn heap_usage() -> Option<(u64, u64)> {
+    None
+}
+
+/// The resident set from `/proc/self/statm` (its second field, in pages).
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * page_size()?)
+}
+
+fn page_size() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf only reads a system constant.
+        let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        u64::try_from(size).ok().filter(|size| *size > 0)
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
 /// Calls [`release_free_memory`] every `interval` until `shutdown`, off the async threads (a
-/// trim walks the whole heap).
-pub async fn trim_periodically(interval: Duration, shutdown: CancellationToken) {
+/// trim walks the whole heap), and records the [`usage`] that remains.
+pub async fn trim_periodically(interval: Duration, metrics: Metrics, shutdown: CancellationToken) {
     crate::schedule::every(interval, shutdown, || async {
-        match tokio::task::spawn_blocking(release_free_memory).await {
-            Ok(released) => debug!(released, "memory trimmed"),
+        match tokio::task::spawn_blocking(|| (release_free_memory(), usage())).await {
+            Ok((released, usage)) => {
+                debug!(released, ?usage, "memory trimmed");
+                metrics.record_memory(usage);
+            }
             Err(err) => debug!(error = %err, "memory trim task failed"),
         }
     })
@@ -51,5 +114,44 @@ mod tests {
         .join()
         .unwrap();
         assert!(release_free_memory());
+    }
+
+    #[test]
+    fn usage_counts_a_live_allocation_as_heap_in_use() {
+        let before = usage();
+        let held = vec![1u8; 64 << 20];
+        let during = usage();
+        assert!(during.heap_in_use.unwrap() >= before.heap_in_use.unwrap() + (32 << 20));
+        assert!(during.resident.unwrap() >= 64 << 20);
+        assert!(during.heap_free.is_some());
+        drop(held);
+    }
+
+    #[tokio::test]
+    async fn each_trim_exports_what_the_process_holds() {
+        let metrics = Metrics::new().unwrap();
+        let stop = CancellationToken::new();
+        let trim = tokio::spawn(trim_periodically(
+            Duration::from_millis(50),
+            metrics.clone(),
+            stop.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop.cancel();
+        trim.await.unwrap();
+        let page = metrics.render();
+        for (name, least) in [
+            (crate::metrics::RESIDENT_MEMORY, 1.0),
+            (crate::metrics::HEAP_IN_USE, 1.0),
+            (crate::metrics::HEAP_FREE, 0.0),
+        ] {
+            let value: f64 = page
+                .lines()
+                .find_map(|line| line.strip_prefix(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("{name} missing from\n{page}"))
+                .parse()
+                .unwrap();
+            assert!(value >= least, "{name} {value}");
+        }
     }
 }

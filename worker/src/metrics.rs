@@ -13,6 +13,7 @@ use metrics_exporter_prometheus::{
 use tokio_util::sync::CancellationToken;
 
 use crate::error::FailureReason;
+use crate::memory::MemoryUsage;
 use crate::provision::Outcome;
 
 pub const WORKSPACE_CREATED: &str = "workspace_created_total";
@@ -29,10 +30,13 @@ pub const BATCH_SIZE: &str = "provisioning_batch_size";
 pub const WEBHOOK_REQUESTS: &str = "webhook_requests_total";
 pub const WEBHOOK_DURATION: &str = "webhook_request_duration_seconds";
 pub const WEBHOOK_PUBLISH_CONFIRM: &str = "webhook_publish_confirm_seconds";
+pub const RESIDENT_MEMORY: &str = "process_resident_memory_bytes";
+pub const HEAP_IN_USE: &str = "process_heap_in_use_bytes";
+pub const HEAP_FREE: &str = "process_heap_free_bytes";
 
 /// Every metric family this service exports, with whether it is a histogram (exported as
 /// `_bucket`, `_sum` and `_count` series). Dashboards and alerts may only use these.
-pub const ALL: [(&str, bool); 14] = [
+pub const ALL: [(&str, bool); 17] = [
     (BATCH_SIZE, true),
     (WORKSPACE_CREATED, false),
     (WORKSPACE_FAILED, false),
@@ -47,6 +51,9 @@ pub const ALL: [(&str, bool); 14] = [
     (WEBHOOK_REQUESTS, false),
     (WEBHOOK_DURATION, true),
     (WEBHOOK_PUBLISH_CONFIRM, true),
+    (RESIDENT_MEMORY, false),
+    (HEAP_IN_USE, false),
+    (HEAP_FREE, false),
 ];
 
 /// 1 ms to 10 s: the provisioning target is 200 ms, so resolution matters below a second.
@@ -195,6 +202,22 @@ impl Metrics {
         });
     }
 
+    /// What the process holds after a memory trim; figures the platform cannot tell are left out.
+    pub fn record_memory(&self, usage: MemoryUsage) {
+        let figures = [
+            (RESIDENT_MEMORY, usage.resident),
+            (HEAP_IN_USE, usage.heap_in_use),
+            (HEAP_FREE, usage.heap_free),
+        ];
+        self.with(|| {
+            for (name, bytes) in figures {
+                if let Some(bytes) = bytes {
+                    gauge!(name).set(bytes as f64);
+                }
+            }
+        });
+    }
+
     /// One publish's wait for the broker's confirm (or its failure).
     pub fn record_publish_confirm(&self, duration: Duration) {
         self.with(|| histogram!(WEBHOOK_PUBLISH_CONFIRM).record(duration));
@@ -241,6 +264,21 @@ fn describe() {
     describe_gauge!(
         DELIVERIES_IN_FLIGHT,
         "Deliveries being provisioned or retried right now."
+    );
+    describe_gauge!(
+        RESIDENT_MEMORY,
+        metrics::Unit::Bytes,
+        "Resident set size, read after each memory trim."
+    );
+    describe_gauge!(
+        HEAP_IN_USE,
+        metrics::Unit::Bytes,
+        "Heap allocated and not freed: climbing under steady traffic means a leak."
+    );
+    describe_gauge!(
+        HEAP_FREE,
+        metrics::Unit::Bytes,
+        "Heap freed but kept by the allocator after the last trim."
     );
 }
 

@@ -216,6 +216,7 @@ impl Application {
         );
         let trim = tokio::spawn(memory::trim_periodically(
             self.trim_interval,
+            self.metrics.clone(),
             stop_ops.clone(),
         ));
 

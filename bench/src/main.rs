@@ -72,6 +72,13 @@ struct Args {
     /// nothing scrapes it.
     #[arg(long, value_parser = soak::parse_period)]
     scrape_interval: Option<std::time::Duration>,
+    /// `soak`: freeze the worker (SIGSTOP) this often (3m), as a stalled host would be, so
+    /// webhooks back up; by default it is never frozen.
+    #[arg(long, value_parser = soak::parse_period)]
+    freeze_every: Option<std::time::Duration>,
+    /// `soak`: how long each freeze lasts.
+    #[arg(long, default_value = "5s", value_parser = soak::parse_period)]
+    freeze_for: std::time::Duration,
     /// `hostile`: seconds of valid traffic, once without and once under the attack.
     #[arg(long, default_value_t = 20)]
     hostile_seconds: u64,
@@ -199,6 +206,10 @@ async fn main() -> anyhow::Result<()> {
             warm_up: args.warm_up,
             rss_every: args.rss_interval,
             scrape_every: args.scrape_interval,
+            freezes: args.freeze_every.map(|every| soak::Freezes {
+                every,
+                length: args.freeze_for,
+            }),
         };
         report.soak = Some(soak::measure(settings, &worker_env).await?);
     }

@@ -2,6 +2,10 @@
 //! resident memory sampled against the events sent so far. Memory that grows with events is a
 //! leak too slow for the short phases to show. Nothing scrapes `/metrics` unless asked: a scrape
 //! is what drains the metrics recorder, and a worker nobody scrapes must stay flat too.
+//!
+//! With `--freeze-every`, the worker is also stopped (SIGSTOP) for `--freeze-for` now and then, as
+//! a stalled host would be: webhooks pile up on new connections, and the run shows whether the
+//! memory that backlog took comes back, and whether each backlog adds to the last.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -37,6 +41,15 @@ pub struct Settings {
     pub warm_up: Duration,
     pub rss_every: Duration,
     pub scrape_every: Option<Duration>,
+    pub freezes: Option<Freezes>,
+}
+
+/// The worker frozen for `length` every `every` of the measured run (none in its last minute,
+/// whose p99 the target compares with the first).
+#[derive(Clone, Copy, Debug)]
+pub struct Freezes {
+    pub every: Duration,
+    pub length: Duration,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -63,6 +76,9 @@ pub struct Soak {
     pub per_minute: Vec<Minute>,
     pub slope_holds: bool,
     pub p99_holds: bool,
+    /// Seconds into the measured run at which each freeze began.
+    pub freezes_at_s: Vec<f64>,
+    pub freeze_length_s: Option<f64>,
     pub rss_samples: Vec<RssSample>,
 }
 
@@ -103,8 +119,12 @@ pub async fn measure(settings: Settings, extra: &[(&'static str, String)]) -> an
     let events = (settings.minutes as f64 * 60.0 * settings.per_second).round() as usize;
     eprintln!("soak: {events} webhooks over {} min", settings.minutes);
     let starts: Starts = Starts::default();
-    let (pid, sampled) = (service.pid(), starts.clone());
-    let sampler = stoppable(|stop| sample_rss(pid, sampled, settings.rss_every, stop));
+    let (pid, sampled, began) = (service.pid(), starts.clone(), Instant::now());
+    let sampler = stoppable(|stop| sample_rss(pid, sampled, began, settings.rss_every, stop));
+    let measured = Duration::from_secs(settings.minutes * 60);
+    let freezer = settings
+        .freezes
+        .map(|freezes| stoppable(|stop| freeze(pid, freezes, began, measured, stop)));
     let first = Utc::now();
     offer(
         &client,
@@ -118,6 +138,10 @@ pub async fn measure(settings: Settings, extra: &[(&'static str, String)]) -> an
     let sent_in = (Utc::now() - first).as_seconds_f64();
     wait_for_workspaces(&stack, (warm_up + events) as i64, COMMIT_TIMEOUT).await?;
     let rss_samples = stop(sampler).await?;
+    let freezes_at = match freezer {
+        Some(freezer) => stop(freezer).await??,
+        None => Vec::new(),
+    };
     let scrapes = match scraper {
         Some(scraper) => stop(scraper).await?,
         None => 0,
@@ -128,7 +152,9 @@ pub async fn measure(settings: Settings, extra: &[(&'static str, String)]) -> an
         .into_iter()
         .map(|(start, ms)| ((start - first).as_seconds_f64(), ms))
         .collect();
-    figures(settings, events, sent_in, scrapes, rss_samples, &offsets)
+    let mut soak = figures(settings, events, sent_in, scrapes, rss_samples, &offsets)?;
+    soak.freezes_at_s = freezes_at;
+    Ok(soak)
 }
 
 /// The report from what the run gathered; `offsets` are (seconds from the first POST to this
@@ -168,6 +194,8 @@ fn figures(
         slope_holds: slope.is_some_and(|s| s < SLOPE_TARGET_BYTES_PER_EVENT),
         p99_holds: p99_holds(&per_minute),
         per_minute,
+        freezes_at_s: Vec::new(),
+        freeze_length_s: settings.freezes.map(|f| f.length.as_secs_f64()),
         rss_samples,
     })
 }
@@ -199,10 +227,10 @@ async fn stop<T>((tell, task): Stoppable<T>) -> anyhow::Result<T> {
 async fn sample_rss(
     pid: u32,
     starts: Starts,
+    started: Instant,
     every: Duration,
     mut stop: oneshot::Receiver<()>,
 ) -> Vec<RssSample> {
-    let started = Instant::now();
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let (mut samples, mut next_report) = (Vec::new(), 60.0);
@@ -229,6 +257,45 @@ async fn sample_rss(
             return samples;
         }
     }
+}
+
+/// Freezes the worker as [`Freezes`] says, counting from `started`, until stopped or until the
+/// next freeze would fall in the last minute of `measured`; returns when each freeze began.
+async fn freeze(
+    pid: u32,
+    freezes: Freezes,
+    started: Instant,
+    measured: Duration,
+    mut stop: oneshot::Receiver<()>,
+) -> anyhow::Result<Vec<f64>> {
+    let mut began = Vec::new();
+    let last_start = measured.saturating_sub(Duration::from_secs(60) + freezes.length);
+    let mut next = freezes.every;
+    while next <= last_start {
+        tokio::select! {
+            _ = &mut stop => return Ok(began),
+            () = tokio::time::sleep_until((started + next).into()) => {}
+        }
+        eprintln!("soak: freezing the worker for {:?}", freezes.length);
+        signal(pid, "STOP")?;
+        tokio::time::sleep(freezes.length).await;
+        signal(pid, "CONT")?;
+        began.push(next.as_secs_f64());
+        next += freezes.every;
+    }
+    let _ = stop.await;
+    Ok(began)
+}
+
+fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .with_context(|| format!("kill -{name} {pid}"))?;
+    if !status.success() {
+        bail!("kill -{name} {pid}: {status}");
+    }
+    Ok(())
 }
 
 /// GETs `/metrics` every `every` until stopped, as Prometheus would; the successful scrapes.
@@ -357,6 +424,7 @@ pub fn table(soak: &Soak) -> String {
         ),
         _ => "RSS slope: - (fewer than two samples)\n".to_owned(),
     };
+    out += &freeze_lines(soak);
     out += &format!(
         "\n{:<8} {:>10} {:>10} {:>10}\n",
         "minute", "events", "p50 ms", "p99 ms"
@@ -376,6 +444,37 @@ pub fn table(soak: &Soak) -> String {
         &format!("last minute's p99 <= {P99_GROWTH_LIMIT}x the first's"),
         soak.p99_holds,
     );
+    out
+}
+
+/// One line a freeze: RSS just before it, the highest until the next, and the last before the
+/// next (or the end): whether the memory a backlog took came back, and whether backlogs add up.
+fn freeze_lines(soak: &Soak) -> String {
+    let mib = |s: &RssSample| s.rss_bytes as f64 / MIB;
+    let mut out = String::new();
+    for (i, &at) in soak.freezes_at_s.iter().enumerate() {
+        let until = soak
+            .freezes_at_s
+            .get(i + 1)
+            .copied()
+            .unwrap_or(f64::INFINITY);
+        let before = soak.rss_samples.iter().rfind(|s| s.seconds < at);
+        let after: Vec<&RssSample> = soak
+            .rss_samples
+            .iter()
+            .filter(|s| s.seconds >= at && s.seconds < until)
+            .collect();
+        let peak = after.iter().map(|s| mib(s)).fold(f64::NAN, f64::max);
+        if let (Some(before), Some(settled)) = (before, after.last()) {
+            out += &format!(
+                "freeze at {at:.0} s ({:.0} s long): RSS {:.1} MiB before, {peak:.1} MiB at most after, {:.1} MiB at {:.0} s\n",
+                soak.freeze_length_s.unwrap_or_default(),
+                mib(before),
+                mib(settled),
+                settled.seconds
+            );
+        }
+    }
     out
 }
 
@@ -437,6 +536,41 @@ mod tests {
         assert!(p99_holds(&[minute(10.0), minute(50.0), minute(20.0)]));
         assert!(!p99_holds(&[minute(10.0), minute(20.1)]));
         assert!(!p99_holds(&[]));
+    }
+
+    #[test]
+    fn each_freeze_reports_rss_before_at_most_and_before_the_next() {
+        let settings = Settings {
+            minutes: 5,
+            per_second: 1.0,
+            warm_up: Duration::ZERO,
+            rss_every: Duration::from_secs(10),
+            scrape_every: None,
+            freezes: Some(Freezes {
+                every: Duration::from_secs(60),
+                length: Duration::from_secs(5),
+            }),
+        };
+        let mib = |m: u64| m << 20;
+        let samples = [
+            (50.0, 30),
+            (70.0, 90),
+            (110.0, 33),
+            (130.0, 80),
+            (170.0, 34),
+        ]
+        .map(|(seconds, m)| RssSample {
+            seconds,
+            events: seconds as usize,
+            rss_bytes: mib(m),
+        });
+        let mut soak = figures(settings, 300, 300.0, 0, samples.to_vec(), &[]).unwrap();
+        soak.freezes_at_s = vec![60.0, 120.0];
+        assert_eq!(
+            freeze_lines(&soak),
+            "freeze at 60 s (5 s long): RSS 30.0 MiB before, 90.0 MiB at most after, 33.0 MiB at 110 s\n\
+             freeze at 120 s (5 s long): RSS 33.0 MiB before, 80.0 MiB at most after, 34.0 MiB at 170 s\n"
+        );
     }
 
     #[test]

@@ -315,6 +315,80 @@ async fn requests_beyond_the_concurrency_limit_are_503_at_once_and_counted() {
     .await;
 }
 
+/// A connection kept alive after one answered request (405: nothing published).
+async fn kept_alive(addr: std::net::SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.expect("connected");
+    stream
+        .write_all(b"GET /webhooks/clerk HTTP/1.1\r\nhost: ingress\r\n\r\n")
+        .await
+        .expect("request sent");
+    assert_eq!(status(&read_whole(&mut stream).await), 405);
+    stream
+}
+
+#[tokio::test]
+async fn at_the_connection_limit_idle_connections_close_to_let_a_new_one_in() {
+    let broker = TestBroker::new().await;
+    let ingress = ingress(&broker, &[("INGRESS_MAX_CONNECTIONS", "2")]).await;
+    let addr = ingress.ingress_addr;
+    let mut idle = vec![kept_alive(addr).await, kept_alive(addr).await];
+    assert_eq!(ingress.metric("webhook_connections_open").await, 2.0);
+
+    let response = exchange(addr, head(None, 0).as_bytes()).await;
+    assert_eq!(status(&response), 401, "the third connection is answered");
+    for stream in &mut idle {
+        let rest = read_until_closed(stream, GENEROUS).await;
+        assert_eq!(rest.as_deref(), Some(&b""[..]), "an idle one was closed");
+    }
+    assert_eq!(
+        ingress.metric("webhook_connections_waited_total").await,
+        1.0
+    );
+    eventually("the open count to come down", GENEROUS, || async {
+        ingress.metric("webhook_connections_open").await == 0.0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn at_the_connection_limit_a_new_one_waits_for_the_request_in_progress() {
+    let broker = TestBroker::new().await;
+    let ingress = ingress(
+        &broker,
+        &[
+            ("INGRESS_MAX_CONNECTIONS", "1"),
+            ("INGRESS_BODY_TIMEOUT", "60s"),
+        ],
+    )
+    .await;
+    let addr = ingress.ingress_addr;
+    let webhook = Webhook::signed(SECRET, &user_created("user_2inprogress"));
+    let mut in_progress = half_sent(addr, &webhook).await;
+
+    let mut waiting = TcpStream::connect(addr).await.expect("connected");
+    waiting
+        .write_all(head(None, 0).as_bytes())
+        .await
+        .expect("request sent");
+    let mut buffer = [0u8; 64];
+    let early = tokio::time::timeout(Duration::from_secs(1), waiting.read(&mut buffer)).await;
+    assert!(
+        early.is_err(),
+        "answered while the limit was held: {early:?}"
+    );
+
+    let half = webhook.body.len() / 2;
+    in_progress
+        .write_all(&webhook.body[half..])
+        .await
+        .expect("the rest of the body sent");
+    let answered = read_until_closed(&mut in_progress, GENEROUS)
+        .await
+        .expect("the request in progress is answered, then its connection closed");
+    assert_eq!(status(&answered), 202);
+    assert_eq!(status(&read_whole(&mut waiting).await), 401);
+}
+
 #[tokio::test]
 async fn a_kept_alive_connection_is_closed_after_the_idle_timeout() {
     let broker = TestBroker::new().await;

@@ -363,6 +363,12 @@ pub struct IngressSettings {
     #[arg(long, env = "INGRESS_IDLE_TIMEOUT", default_value = "75s", value_parser = positive_duration)]
     pub ingress_idle_timeout: Duration,
 
+    /// Ingress connections open at once (1-65536). Each holds about 16 KiB, so this bounds the
+    /// ingress's connection memory; at the limit, open connections close once idle and new
+    /// ones wait in the listen backlog.
+    #[arg(long, env = "INGRESS_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65_536).map(|n| n as usize))]
+    pub ingress_max_connections: usize,
+
     /// Webhook requests in progress at once; beyond it, 503 `overloaded` at once (Svix retries).
     /// 256: where accepted throughput stopped growing when measured, before latency only grew;
     /// it also bounds buffered bodies to 256 x `INGRESS_MAX_BODY` (64 MiB by default).

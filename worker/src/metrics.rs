@@ -30,13 +30,15 @@ pub const BATCH_SIZE: &str = "provisioning_batch_size";
 pub const WEBHOOK_REQUESTS: &str = "webhook_requests_total";
 pub const WEBHOOK_DURATION: &str = "webhook_request_duration_seconds";
 pub const WEBHOOK_PUBLISH_CONFIRM: &str = "webhook_publish_confirm_seconds";
+pub const WEBHOOK_CONNECTIONS_OPEN: &str = "webhook_connections_open";
+pub const WEBHOOK_CONNECTIONS_WAITED: &str = "webhook_connections_waited_total";
 pub const RESIDENT_MEMORY: &str = "process_resident_memory_bytes";
 pub const HEAP_IN_USE: &str = "process_heap_in_use_bytes";
 pub const HEAP_FREE: &str = "process_heap_free_bytes";
 
 /// Every metric family this service exports, with whether it is a histogram (exported as
 /// `_bucket`, `_sum` and `_count` series). Dashboards and alerts may only use these.
-pub const ALL: [(&str, bool); 17] = [
+pub const ALL: [(&str, bool); 19] = [
     (BATCH_SIZE, true),
     (WORKSPACE_CREATED, false),
     (WORKSPACE_FAILED, false),
@@ -51,6 +53,8 @@ pub const ALL: [(&str, bool); 17] = [
     (WEBHOOK_REQUESTS, false),
     (WEBHOOK_DURATION, true),
     (WEBHOOK_PUBLISH_CONFIRM, true),
+    (WEBHOOK_CONNECTIONS_OPEN, false),
+    (WEBHOOK_CONNECTIONS_WAITED, false),
     (RESIDENT_MEMORY, false),
     (HEAP_IN_USE, false),
     (HEAP_FREE, false),
@@ -202,6 +206,16 @@ impl Metrics {
         });
     }
 
+    /// Ingress connections open now.
+    pub fn set_connections_open(&self, open: usize) {
+        self.with(|| gauge!(WEBHOOK_CONNECTIONS_OPEN).set(open as f64));
+    }
+
+    /// A new ingress connection had to wait: `INGRESS_MAX_CONNECTIONS` were open.
+    pub fn record_connection_waited(&self) {
+        self.with(|| counter!(WEBHOOK_CONNECTIONS_WAITED).increment(1));
+    }
+
     /// What the process holds after a memory trim; figures the platform cannot tell are left out.
     pub fn record_memory(&self, usage: MemoryUsage) {
         let figures = [
@@ -264,6 +278,14 @@ fn describe() {
     describe_gauge!(
         DELIVERIES_IN_FLIGHT,
         "Deliveries being provisioned or retried right now."
+    );
+    describe_gauge!(
+        WEBHOOK_CONNECTIONS_OPEN,
+        "Ingress connections open now (at most INGRESS_MAX_CONNECTIONS)."
+    );
+    describe_counter!(
+        WEBHOOK_CONNECTIONS_WAITED,
+        "Ingress connections that waited for a slot: INGRESS_MAX_CONNECTIONS were open."
     );
     describe_gauge!(
         RESIDENT_MEMORY,

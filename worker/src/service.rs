@@ -311,6 +311,7 @@ fn server_limits(settings: &IngressSettings, shutdown: &ShutdownSettings) -> Ser
         max_head: settings.ingress_max_head,
         header_timeout: settings.ingress_header_timeout,
         idle_timeout: settings.ingress_idle_timeout,
+        max_connections: settings.ingress_max_connections,
         grace_period: shutdown.shutdown_grace_period,
     }
 }

@@ -11,6 +11,13 @@
 //!   the idle wait and the next head together; it is set to that larger value, and the first
 //!   head's own, usually shorter, limit is enforced here.
 //!
+//! At most `max_connections` are open at once: each holds hyper's buffers and a task (about
+//! 16 KiB measured), so memory is bounded however many clients connect. When the limit is
+//! reached and another arrives, the open connections are asked to close once idle (an idle one
+//! closes at once, one in the middle of a request after answering it, as nginx drains its
+//! kept-alive connections); the new one waits for a slot, and those after it wait in the
+//! listen backlog.
+//!
 //! On shutdown the listener closes, connections that never sent a complete head close at once,
 //! the others finish their request (hyper's graceful shutdown: no keep-alive, idle ones close at
 //! once), and whatever is left after `grace_period` is closed. hyper-util's `GracefulShutdown`
@@ -19,7 +26,7 @@
 use std::convert::Infallible;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -29,6 +36,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -40,6 +48,12 @@ use crate::metrics::Metrics;
 /// long before accepting again rather than spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
+/// How often a crowded connection still on its first head looks again whether it came.
+const HEAD_POLL: Duration = Duration::from_millis(10);
+
+/// While the connection limit is reached, a warning at most this often.
+const CROWDED_WARNING_EVERY: Duration = Duration::from_secs(10);
+
 /// The connection-level limits (`INGRESS_*` settings and `SHUTDOWN_GRACE_PERIOD`).
 #[derive(Clone, Debug)]
 pub struct ServerLimits {
@@ -49,6 +63,8 @@ pub struct ServerLimits {
     pub header_timeout: Duration,
     /// How long a kept-alive connection may wait for its next complete head.
     pub idle_timeout: Duration,
+    /// Connections open at once; at the limit the idle ones are closed and new ones wait.
+    pub max_connections: usize,
     /// On shutdown, how long requests in progress get before their connections are closed.
     pub grace_period: Duration,
 }
@@ -63,6 +79,9 @@ struct Shared {
     stopping: CancellationToken,
     /// Cancelled when the grace period is over: every connection left closes.
     force_close: CancellationToken,
+    /// Bumped when the connection limit is reached: connections that have had a request close
+    /// once idle. Each connection subscribes before its task starts, so none misses a bump.
+    crowded: watch::Sender<u64>,
 }
 
 /// Serves `router` on `listener` until `shutdown`, then drains as the module says.
@@ -80,10 +99,18 @@ pub async fn serve(
         header_timeout: limits.header_timeout,
         stopping: shutdown,
         force_close: CancellationToken::new(),
+        crowded: watch::Sender::new(0),
     });
+    let slots = Slots::new(limits.max_connections, shared.metrics.clone());
+    let mut warned: Option<Instant> = None;
     let connections = TaskTracker::new();
     while let Some(stream) = accept(&listener, &shared.stopping).await {
-        connections.spawn(serve_connection(stream, shared.clone()));
+        let taking = slots.take(&shared.crowded, &mut warned, &shared.stopping);
+        let Some(slot) = taking.await else {
+            break;
+        };
+        let crowded = shared.crowded.subscribe();
+        connections.spawn(serve_connection(stream, slot, crowded, shared.clone()));
     }
     drop(listener);
     drain(&connections, limits.grace_period, &shared.force_close).await;
@@ -98,6 +125,79 @@ fn builder(limits: &ServerLimits) -> http1::Builder {
         .max_header_size(limits.max_head)
         .header_read_timeout(limits.idle_timeout.max(limits.header_timeout));
     builder
+}
+
+/// The connection limit: one slot per open connection, held until it closes.
+struct Slots {
+    free: Arc<Semaphore>,
+    open: AtomicUsize,
+    max: usize,
+    metrics: Metrics,
+}
+
+/// An open connection's slot; dropping it frees the slot.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    slots: Arc<Slots>,
+}
+
+impl Slots {
+    fn new(max: usize, metrics: Metrics) -> Arc<Self> {
+        Arc::new(Self {
+            free: Arc::new(Semaphore::new(max)),
+            open: AtomicUsize::new(0),
+            max,
+            metrics,
+        })
+    }
+
+    /// A free slot; at the limit, asks the open connections to close once idle (`crowded`) and
+    /// waits for one to go. `None` once `stop` is cancelled.
+    async fn take(
+        self: &Arc<Self>,
+        crowded: &watch::Sender<u64>,
+        warned: &mut Option<Instant>,
+        stop: &CancellationToken,
+    ) -> Option<Slot> {
+        let permit = match self.free.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if warned.is_none_or(|at| at.elapsed() >= CROWDED_WARNING_EVERY) {
+                    warn!(
+                        max_connections = self.max,
+                        "ingress connection limit reached; closing idle connections, new ones wait"
+                    );
+                    *warned = Some(Instant::now());
+                }
+                self.metrics.record_connection_waited();
+                crowded.send_modify(|bumps| *bumps += 1);
+                tokio::select! {
+                    () = stop.cancelled() => return None,
+                    permit = self.free.clone().acquire_owned() => permit.ok()?,
+                }
+            }
+        };
+        self.count(1);
+        Some(Slot {
+            _permit: permit,
+            slots: self.clone(),
+        })
+    }
+
+    fn count(&self, change: isize) {
+        let open = if change > 0 {
+            self.open.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.open.fetch_sub(1, Ordering::Relaxed) - 1
+        };
+        self.metrics.set_connections_open(open);
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.slots.count(-1);
+    }
 }
 
 /// The next connection, or `None` once `stop` is cancelled. Accept errors are logged, never
@@ -149,8 +249,14 @@ async fn drain(connections: &TaskTracker, grace: Duration, force_close: &Cancell
     }
 }
 
-/// One connection, from accept to close (dropping the hyper connection closes the socket).
-async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
+/// One connection, from accept to close (dropping the hyper connection closes the socket, and
+/// dropping `_slot` lets the next one in).
+async fn serve_connection(
+    stream: TcpStream,
+    _slot: Slot,
+    mut crowded: watch::Receiver<u64>,
+    shared: Arc<Shared>,
+) {
     let accepted = Instant::now();
     // Small JSON answers: do not let Nagle hold them back.
     let _ = stream.set_nodelay(true);
@@ -167,6 +273,9 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
             return;
         }
         () = shared.stopping.cancelled() => {}
+        () = crowded_after_a_request(&mut crowded, &head_seen) => {
+            debug!("connection limit reached; closing once idle");
+        }
     }
     if !head_seen.load(Ordering::Acquire) {
         // Nothing was asked, so nothing is owed: close at once.
@@ -193,6 +302,18 @@ fn marking_service(
         head_seen.store(true, Ordering::Release);
         router.clone().oneshot(request.map(Body::new))
     })
+}
+
+/// Resolves once the connection limit was reached and this connection has a request (answered
+/// or in progress): then it may close after its answer. One still waiting for its first head
+/// keeps it until then (the header timeout bounds that wait).
+async fn crowded_after_a_request(crowded: &mut watch::Receiver<u64>, head_seen: &AtomicBool) {
+    if crowded.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+    while !head_seen.load(Ordering::Acquire) {
+        tokio::time::sleep(HEAD_POLL).await;
+    }
 }
 
 /// Resolves when `timeout` has passed without a complete head; never once one came.

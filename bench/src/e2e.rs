@@ -162,15 +162,16 @@ pub async fn offer(
     Ok(())
 }
 
-/// POSTs one signed webhook; a 503 (the ingress shedding load, or the broker away) is tried
-/// again with the same id, as Svix does, until it is accepted.
+/// POSTs one signed webhook; a 503 (the ingress shedding load, or the broker away) or no answer
+/// at all (a kept-alive connection the ingress closed as this request went out) is tried again
+/// with the same id, as Svix does, until it is accepted.
 async fn post(
     client: &reqwest::Client,
     addr: std::net::SocketAddr,
     body: &[u8],
 ) -> anyhow::Result<()> {
     let webhook = Webhook::signed(SECRET, body);
-    for _ in 0..RETRIES_503 {
+    for _ in 0..POST_TRIES {
         let response = client
             .post(format!("http://{addr}/webhooks/clerk"))
             .header("svix-id", &webhook.id)
@@ -178,20 +179,27 @@ async fn post(
             .header("svix-signature", &webhook.signature)
             .body(webhook.body.clone())
             .send()
-            .await
-            .context("POST /webhooks/clerk")?;
+            .await;
+        let response = match response {
+            Ok(response) => response,
+            Err(err) if err.is_request() || err.is_connect() => {
+                tokio::time::sleep(POST_RETRY_AFTER).await;
+                continue;
+            }
+            Err(err) => return Err(err).context("POST /webhooks/clerk"),
+        };
         match response.status().as_u16() {
             202 => return Ok(()),
-            503 => tokio::time::sleep(RETRY_503_AFTER).await,
+            503 => tokio::time::sleep(POST_RETRY_AFTER).await,
             status => bail!("the ingress answered {status}"),
         }
     }
-    bail!("the ingress answered 503 {RETRIES_503} times")
+    bail!("no 202 from the ingress in {POST_TRIES} tries")
 }
 
-/// How often, and how soon, a 503 is tried again.
-const RETRIES_503: usize = 50;
-const RETRY_503_AFTER: Duration = Duration::from_millis(100);
+/// How often, and how soon, a POST without a 202 is tried again.
+const POST_TRIES: usize = 50;
+const POST_RETRY_AFTER: Duration = Duration::from_millis(100);
 
 async fn latencies(stack: &Stack, starts: &Starts) -> anyhow::Result<Latency> {
     let mut samples: Vec<f64> = commit_latencies(stack, starts)

@@ -177,26 +177,19 @@ impl Slots {
                 }
             }
         };
-        self.count(1);
+        let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
+        self.metrics.set_connections_open(open);
         Some(Slot {
             _permit: permit,
             slots: self.clone(),
         })
     }
-
-    fn count(&self, change: isize) {
-        let open = if change > 0 {
-            self.open.fetch_add(1, Ordering::Relaxed) + 1
-        } else {
-            self.open.fetch_sub(1, Ordering::Relaxed) - 1
-        };
-        self.metrics.set_connections_open(open);
-    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.slots.count(-1);
+        let open = self.slots.open.fetch_sub(1, Ordering::Relaxed) - 1;
+        self.slots.metrics.set_connections_open(open);
     }
 }
 

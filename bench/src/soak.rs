@@ -17,6 +17,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
+use integration_tests::process::send_signal;
+
 use crate::e2e::{Starts, commit_latencies, offer, start_service};
 use crate::stack::{rss_bytes, wait_for_workspaces};
 use crate::stats::{Latency, target_line};
@@ -277,25 +279,14 @@ async fn freeze(
             () = tokio::time::sleep_until((started + next).into()) => {}
         }
         eprintln!("soak: freezing the worker for {:?}", freezes.length);
-        signal(pid, "STOP")?;
+        send_signal(pid, "STOP").map_err(anyhow::Error::msg)?;
         tokio::time::sleep(freezes.length).await;
-        signal(pid, "CONT")?;
+        send_signal(pid, "CONT").map_err(anyhow::Error::msg)?;
         began.push(next.as_secs_f64());
         next += freezes.every;
     }
     let _ = stop.await;
     Ok(began)
-}
-
-fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{name}"), &pid.to_string()])
-        .status()
-        .with_context(|| format!("kill -{name} {pid}"))?;
-    if !status.success() {
-        bail!("kill -{name} {pid}: {status}");
-    }
-    Ok(())
 }
 
 /// GETs `/metrics` every `every` until stopped, as Prometheus would; the successful scrapes.

@@ -134,10 +134,8 @@ impl WorkerProcess {
 
     /// Sends a signal by name (`TERM`, `INT`, ...).
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.pid().to_string()])
-            .status();
-        assert!(status.is_ok_and(|s| s.success()), "kill -{name} failed");
+        let sent = send_signal(self.pid(), name);
+        assert!(sent.is_ok(), "{sent:?}");
     }
 
     /// SIGKILL: no chance to clean up.
@@ -198,6 +196,18 @@ impl Drop for WorkerProcess {
             }
         }
         let _ = std::fs::remove_file(&self.log_path);
+    }
+}
+
+/// Sends the signal named `name` (`TERM`, `STOP`, ...) to process `pid`, with `kill`.
+pub fn send_signal(pid: u32, name: &str) -> Result<(), String> {
+    match Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+    {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(format!("kill -{name} {pid}: {status}")),
+        Err(err) => Err(format!("kill -{name} {pid}: {err}")),
     }
 }
 

@@ -390,6 +390,42 @@ async fn at_the_connection_limit_a_new_one_waits_for_the_request_in_progress() {
 }
 
 #[tokio::test]
+async fn a_stop_while_a_connection_waits_for_a_slot_closes_it_and_drains_as_usual() {
+    let broker = TestBroker::new().await;
+    let mut ingress = ingress(
+        &broker,
+        &[
+            ("INGRESS_MAX_CONNECTIONS", "1"),
+            ("INGRESS_BODY_TIMEOUT", "60s"),
+            ("SHUTDOWN_GRACE_PERIOD", "1s"),
+        ],
+    )
+    .await;
+    let addr = ingress.ingress_addr;
+    let webhook = Webhook::signed(SECRET, &user_created("user_2holdsthelimit"));
+    let _in_progress = half_sent(addr, &webhook).await;
+    let mut waiting = TcpStream::connect(addr).await.expect("connected");
+    waiting
+        .write_all(head(None, 0).as_bytes())
+        .await
+        .expect("request sent");
+    eventually(
+        "the new connection to wait for a slot",
+        GENEROUS,
+        || async { ingress.metric("webhook_connections_waited_total").await == 1.0 },
+    )
+    .await;
+
+    ingress.terminate();
+    ingress
+        .wait_stopped(GENEROUS)
+        .await
+        .expect("stopped cleanly within the grace period");
+    let rest = read_until_closed(&mut waiting, GENEROUS).await;
+    assert_eq!(rest.as_deref(), Some(&b""[..]), "closed without an answer");
+}
+
+#[tokio::test]
 async fn a_kept_alive_connection_is_closed_after_the_idle_timeout() {
     let broker = TestBroker::new().await;
     let ingress = ingress(

@@ -26,7 +26,7 @@
 use std::convert::Infallible;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -130,14 +130,14 @@ fn builder(limits: &ServerLimits) -> http1::Builder {
 /// The connection limit: one slot per open connection, held until it closes.
 struct Slots {
     free: Arc<Semaphore>,
-    open: AtomicUsize,
     max: usize,
     metrics: Metrics,
 }
 
 /// An open connection's slot; dropping it frees the slot.
 struct Slot {
-    _permit: OwnedSemaphorePermit,
+    /// Always `Some` until dropped: taken first so the open count excludes it.
+    permit: Option<OwnedSemaphorePermit>,
     slots: Arc<Slots>,
 }
 
@@ -145,7 +145,6 @@ impl Slots {
     fn new(max: usize, metrics: Metrics) -> Arc<Self> {
         Arc::new(Self {
             free: Arc::new(Semaphore::new(max)),
-            open: AtomicUsize::new(0),
             max,
             metrics,
         })
@@ -177,19 +176,24 @@ impl Slots {
                 }
             }
         };
-        let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
-        self.metrics.set_connections_open(open);
+        self.report_open();
         Some(Slot {
-            _permit: permit,
+            permit: Some(permit),
             slots: self.clone(),
         })
+    }
+
+    /// Sets the open-connections gauge from the slots taken.
+    fn report_open(&self) {
+        let open = self.max - self.free.available_permits();
+        self.metrics.set_connections_open(open);
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let open = self.slots.open.fetch_sub(1, Ordering::Relaxed) - 1;
-        self.slots.metrics.set_connections_open(open);
+        drop(self.permit.take());
+        self.slots.report_open();
     }
 }
 

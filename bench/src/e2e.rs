@@ -14,7 +14,7 @@ use integration_tests::webhook::{SECRET, Webhook};
 use serde::Serialize;
 use tokio::sync::Mutex;
 
-use crate::stack::{Stack, peak_rss_mib, sign_up, spawn, wait_for_workspaces};
+use crate::stack::{Build, Stack, peak_rss_mib, sign_up, spawn, wait_for_workspaces};
 use crate::stats::Latency;
 
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -41,22 +41,24 @@ pub type Starts = Arc<Mutex<HashMap<String, DateTime<Utc>>>>;
 
 /// A fresh stack with `worker run` on it, signing with the bench's webhook secret.
 pub async fn start_service(
+    build: &Build,
     extra: &[(&'static str, String)],
 ) -> anyhow::Result<(Stack, WorkerProcess)> {
-    let stack = Stack::new().await;
+    let stack = build.stack().await?;
     let mut env = extra.to_vec();
     env.push(("CLERK_WEBHOOK_SECRET", SECRET.to_owned()));
-    let service = spawn(&stack, &["run"], &env).await?;
+    let service = spawn(build, &stack, &["run"], &env).await?;
     Ok((stack, service))
 }
 
 /// N webhooks as fast as `connections` concurrent clients can send them.
 pub async fn saturate(
+    build: &Build,
     events: usize,
     connections: usize,
     extra: &[(&'static str, String)],
 ) -> anyhow::Result<EndToEnd> {
-    let (stack, service) = start_service(extra).await?;
+    let (stack, service) = start_service(build, extra).await?;
     let bodies: Arc<Vec<(String, Vec<u8>)>> = Arc::new(
         (0..events)
             .map(|i| {
@@ -108,11 +110,12 @@ pub async fn saturate(
 
 /// N webhooks at a fixed rate, each on its own task, so latency is not queueing behind the bench.
 pub async fn fixed_rate(
+    build: &Build,
     events: usize,
     per_second: f64,
     extra: &[(&'static str, String)],
 ) -> anyhow::Result<FixedRate> {
-    let (stack, service) = start_service(extra).await?;
+    let (stack, service) = start_service(build, extra).await?;
     let client = reqwest::Client::new();
     let addr = service.ingress_addr;
     offer(&client, addr, "warm", WARM_UP_EVENTS, per_second, None).await?;

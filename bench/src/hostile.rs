@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::e2e::{Starts, commit_latencies, offer, start_service};
-use crate::stack::wait_for_workspaces;
+use crate::stack::{Build, wait_for_workspaces};
 use crate::stats::{Latency, target_line};
 
 /// Targets: the attacked valid rate at least this share of the unattacked one...
@@ -104,7 +104,7 @@ async fn valid_run(
     attack: Option<Attack>,
     extra: &[(&'static str, String)],
 ) -> anyhow::Result<(Run, Arc<Tally>)> {
-    let (stack, service) = start_service(extra).await?;
+    let (stack, service) = start_service(&Build::working_tree()?, extra).await?;
     let client = reqwest::Client::new();
     let addr = service.ingress_addr;
     offer(&client, addr, "warm", WARM_UP_EVENTS, per_second, None).await?;

@@ -4,16 +4,21 @@
 //!
 //! `cargo build --release -p worker && cargo run --release -p bench -- all`; the long `soak`
 //! (memory over minutes) and `chaos` (faults, judged per event; exit status 1 unless the verdict
-//! is ok) run only alone: `... -- soak --minutes 3`, `... -- chaos --seconds 60`.
+//! is ok) run only alone: `... -- soak --minutes 3`, `... -- chaos --seconds 60`. The regression
+//! check before a stop: `... -- compare --base REV` (the working tree's worker against REV's).
 
+mod baseline;
 mod ceiling;
 mod chaos;
+mod compare;
+mod cpu;
 mod drain;
 mod e2e;
 mod hostile;
 mod soak;
 mod stack;
 mod stats;
+mod wire;
 
 use std::path::PathBuf;
 
@@ -88,6 +93,14 @@ struct Args {
     /// `hostile`: connections the attackers keep trickling an unfinished request head.
     #[arg(long, default_value_t = 200)]
     slow_connections: usize,
+    /// `compare`: the commit to measure the working tree's worker against (built once, cached
+    /// under target/bench-baseline).
+    #[arg(long, default_value = "HEAD")]
+    base: String,
+    /// `compare`, and `drain` and `e2e` within `all`: runs of each, alternating; figures are
+    /// medians.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    rounds: u64,
     /// Also write the figures here as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -107,6 +120,9 @@ enum Phase {
     /// Every kind of fault once during a steady stream, and a verdict per event; never part of
     /// `all`.
     Chaos,
+    /// The working tree's worker against `--base`'s, draining the same load in alternating
+    /// order; never part of `all`.
+    Compare,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -126,9 +142,19 @@ struct Report {
     soak: Option<soak::Soak>,
     hostile: Option<hostile::Hostile>,
     chaos: Option<integration_tests::chaos::Verdict>,
+    compare: Option<compare::Comparison>,
+    /// Events/s of every run of `drain`, `drain_batched` and `e2e` (their medians above).
+    runs: Runs,
     drain_over_ceiling: Option<f64>,
     drain_batched_over_ceiling: Option<f64>,
     e2e_over_ceiling: Option<f64>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Runs {
+    drain: Vec<f64>,
+    drain_batched: Vec<f64>,
+    e2e: Vec<f64>,
 }
 
 #[tokio::main]
@@ -144,13 +170,15 @@ async fn main() -> anyhow::Result<()> {
     };
     let worker_env = worker(args.batch_size);
     let wants = |phase: Phase| args.phase == phase || args.phase == Phase::All;
+    let head = stack::Build::working_tree()?;
+    let rounds = args.rounds as usize;
     let mut report = Report {
         cores: std::thread::available_parallelism().map_or(1, usize::from),
         settings: serde_json::json!({
             "events": args.events, "connections": args.connections, "concurrency": args.concurrency,
             "ceiling_seconds": args.ceiling_seconds, "latency_events": args.latency_events,
             "prefetch": args.prefetch, "batch_size": args.batch_size,
-            "min_connections": args.min_connections,
+            "min_connections": args.min_connections, "rounds": args.rounds,
         }),
         ..Report::default()
     };
@@ -162,22 +190,32 @@ async fn main() -> anyhow::Result<()> {
         report.ceiling = Some(ceiling::measure(args.concurrency, args.ceiling_seconds, 1).await?);
     }
     if wants(Phase::Drain) {
-        eprintln!("drain: {} events, one per transaction", args.events);
-        report.drain = Some(drain::measure(args.events, &worker(1)).await?);
-        if args.batch_size > 1 {
-            eprintln!(
-                "drain: {} events, batches of up to {}",
-                args.events, args.batch_size
-            );
-            report.drain_batched = Some(drain::measure(args.events, &worker_env).await?);
+        let (mut single, mut batched) = (Vec::new(), Vec::new());
+        for round in 1..=rounds {
+            eprintln!("drain {round}/{rounds}: {} events, one per transaction", args.events);
+            single.push(drain::measure(&head, args.events, &worker(1)).await?);
+            if args.batch_size > 1 {
+                eprintln!(
+                    "drain {round}/{rounds}: {} events, batches of up to {}",
+                    args.events, args.batch_size
+                );
+                batched.push(drain::measure(&head, args.events, &worker_env).await?);
+            }
         }
+        (report.drain, report.runs.drain) = median_run(single, |d| d.events_per_s);
+        (report.drain_batched, report.runs.drain_batched) =
+            median_run(batched, |d| d.events_per_s);
     }
     if wants(Phase::E2e) {
-        eprintln!(
-            "e2e: {} webhooks over {} connections",
-            args.events, args.connections
-        );
-        report.e2e = Some(e2e::saturate(args.events, args.connections, &worker_env).await?);
+        let mut runs = Vec::new();
+        for round in 1..=rounds {
+            eprintln!(
+                "e2e {round}/{rounds}: {} webhooks over {} connections",
+                args.events, args.connections
+            );
+            runs.push(e2e::saturate(&head, args.events, args.connections, &worker_env).await?);
+        }
+        (report.e2e, report.runs.e2e) = median_run(runs, |e| e.events_per_s);
     }
     if wants(Phase::Latency) {
         let rate = args
@@ -185,7 +223,7 @@ async fn main() -> anyhow::Result<()> {
             .or_else(|| report.e2e.map(|e2e| e2e.events_per_s / 2.0))
             .ok_or_else(|| anyhow::anyhow!("latency alone needs --rate"))?;
         eprintln!("latency: {} webhooks at {rate:.0}/s", args.latency_events);
-        report.latency = Some(e2e::fixed_rate(args.latency_events, rate, &worker_env).await?);
+        report.latency = Some(e2e::fixed_rate(&head, args.latency_events, rate, &worker_env).await?);
     }
     if wants(Phase::Hostile) {
         let rate = args
@@ -218,6 +256,13 @@ async fn main() -> anyhow::Result<()> {
         report.settings["rate"] = rate.into();
         report.settings["seconds"] = args.seconds.into();
         report.chaos = Some(chaos::check(rate, args.seconds, &worker_env).await?);
+    }
+    if args.phase == Phase::Compare {
+        let base = baseline::build(&args.base)?;
+        report.settings["base"] = base.label.clone().into();
+        report.compare = Some(
+            compare::run(&base, &head, rounds, args.events, args.batch_size, worker).await?,
+        );
     }
     if args.phase == Phase::All {
         eprintln!("ceiling again, after the other phases");
@@ -259,6 +304,9 @@ fn table(report: &Report) -> String {
     }
     if let Some(verdict) = &report.chaos {
         return out + &chaos::table(verdict);
+    }
+    if let Some(comparison) = &report.compare {
+        return out + &compare::table(comparison);
     }
     out += &row(
         "phase",
@@ -302,6 +350,7 @@ fn table(report: &Report) -> String {
             "ingress", e.requests_per_s
         );
     }
+    out += &costs(report);
     if let Some(r) = report.latency {
         out += &row("latency", &rate(r.offered_per_s), latency(r.latency), "-");
     }
@@ -320,6 +369,47 @@ fn table(report: &Report) -> String {
         if let Some(ratio) = ratio {
             out += &format!("{name} = {ratio:.2}\n");
         }
+    }
+    out
+}
+
+/// The median run by `rate`, and every run's rate (in the order run).
+fn median_run<T>(mut runs: Vec<T>, rate: impl Fn(&T) -> f64) -> (Option<T>, Vec<f64>) {
+    let rates = runs.iter().map(&rate).collect();
+    runs.sort_by(|a, b| rate(a).total_cmp(&rate(b)));
+    let middle = runs.len() / 2;
+    (runs.into_iter().nth(middle), rates)
+}
+
+/// What each event of the drains cost: CPU per party, statements and round trips.
+fn costs(report: &Report) -> String {
+    let drains = [("drain", report.drain), ("drain+bat", report.drain_batched)];
+    let mut out = String::new();
+    for (name, drain) in drains {
+        let Some(d) = drain else { continue };
+        if out.is_empty() {
+            out += &format!(
+                "\n{:<10} {:>8} {:>8} {:>8} {:>8} {:>8}   (CPU s per 1,000 events; statements, round trips per event)\n",
+                "", "worker", "postgres", "broker", "stmts", "trips"
+            );
+        }
+        out += &format!(
+            "{name:<10} {:>8.3} {:>8.3} {:>8.3} {:>8.2} {:>8.2}\n",
+            d.cpu.worker_s,
+            d.cpu.postgres_s,
+            d.cpu.broker_s,
+            d.wire.statements_per_event,
+            d.wire.round_trips_per_event
+        );
+    }
+    let runs = [
+        ("drain", &report.runs.drain),
+        ("drain+bat", &report.runs.drain_batched),
+        ("e2e", &report.runs.e2e),
+    ];
+    for (name, rates) in runs.into_iter().filter(|(_, r)| r.len() > 1) {
+        let each: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
+        out += &format!("{name:<10} runs: {} events/s (the median is shown)\n", each.join(", "));
     }
     out
 }

@@ -20,7 +20,7 @@ use tokio::time::MissedTickBehavior;
 use integration_tests::process::send_signal;
 
 use crate::e2e::{Starts, commit_latencies, offer, start_service};
-use crate::stack::{rss_bytes, wait_for_workspaces};
+use crate::stack::{Build, rss_bytes, wait_for_workspaces};
 use crate::stats::{Latency, target_line};
 
 /// The offered rate when `--rate` is not given: about a sixth of `e2e` on a 2-core machine, a
@@ -106,7 +106,7 @@ pub async fn measure(settings: Settings, extra: &[(&'static str, String)]) -> an
     if !(settings.per_second > 0.0 && settings.per_second.is_finite()) {
         bail!("the rate must be positive, not {}", settings.per_second);
     }
-    let (stack, service) = start_service(extra).await?;
+    let (stack, service) = start_service(&Build::working_tree()?, extra).await?;
     let scraper = settings
         .scrape_every
         .map(|every| stoppable(|stop| scrape(service.ops_addr(), every, stop)));

@@ -1,28 +1,68 @@
 //! A fresh database and broker topology per phase (the test harness's `Stack`), and the `worker`
-//! binary built beside us.
+//! binary measured: the one built beside us, or a baseline commit's ([`crate::baseline`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use integration_tests::TestDb;
+use integration_tests::broker::TestBroker;
 use integration_tests::clerk::UserEvent;
 use integration_tests::process::WorkerProcess;
 
 pub use integration_tests::stack::Stack;
 
-/// Starts `worker ARGS` (the release build beside us) on `stack`, waiting until it is ready.
+/// A `worker` binary to measure, and what the tables call it.
+#[derive(Clone, Debug)]
+pub struct Build {
+    pub label: String,
+    pub binary: PathBuf,
+}
+
+impl Build {
+    /// The release build beside the bench: the working tree's.
+    pub fn working_tree() -> anyhow::Result<Self> {
+        Ok(Self {
+            label: "working tree".into(),
+            binary: worker_binary()?,
+        })
+    }
+
+    /// A fresh stack whose database this build migrated itself: another commit's schema and
+    /// `provision_user` may differ from the working tree's.
+    pub async fn stack(&self) -> anyhow::Result<Stack> {
+        let stack = Stack {
+            db: TestDb::empty().await,
+            broker: TestBroker::new().await,
+        };
+        let mut migrate = WorkerProcess::start(self.path()?, &["migrate"], &stack.env(&[]));
+        let status = migrate.wait_exit(Duration::from_secs(120)).await;
+        if !status.success() {
+            bail!(
+                "{} migrate exited with {status}:\n{}",
+                self.label,
+                migrate.logs()
+            );
+        }
+        Ok(stack)
+    }
+
+    fn path(&self) -> anyhow::Result<&str> {
+        self.binary.to_str().context("a UTF-8 path")
+    }
+}
+
+/// Starts `worker ARGS` of `build` on `stack`, waiting until it is ready.
 pub async fn spawn(
+    build: &Build,
     stack: &Stack,
     args: &[&str],
     extra: &[(&'static str, String)],
 ) -> anyhow::Result<WorkerProcess> {
-    let binary = worker_binary()?;
     // Logging as in production (a line per event is part of the cost being measured).
     let mut env: Vec<(&'static str, &str)> = vec![("RUST_LOG", "info"), ("LOG_FORMAT", "json")];
     env.extend(extra.iter().map(|(key, value)| (*key, value.as_str())));
-    Ok(stack
-        .spawn(binary.to_str().context("a UTF-8 path")?, args, &env)
-        .await)
+    Ok(stack.spawn(build.path()?, args, &env).await)
 }
 
 /// Seconds between the first and the last commit, from the workspaces' `created_at`.

@@ -31,6 +31,17 @@ impl Latency {
     }
 }
 
+/// The middle value (the mean of the two middle ones for an even count); 0 for none.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
 /// A target's line in a table: what it asks, and whether this run met it.
 pub fn target_line(target: &str, holds: bool) -> String {
     let verdict = if holds { "holds" } else { "FAILS" };
@@ -40,6 +51,13 @@ pub fn target_line(target: &str, holds: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(vec![]), 0.0);
+    }
 
     #[test]
     fn nearest_rank_percentiles() {

@@ -36,6 +36,7 @@ mod m20261128_000003_create_user_tombstones;
 mod m20261129_000004_create_provision_user_function;
 mod m20261201_000005_account_churn;
 mod m20261201_000006_create_provision_user_v2;
+mod m20261202_000007_create_provision_user_v3;
 
 /// Every migration of the schema, oldest first.
 pub struct Migrator;
@@ -50,6 +51,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000004_create_provision_user_function::Migration),
             Box::new(m20261201_000005_account_churn::Migration),
             Box::new(m20261201_000006_create_provision_user_v2::Migration),
+            Box::new(m20261202_000007_create_provision_user_v3::Migration),
         ]
     }
 }

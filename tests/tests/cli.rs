@@ -265,8 +265,15 @@ async fn the_migration_cli_goes_up_status_down_and_fresh() {
     migration(&["up"]);
     let status = migration(&["status"]);
     assert!(
-        status.contains("m20261201_000006_create_provision_user_v2"),
+        status.contains("m20261202_000007_create_provision_user_v3"),
         "{status}"
+    );
+    // v3's down brings v2 back: the function is still there, with the same signature.
+    migration(&["down", "-n", "1"]);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM pg_proc WHERE proname = 'provision_user' AND pronargs = 12")
+            .await,
+        1
     );
     migration(&["down", "-n", "6"]);
     assert_eq!(

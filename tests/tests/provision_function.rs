@@ -1,5 +1,5 @@
 //! `provision_user` itself, called as SQL on a freshly migrated database: one table row per rule
-//! the function implements (see `migration/src/sql/provision_user_v2.sql`), each with its setup,
+//! the function implements (see `migration/src/sql/provision_user_v3.sql`), each with its setup,
 //! the call, the answer it gives and the state it leaves. The worker only reads the answer; these
 //! rules are the function's contract.
 //!

@@ -17,6 +17,9 @@ use crate::config::{ConfigError, DatabaseSettings};
 /// The worker's connections' `application_name`.
 pub const APPLICATION_NAME: &str = "worker";
 
+/// A pooled connection unused this long is pinged before it is handed out; busier ones are not.
+const PING_IF_IDLE_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// SQLSTATE of CREATE DATABASE when another process created it first.
 const DUPLICATE_DATABASE: &str = "42P04";
 
@@ -79,6 +82,10 @@ fn options(settings: &DatabaseSettings) -> Result<ConnectOptions, DbErr> {
         .connect_timeout(settings.connect_timeout)
         .acquire_timeout(settings.connect_timeout)
         .idle_timeout(settings.idle_timeout)
+        // sqlx pings every connection it hands out by default: one more round trip before each
+        // event's statement. A connection in steady use has just proved itself; one idle this
+        // long may have been dropped by the server or a proxy, and is still checked.
+        .test_before_acquire_if_idle_for(PING_IF_IDLE_FOR)
         .sqlx_logging(false);
     Ok(options)
 }

@@ -11,7 +11,7 @@ pub const LOCK_USER: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0
 /// preferred derived one), $4 fallback username, $5 whether the username is
 /// derived, $6 first name, $7 last name, $8 avatar, $9 Clerk's `updated_at`, $10 the envelope
 /// `timestamp`, $11 the content digest, $12 workspace name.
-/// The rules live with the function, in the migration crate's `sql/provision_user_v2.sql`; the
+/// The rules live with the function, in the migration crate's `sql/provision_user_v3.sql`; the
 /// answer is read as an `answer::ProvisionUserRow`.
 pub const PROVISION_USER: &str = "SELECT user_write, workspace_id, workspace_created, reassigned_user_id, reassigned_username, superseded FROM provision_user($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
 

@@ -41,7 +41,10 @@ pub fn build(rev: &str) -> anyhow::Result<Build> {
         .status()
         .context("running cargo")?;
     if !status.success() {
-        bail!("building {label} failed ({status}); its sources are in {}", source.display());
+        bail!(
+            "building {label} failed ({status}); its sources are in {}",
+            source.display()
+        );
     }
     std::fs::copy(target.join("release").join("worker"), &binary)?;
     std::fs::remove_dir_all(&source)?;
@@ -81,7 +84,10 @@ fn baseline_root() -> anyhow::Result<PathBuf> {
 }
 
 fn git(args: &[&str]) -> anyhow::Result<String> {
-    let output = Command::new("git").args(args).output().context("running git")?;
+    let output = Command::new("git")
+        .args(args)
+        .output()
+        .context("running git")?;
     if !output.status.success() {
         bail!(
             "git {}: {}",

@@ -76,15 +76,7 @@ pub async fn run(
 pub fn table(comparison: &Comparison) -> String {
     let mut out = format!(
         "{:<8} {:<26} {:>9} {:<24} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
-        "mode",
-        "build",
-        "events/s",
-        "(each run)",
-        "worker",
-        "postgres",
-        "broker",
-        "stmts",
-        "trips"
+        "mode", "build", "events/s", "(each run)", "worker", "postgres", "broker", "stmts", "trips"
     );
     out += &format!(
         "{:<8} {:<26} {:>9} {:<24} {:>26} {:>17}\n",

@@ -192,7 +192,10 @@ async fn main() -> anyhow::Result<()> {
     if wants(Phase::Drain) {
         let (mut single, mut batched) = (Vec::new(), Vec::new());
         for round in 1..=rounds {
-            eprintln!("drain {round}/{rounds}: {} events, one per transaction", args.events);
+            eprintln!(
+                "drain {round}/{rounds}: {} events, one per transaction",
+                args.events
+            );
             single.push(drain::measure(&head, args.events, &worker(1)).await?);
             if args.batch_size > 1 {
                 eprintln!(
@@ -203,8 +206,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         (report.drain, report.runs.drain) = median_run(single, |d| d.events_per_s);
-        (report.drain_batched, report.runs.drain_batched) =
-            median_run(batched, |d| d.events_per_s);
+        (report.drain_batched, report.runs.drain_batched) = median_run(batched, |d| d.events_per_s);
     }
     if wants(Phase::E2e) {
         let mut runs = Vec::new();
@@ -223,7 +225,8 @@ async fn main() -> anyhow::Result<()> {
             .or_else(|| report.e2e.map(|e2e| e2e.events_per_s / 2.0))
             .ok_or_else(|| anyhow::anyhow!("latency alone needs --rate"))?;
         eprintln!("latency: {} webhooks at {rate:.0}/s", args.latency_events);
-        report.latency = Some(e2e::fixed_rate(&head, args.latency_events, rate, &worker_env).await?);
+        report.latency =
+            Some(e2e::fixed_rate(&head, args.latency_events, rate, &worker_env).await?);
     }
     if wants(Phase::Hostile) {
         let rate = args
@@ -260,9 +263,8 @@ async fn main() -> anyhow::Result<()> {
     if args.phase == Phase::Compare {
         let base = baseline::build(&args.base)?;
         report.settings["base"] = base.label.clone().into();
-        report.compare = Some(
-            compare::run(&base, &head, rounds, args.events, args.batch_size, worker).await?,
-        );
+        report.compare =
+            Some(compare::run(&base, &head, rounds, args.events, args.batch_size, worker).await?);
     }
     if args.phase == Phase::All {
         eprintln!("ceiling again, after the other phases");
@@ -409,7 +411,10 @@ fn costs(report: &Report) -> String {
     ];
     for (name, rates) in runs.into_iter().filter(|(_, r)| r.len() > 1) {
         let each: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
-        out += &format!("{name:<10} runs: {} events/s (the median is shown)\n", each.join(", "));
+        out += &format!(
+            "{name:<10} runs: {} events/s (the median is shown)\n",
+            each.join(", ")
+        );
     }
     out
 }

@@ -271,8 +271,10 @@ async fn the_migration_cli_goes_up_status_down_and_fresh() {
     // v3's down brings v2 back: the function is still there, with the same signature.
     migration(&["down", "-n", "1"]);
     assert_eq!(
-        db.scalar("SELECT count(*) FROM pg_proc WHERE proname = 'provision_user' AND pronargs = 12")
-            .await,
+        db.scalar(
+            "SELECT count(*) FROM pg_proc WHERE proname = 'provision_user' AND pronargs = 12"
+        )
+        .await,
         1
     );
     migration(&["down", "-n", "6"]);

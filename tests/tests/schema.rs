@@ -35,6 +35,15 @@ async fn migrations_go_up_down_and_up_again() {
 
     let functions = "SELECT count(*) FROM pg_proc WHERE proname = 'provision_user'";
     Migrator::down(&db.conn, Some(1)).await.unwrap();
+    let v2_signature =
+        "SELECT count(*) FROM pg_proc WHERE proname = 'provision_user' AND pronargs = 12";
+    assert_eq!(
+        db.scalar(v2_signature).await,
+        1,
+        "the seventh migration's down brings provision_user v2 back"
+    );
+
+    Migrator::down(&db.conn, Some(1)).await.unwrap();
     assert_eq!(
         db.scalar(functions).await,
         0,

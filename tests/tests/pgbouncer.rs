@@ -1,6 +1,6 @@
 //! The worker through PgBouncer in transaction pooling mode (a private PgBouncer 1.18, two
-//! server connections shared by every client): without `DATABASE_PGBOUNCER` sqlx's named
-//! prepared statements collide on PgBouncer's server connections; with it, the consumer (its
+//! server connections shared by every client): without `DATABASE_PGBOUNCER` PgBouncer refuses
+//! the worker's start-up option (its timeouts), so the mistake shows at once; with it, the consumer (its
 //! readiness check and tombstone purge too) and the commands do everything right, a cut between
 //! PgBouncer and PostgreSQL included.
 
@@ -163,54 +163,43 @@ fn json(output: &Output) -> Value {
     })
 }
 
+/// Without the setting the worker sends its timeouts as a start-up option, which PgBouncer
+/// refuses: the mistake shows at once, naming the parameter, instead of as prepared statements
+/// colliding now and then.
+const REFUSED: &str = "unsupported startup parameter: options";
+
 #[tokio::test]
-async fn without_the_setting_commands_through_pgbouncer_collide_on_prepared_statement_names() {
+async fn without_the_setting_commands_through_pgbouncer_are_refused_naming_the_start_up_option() {
     let stack = Stack::new().await;
     let bouncer = PgBouncer::start(postgres()).await;
 
-    // Each process names its first statement sqlx_s_1, and the first leaves it on the server
-    // connection PgBouncer lends the next.
-    let mut results = Vec::new();
-    for i in 0..3 {
-        results.push(provision(&bouncer, &stack.db.name, "false", &user(i).body()).await);
-    }
-    let collided = results.iter().any(|(status, line)| {
-        *status == Some(75)
-            && line["detail"]
-                .as_str()
-                .is_some_and(|d| d.contains(r#"prepared statement "sqlx_s_1" already exists"#))
-    });
-    assert!(collided, "no collision: {results:#?}");
+    let (status, line) = provision(&bouncer, &stack.db.name, "false", &user(0).body()).await;
+    assert_eq!(status, Some(75), "{line}");
+    assert_eq!(line["reason"], "database_unavailable", "{line}");
+    let detail = line["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains(REFUSED), "{line}");
 }
 
 #[tokio::test]
-async fn without_the_setting_the_consumer_through_pgbouncer_dead_letters_on_prepared_statements() {
+async fn without_the_setting_the_consumer_through_pgbouncer_is_not_ready_and_dead_letters_nothing()
+{
     let stack = Stack::new().await;
     let bouncer = PgBouncer::start(postgres()).await;
     let worker = consume(&stack, &bouncer, &[("RETRY_MAX_ATTEMPTS", "2")]).await;
-    let (sign_ups, changes, _) = churn(100);
-    stack
-        .broker
-        .publish_many(&[sign_ups, changes].concat())
-        .await;
+    let (sign_ups, _, _) = churn(10);
+    stack.broker.publish_many(&sign_ups).await;
 
-    eventually("dead letters", Duration::from_secs(60), || async {
-        worker.metric("workspace_failed_total").await > 0.0
+    eventually("/readyz 503", Duration::from_secs(20), || async {
+        worker.readyz().await.0 == 503
     })
     .await;
-    let details: Vec<String> = stack
-        .broker
-        .take_dead_letters()
-        .await
-        .iter()
-        .filter_map(|letter| letter.header("x-failure-detail"))
-        .collect();
-    assert!(
-        details
-            .iter()
-            .any(|detail| detail.contains(r#"prepared statement "sqlx_s_"#)),
-        "{details:#?}"
-    );
+    let retried = "events_retried_total{reason=\"database_unavailable\"}";
+    eventually("retries as unavailable", Duration::from_secs(20), || async {
+        worker.metric(retried).await > 2.0
+    })
+    .await;
+    assert_eq!(stack.dead_letters_ready().await, 0, "unavailability spends no budget");
+    assert_eq!(stack.workspaces().await, 0);
 }
 
 #[tokio::test]

@@ -99,6 +99,41 @@ pub struct DatabaseSettings {
         global = true
     )]
     pub pgbouncer: bool,
+
+    /// Longest a statement may run before PostgreSQL cancels it (`statement_timeout`; 0 = no
+    /// limit). Applies to the service's connections, never to migrations.
+    #[arg(
+        long = "database-statement-timeout",
+        env = "DATABASE_STATEMENT_TIMEOUT",
+        default_value = "15s",
+        value_parser = humantime::parse_duration,
+        global = true
+    )]
+    pub statement_timeout: Duration,
+
+    /// Longest a statement waits for a lock, a user's row or the per-user lock, before
+    /// PostgreSQL gives up (`lock_timeout`; 0 = no limit): the event is then retried with its
+    /// budget, and other users' events keep flowing meanwhile.
+    #[arg(
+        long = "database-lock-timeout",
+        env = "DATABASE_LOCK_TIMEOUT",
+        default_value = "5s",
+        value_parser = humantime::parse_duration,
+        global = true
+    )]
+    pub lock_timeout: Duration,
+
+    /// A session idle inside an open transaction this long is ended by PostgreSQL
+    /// (`idle_in_transaction_session_timeout`; 0 = no limit), so a worker that hangs mid-
+    /// transaction cannot hold a user's locks for ever. Reconcile's read-only run is exempt.
+    #[arg(
+        long = "database-idle-in-transaction-timeout",
+        env = "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT",
+        default_value = "30s",
+        value_parser = humantime::parse_duration,
+        global = true
+    )]
+    pub idle_in_transaction_timeout: Duration,
 }
 
 impl DatabaseSettings {
@@ -111,7 +146,23 @@ impl DatabaseSettings {
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             pgbouncer: false,
+            statement_timeout: Duration::from_secs(15),
+            lock_timeout: Duration::from_secs(5),
+            idle_in_transaction_timeout: Duration::from_secs(30),
         }
+    }
+
+    /// The session settings PostgreSQL enforces on the service's connections, by name, in
+    /// milliseconds (0 = no limit).
+    pub fn server_timeouts(&self) -> [(&'static str, u128); 3] {
+        [
+            ("statement_timeout", self.statement_timeout.as_millis()),
+            ("lock_timeout", self.lock_timeout.as_millis()),
+            (
+                "idle_in_transaction_session_timeout",
+                self.idle_in_transaction_timeout.as_millis(),
+            ),
+        ]
     }
 
     /// The URL, password included: only for connecting.
@@ -302,6 +353,14 @@ pub struct ConsumerSettings {
     /// well below the broker's `consumer_timeout` (30 min by default).
     #[arg(long, env = "DATABASE_OUTAGE_PAUSE", default_value = "60s", value_parser = positive_duration)]
     pub database_outage_pause: Duration,
+
+    /// How long one provisioning attempt (one event, or one batch) may take, from taking a
+    /// connection to the commit, before the worker gives up on it: then it is `transient`
+    /// (retried with the budget), or `database_unavailable` if the database does not answer a
+    /// ping either, which counts toward DATABASE_OUTAGE_PAUSE. Keep it above
+    /// DATABASE_STATEMENT_TIMEOUT, so the server's own limit usually speaks first.
+    #[arg(long, env = "PROVISION_ATTEMPT_TIMEOUT", default_value = "20s", value_parser = positive_duration)]
+    pub provision_attempt_timeout: Duration,
 
     /// Attempts for an event-specific transient error (deadlock, timeout) before it is
     /// dead-lettered as `retries_exhausted`. A database outage never uses up attempts.

@@ -56,7 +56,14 @@ pub struct Application {
     ops_state: OpsState,
     upkeep_interval: Duration,
     trim_interval: Duration,
+    /// How long stopping waits for each thing left once the parts ended (the ops server's
+    /// connections, the database pool's close): the parts used the grace period already, and
+    /// SIGTERM must end the process within it and a few seconds more.
+    after_parts_timeout: Duration,
 }
+
+/// The most stopping waits for the ops server, and then for the pool, once the parts ended.
+const AFTER_PARTS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The webhook endpoint, bound, with the publisher it stops after the last request.
 struct Ingress {
@@ -141,6 +148,7 @@ impl Application {
             ops_state,
             upkeep_interval: plan.ops.metrics_upkeep_interval,
             trim_interval: plan.ops.memory_trim_interval,
+            after_parts_timeout: plan.shutdown.shutdown_grace_period.min(AFTER_PARTS_TIMEOUT),
         };
         app.log_addresses();
         Ok(app)
@@ -223,10 +231,14 @@ impl Application {
         let failure = supervise(&mut parts, &mut ops_server, &stop, &stop_ops).await;
         if !stop_ops.is_cancelled() {
             stop_ops.cancel();
-            match ops_server.await {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => warn!(error = %err, "ops server failed while stopping"),
-                Err(err) => warn!(error = %err, "ops server task failed while stopping"),
+            match tokio::time::timeout(self.after_parts_timeout, &mut ops_server).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(err))) => warn!(error = %err, "ops server failed while stopping"),
+                Ok(Err(err)) => warn!(error = %err, "ops server task failed while stopping"),
+                Err(_) => {
+                    warn!("ops server connections still open; closing them");
+                    ops_server.abort();
+                }
             }
         }
         if let Err(err) = upkeep.await {
@@ -236,7 +248,10 @@ impl Application {
             warn!(error = %err, "memory trim task failed");
         }
         if let Some(db) = self.db {
-            db.close().await.context("closing the database pool")?;
+            match tokio::time::timeout(self.after_parts_timeout, db.close()).await {
+                Ok(closed) => closed.context("closing the database pool")?,
+                Err(_) => warn!("the database pool did not close in time; leaving it"),
+            }
         }
         match failure {
             Some(err) => Err(err),

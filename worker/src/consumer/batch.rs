@@ -85,7 +85,8 @@ impl Processor {
         self.metrics.deliveries_in_flight(together.len() as f64);
         let started = Instant::now();
         let profiles: Vec<&UserProfile> = together.iter().map(|(_, p)| p.as_ref()).collect();
-        let result = provision::provision_batch(&self.db, &profiles).await;
+        let batch = provision::provision_batch(&self.db, &profiles);
+        let result = provision::within(&self.db, self.attempt_timeout, batch).await;
         let elapsed = started.elapsed();
         let results = match result {
             Ok(results) => results,

@@ -28,6 +28,8 @@ use crate::topology::header::{
 pub struct Processor {
     pub db: Pool,
     pub policy: RetryPolicy,
+    /// How long one attempt (one event or one batch) may take (`PROVISION_ATTEMPT_TIMEOUT`).
+    pub attempt_timeout: Duration,
     /// Confirm-mode channel dead letters and deferred retries are published on.
     pub publisher: Channel,
     pub dead_letter_exchange: String,
@@ -163,12 +165,14 @@ impl Processor {
     }
 }
 
+/// One attempt at a parsed event, within the attempt deadline.
 pub(super) async fn attempt(
     db: &Pool,
+    deadline: Duration,
     parsed: &Result<Event, Rejected>,
 ) -> Result<Provisioned, ProvisionError> {
     match parsed {
-        Ok(event) => provision::provision(db, event).await,
+        Ok(event) => provision::within(db, deadline, provision::provision(db, event)).await,
         Err(rejected) => Err(rejected.clone().into()),
     }
 }

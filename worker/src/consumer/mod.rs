@@ -114,7 +114,15 @@ impl Consumer {
     async fn wait_for_database(&self, shutdown: &CancellationToken) -> bool {
         let mut delays = RetryPolicy::RECONNECT.delays();
         loop {
-            let ready = matches!(db::unapplied_migrations(&self.db).await, Ok(missing) if missing.is_empty());
+            // A database that stopped answering would hold this query for ever.
+            let check = tokio::time::timeout(
+                self.settings.provision_attempt_timeout,
+                db::unapplied_migrations(&self.db),
+            );
+            let ready = tokio::select! {
+                checked = check => matches!(checked, Ok(Ok(missing)) if missing.is_empty()),
+                () = shutdown.cancelled() => return false,
+            };
             if ready {
                 return true;
             }

@@ -24,7 +24,7 @@ impl Processor {
         let mut first_failed_at = None;
         loop {
             let started = Instant::now();
-            let result = attempt(&self.db, &parsed).await;
+            let result = attempt(&self.db, self.attempt_timeout, &parsed).await;
             let elapsed = started.elapsed();
             attempts = RetryPolicy::count(&result, attempts);
             match (&parsed, &result) {

@@ -65,6 +65,7 @@ impl Session {
         let processor = Arc::new(Processor {
             db: consumer.db.clone(),
             policy: consumer.retry_policy(),
+            attempt_timeout: consumer.settings.provision_attempt_timeout,
             publisher: broker::confirm_channel(&connection).await?,
             dead_letter_exchange: topology.dead_letter_exchange.clone(),
             retry_exchange: topology.retry.exchange.clone(),
@@ -129,7 +130,7 @@ impl Session {
                 self.close().await;
                 self.tasks.close();
                 tokio::select! {
-                    () = self.tasks.wait() => {}
+                    () = self.wait_for_tasks(consumer) => {}
                     () = self.shutdown.cancelled() => {}
                 }
             }
@@ -140,7 +141,7 @@ impl Session {
                 self.stop.cancel();
                 self.tasks.close();
                 tokio::select! {
-                    () = self.tasks.wait() => {}
+                    () = self.wait_for_tasks(consumer) => {}
                     () = self.shutdown.cancelled() => self.drain(consumer).await,
                 }
             }
@@ -201,6 +202,14 @@ impl Session {
     /// Waits for the session's tasks for at most the grace period; then ends them.
     async fn drain(&self, consumer: &Consumer) {
         self.tasks.close();
+        self.wait_for_tasks(consumer).await;
+        self.stop.cancel();
+    }
+
+    /// Waits for the session's tasks, at most the grace period: a task stuck on a database that
+    /// stopped answering must not hold up a new session or the process's exit. What it holds
+    /// was never acknowledged, so the broker hands it out again.
+    async fn wait_for_tasks(&self, consumer: &Consumer) {
         let grace = consumer.shutdown_grace_period;
         if tokio::time::timeout(grace, self.tasks.wait())
             .await
@@ -212,7 +221,6 @@ impl Session {
                 "grace period over; unfinished deliveries stay in the queue"
             );
         }
-        self.stop.cancel();
     }
 
     /// Closes the channel before the connection: the broker answers a channel close only after

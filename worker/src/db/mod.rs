@@ -25,8 +25,8 @@ const DUPLICATE_DATABASE: &str = "42P04";
 
 /// Opens the pool with the product's settings, failing now if the database cannot be reached.
 pub async fn connect(settings: &DatabaseSettings) -> Result<Pool, DbErr> {
-    let conn = Database::connect(options(settings)?).await?;
-    Ok(Pool::new(conn, settings.pgbouncer))
+    let conn = Database::connect(options(settings, Use::Service)?).await?;
+    Ok(Pool::new(conn, settings))
 }
 
 /// A pool that does not wait for the database: long-running services start (and report not
@@ -34,7 +34,7 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<Pool, DbErr> {
 /// Its minimum connections open in the background.
 pub async fn connect_lazy(settings: &DatabaseSettings) -> Result<Pool, DbErr> {
     settings.check().map_err(refused)?;
-    let mut options = options(settings)?;
+    let mut options = options(settings, Use::Service)?;
     options
         .connect_lazy(true)
         .min_connections(settings.min_connections);
@@ -43,7 +43,7 @@ pub async fn connect_lazy(settings: &DatabaseSettings) -> Result<Pool, DbErr> {
         conn.get_postgres_connection_pool().clone(),
         settings.min_connections,
     ));
-    Ok(Pool::new(conn, settings.pgbouncer))
+    Ok(Pool::new(conn, settings))
 }
 
 /// Opens `count` connections at once and returns them to the pool, which keeps them. A lazy pool
@@ -56,25 +56,42 @@ async fn open_min_connections(pool: sea_orm::sqlx::PgPool, count: u32) {
     }
 }
 
+/// What a pool is for: the service's work runs under the server-side timeouts; migrations
+/// (which may rewrite a large table) do not.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Use {
+    Service,
+    Migrations,
+}
+
 /// The pool's options. sea-orm records its options, URL included, in a trace span, so its URL
 /// has no password: the password goes straight into sqlx's options, which nothing logs.
-fn options(settings: &DatabaseSettings) -> Result<ConnectOptions, DbErr> {
+///
+/// The service's timeouts travel as start-up options (`-c statement_timeout=...`): set once per
+/// connection, no round trip per event. PgBouncer (1.18) refuses that start-up parameter, so
+/// through it [`Pool::begin`] sets them with `SET LOCAL` in each transaction instead.
+fn options(settings: &DatabaseSettings, used_for: Use) -> Result<ConnectOptions, DbErr> {
     let target = settings.target().map_err(refused)?;
     let mut options = ConnectOptions::new(target.url);
     let pgbouncer = settings.pgbouncer;
-    if target.password.is_some() || pgbouncer {
-        let password = target.password;
-        options.map_sqlx_postgres_opts(move |mut pg| {
-            if let Some(password) = &password {
-                pg = pg.password(password.expose_secret());
-            }
-            // A cached statement would be bound on a server connection that never saw it.
-            if pgbouncer {
-                pg = pg.statement_cache_capacity(0);
-            }
-            pg
-        });
-    }
+    let startup_options = match used_for {
+        Use::Service if !pgbouncer => Some(settings.server_timeouts()),
+        _ => None,
+    };
+    let password = target.password;
+    options.map_sqlx_postgres_opts(move |mut pg| {
+        if let Some(password) = &password {
+            pg = pg.password(password.expose_secret());
+        }
+        // A cached statement would be bound on a server connection that never saw it.
+        if pgbouncer {
+            pg = pg.statement_cache_capacity(0);
+        }
+        if let Some(timeouts) = startup_options {
+            pg = pg.options(timeouts);
+        }
+        pg
+    });
     options
         .max_connections(settings.max_connections)
         // Operators see whose connections these are in pg_stat_activity.
@@ -110,7 +127,7 @@ pub async fn migrate(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
         ..settings.clone()
     };
     create_database_if_missing(settings).await?;
-    let db = Database::connect(options(settings)?).await?;
+    let db = Database::connect(options(settings, Use::Migrations)?).await?;
     Migrator::up(&db, None).await?;
     info!(database = %settings.redacted_url(), "migrations applied");
     Ok(db)
@@ -119,11 +136,14 @@ pub async fn migrate(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
 /// Connects to the server's `postgres` database to create ours; a no-op when it exists.
 async fn create_database_if_missing(settings: &DatabaseSettings) -> Result<(), DbErr> {
     let (server_url, name) = split_database_url(settings.expose_url())?;
-    let admin = Database::connect(options(&DatabaseSettings {
-        url: server_url.into(),
-        max_connections: 1,
-        ..settings.clone()
-    })?)
+    let admin = Database::connect(options(
+        &DatabaseSettings {
+            url: server_url.into(),
+            max_connections: 1,
+            ..settings.clone()
+        },
+        Use::Migrations,
+    )?)
     .await?;
     let exists = admin
         .query_one_raw(Statement::from_sql_and_values(

@@ -1,13 +1,28 @@
 //! The worker's pool, and what it takes to run statements through PgBouncer in transaction
 //! pooling mode.
 
+use std::sync::Arc;
+
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, ExecResult,
     QueryResult, Statement, TransactionTrait,
 };
 
+use crate::config::DatabaseSettings;
+
 /// Clears the prepared statements of the server connection a transaction runs on.
 const DEALLOCATE_ALL: &str = "DEALLOCATE ALL";
+
+/// What starts a clean transaction: clears the prepared statements, then sets the service's
+/// timeouts for the transaction (through PgBouncer they cannot be start-up options), all in one
+/// simple query, so one round trip.
+fn clean_start(settings: &DatabaseSettings) -> String {
+    let mut sql = DEALLOCATE_ALL.to_owned();
+    for (name, millis) in settings.server_timeouts() {
+        sql += &format!("; SET LOCAL {name} = {millis}");
+    }
+    sql
+}
 
 /// The worker's connection pool: statements go straight to it, unless it reaches PostgreSQL
 /// through PgBouncer in transaction pooling mode
@@ -20,16 +35,22 @@ const DEALLOCATE_ALL: &str = "DEALLOCATE ALL";
 /// "sqlx_s_1" does not exist`), and another client's statement of the same name can be waiting
 /// on the one we get (`... already exists`). So through PgBouncer each statement runs in a
 /// transaction of its own, which [`Pool::begin`] starts by deallocating whatever the server
-/// connection holds, and nothing is cached past it.
+/// connection holds (and by setting the service's timeouts), and nothing is cached past it.
 #[derive(Clone, Debug)]
 pub struct Pool {
     conn: DatabaseConnection,
     pgbouncer: bool,
+    /// The simple query a clean transaction starts with ([`clean_start`]).
+    clean_start: Arc<str>,
 }
 
 impl Pool {
-    pub(super) fn new(conn: DatabaseConnection, pgbouncer: bool) -> Self {
-        Self { conn, pgbouncer }
+    pub(super) fn new(conn: DatabaseConnection, settings: &DatabaseSettings) -> Self {
+        Self {
+            conn,
+            pgbouncer: settings.pgbouncer,
+            clean_start: clean_start(settings).into(),
+        }
     }
 
     /// Starts a transaction. Through PgBouncer it first deallocates every prepared statement of
@@ -43,12 +64,12 @@ impl Pool {
         }
     }
 
-    /// A transaction whose server connection holds no prepared statement when it starts,
-    /// whatever the mode: for a caller that keeps one server connection through PgBouncer for a
-    /// while, by holding the transaction (its pool's statement cache can then stay on).
+    /// A transaction whose server connection holds no prepared statement when it starts, and
+    /// that runs under the service's timeouts, whatever the mode: for a caller that keeps one
+    /// server connection through PgBouncer for a while, by holding the transaction.
     pub async fn begin_clean(&self) -> Result<DatabaseTransaction, DbErr> {
         let txn = self.conn.begin().await?;
-        txn.execute_unprepared(DEALLOCATE_ALL).await?;
+        txn.execute_unprepared(&self.clean_start).await?;
         Ok(txn)
     }
 
@@ -68,6 +89,7 @@ impl From<DatabaseConnection> for Pool {
         Self {
             conn,
             pgbouncer: false,
+            clean_start: DEALLOCATE_ALL.into(),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! taxonomy; it keeps the error itself as the source, so nothing is lost to a string copy.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use sea_orm::{DbErr, RuntimeErr, sqlx};
 
@@ -20,6 +21,22 @@ impl ProvisionError {
             _ => return Self::Transient(err),
         };
         classify_sqlx(&cause, err)
+    }
+}
+
+impl ProvisionError {
+    /// An attempt that ran past its client-side `deadline`: a database that still `answers`
+    /// was slow for this event (retry with the budget); one that does not is unavailable.
+    pub fn overran(deadline: Duration, answers: bool) -> Self {
+        let what = match answers {
+            true => "the attempt did not finish",
+            false => "the database did not answer",
+        };
+        let err = DbErr::Custom(format!("{what} within {deadline:?}"));
+        match answers {
+            true => Self::Transient(err),
+            false => Self::Unavailable(err),
+        }
     }
 }
 
@@ -129,6 +146,16 @@ mod tests {
         let name = classify("23514", Some("valid_workspace_name"));
         assert_eq!(email.reason_code(), "invalid_email");
         assert_eq!(name.reason_code(), "constraint_violation");
+    }
+
+    #[test]
+    fn an_overrun_attempt_is_transient_while_the_database_answers_and_unavailable_otherwise() {
+        let deadline = Duration::from_secs(20);
+        let slow = ProvisionError::overran(deadline, true);
+        let silent = ProvisionError::overran(deadline, false);
+        assert_eq!(slow.reason_code(), "transient");
+        assert_eq!(silent.reason_code(), "database_unavailable");
+        assert!(silent.to_string().contains("did not answer within 20s"));
     }
 
     #[test]

@@ -14,9 +14,11 @@
 mod answer;
 mod batch;
 mod classify;
+mod deadline;
 mod sql;
 
 pub use batch::provision_batch;
+pub use deadline::within;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{

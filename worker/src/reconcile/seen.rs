@@ -41,9 +41,12 @@ impl Seen {
         settings.max_connections = 1;
         settings.min_connections = 1;
         settings.idle_timeout = Duration::from_secs(7 * 24 * 3600);
-        // Held for the run, the transaction keeps its server connection, so this pool's
-        // statement cache stays valid even through PgBouncer.
-        let through_pgbouncer = std::mem::take(&mut settings.pgbouncer);
+        // The run idles between paced requests to Clerk; through PgBouncer it does so inside
+        // its one transaction, which the idle-in-transaction timeout would end.
+        settings.idle_in_transaction_timeout = Duration::ZERO;
+        // Held for the run, the transaction keeps its server connection; through PgBouncer the
+        // pool caches no statement and sends no start-up options, as PgBouncer needs.
+        let through_pgbouncer = settings.pgbouncer;
         let pool = db::connect(&settings).await?;
         let pinned = match through_pgbouncer {
             true => Some(pool.begin_clean().await?),

@@ -59,7 +59,10 @@ async fn service_connections_run_under_the_server_timeouts_and_migrations_do_not
     let pool = worker::db::connect(&settings).await.expect("the pool");
     assert_eq!(show(&pool, "statement_timeout").await, "15s");
     assert_eq!(show(&pool, "lock_timeout").await, "4s");
-    assert_eq!(show(&pool, "idle_in_transaction_session_timeout").await, "30s");
+    assert_eq!(
+        show(&pool, "idle_in_transaction_session_timeout").await,
+        "30s"
+    );
     let migrations = worker::db::migrate(&settings).await.expect("migrated");
     assert_eq!(show(&migrations, "statement_timeout").await, "0");
     assert_eq!(show(&migrations, "lock_timeout").await, "0");
@@ -80,7 +83,10 @@ async fn through_pgbouncer_every_transaction_sets_the_timeouts_itself() {
     assert_eq!(show(&pool, "statement_timeout").await, "15s");
     assert_eq!(show(&pool, "lock_timeout").await, "2500ms");
     let txn = pool.begin().await.expect("a transaction");
-    assert_eq!(show(&txn, "idle_in_transaction_session_timeout").await, "30s");
+    assert_eq!(
+        show(&txn, "idle_in_transaction_session_timeout").await,
+        "30s"
+    );
     txn.rollback().await.expect("rolled back");
 }
 
@@ -181,7 +187,11 @@ async fn a_database_that_stops_answering_pauses_the_consumer_then_everything_is_
     )
     .await;
     eprintln!("paused {:?} after the stall", stalled_at.elapsed());
-    assert_eq!(stack.main_queue_ready().await, 20, "every delivery handed back");
+    assert_eq!(
+        stack.main_queue_ready().await,
+        20,
+        "every delivery handed back"
+    );
 
     proxy.resume();
     eventually(

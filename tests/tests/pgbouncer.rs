@@ -194,11 +194,17 @@ async fn without_the_setting_the_consumer_through_pgbouncer_is_not_ready_and_dea
     })
     .await;
     let retried = "events_retried_total{reason=\"database_unavailable\"}";
-    eventually("retries as unavailable", Duration::from_secs(20), || async {
-        worker.metric(retried).await > 2.0
-    })
+    eventually(
+        "retries as unavailable",
+        Duration::from_secs(20),
+        || async { worker.metric(retried).await > 2.0 },
+    )
     .await;
-    assert_eq!(stack.dead_letters_ready().await, 0, "unavailability spends no budget");
+    assert_eq!(
+        stack.dead_letters_ready().await,
+        0,
+        "unavailability spends no budget"
+    );
     assert_eq!(stack.workspaces().await, 0);
 }
 

@@ -190,6 +190,58 @@ fn each_setting_that_makes_no_sense_exits_2_naming_it_and_never_its_value() {
             "AMQP_URL",
         ),
         (vec!["ingress"], vec![], "CLERK_WEBHOOK_SECRET"),
+        // Both forms of a secret.
+        (
+            vec!["ingress"],
+            vec![
+                ("CLERK_WEBHOOK_SECRET", WEBHOOK_SECRET.into()),
+                ("CLERK_WEBHOOK_SECRET_FILE", "/etc/hostname".into()),
+            ],
+            "CLERK_WEBHOOK_SECRET and CLERK_WEBHOOK_SECRET_FILE are both set",
+        ),
+        (
+            vec!["health", "--database-url", &flag_url],
+            vec![("DATABASE_URL_FILE", "/etc/hostname".into())],
+            "DATABASE_URL and DATABASE_URL_FILE are both set",
+        ),
+        (
+            vec!["dlq", "list"],
+            vec![("AMQP_URL_FILE", "/nonexistent/amqp-url".into())],
+            "AMQP_URL_FILE (/nonexistent/amqp-url) cannot be read",
+        ),
+        // Clerk's API: a key, over TLS unless local, at a sane rate, a real fraction.
+        (vec!["reconcile"], vec![], "CLERK_SECRET_KEY is required"),
+        (
+            vec!["reconcile"],
+            vec![
+                ("CLERK_SECRET_KEY", format!("sk_test_{PASSWORD}")),
+                ("CLERK_API_URL", "http://api.clerk.com".into()),
+            ],
+            "CLERK_API_URL must be https://",
+        ),
+        (
+            vec!["reconcile"],
+            vec![
+                ("CLERK_SECRET_KEY", "sk_test_key".into()),
+                ("CLERK_API_RATE", "5000".into()),
+            ],
+            "clerk-api-rate",
+        ),
+        (
+            vec!["reconcile", "--max-delete-fraction", "NaN"],
+            vec![("CLERK_SECRET_KEY", "sk_test_key".into())],
+            "max-delete-fraction",
+        ),
+        (
+            vec!["reconcile", "--max-delete-fraction", "2"],
+            vec![("CLERK_SECRET_KEY", "sk_test_key".into())],
+            "max-delete-fraction",
+        ),
+        (
+            vec!["reconcile", "--max-delete-fraction", "inf"],
+            vec![("CLERK_SECRET_KEY", "sk_test_key".into())],
+            "max-delete-fraction",
+        ),
         (
             vec!["run"],
             vec![("CLERK_WEBHOOK_SECRET", format!("whsec_{PASSWORD}"))],
@@ -207,6 +259,58 @@ fn each_setting_that_makes_no_sense_exits_2_naming_it_and_never_its_value() {
         );
         assert_output_clean(&output, PASSWORD, &what);
     }
+}
+
+/// Svix's public test secret.
+const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+#[tokio::test]
+async fn secrets_are_read_from_files_and_a_secret_flag_is_warned_about() {
+    let db = TestDb::migrated().await;
+    let broker = TestBroker::new().await;
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let file = |name: &str, content: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content + "\n").expect("the secret file written");
+        path.display().to_string()
+    };
+    let mut env = broker.env();
+    env.retain(|(key, _)| *key != "AMQP_URL");
+    env.extend([
+        (
+            "DATABASE_URL_FILE",
+            file("database-url", db.settings.expose_url().to_owned()),
+        ),
+        (
+            "AMQP_URL_FILE",
+            file("amqp-url", broker.settings.expose_url().to_owned()),
+        ),
+        (
+            "CLERK_WEBHOOK_SECRET_FILE",
+            file("webhook-secret", WEBHOOK_SECRET.to_owned()),
+        ),
+    ]);
+    let mut service = WorkerProcess::spawn(WORKER, &["run"], &env).await;
+    service.wait_ready(Duration::from_secs(30)).await;
+    service.terminate();
+    assert!(service.wait_exit(Duration::from_secs(30)).await.success());
+    assert!(!service.logs().contains("shows in `ps`"));
+
+    // The same secret as a flag works, with a warning that names the flag, never the value.
+    env.retain(|(key, _)| *key != "CLERK_WEBHOOK_SECRET_FILE");
+    let mut flagged = WorkerProcess::spawn(
+        WORKER,
+        &["run", "--clerk-webhook-secret", WEBHOOK_SECRET],
+        &env,
+    )
+    .await;
+    flagged.wait_ready(Duration::from_secs(30)).await;
+    let logs = flagged.logs();
+    assert!(
+        logs.contains("--clerk-webhook-secret on the command line shows in `ps`"),
+        "{logs}"
+    );
+    assert!(!logs.contains(WEBHOOK_SECRET), "{logs}");
 }
 
 /// A login role of the test's own with `password` (superuser, so `migrate` may read the

@@ -6,9 +6,11 @@
 //! code ([`urls`]), and settings that make no sense are refused at start ([`check`]).
 
 mod check;
+mod secret_files;
 mod urls;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::builder::TypedValueParser;
@@ -18,6 +20,7 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::topology;
 
 pub use check::{BrokerNode, ConfigError, EXIT_CONFIG};
+pub use secret_files::Secret;
 pub use urls::{PostgresTarget, UrlError};
 
 /// How the service reaches PostgreSQL. The pool numbers are the product's pool settings.
@@ -36,6 +39,16 @@ pub struct DatabaseSettings {
         global = true
     )]
     pub url: SecretString,
+
+    /// A file holding DATABASE_URL (a Docker or Kubernetes secret); refused beside it.
+    #[arg(
+        id = "database_url_file",
+        long = "database-url-file",
+        env = "DATABASE_URL_FILE",
+        value_name = "PATH",
+        global = true
+    )]
+    pub url_file: Option<PathBuf>,
 
     /// Most connections the pool opens (at least 1).
     #[arg(
@@ -141,6 +154,7 @@ impl DatabaseSettings {
     pub fn for_url(url: impl Into<String>) -> Self {
         Self {
             url: SecretString::from(url.into()),
+            url_file: None,
             max_connections: 20,
             min_connections: 8,
             connect_timeout: Duration::from_secs(10),
@@ -192,6 +206,16 @@ pub struct BrokerSettings {
         global = true
     )]
     pub url: SecretString,
+
+    /// A file holding AMQP_URL (a Docker or Kubernetes secret); refused beside it.
+    #[arg(
+        id = "amqp_url_file",
+        long = "amqp-url-file",
+        env = "AMQP_URL_FILE",
+        value_name = "PATH",
+        global = true
+    )]
+    pub url_file: Option<PathBuf>,
 
     /// Which node of AMQP_URL to try first: `random` (connections spread over the cluster) or
     /// `listed` (the order given; tests and pinned deployments use it).
@@ -286,6 +310,7 @@ impl BrokerSettings {
     pub fn with_prefix(url: impl Into<String>, prefix: impl Into<String>) -> Self {
         Self {
             url: SecretString::from(url.into()),
+            url_file: None,
             name_prefix: prefix.into(),
             exchange: topology::DEFAULT_EXCHANGE.into(),
             queue: topology::DEFAULT_QUEUE.into(),
@@ -447,6 +472,10 @@ pub struct IngressSettings {
         default_value = ""
     )]
     pub clerk_webhook_secret: SecretString,
+
+    /// A file holding CLERK_WEBHOOK_SECRET (a Docker or Kubernetes secret); refused beside it.
+    #[arg(long, env = "CLERK_WEBHOOK_SECRET_FILE", value_name = "PATH")]
+    pub clerk_webhook_secret_file: Option<PathBuf>,
 }
 
 /// The ops HTTP server: `/metrics`, `/healthz`, `/readyz`.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use backon::{BackoffBuilder, ExponentialBuilder};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -198,7 +198,10 @@ impl ClerkApi {
                 .await
                 .map_err(|err| err.to_string())?;
             let (parts, body) = response.into_parts();
-            let body = body.collect().await.map_err(|err| err.to_string())?;
+            let body = Limited::new(body, MAX_BODY_BYTES)
+                .collect()
+                .await
+                .map_err(|err| format!("reading the answer: {err}"))?;
             Ok(Response {
                 status: parts.status,
                 headers: parts.headers,
@@ -240,11 +243,19 @@ fn judge(sent: Result<Response, String>, path: &str, backoff: Duration) -> Attem
     }
 }
 
-/// `Retry-After` in seconds, as Clerk sends it.
+/// `Retry-After` in seconds, as Clerk sends it, at most [`MAX_RETRY_AFTER`]: an answer must
+/// not be able to park a run for hours.
 fn retry_after(response: &Response) -> Option<Duration> {
     let value = response.headers.get(header::RETRY_AFTER)?.to_str().ok()?;
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+    let seconds = value.trim().parse::<u64>().ok()?;
+    Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
 }
+
+/// The longest wait a 429's `Retry-After` can ask for; Clerk's windows are 10 s.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// The largest answer read: a page of 500 users is a few MiB; anything far beyond is not Clerk.
+const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 
 fn decode<T: serde::de::DeserializeOwned>(
     response: Response,
@@ -260,4 +271,32 @@ fn decode<T: serde::de::DeserializeOwned>(
         path: path.to_owned(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn too_many_requests(retry_after: &str) -> Response {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::RETRY_AFTER, retry_after.parse().unwrap());
+        Response {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            headers,
+            body: Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn retry_after_is_taken_in_seconds_and_capped() {
+        assert_eq!(
+            retry_after(&too_many_requests("7")),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            retry_after(&too_many_requests("86400")),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(retry_after(&too_many_requests("soon")), None);
+    }
 }

@@ -14,12 +14,13 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use tracing::error;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
+use tracing::{error, warn};
 
 use crate::config::{
     BrokerSettings, ConfigError, ConsumerSettings, DatabaseSettings, EXIT_CONFIG, IngressSettings,
-    LogFormat, OpsSettings, ShutdownSettings,
+    LogFormat, OpsSettings, Secret, ShutdownSettings,
 };
 use crate::{service, telemetry};
 
@@ -47,6 +48,10 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
+
+    /// Said once logging is up: settings that work but should change.
+    #[arg(skip)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -141,9 +146,67 @@ impl Cli {
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
-        let cli = Self::try_parse_from(args)?;
+        let matches = Self::command().try_get_matches_from(args)?;
+        let mut cli = Self::from_arg_matches(&matches)?;
+        cli.read_secret_files(&matches)?;
         cli.check()?;
         Ok(cli)
+    }
+
+    /// Takes each secret from its `*_FILE` form when that is set (refusing both), and notes a
+    /// secret given as a flag: the command line shows in `ps` to every user of the machine.
+    fn read_secret_files(&mut self, matches: &ArgMatches) -> Result<(), ConfigError> {
+        let Self {
+            database,
+            broker,
+            command,
+            warnings,
+            ..
+        } = self;
+        Secret {
+            setting: "DATABASE_URL",
+            value: &mut database.url,
+            source: source(matches, "database_url"),
+            file: database.url_file.as_deref(),
+        }
+        .resolve()?;
+        Secret {
+            setting: "AMQP_URL",
+            value: &mut broker.url,
+            source: source(matches, "amqp_url"),
+            file: broker.url_file.as_deref(),
+        }
+        .resolve()?;
+        let (setting, flag, id, value, file) = match command {
+            Command::Ingress { ingress, .. } | Command::Run { ingress, .. } => (
+                "CLERK_WEBHOOK_SECRET",
+                "--clerk-webhook-secret",
+                "clerk_webhook_secret",
+                &mut ingress.clerk_webhook_secret,
+                ingress.clerk_webhook_secret_file.as_deref(),
+            ),
+            Command::Reconcile(args) => (
+                "CLERK_SECRET_KEY",
+                "--clerk-secret-key",
+                "secret_key",
+                &mut args.clerk.secret_key,
+                args.clerk.secret_key_file.as_deref(),
+            ),
+            _ => return Ok(()),
+        };
+        let source = source(matches, id);
+        if source == Some(ValueSource::CommandLine) {
+            warnings.push(format!(
+                "{flag} on the command line shows in `ps` to every user of this machine: use {setting} or {setting}_FILE"
+            ));
+        }
+        Secret {
+            setting,
+            value,
+            source,
+            file,
+        }
+        .resolve()
     }
 
     /// Checks the settings the command uses (the global ones it ignores are not its business).
@@ -165,11 +228,15 @@ impl Cli {
         }
         match &self.command {
             Command::Ingress { ingress, .. } | Command::Run { ingress, .. } => ingress.check(),
+            Command::Reconcile(args) => args.clerk.check(),
             _ => Ok(()),
         }
     }
 
     pub async fn run(self) -> anyhow::Result<ExitCode> {
+        for warning in &self.warnings {
+            warn!("{warning}");
+        }
         if let Some(plan) = self.service_plan() {
             service::run(plan).await?;
             return Ok(ExitCode::SUCCESS);
@@ -278,4 +345,15 @@ mod tests {
         assert_eq!(consumer.retry_max_delay, std::time::Duration::from_secs(30));
         assert_eq!(ops.metrics_addr.to_string(), "0.0.0.0:9000");
     }
+}
+
+/// Where clap found setting `id`: in the subcommand's matches (which hold the global settings
+/// too), else the top level's; `None` where the command has no such setting.
+fn source(matches: &ArgMatches, id: &str) -> Option<ValueSource> {
+    let subcommand = matches.subcommand().map(|(_, sub)| sub);
+    [subcommand, Some(matches)]
+        .into_iter()
+        .flatten()
+        .filter(|m| m.try_get_raw(id).is_ok())
+        .find_map(|m| m.value_source(id))
 }

@@ -28,7 +28,7 @@ pub struct ReconcileArgs {
     #[arg(long, requires = "apply")]
     pub delete_orphans: bool,
     /// Most orphans deleted in one run, as a fraction of the users table.
-    #[arg(long, env = "RECONCILE_MAX_DELETE_FRACTION", default_value_t = 0.01)]
+    #[arg(long, env = "RECONCILE_MAX_DELETE_FRACTION", default_value_t = 0.01, value_parser = fraction)]
     pub max_delete_fraction: f64,
     /// Delete orphans even above --max-delete-fraction.
     #[arg(long, requires = "delete_orphans")]
@@ -139,5 +139,13 @@ impl Progress for Display {
             Some(bar) => bar.set_message(name),
             None => info!(phase = name, "reconcile phase"),
         }
+    }
+}
+
+/// A fraction of the table: a number from 0 to 1 (`NaN`, `inf` and 2 are refused).
+fn fraction(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
+        _ => Err("must be a number from 0 to 1".to_owned()),
     }
 }

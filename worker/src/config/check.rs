@@ -31,6 +31,20 @@ pub enum ConfigError {
     /// Its messages name CLERK_WEBHOOK_SECRET and never quote it.
     #[error(transparent)]
     WebhookSecret(#[from] SecretError),
+    #[error("{setting} and {setting}_FILE are both set: give the secret one way")]
+    SecretTwice { setting: &'static str },
+    #[error("{setting}_FILE ({path}) cannot be read: {reason}")]
+    SecretFile {
+        setting: &'static str,
+        path: String,
+        reason: String,
+    },
+    /// A setting out of its range, or missing: which, and why.
+    #[error("{setting} {reason}")]
+    Refused {
+        setting: &'static str,
+        reason: &'static str,
+    },
 }
 
 impl ConfigError {

@@ -308,6 +308,17 @@ impl Cli {
     }
 }
 
+/// Where clap found setting `id`: in the subcommand's matches (which hold the global settings
+/// too), else the top level's; `None` where the command has no such setting.
+fn source(matches: &ArgMatches, id: &str) -> Option<ValueSource> {
+    let subcommand = matches.subcommand().map(|(_, sub)| sub);
+    [subcommand, Some(matches)]
+        .into_iter()
+        .flatten()
+        .filter(|m| m.try_get_raw(id).is_ok())
+        .find_map(|m| m.value_source(id))
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
@@ -345,15 +356,4 @@ mod tests {
         assert_eq!(consumer.retry_max_delay, std::time::Duration::from_secs(30));
         assert_eq!(ops.metrics_addr.to_string(), "0.0.0.0:9000");
     }
-}
-
-/// Where clap found setting `id`: in the subcommand's matches (which hold the global settings
-/// too), else the top level's; `None` where the command has no such setting.
-fn source(matches: &ArgMatches, id: &str) -> Option<ValueSource> {
-    let subcommand = matches.subcommand().map(|(_, sub)| sub);
-    [subcommand, Some(matches)]
-        .into_iter()
-        .flatten()
-        .filter(|m| m.try_get_raw(id).is_ok())
-        .find_map(|m| m.value_source(id))
 }

@@ -21,7 +21,8 @@
 //!   replay, report).
 //! - [`metrics`]: every metric name and its recording function; [`ops`]: `/metrics`, `/healthz`,
 //!   `/readyz`.
-//! - [`ingress`]: the Svix-verified webhook endpoint that publishes to the broker.
+//! - [`ingress`]: the Svix-verified webhook endpoint that publishes to the broker;
+//!   [`http_server`]: the bounded HTTP/1.1 server it and the ops server run on.
 //! - [`service`]: the long-running process (ingress, consumer, ops server) and its shutdown.
 //! - [`users`]: reading a user and their workspace back for operators.
 //! - [`clerk_api`]: the paced, retrying client of Clerk's Backend API; [`reconcile`]: comparing
@@ -39,6 +40,7 @@ pub mod dead_letter;
 pub mod domain;
 pub mod error;
 pub mod health;
+pub mod http_server;
 pub mod ingress;
 pub mod memory;
 pub mod metrics;

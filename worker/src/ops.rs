@@ -19,6 +19,7 @@ use tracing::debug;
 
 use crate::db::{self, Pool};
 use crate::health;
+use crate::http_server::{self, ServerLimits};
 use crate::metrics::Metrics;
 
 /// Readiness probes must answer quickly even when the database hangs.
@@ -145,15 +146,26 @@ pub fn router(state: OpsState) -> Router {
 }
 
 /// Serves until `shutdown` is cancelled. The caller binds the listener (port 0 in tests).
+/// Scrapers and probes send small requests on few connections; these bounds keep a client that
+/// half-sends a head, or opens connections by the thousand, from holding the process.
 pub async fn serve(
     listener: TcpListener,
     state: OpsState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    http_server::serve(listener, router(state), LIMITS, None, shutdown).await;
+    Ok(())
 }
+
+/// The ops server's connection limits: a head within 5 s, at most 64 connections, and at most
+/// 2 s for requests in progress on shutdown.
+pub const LIMITS: ServerLimits = ServerLimits {
+    max_head: 16 * 1024,
+    header_timeout: Duration::from_secs(5),
+    idle_timeout: Duration::from_secs(75),
+    max_connections: 64,
+    grace_period: Duration::from_secs(2),
+};
 
 async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
     (

@@ -195,7 +195,7 @@ impl Application {
         {
             let (stop, metrics) = (stop.clone(), self.metrics.clone());
             parts.spawn(async move {
-                ingress::serve(listener, router, limits, metrics, stop).await;
+                ingress::serve(listener, router, limits, Some(metrics), stop).await;
                 // In-flight requests have published; now the broker connection can go.
                 stop_publisher.cancel();
                 Ok(())

@@ -9,7 +9,6 @@
 //! The connection-level limits (head size, head and idle timeouts, shutdown) are [`server`]'s.
 
 mod publisher;
-mod server;
 pub mod signature;
 
 use std::sync::Arc;
@@ -30,8 +29,8 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use tracing::{info, instrument, warn};
 
+pub use crate::http_server::{ServerLimits, serve};
 pub use publisher::Publisher;
-pub use server::{ServerLimits, serve};
 use signature::{SignatureError, SignedHeaders, Verifier};
 
 use crate::broker::PublishError;

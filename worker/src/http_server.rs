@@ -1,5 +1,6 @@
-//! The ingress's HTTP/1.1 server: hyper's connection builder driven by hand, because
-//! `axum::serve` cannot bound how long a request head may take, nor how big it may be.
+//! The HTTP/1.1 server of the ingress and of the ops server: hyper's connection builder driven
+//! by hand, because `axum::serve` cannot bound how long a request head may take, nor how big it
+//! may be, nor how long its graceful shutdown waits.
 //!
 //! Svix gives a delivery 15 s and retries for about a day, so a refused or slow request loses
 //! nothing; a server stalled by a few hostile connections loses everything. Hence:
@@ -73,7 +74,8 @@ pub struct ServerLimits {
 struct Shared {
     builder: http1::Builder,
     router: Router,
-    metrics: Metrics,
+    /// The ingress's connection and 431 figures; `None` for the ops server, which has none.
+    metrics: Option<Metrics>,
     header_timeout: Duration,
     /// Cancelled when the server starts to stop.
     stopping: CancellationToken,
@@ -89,7 +91,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ServerLimits,
-    metrics: Metrics,
+    metrics: Option<Metrics>,
     shutdown: CancellationToken,
 ) {
     let shared = Arc::new(Shared {
@@ -131,7 +133,7 @@ fn builder(limits: &ServerLimits) -> http1::Builder {
 struct Slots {
     free: Arc<Semaphore>,
     max: usize,
-    metrics: Metrics,
+    metrics: Option<Metrics>,
 }
 
 /// An open connection's slot; dropping it frees the slot.
@@ -142,7 +144,7 @@ struct Slot {
 }
 
 impl Slots {
-    fn new(max: usize, metrics: Metrics) -> Arc<Self> {
+    fn new(max: usize, metrics: Option<Metrics>) -> Arc<Self> {
         Arc::new(Self {
             free: Arc::new(Semaphore::new(max)),
             max,
@@ -168,7 +170,9 @@ impl Slots {
                     );
                     *warned = Some(Instant::now());
                 }
-                self.metrics.record_connection_waited();
+                if let Some(metrics) = &self.metrics {
+                    metrics.record_connection_waited();
+                }
                 crowded.send_modify(|bumps| *bumps += 1);
                 tokio::select! {
                     () = stop.cancelled() => return None,
@@ -186,7 +190,9 @@ impl Slots {
     /// Sets the open-connections gauge from the slots taken.
     fn report_open(&self) {
         let open = self.max - self.free.available_permits();
-        self.metrics.set_connections_open(open);
+        if let Some(metrics) = &self.metrics {
+            metrics.set_connections_open(open);
+        }
     }
 }
 
@@ -328,12 +334,14 @@ impl Shared {
             Ok(()) => {}
             Err(err) if err.is_parse_too_large() => {
                 info!("request head too large; answered 431");
-                self.metrics.record_webhook(431, None, accepted.elapsed());
+                if let Some(metrics) = &self.metrics {
+                    metrics.record_webhook(431, None, accepted.elapsed());
+                }
             }
             Err(err) if err.is_timeout() => {
                 debug!("request head not complete in time; connection closed");
             }
-            Err(err) => debug!(error = %err, "ingress connection ended with an error"),
+            Err(err) => debug!(error = %err, "connection ended with an error"),
         }
     }
 }

@@ -1,0 +1,60 @@
+//! The ops server (`/metrics`, `/healthz`, `/readyz`) is reachable by whoever reaches its port:
+//! a client that half-sends a request head is closed within the head timeout, and never holds
+//! up the process's stop.
+
+use std::time::{Duration, Instant};
+
+use integration_tests::stack::Stack;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use worker::ops::LIMITS;
+
+async fn half_sent_head(stack_addr: std::net::SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(stack_addr).await.expect("connected");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: ops\r\n")
+        .await
+        .expect("half a head written");
+    stream
+}
+
+#[tokio::test]
+async fn healthz_answers_ok() {
+    let stack = Stack::new().await;
+    let app = stack.start(&["consume"], &[]).await;
+    assert_eq!(app.get("/healthz").await, Some((200, "ok".to_owned())));
+}
+
+#[tokio::test]
+async fn a_half_sent_head_is_closed_within_the_head_timeout() {
+    let stack = Stack::new().await;
+    let app = stack.start(&["consume"], &[]).await;
+    let mut stuck = half_sent_head(app.ops_addr()).await;
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(
+        LIMITS.header_timeout + Duration::from_secs(3),
+        stuck.read_to_end(&mut rest),
+    )
+    .await;
+    assert!(read.is_ok(), "still open after {:?}", started.elapsed());
+    assert!(started.elapsed() >= LIMITS.header_timeout - Duration::from_millis(500));
+    // The server is still there for everyone else.
+    assert_eq!(app.get("/healthz").await, Some((200, "ok".to_owned())));
+}
+
+#[tokio::test]
+async fn a_half_sent_head_does_not_hold_up_the_stop() {
+    let stack = Stack::new().await;
+    let mut app = stack
+        .start(&["consume"], &[("SHUTDOWN_GRACE_PERIOD", "2s")])
+        .await;
+    let _stuck = half_sent_head(app.ops_addr()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let asked = Instant::now();
+    app.terminate();
+    app.wait_stopped(Duration::from_secs(2 + 5))
+        .await
+        .expect("a graceful stop");
+    assert!(asked.elapsed() < Duration::from_secs(2 + 5));
+}

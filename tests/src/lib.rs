@@ -38,6 +38,15 @@ pub fn server_url() -> String {
     std::env::var("TEST_DATABASE_SERVER").unwrap_or_else(|_| DEFAULT_SERVER.to_owned())
 }
 
+/// That server's address, for proxies and PgBouncer to forward to.
+pub fn server_addr() -> std::net::SocketAddr {
+    let url = server_url();
+    let host_port = url.rsplit('@').next().unwrap_or("127.0.0.1:5432");
+    host_port
+        .parse()
+        .expect("TEST_DATABASE_SERVER as postgres://user@host:port")
+}
+
 /// A database of this test's own. Dropped (with its connections) when the value is.
 pub struct TestDb {
     pub name: String,

@@ -288,7 +288,7 @@ async fn a_persistent_transient_error_is_retried_then_dead_lettered_as_retries_e
 #[tokio::test]
 async fn a_twenty_second_database_outage_loses_and_dead_letters_nothing() {
     let stack = Stack::new().await;
-    let proxy = CuttableProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let proxy = CuttableProxy::start(integration_tests::server_addr()).await;
     let through_proxy = format!("postgres://postgres@{}/{}", proxy.addr, stack.db.name);
     let mut env = env(
         &stack,
@@ -634,7 +634,7 @@ async fn a_message_returned_past_the_delivery_limit_is_dead_lettered_by_the_brok
 #[tokio::test]
 async fn sigterm_during_a_database_outage_gives_every_held_delivery_back() {
     let stack = Stack::new().await;
-    let proxy = CuttableProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let proxy = CuttableProxy::start(integration_tests::server_addr()).await;
     let mut env = env(&stack, &[("DATABASE_CONNECT_TIMEOUT", "1s")]);
     env.retain(|(key, _)| *key != "DATABASE_URL");
     env.push((
@@ -668,7 +668,7 @@ async fn sigterm_during_a_database_outage_gives_every_held_delivery_back() {
 #[tokio::test]
 async fn a_worker_started_while_the_database_is_down_provisions_once_it_is_up() {
     let stack = Stack::new().await;
-    let proxy = CuttableProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let proxy = CuttableProxy::start(integration_tests::server_addr()).await;
     proxy.cut().await;
     let mut env = env(
         &stack,
@@ -770,7 +770,7 @@ async fn readyz_under_many_concurrent_probes_checks_the_database_once_at_a_time(
 #[tokio::test]
 async fn a_broker_lost_while_every_slot_waits_for_the_database_is_noticed_within_two_heartbeats() {
     let stack = Stack::new().await;
-    let database = CuttableProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let database = CuttableProxy::start(integration_tests::server_addr()).await;
     let broker = CuttableProxy::start("127.0.0.1:5672".parse().unwrap()).await;
     let mut env = env(
         &stack,
@@ -842,7 +842,7 @@ async fn a_long_database_outage_hands_deliveries_back_once_and_dead_letters_noth
         db: integration_tests::TestDb::migrated().await,
         broker: integration_tests::broker::TestBroker::with_delivery_limit(2).await,
     };
-    let proxy = CuttableProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let proxy = CuttableProxy::start(integration_tests::server_addr()).await;
     let mut env = env(
         &stack,
         &[

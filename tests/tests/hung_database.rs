@@ -4,7 +4,6 @@
 //! else anything, and a database that stops answering without closing the connection pauses the
 //! consumer and lets SIGTERM through within the grace period.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use integration_tests::clerk::UserEvent;
@@ -18,14 +17,6 @@ use worker::config::DatabaseSettings;
 use worker::metrics;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_worker-under-test");
-
-fn postgres() -> SocketAddr {
-    let url = integration_tests::server_url();
-    let host_port = url.rsplit('@').next().unwrap_or("127.0.0.1:5432");
-    host_port
-        .parse()
-        .expect("TEST_DATABASE_SERVER as postgres://user@host:port")
-}
 
 /// `SHOW name` on `db`.
 async fn show(db: &impl ConnectionTrait, name: &str) -> String {
@@ -71,7 +62,7 @@ async fn service_connections_run_under_the_server_timeouts_and_migrations_do_not
 #[tokio::test]
 async fn through_pgbouncer_every_transaction_sets_the_timeouts_itself() {
     let db = TestDb::migrated().await;
-    let bouncer = PgBouncer::start(postgres()).await;
+    let bouncer = PgBouncer::start(integration_tests::server_addr()).await;
     let mut settings = DatabaseSettings::for_url(bouncer.url(&db.name));
     settings.pgbouncer = true;
     settings.min_connections = 1;
@@ -158,7 +149,7 @@ async fn a_row_locked_by_another_session_costs_its_user_retries_and_nobody_else_
 #[tokio::test]
 async fn a_database_that_stops_answering_pauses_the_consumer_then_everything_is_provisioned() {
     let stack = Stack::new().await;
-    let proxy = CuttableProxy::start(postgres()).await;
+    let proxy = CuttableProxy::start(integration_tests::server_addr()).await;
     let url = format!("postgres://postgres@{}/{}", proxy.addr, stack.db.name);
     let settings = [
         ("DATABASE_URL", url.as_str()),
@@ -206,7 +197,7 @@ async fn a_database_that_stops_answering_pauses_the_consumer_then_everything_is_
 #[tokio::test]
 async fn sigterm_stops_a_worker_stuck_on_a_silent_database_within_the_grace_period() {
     let stack = Stack::new().await;
-    let proxy = CuttableProxy::start(postgres()).await;
+    let proxy = CuttableProxy::start(integration_tests::server_addr()).await;
     let url = format!("postgres://postgres@{}/{}", proxy.addr, stack.db.name);
     let settings = [
         ("DATABASE_URL", url.as_str()),

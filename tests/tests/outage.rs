@@ -22,7 +22,7 @@ async fn a_database_outage_longer_than_the_consumer_timeout_dead_letters_nothing
     let nodes = RabbitNodes::start_configured(1, "", SHORT_CONSUMER_TIMEOUT);
     let broker = TestBroker::on(&nodes.amqp_url(1), 2).await;
     let db = TestDb::migrated().await;
-    let proxy = CuttableProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let proxy = CuttableProxy::start(integration_tests::server_addr()).await;
     let mut env = broker.env();
     env.extend([
         (

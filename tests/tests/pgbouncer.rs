@@ -4,7 +4,6 @@
 //! readiness check and tombstone purge too) and the commands do everything right, a cut between
 //! PgBouncer and PostgreSQL included.
 
-use std::net::SocketAddr;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -19,14 +18,6 @@ use serde_json::Value;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_worker-under-test");
 const SIGN_UPS: usize = 300;
-
-fn postgres() -> SocketAddr {
-    let url = integration_tests::server_url();
-    let host_port = url.rsplit('@').next().unwrap_or("127.0.0.1:5432");
-    host_port
-        .parse()
-        .expect("TEST_DATABASE_SERVER as postgres://user@host:port")
-}
 
 /// `worker consume` through `bouncer`: four connections kept open, sixteen provisionings at
 /// once, batches on, fast retries; `extra` last.
@@ -171,7 +162,7 @@ const REFUSED: &str = "unsupported startup parameter: options";
 #[tokio::test]
 async fn without_the_setting_commands_through_pgbouncer_are_refused_naming_the_start_up_option() {
     let stack = Stack::new().await;
-    let bouncer = PgBouncer::start(postgres()).await;
+    let bouncer = PgBouncer::start(integration_tests::server_addr()).await;
 
     let (status, line) = provision(&bouncer, &stack.db.name, "false", &user(0).body()).await;
     assert_eq!(status, Some(75), "{line}");
@@ -184,7 +175,7 @@ async fn without_the_setting_commands_through_pgbouncer_are_refused_naming_the_s
 async fn without_the_setting_the_consumer_through_pgbouncer_is_not_ready_and_dead_letters_nothing()
 {
     let stack = Stack::new().await;
-    let bouncer = PgBouncer::start(postgres()).await;
+    let bouncer = PgBouncer::start(integration_tests::server_addr()).await;
     let worker = consume(&stack, &bouncer, &[("RETRY_MAX_ATTEMPTS", "2")]).await;
     let (sign_ups, _, _) = churn(10);
     stack.broker.publish_many(&sign_ups).await;
@@ -211,7 +202,7 @@ async fn without_the_setting_the_consumer_through_pgbouncer_is_not_ready_and_dea
 #[tokio::test]
 async fn with_the_setting_a_consumer_through_pgbouncer_applies_sign_ups_updates_and_deletions() {
     let stack = Stack::new().await;
-    let bouncer = PgBouncer::start(postgres()).await;
+    let bouncer = PgBouncer::start(integration_tests::server_addr()).await;
     let worker = consume(&stack, &bouncer, &PGBOUNCER).await;
     worker.wait_ready(Duration::from_secs(30)).await;
     let (sign_ups, changes, expected) = churn(SIGN_UPS);
@@ -224,7 +215,7 @@ async fn with_the_setting_a_consumer_through_pgbouncer_applies_sign_ups_updates_
 #[tokio::test]
 async fn with_the_setting_a_cut_between_pgbouncer_and_postgresql_loses_nothing() {
     let stack = Stack::new().await;
-    let proxy = CuttableProxy::start(postgres()).await;
+    let proxy = CuttableProxy::start(integration_tests::server_addr()).await;
     let bouncer = PgBouncer::start(proxy.addr).await;
     let worker = consume(&stack, &bouncer, &PGBOUNCER).await;
     worker.wait_ready(Duration::from_secs(30)).await;
@@ -257,7 +248,7 @@ async fn with_the_setting_a_cut_between_pgbouncer_and_postgresql_loses_nothing()
 #[tokio::test]
 async fn with_the_setting_readyz_is_200_through_pgbouncer() {
     let stack = Stack::new().await;
-    let bouncer = PgBouncer::start(postgres()).await;
+    let bouncer = PgBouncer::start(integration_tests::server_addr()).await;
     let worker = consume(&stack, &bouncer, &PGBOUNCER).await;
     worker.wait_ready(Duration::from_secs(30)).await;
 
@@ -278,7 +269,7 @@ async fn with_the_setting_the_tombstone_purge_works_through_pgbouncer() {
              ('user_2recent', now() - interval '10 minutes')",
         )
         .await;
-    let bouncer = PgBouncer::start(postgres()).await;
+    let bouncer = PgBouncer::start(integration_tests::server_addr()).await;
     let purge = [
         ("TOMBSTONE_RETENTION", "1h"),
         ("TOMBSTONE_PURGE_INTERVAL", "200ms"),
@@ -299,7 +290,7 @@ async fn with_the_setting_the_tombstone_purge_works_through_pgbouncer() {
 #[tokio::test]
 async fn with_the_setting_provision_health_user_show_and_a_dry_run_replay_work_through_pgbouncer() {
     let stack = Stack::new().await;
-    let bouncer = &PgBouncer::start(postgres()).await;
+    let bouncer = &PgBouncer::start(integration_tests::server_addr()).await;
     let db = stack.db.name.as_str();
 
     let provisioned = futures::future::join_all(
@@ -342,7 +333,7 @@ async fn with_the_setting_provision_health_user_show_and_a_dry_run_replay_work_t
 async fn with_the_setting_reconcile_repairs_through_pgbouncer() {
     const SECRET: &str = "sk_test_pgbouncer";
     let stack = Stack::new().await;
-    let bouncer = PgBouncer::start(postgres()).await;
+    let bouncer = PgBouncer::start(integration_tests::server_addr()).await;
     let clerk = FakeClerk::start(SECRET).await;
     for i in 0..40 {
         clerk.add(user(i).data());

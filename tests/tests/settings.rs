@@ -266,7 +266,8 @@ const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 #[tokio::test]
 async fn secrets_are_read_from_files_and_a_secret_flag_is_warned_about() {
-    let db = TestDb::migrated().await;
+    // Neither is where the defaults point: the work shows the files were read.
+    let db = TestDb::empty().await;
     let broker = TestBroker::new().await;
     let dir = tempfile::tempdir().expect("a temporary folder");
     let file = |name: &str, content: String| {
@@ -283,7 +284,13 @@ async fn secrets_are_read_from_files_and_a_secret_flag_is_warned_about() {
         ),
         (
             "AMQP_URL_FILE",
-            file("amqp-url", broker.settings.expose_url().to_owned()),
+            file(
+                "amqp-url",
+                broker
+                    .settings
+                    .expose_url()
+                    .replace("127.0.0.1", "localhost"),
+            ),
         ),
         (
             "CLERK_WEBHOOK_SECRET_FILE",
@@ -292,6 +299,15 @@ async fn secrets_are_read_from_files_and_a_secret_flag_is_warned_about() {
     ]);
     let mut service = WorkerProcess::spawn(WORKER, &["run"], &env).await;
     service.wait_ready(Duration::from_secs(30)).await;
+    let migrated = db.scalar("SELECT count(*) FROM seaql_migrations").await;
+    assert!(
+        migrated > 0,
+        "`run` migrated the database DATABASE_URL_FILE names"
+    );
+    assert!(
+        service.logs().contains("localhost:5672"),
+        "AMQP_URL_FILE's node"
+    );
     service.terminate();
     assert!(service.wait_exit(Duration::from_secs(30)).await.success());
     assert!(!service.logs().contains("shows in `ps`"));

@@ -166,7 +166,7 @@ impl Slots {
                 if warned.is_none_or(|at| at.elapsed() >= CROWDED_WARNING_EVERY) {
                     warn!(
                         max_connections = self.max,
-                        "ingress connection limit reached; closing idle connections, new ones wait"
+                        "connection limit reached; closing idle connections, new ones wait"
                     );
                     *warned = Some(Instant::now());
                 }
@@ -217,7 +217,7 @@ async fn accept(listener: &TcpListener, stop: &CancellationToken) -> Option<TcpS
         if is_connection_error(&err) {
             continue;
         }
-        warn!(error = %err, "accepting an ingress connection failed; retrying");
+        warn!(error = %err, "accepting a connection failed; retrying");
         tokio::select! {
             () = stop.cancelled() => return None,
             () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
@@ -245,7 +245,7 @@ async fn drain(connections: &TaskTracker, grace: Duration, force_close: &Cancell
         warn!(
             grace_ms = grace.as_millis() as u64,
             open = connections.len(),
-            "grace period over; closing the ingress connections left"
+            "grace period over; closing the connections left"
         );
         force_close.cancel();
         connections.wait().await;

@@ -56,14 +56,19 @@ pub struct Application {
     ops_state: OpsState,
     upkeep_interval: Duration,
     trim_interval: Duration,
-    /// How long stopping waits for each thing left once the parts ended (the ops server's
-    /// connections, the database pool's close): the parts used the grace period already, and
-    /// SIGTERM must end the process within it and a few seconds more.
+    /// How long stopping waits for the database pool to close once the parts ended: the parts
+    /// used the grace period already, and SIGTERM must end the process within it and a few
+    /// seconds more.
     after_parts_timeout: Duration,
 }
 
-/// The most stopping waits for the ops server, and then for the pool, once the parts ended.
+/// The most stopping waits for the pool to close once the parts ended.
 const AFTER_PARTS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The most stopping waits for the ops server: its own grace period, and a second more.
+const OPS_SERVER_STOP_TIMEOUT: Duration = ops::LIMITS
+    .grace_period
+    .saturating_add(Duration::from_secs(1));
 
 /// The webhook endpoint, bound, with the publisher it stops after the last request.
 struct Ingress {
@@ -231,7 +236,7 @@ impl Application {
         let failure = supervise(&mut parts, &mut ops_server, &stop, &stop_ops).await;
         if !stop_ops.is_cancelled() {
             stop_ops.cancel();
-            match tokio::time::timeout(self.after_parts_timeout, &mut ops_server).await {
+            match tokio::time::timeout(OPS_SERVER_STOP_TIMEOUT, &mut ops_server).await {
                 Ok(Ok(Ok(()))) => {}
                 Ok(Ok(Err(err))) => warn!(error = %err, "ops server failed while stopping"),
                 Ok(Err(err)) => warn!(error = %err, "ops server task failed while stopping"),

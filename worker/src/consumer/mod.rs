@@ -102,8 +102,12 @@ impl Consumer {
                 () = shutdown.cancelled() => break,
             }
         }
-        if let Some(Err(err)) = OptionFuture::from(purge).await {
-            warn!(error = %err, "the tombstone purge task failed");
+        // It heeds shutdown between purges; a purge stuck on a silent database is left behind.
+        let purged = tokio::time::timeout(self.shutdown_grace_period, OptionFuture::from(purge));
+        match purged.await {
+            Ok(Some(Err(err))) => warn!(error = %err, "the tombstone purge task failed"),
+            Ok(_) => {}
+            Err(_) => warn!("the tombstone purge did not stop within the grace period"),
         }
     }
 
@@ -143,6 +147,9 @@ impl Consumer {
     }
 }
 
+/// How long one purge may take: a database that stopped answering must not hold the task.
+const PURGE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Forgets deletions older than `retention`, at start-up and every `interval`, until `shutdown`.
 /// Several workers may purge at once: the statement is idempotent.
 async fn purge_tombstones_periodically(
@@ -167,10 +174,18 @@ async fn purge_tombstones_periodically(
             );
             return;
         };
-        match provision::purge_tombstones(&db, before).await {
-            Ok(0) => {}
-            Ok(purged) => info!(purged, %before, "expired tombstones purged"),
-            Err(err) => warn!(error = %err, "purging tombstones failed; will try again"),
+        let purge = provision::purge_tombstones(&db, before);
+        let purged = tokio::select! {
+            purged = tokio::time::timeout(PURGE_TIMEOUT, purge) => purged,
+            () = shutdown.cancelled() => return,
+        };
+        match purged {
+            Ok(Ok(0)) => {}
+            Ok(Ok(purged)) => info!(purged, %before, "expired tombstones purged"),
+            Ok(Err(err)) => warn!(error = %err, "purging tombstones failed; will try again"),
+            Err(_) => {
+                warn!(timeout = ?PURGE_TIMEOUT, "purging tombstones did not finish; will try again")
+            }
         }
     }
 }

@@ -137,7 +137,9 @@ impl Session {
             SessionEnd::Lost(_) => {
                 // Nothing can be acknowledged on a lost connection: the broker already has
                 // these deliveries back. Stop waiting retries, and let transactions end before
-                // a new session takes deliveries, so no more than PREFETCH are ever in flight.
+                // a new session takes deliveries, so no more than PREFETCH are in flight. A task
+                // stuck on a silent database is waited for at most the grace period (its attempt
+                // ends by PROVISION_ATTEMPT_TIMEOUT anyway); a new session may start beside it.
                 self.stop.cancel();
                 self.tasks.close();
                 tokio::select! {

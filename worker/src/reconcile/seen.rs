@@ -44,6 +44,8 @@ impl Seen {
         // The run idles between paced requests to Clerk; through PgBouncer it does so inside
         // its one transaction, which the idle-in-transaction timeout would end.
         settings.idle_in_transaction_timeout = Duration::ZERO;
+        // Its scans of the users table grow with the table, unlike the service's statements.
+        settings.statement_timeout = Duration::ZERO;
         // Held for the run, the transaction keeps its server connection; through PgBouncer the
         // pool caches no statement and sends no start-up options, as PgBouncer needs.
         let through_pgbouncer = settings.pgbouncer;

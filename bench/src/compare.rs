@@ -49,7 +49,9 @@ pub async fn run(
             [head, base]
         };
         for build in order {
-            for (mode, batch) in [(Mode::Single, 1), (Mode::Batched, batch_size)] {
+            let modes = [(Mode::Single, 1), (Mode::Batched, batch_size)];
+            // With a batch size of 1, "batched" would measure the single mode again.
+            for (mode, batch) in modes.into_iter().filter(|&(_, b)| b == 1 || batch_size > 1) {
                 eprintln!(
                     "compare: round {}/{rounds}, {}, {mode:?}, {events} events",
                     round + 1,
@@ -83,6 +85,9 @@ pub fn table(comparison: &Comparison) -> String {
         "", "", "median", "", "CPU s per 1,000 events", "per event"
     );
     for mode in [Mode::Single, Mode::Batched] {
+        if !comparison.runs.iter().any(|run| run.mode == mode) {
+            continue;
+        }
         let mut medians = Vec::new();
         for build in [&comparison.base, &comparison.head] {
             let drains: Vec<&Drain> = comparison

@@ -375,7 +375,8 @@ fn table(report: &Report) -> String {
     out
 }
 
-/// The median run by `rate`, and every run's rate (in the order run).
+/// The median run by `rate` (for an even count, the faster of the two middle runs: a real run,
+/// not an average), and every run's rate (in the order run).
 fn median_run<T>(mut runs: Vec<T>, rate: impl Fn(&T) -> f64) -> (Option<T>, Vec<f64>) {
     let rates = runs.iter().map(&rate).collect();
     runs.sort_by(|a, b| rate(a).total_cmp(&rate(b)));

@@ -14,7 +14,8 @@ use integration_tests::stack::Stack;
 use integration_tests::{TestDb, eventually};
 use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
 use worker::config::DatabaseSettings;
-use worker::metrics;
+use worker::error::ProvisionError;
+use worker::{metrics, provision};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_worker-under-test");
 
@@ -29,6 +30,14 @@ async fn show(db: &impl ConnectionTrait, name: &str) -> String {
         .expect("SHOW answers")
         .expect("a row");
     row.try_get_by_index::<String>(0).expect("a text value")
+}
+
+/// A database of the test's own behind a proxy that can stall, and the URL through it.
+async fn behind_a_proxy() -> (Stack, CuttableProxy, String) {
+    let stack = Stack::new().await;
+    let proxy = CuttableProxy::start(integration_tests::server_addr()).await;
+    let url = format!("postgres://postgres@{}/{}", proxy.addr, stack.db.name);
+    (stack, proxy, url)
 }
 
 fn sign_up(run: &str, i: usize) -> (String, Vec<u8>, String) {
@@ -148,9 +157,7 @@ async fn a_row_locked_by_another_session_costs_its_user_retries_and_nobody_else_
 
 #[tokio::test]
 async fn a_database_that_stops_answering_pauses_the_consumer_then_everything_is_provisioned() {
-    let stack = Stack::new().await;
-    let proxy = CuttableProxy::start(integration_tests::server_addr()).await;
-    let url = format!("postgres://postgres@{}/{}", proxy.addr, stack.db.name);
+    let (stack, proxy, url) = behind_a_proxy().await;
     let settings = [
         ("DATABASE_URL", url.as_str()),
         ("DATABASE_MAX_CONNECTIONS", "4"),
@@ -196,9 +203,7 @@ async fn a_database_that_stops_answering_pauses_the_consumer_then_everything_is_
 
 #[tokio::test]
 async fn sigterm_stops_a_worker_stuck_on_a_silent_database_within_the_grace_period() {
-    let stack = Stack::new().await;
-    let proxy = CuttableProxy::start(integration_tests::server_addr()).await;
-    let url = format!("postgres://postgres@{}/{}", proxy.addr, stack.db.name);
+    let (stack, proxy, url) = behind_a_proxy().await;
     let settings = [
         ("DATABASE_URL", url.as_str()),
         ("SHUTDOWN_GRACE_PERIOD", "3s"),
@@ -229,4 +234,29 @@ async fn sigterm_stops_a_worker_stuck_on_a_silent_database_within_the_grace_peri
         || async { stack.main_queue_ready().await + stack.workspaces().await as u32 >= 8 },
     )
     .await;
+}
+
+#[tokio::test]
+async fn an_overrun_attempt_is_transient_while_the_database_answers_and_unavailable_when_it_is_silent()
+ {
+    let (stack, proxy, url) = behind_a_proxy().await;
+    let mut settings = stack.db.settings.clone();
+    settings.url = url.into();
+    settings.min_connections = 1;
+    let pool = worker::db::connect(&settings).await.expect("the pool");
+    let deadline = Duration::from_millis(200);
+    let slow = async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        Ok::<(), ProvisionError>(())
+    };
+    let err = provision::within(&pool, deadline, slow).await.unwrap_err();
+    assert_eq!(err.reason_code(), "transient", "{err}");
+
+    proxy.stall();
+    let silent = async { pool.ping().await.map_err(ProvisionError::from_db) };
+    let err = provision::within(&pool, deadline, silent)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason_code(), "database_unavailable", "{err}");
+    proxy.resume();
 }

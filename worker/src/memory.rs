@@ -103,8 +103,19 @@ pub async fn trim_periodically(interval: Duration, metrics: Metrics, shutdown: C
 mod tests {
     use super::*;
 
+    /// The allocator's figures are the whole process's: a test that frees 50 MB while another
+    /// measures would make it see less than it allocated. These tests take turns.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn alone() -> std::sync::MutexGuard<'static, ()> {
+        ONE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     #[test]
     fn pages_freed_by_a_burst_are_given_back() {
+        let _alone = alone();
         // Many small allocations (below the mmap threshold) from another thread's arena, freed:
         // glibc keeps them until trimmed.
         std::thread::spawn(|| {
@@ -118,6 +129,7 @@ mod tests {
 
     #[test]
     fn usage_counts_a_live_allocation_as_heap_in_use() {
+        let _alone = alone();
         let before = usage();
         let held = vec![1u8; 64 << 20];
         let during = usage();

@@ -19,6 +19,17 @@ pub fn amqp_url() -> String {
     std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
 }
 
+/// Where [`amqp_url`] points, for a proxy put in front of it.
+pub fn amqp_addr() -> std::net::SocketAddr {
+    use std::net::ToSocketAddrs;
+    let uri: lapin::uri::AMQPUri = amqp_url().parse().expect("TEST_AMQP_URL is an AMQP URL");
+    (uri.authority.host.as_str(), uri.authority.port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .expect("TEST_AMQP_URL's host resolves")
+}
+
 /// A message as it sits in a queue.
 #[derive(Debug)]
 pub struct Message {

@@ -21,6 +21,7 @@ pub mod pgbouncer;
 pub mod process;
 pub mod proxy;
 pub mod rabbit_nodes;
+pub mod raw_http;
 pub mod stack;
 pub mod webhook;
 

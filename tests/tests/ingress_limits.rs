@@ -10,6 +10,10 @@ use integration_tests::broker::{TestBroker, amqp_url};
 use integration_tests::clerk::UserEvent;
 use integration_tests::eventually;
 use integration_tests::process::WorkerProcess;
+use integration_tests::proxy::CuttableProxy;
+use integration_tests::raw_http::{
+    GENEROUS, error_code, exchange, half_sent, head, read_until_closed, read_whole, status,
+};
 use integration_tests::webhook::{SECRET, Webhook};
 use lapin::BasicProperties;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,9 +23,6 @@ use worker::config::BrokerSettings;
 use worker::topology::Topology;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_worker-under-test");
-
-/// How long any closing or answering may take here, whatever the configured limit (1 s or 2 s).
-const GENEROUS: Duration = Duration::from_secs(10);
 
 fn env(broker: &TestBroker, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
     let mut env = broker.env();
@@ -46,110 +47,6 @@ async fn ingress_process(broker: &TestBroker, extra: &[(&'static str, &str)]) ->
 
 fn user_created(id: &str) -> Vec<u8> {
     UserEvent::created(id, &format!("{id}@example.com"), None).body()
-}
-
-/// A request head for `POST /webhooks/clerk` declaring `content_length`, with the Svix headers
-/// of `signed` when given.
-fn head(signed: Option<&Webhook>, content_length: usize) -> String {
-    let mut head = format!(
-        "POST /webhooks/clerk HTTP/1.1\r\nhost: ingress\r\ncontent-type: application/json\r\ncontent-length: {content_length}\r\n"
-    );
-    if let Some(webhook) = signed {
-        head.push_str(&format!(
-            "svix-id: {}\r\nsvix-timestamp: {}\r\nsvix-signature: {}\r\n",
-            webhook.id, webhook.timestamp, webhook.signature
-        ));
-    }
-    head.push_str("\r\n");
-    head
-}
-
-/// A connection that has sent a signed head and the first half of the body, and stops there.
-async fn half_sent(addr: std::net::SocketAddr, webhook: &Webhook) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).await.expect("connected");
-    let half = webhook.body.len() / 2;
-    stream
-        .write_all(head(Some(webhook), webhook.body.len()).as_bytes())
-        .await
-        .expect("head sent");
-    stream
-        .write_all(&webhook.body[..half])
-        .await
-        .expect("half the body sent");
-    stream
-}
-
-/// Everything the server sends until it closes the connection; `None` if it is still open
-/// after `within`. A reset counts as closed.
-async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Option<Vec<u8>> {
-    let mut received = Vec::new();
-    let mut buffer = [0u8; 4096];
-    let reading = async {
-        loop {
-            match stream.read(&mut buffer).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => received.extend_from_slice(&buffer[..n]),
-            }
-        }
-    };
-    tokio::time::timeout(within, reading).await.ok()?;
-    Some(received)
-}
-
-/// The status, the body so far and the declared length of a response, once its head is in.
-fn parse_response(bytes: &[u8]) -> Option<(u16, String, usize)> {
-    let text = String::from_utf8_lossy(bytes);
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let length = head
-        .lines()
-        .filter_map(|line| line.split_once(':'))
-        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, value)| value.trim().parse().ok())
-        .unwrap_or(0);
-    Some((status(bytes), body.to_owned(), length))
-}
-
-/// The status code of a raw response, 0 if there is none.
-fn status(response: &[u8]) -> u16 {
-    String::from_utf8_lossy(response)
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0)
-}
-
-/// The `error` code of a raw response's JSON body.
-fn error_code(response: &[u8]) -> String {
-    let text = String::from_utf8_lossy(response);
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, body)| body);
-    serde_json::from_str::<serde_json::Value>(body).map_or_else(
-        |_| format!("<not JSON: {body}>"),
-        |json| json["error"].as_str().unwrap_or_default().to_owned(),
-    )
-}
-
-/// The raw response on `stream`, read until it is whole (its declared length) or the server
-/// closed the connection.
-async fn read_whole(stream: &mut TcpStream) -> Vec<u8> {
-    let mut received = Vec::new();
-    let mut buffer = [0u8; 4096];
-    while parse_response(&received).is_none_or(|(_, body, length)| body.len() < length) {
-        let read = tokio::time::timeout(GENEROUS, stream.read(&mut buffer))
-            .await
-            .expect("an answer in time");
-        match read {
-            Ok(0) | Err(_) => break,
-            Ok(n) => received.extend_from_slice(&buffer[..n]),
-        }
-    }
-    received
-}
-
-/// Sends a request on a new connection and returns the raw response.
-async fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> Vec<u8> {
-    let mut stream = TcpStream::connect(addr).await.expect("connected");
-    stream.write_all(request).await.expect("request sent");
-    read_whole(&mut stream).await
 }
 
 #[tokio::test]
@@ -177,6 +74,12 @@ async fn a_request_head_over_the_limit_is_431_from_the_server_and_counted() {
             == 1.0
     })
     .await;
+    assert_eq!(
+        ingress
+            .metric(r#"webhook_refused_total{reason="head_too_large"}"#)
+            .await,
+        1.0
+    );
     assert!(broker.take_all(&broker.topology.queue).await.is_empty());
 }
 
@@ -271,51 +174,104 @@ async fn unsigned_stale_or_oversized_requests_are_refused_before_their_body_is_s
         let response = exchange(addr, request.as_bytes()).await;
         assert_eq!(status(&response), expected_status, "{response:?}");
         assert_eq!(error_code(&response), expected_code);
+        let counted = format!(r#"webhook_refused_total{{reason="{expected_code}"}}"#);
+        assert_eq!(ingress.metric(&counted).await, 1.0, "{counted}");
     }
 }
 
+/// `worker ingress` reaching the broker through `proxy`, which the test can stall so that
+/// publishes wait for confirms that do not come.
+async fn ingress_through(
+    proxy: &CuttableProxy,
+    broker: &TestBroker,
+    extra: &[(&'static str, &str)],
+) -> TestApp {
+    let mut env = env(broker, extra);
+    let url = format!("amqp://guest:guest@{}/%2f", proxy.addr);
+    env.retain(|(key, _)| *key != "AMQP_URL");
+    env.push(("AMQP_URL", url));
+    let app = TestApp::spawn(&["ingress"], &env).await;
+    app.wait_ready(Duration::from_secs(30)).await;
+    app
+}
+
 #[tokio::test]
-async fn requests_beyond_the_concurrency_limit_are_503_at_once_and_counted() {
+async fn publishes_beyond_the_concurrency_limit_are_503_at_once_and_only_verified_requests_take_one()
+ {
     let broker = TestBroker::new().await;
-    let ingress = ingress(
+    let proxy = CuttableProxy::start(integration_tests::broker::amqp_addr()).await;
+    let ingress = ingress_through(
+        &proxy,
         &broker,
         &[
-            ("INGRESS_MAX_CONCURRENCY", "2"),
-            ("INGRESS_BODY_TIMEOUT", "60s"),
+            ("INGRESS_MAX_CONCURRENCY", "1"),
+            ("PUBLISH_TIMEOUT", "60s"),
             ("INGRESS_REQUEST_TIMEOUT", "60s"),
+            ("INGRESS_BODY_TIMEOUT", "60s"),
         ],
     )
     .await;
     let addr = ingress.ingress_addr;
-    let mut held = Vec::new();
-    for i in 0..2 {
-        let webhook = Webhook::signed(SECRET, &user_created(&format!("user_2held{i}")));
-        held.push(half_sent(addr, &webhook).await);
-    }
-    // The one more: unsigned, so with a free slot it would be a quick 401.
-    let probe = head(None, 0);
-    eventually("a request beyond the limit to be 503", GENEROUS, || async {
-        let response = exchange(addr, probe.as_bytes()).await;
-        status(&response) == 503 && error_code(&response) == "overloaded"
-    })
-    .await;
+    // Unverified requests in progress hold no publish slot: two half-sent bodies...
+    let held = [
+        half_sent(addr, &Webhook::signed(SECRET, &user_created("user_2held0"))).await,
+        half_sent(addr, &Webhook::signed(SECRET, &user_created("user_2held1"))).await,
+    ];
+    // ...and a verified one whose confirm does not come holds the only one.
+    proxy.stall();
+    let first = Webhook::signed(SECRET, &user_created("user_2first"));
+    let waiting = tokio::spawn({
+        let request = [
+            head(Some(&first), first.body.len()).into_bytes(),
+            first.body.clone(),
+        ]
+        .concat();
+        async move { exchange(addr, &request).await }
+    });
+    let second = Webhook::signed(SECRET, &user_created("user_2second"));
+    let second_request = [
+        head(Some(&second), second.body.len()).into_bytes(),
+        second.body.clone(),
+    ]
+    .concat();
+    // No figure shows the first one's publish in flight; it only needs to be verified and sent.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let response = exchange(addr, &second_request).await;
+    assert_eq!(
+        status(&response),
+        503,
+        "a verified request beyond the limit"
+    );
+    assert_eq!(error_code(&response), "overloaded");
+    let unsigned = exchange(addr, head(None, 0).as_bytes()).await;
+    assert_eq!(
+        status(&unsigned),
+        401,
+        "an unverified request needs no slot"
+    );
     assert!(
         ingress
-            .metric(r#"webhook_requests_total{status="503",type="unknown"}"#)
+            .metric(r#"webhook_refused_total{reason="overloaded"}"#)
             .await
             >= 1.0
     );
 
+    proxy.resume();
+    let answered = tokio::time::timeout(GENEROUS, waiting)
+        .await
+        .expect("the stalled publish confirmed once the broker answers")
+        .expect("joined");
+    assert_eq!(status(&answered), 202);
+    assert_eq!(
+        status(&exchange(addr, &second_request).await),
+        202,
+        "the slot is back"
+    );
     drop(held);
-    eventually(
-        "slots free once the held requests end",
-        GENEROUS,
-        || async { status(&exchange(addr, probe.as_bytes()).await) == 401 },
-    )
-    .await;
 }
 
-/// A connection kept alive after one answered request (405: nothing published).
+/// A connection kept alive after one answered request (405: nothing published, nothing
+/// verified).
 async fn kept_alive(addr: std::net::SocketAddr) -> TcpStream {
     let mut stream = TcpStream::connect(addr).await.expect("connected");
     stream
@@ -326,32 +282,51 @@ async fn kept_alive(addr: std::net::SocketAddr) -> TcpStream {
     stream
 }
 
+/// A connection kept alive after delivering a verified webhook (202): a trusted one.
+async fn trusted(addr: std::net::SocketAddr, user: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.expect("connected");
+    deliver(&mut stream, user).await;
+    stream
+}
+
+/// Sends a signed webhook for `user` on `stream` and expects 202.
+async fn deliver(stream: &mut TcpStream, user: &str) {
+    let webhook = Webhook::signed(SECRET, &user_created(user));
+    stream
+        .write_all(head(Some(&webhook), webhook.body.len()).as_bytes())
+        .await
+        .expect("head sent");
+    stream.write_all(&webhook.body).await.expect("body sent");
+    assert_eq!(status(&read_whole(stream).await), 202);
+}
+
 #[tokio::test]
-async fn at_the_connection_limit_idle_connections_close_to_let_a_new_one_in() {
+async fn at_the_connection_limit_the_oldest_untrusted_connection_closes_to_let_a_new_one_in() {
     let broker = TestBroker::new().await;
     let ingress = ingress(&broker, &[("INGRESS_MAX_CONNECTIONS", "2")]).await;
     let addr = ingress.ingress_addr;
-    let mut idle = vec![kept_alive(addr).await, kept_alive(addr).await];
+    let mut oldest = kept_alive(addr).await;
+    let mut younger = kept_alive(addr).await;
     assert_eq!(ingress.metric("webhook_connections_open").await, 2.0);
 
     let response = exchange(addr, head(None, 0).as_bytes()).await;
     assert_eq!(status(&response), 401, "the third connection is answered");
-    for stream in &mut idle {
-        let rest = read_until_closed(stream, GENEROUS).await;
-        assert_eq!(rest.as_deref(), Some(&b""[..]), "an idle one was closed");
-    }
+    let rest = read_until_closed(&mut oldest, GENEROUS).await;
+    assert_eq!(rest.as_deref(), Some(&b""[..]), "the oldest was closed");
+    assert!(
+        read_until_closed(&mut younger, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "one eviction per newcomer: the younger one stays"
+    );
     assert_eq!(
         ingress.metric("webhook_connections_waited_total").await,
         1.0
     );
-    eventually("the open count to come down", GENEROUS, || async {
-        ingress.metric("webhook_connections_open").await == 0.0
-    })
-    .await;
 }
 
 #[tokio::test]
-async fn at_the_connection_limit_a_new_one_waits_for_the_request_in_progress() {
+async fn at_the_connection_limit_a_trusted_connection_is_never_closed_for_a_newcomer() {
     let broker = TestBroker::new().await;
     let ingress = ingress(
         &broker,
@@ -362,31 +337,45 @@ async fn at_the_connection_limit_a_new_one_waits_for_the_request_in_progress() {
     )
     .await;
     let addr = ingress.ingress_addr;
-    let webhook = Webhook::signed(SECRET, &user_created("user_2inprogress"));
-    let mut in_progress = half_sent(addr, &webhook).await;
+    let mut svix = trusted(addr, "user_2trusted0").await;
+    let webhook = Webhook::signed(SECRET, &user_created("user_2trusted1"));
+    let half = webhook.body.len() / 2;
+    svix.write_all(head(Some(&webhook), webhook.body.len()).as_bytes())
+        .await
+        .expect("head sent");
+    svix.write_all(&webhook.body[..half])
+        .await
+        .expect("half sent");
 
-    let mut waiting = TcpStream::connect(addr).await.expect("connected");
-    waiting
+    let mut newcomer = TcpStream::connect(addr).await.expect("connected");
+    newcomer
         .write_all(head(None, 0).as_bytes())
         .await
         .expect("request sent");
     let mut buffer = [0u8; 64];
-    let early = tokio::time::timeout(Duration::from_secs(1), waiting.read(&mut buffer)).await;
+    let early = tokio::time::timeout(Duration::from_secs(1), newcomer.read(&mut buffer)).await;
     assert!(
         early.is_err(),
         "answered while the limit was held: {early:?}"
     );
 
-    let half = webhook.body.len() / 2;
-    in_progress
-        .write_all(&webhook.body[half..])
+    svix.write_all(&webhook.body[half..])
         .await
-        .expect("the rest of the body sent");
-    let answered = read_until_closed(&mut in_progress, GENEROUS)
-        .await
-        .expect("the request in progress is answered, then its connection closed");
-    assert_eq!(status(&answered), 202);
-    assert_eq!(status(&read_whole(&mut waiting).await), 401);
+        .expect("rest sent");
+    assert_eq!(status(&read_whole(&mut svix).await), 202);
+    deliver(&mut svix, "user_2trusted2").await;
+    let early = tokio::time::timeout(Duration::from_secs(1), newcomer.read(&mut buffer)).await;
+    assert!(
+        early.is_err(),
+        "the trusted connection stays open: {early:?}"
+    );
+
+    drop(svix);
+    assert_eq!(
+        status(&read_whole(&mut newcomer).await),
+        401,
+        "in once it closed"
+    );
 }
 
 #[tokio::test]
@@ -402,8 +391,12 @@ async fn a_stop_while_a_connection_waits_for_a_slot_closes_it_and_drains_as_usua
     )
     .await;
     let addr = ingress.ingress_addr;
+    let mut holder = trusted(addr, "user_2holdsthelimit").await;
     let webhook = Webhook::signed(SECRET, &user_created("user_2holdsthelimit"));
-    let _in_progress = half_sent(addr, &webhook).await;
+    holder
+        .write_all(head(Some(&webhook), webhook.body.len()).as_bytes())
+        .await
+        .expect("a second request's head sent");
     let mut waiting = TcpStream::connect(addr).await.expect("connected");
     waiting
         .write_all(head(None, 0).as_bytes())

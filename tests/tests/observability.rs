@@ -111,6 +111,7 @@ fn the_dashboard_and_the_alerts_only_name_exported_metrics() {
         "event_lag_seconds_bucket",
         "events_retried_total",
         "webhook_requests_total",
+        "webhook_refused_total",
         "rabbitmq_queue_messages_ready",
     ] {
         assert!(used.contains(needed), "the dashboard shows {needed}");

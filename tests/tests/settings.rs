@@ -190,6 +190,15 @@ fn each_setting_that_makes_no_sense_exits_2_naming_it_and_never_its_value() {
             "AMQP_URL",
         ),
         (vec!["ingress"], vec![], "CLERK_WEBHOOK_SECRET"),
+        (
+            vec!["ingress"],
+            vec![
+                ("CLERK_WEBHOOK_SECRET", WEBHOOK_SECRET.into()),
+                ("INGRESS_MAX_BODY", "65536".into()),
+                ("INGRESS_MAX_BODY_MEMORY", "65535".into()),
+            ],
+            "INGRESS_MAX_BODY_MEMORY is below INGRESS_MAX_BODY",
+        ),
         // Both forms of a secret.
         (
             vec!["ingress"],

@@ -447,17 +447,31 @@ pub struct IngressSettings {
     #[arg(long, env = "INGRESS_IDLE_TIMEOUT", default_value = "75s", value_parser = positive_duration)]
     pub ingress_idle_timeout: Duration,
 
+    /// How long writing one answer may wait for the client to read it; a client that does not
+    /// read (pipelining requests it never collects) is then closed and its slot comes back.
+    /// Also the TCP_USER_TIMEOUT of each connection: a peer that acknowledges nothing sent for
+    /// as long is dropped by the kernel. Well under the 15 s Svix waits.
+    #[arg(long, env = "INGRESS_WRITE_TIMEOUT", default_value = "5s", value_parser = positive_duration)]
+    pub ingress_write_timeout: Duration,
+
     /// Ingress connections open at once (1-65536). Each holds about 16 KiB, so this bounds the
-    /// ingress's connection memory; at the limit, open connections close once idle and new
-    /// ones wait in the listen backlog.
+    /// ingress's connection memory. At the limit, the oldest connection that has never
+    /// delivered a verified webhook is closed to make room; one that has is never closed for a
+    /// newcomer, which then waits in the listen backlog until a connection closes.
     #[arg(long, env = "INGRESS_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65_536).map(|n| n as usize))]
     pub ingress_max_connections: usize,
 
-    /// Webhook requests in progress at once; beyond it, 503 `overloaded` at once (Svix retries).
-    /// 256: where accepted throughput stopped growing when measured, before latency only grew;
-    /// it also bounds buffered bodies to 256 x `INGRESS_MAX_BODY` (64 MiB by default).
+    /// Publishes awaiting the broker's confirm at once; only requests whose signature verified
+    /// take one, and a verified request beyond them is 503 `overloaded` at once (Svix
+    /// retries). 256: where accepted throughput stopped growing when measured.
     #[arg(long, env = "INGRESS_MAX_CONCURRENCY", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536).map(|n| n as usize))]
     pub ingress_max_concurrency: usize,
+
+    /// Bytes of request bodies the ingress holds at once, across all connections (default
+    /// 64 MiB; at least INGRESS_MAX_BODY). Bodies take their bytes as they arrive; one that
+    /// finds none left is 503 `body_memory_full` (Svix retries).
+    #[arg(long, env = "INGRESS_MAX_BODY_MEMORY", default_value_t = 64 * 1024 * 1024)]
+    pub ingress_max_body_memory: usize,
 
     /// How long to wait for the broker to confirm a publish before answering 503.
     #[arg(long, env = "PUBLISH_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]

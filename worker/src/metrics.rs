@@ -28,6 +28,7 @@ pub const DELIVERIES_IN_FLIGHT: &str = "deliveries_in_flight";
 pub const EVENTS_REPLAYED: &str = "events_replayed_total";
 pub const BATCH_SIZE: &str = "provisioning_batch_size";
 pub const WEBHOOK_REQUESTS: &str = "webhook_requests_total";
+pub const WEBHOOK_REFUSED: &str = "webhook_refused_total";
 pub const WEBHOOK_DURATION: &str = "webhook_request_duration_seconds";
 pub const WEBHOOK_PUBLISH_CONFIRM: &str = "webhook_publish_confirm_seconds";
 pub const WEBHOOK_CONNECTIONS_OPEN: &str = "webhook_connections_open";
@@ -38,7 +39,7 @@ pub const HEAP_FREE: &str = "process_heap_free_bytes";
 
 /// Every metric family this service exports, with whether it is a histogram (exported as
 /// `_bucket`, `_sum` and `_count` series). Dashboards and alerts may only use these.
-pub const ALL: [(&str, bool); 19] = [
+pub const ALL: [(&str, bool); 20] = [
     (BATCH_SIZE, true),
     (WORKSPACE_CREATED, false),
     (WORKSPACE_FAILED, false),
@@ -51,6 +52,7 @@ pub const ALL: [(&str, bool); 19] = [
     (CONSUMER_CONNECTED, false),
     (DELIVERIES_IN_FLIGHT, false),
     (WEBHOOK_REQUESTS, false),
+    (WEBHOOK_REFUSED, false),
     (WEBHOOK_DURATION, true),
     (WEBHOOK_PUBLISH_CONFIRM, true),
     (WEBHOOK_CONNECTIONS_OPEN, false),
@@ -206,6 +208,12 @@ impl Metrics {
         });
     }
 
+    /// A webhook request refused, by its error code (a fixed set: the ingress's codes and 431's
+    /// `head_too_large`), whether or not it came with a valid signature.
+    pub fn record_refused(&self, reason: &'static str) {
+        self.with(|| counter!(WEBHOOK_REFUSED, "reason" => reason).increment(1));
+    }
+
     /// Ingress connections open now.
     pub fn set_connections_open(&self, open: usize) {
         self.with(|| gauge!(WEBHOOK_CONNECTIONS_OPEN).set(open as f64));
@@ -278,6 +286,10 @@ fn describe() {
     describe_gauge!(
         DELIVERIES_IN_FLIGHT,
         "Deliveries being provisioned or retried right now."
+    );
+    describe_counter!(
+        WEBHOOK_REFUSED,
+        "Webhook requests refused, by reason (the error code of the answer)."
     );
     describe_gauge!(
         WEBHOOK_CONNECTIONS_OPEN,

@@ -157,13 +157,14 @@ pub async fn serve(
     Ok(())
 }
 
-/// The ops server's connection limits: a head within 5 s, at most 512 connections (about
+/// The ops server's connection limits: a head within 5 s, each answer written within 5 s, at most 512 connections (about
 /// 8 MiB; scrapers and probes keep few, and a burst of a few hundred probes must not find the
 /// server crowded), and at most 2 s for requests in progress on shutdown.
 pub const LIMITS: ServerLimits = ServerLimits {
     max_head: 16 * 1024,
     header_timeout: Duration::from_secs(5),
     idle_timeout: Duration::from_secs(75),
+    write_timeout: Duration::from_secs(5),
     max_connections: 512,
     grace_period: Duration::from_secs(2),
 };

@@ -26,8 +26,9 @@ use crate::config::{
 };
 use crate::consumer::Consumer;
 use crate::db::{self, Pool};
+use crate::http_server::refusal_log::{REFUSAL_LOG_EVERY, RefusalLog};
 use crate::ingress::signature::Verifier;
-use crate::ingress::{self, IngressState, Publisher, RequestLimits, ServerLimits};
+use crate::ingress::{self, BodyLimits, BodyMemory, IngressState, Publisher, ServerLimits};
 use crate::memory;
 use crate::metrics::Metrics;
 use crate::ops::{self, OpsState, ReadyFlag};
@@ -113,8 +114,11 @@ impl Application {
                     publisher,
                     publish_timeout: settings.publish_timeout,
                     metrics: metrics.clone(),
-                    limits: request_limits(settings),
-                    slots: Arc::new(Semaphore::new(settings.ingress_max_concurrency)),
+                    body_limits: body_limits(settings),
+                    request_timeout: settings.ingress_request_timeout,
+                    body_memory: Arc::new(BodyMemory::new(settings.ingress_max_body_memory)),
+                    publish_slots: Arc::new(Semaphore::new(settings.ingress_max_concurrency)),
+                    refusal_log: Arc::new(RefusalLog::new(REFUSAL_LOG_EVERY)),
                 };
                 Some(Ingress {
                     listener,
@@ -316,12 +320,11 @@ fn part_failure(
     }
 }
 
-/// The per-request limits of the ingress settings.
-fn request_limits(settings: &IngressSettings) -> RequestLimits {
-    RequestLimits {
+/// The per-body limits of the ingress settings.
+fn body_limits(settings: &IngressSettings) -> BodyLimits {
+    BodyLimits {
         max_body: settings.ingress_max_body,
         body_timeout: settings.ingress_body_timeout,
-        request_timeout: settings.ingress_request_timeout,
     }
 }
 
@@ -331,6 +334,7 @@ fn server_limits(settings: &IngressSettings, shutdown: &ShutdownSettings) -> Ser
         max_head: settings.ingress_max_head,
         header_timeout: settings.ingress_header_timeout,
         idle_timeout: settings.ingress_idle_timeout,
+        write_timeout: settings.ingress_write_timeout,
         max_connections: settings.ingress_max_connections,
         grace_period: shutdown.shutdown_grace_period,
     }
@@ -418,18 +422,21 @@ mod tests {
     fn the_ingress_limits_default_to_the_documented_values() {
         let plan = plan(&["ingress"]);
         let settings = plan.ingress.as_ref().unwrap();
-        let (server, request) = (
+        let (server, body) = (
             server_limits(settings, &plan.shutdown),
-            request_limits(settings),
+            body_limits(settings),
         );
         assert_eq!(server.max_head, 16 * 1024);
         assert_eq!(server.header_timeout, Duration::from_secs(5));
         assert_eq!(server.idle_timeout, Duration::from_secs(75));
+        assert_eq!(server.write_timeout, Duration::from_secs(5));
+        assert_eq!(server.max_connections, 1024);
         assert_eq!(server.grace_period, Duration::from_secs(30));
-        assert_eq!(request.max_body, 256 * 1024);
-        assert_eq!(request.body_timeout, Duration::from_secs(5));
-        assert_eq!(request.request_timeout, Duration::from_secs(10));
+        assert_eq!(body.max_body, 256 * 1024);
+        assert_eq!(body.body_timeout, Duration::from_secs(5));
+        assert_eq!(settings.ingress_request_timeout, Duration::from_secs(10));
         assert_eq!(settings.ingress_max_concurrency, 256);
+        assert_eq!(settings.ingress_max_body_memory, 64 * 1024 * 1024);
     }
 
     #[test]
@@ -444,6 +451,7 @@ mod tests {
     fn limits_of_zero_are_refused() {
         for flag in [
             "--ingress-header-timeout=0s",
+            "--ingress-write-timeout=0s",
             "--ingress-max-concurrency=0",
             "--ingress-max-head=10",
         ] {

@@ -128,8 +128,14 @@ impl IngressSettings {
         )?)
     }
 
-    /// A signing secret is set and decodes.
+    /// A signing secret is set and decodes, and the body memory can hold the largest body.
     pub fn check(&self) -> Result<(), ConfigError> {
+        if self.ingress_max_body_memory < self.ingress_max_body {
+            return Err(ConfigError::Refused {
+                setting: "INGRESS_MAX_BODY_MEMORY",
+                reason: "is below INGRESS_MAX_BODY: no body of the largest size could ever be read",
+            });
+        }
         self.verifier().map(drop)
     }
 }

@@ -3,25 +3,34 @@
 //! failure that a retry can fix is a 503.
 //!
 //! The Svix headers and the timestamp are checked before the body is read, so an unsigned or
-//! stale request costs no body. The body is then read within a size and a time limit, verified
+//! stale request costs no body. The body is then read within its limits ([`body`]), verified
 //! as raw bytes, and only its `type` is read; it is published byte for byte and the consumer
-//! parses it. At most `max_concurrency` requests are in progress; more are refused at once.
-//! The connection-level limits (head size, head and idle timeouts, shutdown) are [`server`]'s.
+//! parses it.
+//!
+//! What an unverified request can hold is bounded by the connection limit, the head and body
+//! timeouts and the body memory budget; the scarce resource, a publish awaiting the broker's
+//! confirm, is taken only once the signature verified: at most `INGRESS_MAX_CONCURRENCY`
+//! publishes are in flight, and a verified request beyond them is refused at once (503
+//! `overloaded`). A verified request also marks its connection trusted, so the connection limit
+//! never closes it to make room ([`crate::http_server::trust`]). The connection-level limits
+//! (head size, head, idle and write timeouts, shutdown) are [`crate::http_server`]'s.
+//!
+//! Refusals are counted by reason (`webhook_refused_total`); those of requests without a valid
+//! signature are logged at most once per interval ([`RefusalLog`]), the others each time.
 
+mod body;
 mod publisher;
 pub mod signature;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use chrono::Utc;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 use serde::Deserialize;
@@ -30,11 +39,14 @@ use tokio::sync::Semaphore;
 use tracing::{info, instrument, warn};
 
 pub use crate::http_server::{ServerLimits, serve};
+pub use body::{BodyLimits, BodyMemory};
 pub use publisher::Publisher;
 use signature::{SignatureError, SignedHeaders, Verifier};
 
 use crate::broker::PublishError;
 use crate::clerk;
+use crate::http_server::Trust;
+use crate::http_server::refusal_log::RefusalLog;
 use crate::metrics::Metrics;
 use crate::topology::header::RECEIVED_AT_MS;
 
@@ -45,20 +57,16 @@ pub struct IngressState {
     pub publisher: Arc<Publisher>,
     pub publish_timeout: Duration,
     pub metrics: Metrics,
-    pub limits: RequestLimits,
-    /// One permit per request in progress (`INGRESS_MAX_CONCURRENCY`).
-    pub slots: Arc<Semaphore>,
-}
-
-/// The per-request limits (`INGRESS_*` settings).
-#[derive(Clone, Copy, Debug)]
-pub struct RequestLimits {
-    /// Largest body in bytes (larger: 413).
-    pub max_body: usize,
-    /// From the complete head to the whole body (longer: 408).
-    pub body_timeout: Duration,
+    pub body_limits: BodyLimits,
     /// From the complete head to the answer (longer: 503).
     pub request_timeout: Duration,
+    /// What all bodies being read may hold together (`INGRESS_MAX_BODY_MEMORY`).
+    pub body_memory: Arc<BodyMemory>,
+    /// One permit per publish awaiting its confirm (`INGRESS_MAX_CONCURRENCY`); only verified
+    /// requests take one.
+    pub publish_slots: Arc<Semaphore>,
+    /// Refusals of unverified requests, logged at most once per interval.
+    pub refusal_log: Arc<RefusalLog>,
 }
 
 pub fn router(state: IngressState) -> Router {
@@ -78,7 +86,7 @@ enum Accepted {
 /// Why a request was refused; each maps to one status and a stable code.
 #[derive(Debug, thiserror::Error)]
 enum Refused {
-    #[error("more webhook requests are in progress than the limit; retry later")]
+    #[error("more webhooks are being published than the limit; retry later")]
     Overloaded,
     #[error("the request did not finish within {0:?}")]
     TimedOut(Duration),
@@ -86,6 +94,8 @@ enum Refused {
     TooLarge,
     #[error("the body did not arrive within {0:?}")]
     BodyTimedOut(Duration),
+    #[error("the bodies being read hold all the memory they may; retry later")]
+    BodyMemoryFull,
     #[error("the body could not be read: {0}")]
     Unreadable(String),
     #[error(transparent)]
@@ -103,7 +113,7 @@ impl Refused {
             Self::BodyTimedOut(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Unreadable(_) | Self::NotJson(_) => StatusCode::BAD_REQUEST,
             Self::Signature(_) => StatusCode::UNAUTHORIZED,
-            Self::Overloaded | Self::TimedOut(_) | Self::Unavailable(_) => {
+            Self::Overloaded | Self::TimedOut(_) | Self::BodyMemoryFull | Self::Unavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         }
@@ -115,6 +125,7 @@ impl Refused {
             Self::TimedOut(_) => "request_timeout",
             Self::TooLarge => "body_too_large",
             Self::BodyTimedOut(_) => "body_timeout",
+            Self::BodyMemoryFull => "body_memory_full",
             Self::Unreadable(_) => "unreadable_body",
             Self::Signature(err) => err.code(),
             Self::NotJson(_) => "invalid_payload",
@@ -133,20 +144,21 @@ struct EventType {
 #[instrument(skip_all, fields(event_id))]
 async fn receive(State(state): State<IngressState>, request: Request) -> Response {
     let started = Instant::now();
-    // Held until the answer is ready; none left means refused at once, body unread.
-    let outcome = match state.slots.clone().try_acquire_owned() {
-        Ok(_slot) => within_deadline(&state, request).await,
-        Err(_) => Err(Refused::Overloaded),
-    };
-    let (status, event_type, body) = answer(outcome);
+    let mut verified = false;
+    let outcome = within_deadline(&state, request, &mut verified).await;
+    let (status, event_type, body) = answer(&state, outcome, verified);
     state
         .metrics
         .record_webhook(status.as_u16(), event_type.as_deref(), started.elapsed());
     (status, Json(body)).into_response()
 }
 
-/// The status, the type label and the JSON body of an outcome, logged.
-fn answer(outcome: Result<Accepted, Refused>) -> (StatusCode, Option<String>, serde_json::Value) {
+/// The status, the type label and the JSON body of an outcome, logged and counted.
+fn answer(
+    state: &IngressState,
+    outcome: Result<Accepted, Refused>,
+    verified: bool,
+) -> (StatusCode, Option<String>, serde_json::Value) {
     match outcome {
         Ok(Accepted::Queued { event_type, id }) => {
             info!(event_id = %id, event_type = %event_type, "webhook queued");
@@ -162,41 +174,68 @@ fn answer(outcome: Result<Accepted, Refused>) -> (StatusCode, Option<String>, se
             )
         }
         Err(refused) => {
-            warn!(status = refused.status().as_u16(), error = refused.code(), detail = %refused, "webhook refused");
+            let status = refused.status();
+            state.metrics.record_refused(refused.code());
+            if verified {
+                warn!(status = status.as_u16(), error = refused.code(), detail = %refused, "verified webhook refused");
+            } else {
+                state
+                    .refusal_log
+                    .refused(status.as_u16(), refused.code(), &refused);
+            }
             let body = json!({"error": refused.code(), "detail": refused.to_string()});
-            (refused.status(), None, body)
+            (status, None, body)
         }
     }
 }
 
 /// [`accept`] within the request deadline, so Svix hears our answer before its own 15 s end.
-async fn within_deadline(state: &IngressState, request: Request) -> Result<Accepted, Refused> {
-    let deadline = state.limits.request_timeout;
-    tokio::time::timeout(deadline, accept(state, request))
+async fn within_deadline(
+    state: &IngressState,
+    request: Request,
+    verified: &mut bool,
+) -> Result<Accepted, Refused> {
+    let deadline = state.request_timeout;
+    tokio::time::timeout(deadline, accept(state, request, verified))
         .await
         .unwrap_or(Err(Refused::TimedOut(deadline)))
 }
 
-async fn accept(state: &IngressState, request: Request) -> Result<Accepted, Refused> {
+/// Checks, reads, verifies and publishes one webhook; sets `verified` once its signature
+/// verified, and marks its connection trusted then.
+async fn accept(
+    state: &IngressState,
+    request: Request,
+    verified: &mut bool,
+) -> Result<Accepted, Refused> {
     let received_at_ms = Utc::now().timestamp_millis();
     let (parts, body) = request.into_parts();
     let signed = SignedHeaders::from_headers(&parts.headers)?;
     tracing::Span::current().record("event_id", signed.id.as_str());
     signed.check_timestamp(received_at_ms / 1000)?;
-    let body = read_body(body, &state.limits).await?;
+    let body = body::read_body(body, state.body_limits, &state.body_memory).await?;
     state
         .verifier
-        .verify(&signed, &body, received_at_ms / 1000)?;
+        .verify(&signed, &body.bytes, received_at_ms / 1000)?;
+    *verified = true;
+    if let Some(trust) = parts.extensions.get::<Trust>() {
+        trust.earned();
+    }
     let EventType { event_type } =
-        serde_json::from_slice(&body).map_err(|err| Refused::NotJson(err.to_string()))?;
+        serde_json::from_slice(&body.bytes).map_err(|err| Refused::NotJson(err.to_string()))?;
     if !clerk::is_supported(&event_type) {
         return Ok(Accepted::Ignored { event_type });
     }
+    // Held until the confirm; none left means refused at once (Svix retries).
+    let _slot = state
+        .publish_slots
+        .try_acquire()
+        .map_err(|_| Refused::Overloaded)?;
     let properties = properties(&signed, received_at_ms);
     let started = Instant::now();
     let published = state
         .publisher
-        .publish(&event_type, &body, properties, state.publish_timeout)
+        .publish(&event_type, &body.bytes, properties, state.publish_timeout)
         .await;
     state.metrics.record_publish_confirm(started.elapsed());
     published?;
@@ -204,23 +243,6 @@ async fn accept(state: &IngressState, request: Request) -> Result<Accepted, Refu
         event_type,
         id: signed.id,
     })
-}
-
-/// The whole body, at most `max_body` bytes and within `body_timeout`. A declared length over
-/// the limit is refused before a byte of the body is read.
-async fn read_body(body: Body, limits: &RequestLimits) -> Result<Bytes, Refused> {
-    let max = limits.max_body;
-    if body.size_hint().lower() > u64::try_from(max).unwrap_or(u64::MAX) {
-        return Err(Refused::TooLarge);
-    }
-    let collected = tokio::time::timeout(limits.body_timeout, Limited::new(body, max).collect())
-        .await
-        .map_err(|_| Refused::BodyTimedOut(limits.body_timeout))?;
-    match collected {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<LengthLimitError>() => Err(Refused::TooLarge),
-        Err(err) => Err(Refused::Unreadable(err.to_string())),
-    }
 }
 
 /// Persistent JSON with the Svix id as message id, so every hop can name the event.
@@ -239,67 +261,17 @@ fn properties(signed: &SignedHeaders, received_at_ms: i64) -> BasicProperties {
 
 #[cfg(test)]
 mod tests {
-    use futures::{StreamExt, stream};
-
     use super::*;
-
-    const LIMITS: RequestLimits = RequestLimits {
-        max_body: 16,
-        body_timeout: Duration::from_millis(200),
-        request_timeout: Duration::from_secs(10),
-    };
-
-    /// A body that sends `first` and then nothing, ever.
-    fn stalled(first: &'static [u8]) -> Body {
-        let chunks = stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(first))])
-            .chain(stream::pending());
-        Body::from_stream(chunks)
-    }
-
-    #[tokio::test]
-    async fn a_body_within_the_limit_is_read_whole() {
-        let body = read_body(Body::from("{\"type\":\"x\"}"), &LIMITS).await;
-        assert_eq!(body.unwrap(), Bytes::from_static(b"{\"type\":\"x\"}"));
-    }
-
-    #[tokio::test]
-    async fn a_body_over_the_limit_is_too_large_declared_or_streamed() {
-        let declared = Body::from(vec![b'a'; 17]);
-        assert!(matches!(
-            read_body(declared, &LIMITS).await,
-            Err(Refused::TooLarge)
-        ));
-        let chunks = stream::iter(
-            [b"0123456789", b"0123456789"]
-                .map(|chunk| Ok::<_, std::io::Error>(Bytes::from_static(chunk))),
-        );
-        assert!(matches!(
-            read_body(Body::from_stream(chunks), &LIMITS).await,
-            Err(Refused::TooLarge)
-        ));
-    }
-
-    #[tokio::test]
-    async fn a_body_that_stalls_is_a_body_timeout() {
-        let read = read_body(stalled(b"{\"ty"), &LIMITS).await;
-        assert!(matches!(read, Err(Refused::BodyTimedOut(_))));
-    }
 
     #[test]
     fn every_refusal_has_its_public_status_and_code() {
+        let deadline = Duration::from_secs(1);
         let cases = [
             (Refused::Overloaded, 503, "overloaded"),
-            (
-                Refused::TimedOut(LIMITS.request_timeout),
-                503,
-                "request_timeout",
-            ),
+            (Refused::TimedOut(deadline), 503, "request_timeout"),
             (Refused::TooLarge, 413, "body_too_large"),
-            (
-                Refused::BodyTimedOut(LIMITS.body_timeout),
-                408,
-                "body_timeout",
-            ),
+            (Refused::BodyTimedOut(deadline), 408, "body_timeout"),
+            (Refused::BodyMemoryFull, 503, "body_memory_full"),
             (Refused::Unreadable(String::new()), 400, "unreadable_body"),
             (Refused::NotJson(String::new()), 400, "invalid_payload"),
             (

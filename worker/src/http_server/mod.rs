@@ -1,6 +1,6 @@
 //! The HTTP/1.1 server of the ingress and of the ops server: hyper's connection builder driven
 //! by hand, because `axum::serve` cannot bound how long a request head may take, nor how big it
-//! may be, nor how long its graceful shutdown waits.
+//! may be, nor how long writing an answer or its graceful shutdown may take.
 //!
 //! Svix gives a delivery 15 s and retries for about a day, so a refused or slow request loses
 //! nothing; a server stalled by a few hostile connections loses everything. Hence:
@@ -10,19 +10,27 @@
 //!   larger of `idle_timeout` and `header_timeout`. Hyper 1.x starts its header-read timer as
 //!   soon as a connection goes idle (`State::idle` in `proto/h1/conn.rs`), so one timer bounds
 //!   the idle wait and the next head together; it is set to that larger value, and the first
-//!   head's own, usually shorter, limit is enforced here.
+//!   head's own, usually shorter, limit is enforced here;
+//! - each answer must be written within `write_timeout` ([`write_deadline`]), and the kernel
+//!   gives up on a peer that acknowledges nothing for as long (`TCP_USER_TIMEOUT`). hyper holds
+//!   one request at a time: it reads the next pipelined head only once the answer before it is
+//!   written, so requests pipelined by a peer that does not read wait in the kernel's buffers,
+//!   not here, and the write deadline closes the connection.
 //!
 //! At most `max_connections` are open at once: each holds hyper's buffers and a task (about
 //! 16 KiB measured), so memory is bounded however many clients connect. When the limit is
-//! reached and another arrives, the open connections are asked to close once idle (an idle one
-//! closes at once, one in the middle of a request after answering it, as nginx drains its
-//! kept-alive connections); the new one waits for a slot, and those after it wait in the
-//! listen backlog.
+//! reached and another arrives, the oldest connection that has never delivered a verified
+//! request is closed to make room ([`trust`]); if every open connection has, the new one waits
+//! for one to close, and those after it wait in the listen backlog.
 //!
 //! On shutdown the listener closes, connections that never sent a complete head close at once,
 //! the others finish their request (hyper's graceful shutdown: no keep-alive, idle ones close at
 //! once), and whatever is left after `grace_period` is closed. hyper-util's `GracefulShutdown`
 //! can only do the middle part, so a [`TaskTracker`] and one `select!` per connection do it all.
+
+pub mod refusal_log;
+pub mod trust;
+pub mod write_deadline;
 
 use std::convert::Infallible;
 use std::io;
@@ -37,23 +45,28 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
+
+pub use trust::Trust;
 
 use crate::metrics::Metrics;
+use refusal_log::{REFUSAL_LOG_EVERY, RefusalLog};
+use trust::{Admission, Untrusted};
+use write_deadline::WriteDeadline;
 
 /// After an accept error that is not about one connection (out of file descriptors), wait this
 /// long before accepting again rather than spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
-/// How often a crowded connection still on its first head looks again whether it came.
-const HEAD_POLL: Duration = Duration::from_millis(10);
-
 /// While the connection limit is reached, a warning at most this often.
 const CROWDED_WARNING_EVERY: Duration = Duration::from_secs(10);
+
+/// The code a 431 is counted under in `webhook_refused_total`.
+pub const HEAD_TOO_LARGE: &str = "head_too_large";
 
 /// The connection-level limits (`INGRESS_*` settings and `SHUTDOWN_GRACE_PERIOD`).
 #[derive(Clone, Debug)]
@@ -64,7 +77,9 @@ pub struct ServerLimits {
     pub header_timeout: Duration,
     /// How long a kept-alive connection may wait for its next complete head.
     pub idle_timeout: Duration,
-    /// Connections open at once; at the limit the idle ones are closed and new ones wait.
+    /// How long writing one answer may wait for the peer to read; also `TCP_USER_TIMEOUT`.
+    pub write_timeout: Duration,
+    /// Connections open at once; at the limit an untrusted one is closed or new ones wait.
     pub max_connections: usize,
     /// On shutdown, how long requests in progress get before their connections are closed.
     pub grace_period: Duration,
@@ -76,14 +91,13 @@ struct Shared {
     router: Router,
     /// The ingress's connection and 431 figures; `None` for the ops server, which has none.
     metrics: Option<Metrics>,
+    refusals: RefusalLog,
     header_timeout: Duration,
+    write_timeout: Duration,
     /// Cancelled when the server starts to stop.
     stopping: CancellationToken,
     /// Cancelled when the grace period is over: every connection left closes.
     force_close: CancellationToken,
-    /// Bumped when the connection limit is reached: connections that have had a request close
-    /// once idle. Each connection subscribes before its task starts, so none misses a bump.
-    crowded: watch::Sender<u64>,
 }
 
 /// Serves `router` on `listener` until `shutdown`, then drains as the module says.
@@ -98,21 +112,25 @@ pub async fn serve(
         builder: builder(&limits),
         router,
         metrics,
+        refusals: RefusalLog::new(REFUSAL_LOG_EVERY),
         header_timeout: limits.header_timeout,
+        write_timeout: limits.write_timeout,
         stopping: shutdown,
         force_close: CancellationToken::new(),
-        crowded: watch::Sender::new(0),
     });
+    let untrusted = Arc::new(Untrusted::default());
     let slots = Slots::new(limits.max_connections, shared.metrics.clone());
     let mut warned: Option<Instant> = None;
     let connections = TaskTracker::new();
+    let mut accepted: u64 = 0;
     while let Some(stream) = accept(&listener, &shared.stopping).await {
-        let taking = slots.take(&shared.crowded, &mut warned, &shared.stopping);
+        let taking = slots.take(&untrusted, &mut warned, &shared.stopping);
         let Some(slot) = taking.await else {
             break;
         };
-        let crowded = shared.crowded.subscribe();
-        connections.spawn(serve_connection(stream, slot, crowded, shared.clone()));
+        accepted += 1;
+        let admission = untrusted.admit(accepted);
+        connections.spawn(serve_connection(stream, slot, admission, shared.clone()));
     }
     drop(listener);
     drain(&connections, limits.grace_period, &shared.force_close).await;
@@ -152,28 +170,30 @@ impl Slots {
         })
     }
 
-    /// A free slot; at the limit, asks the open connections to close once idle (`crowded`) and
-    /// waits for one to go. `None` once `stop` is cancelled.
+    /// A free slot; at the limit, closes the oldest untrusted connection and waits for a slot
+    /// (if every connection is trusted, until one closes). `None` once `stop` is cancelled.
     async fn take(
         self: &Arc<Self>,
-        crowded: &watch::Sender<u64>,
+        untrusted: &Untrusted,
         warned: &mut Option<Instant>,
         stop: &CancellationToken,
     ) -> Option<Slot> {
         let permit = match self.free.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
+                let evicted = untrusted.evict_oldest();
                 if warned.is_none_or(|at| at.elapsed() >= CROWDED_WARNING_EVERY) {
                     warn!(
                         max_connections = self.max,
-                        "connection limit reached; closing idle connections, new ones wait"
+                        evicted,
+                        "connection limit reached; closing the oldest connection that never \
+                         delivered a verified request, or waiting if all have"
                     );
                     *warned = Some(Instant::now());
                 }
                 if let Some(metrics) = &self.metrics {
                     metrics.record_connection_waited();
                 }
-                crowded.send_modify(|bumps| *bumps += 1);
                 tokio::select! {
                     () = stop.cancelled() => return None,
                     permit = self.free.clone().acquire_owned() => permit.ok()?,
@@ -252,22 +272,20 @@ async fn drain(connections: &TaskTracker, grace: Duration, force_close: &Cancell
     }
 }
 
-/// One connection, from accept to close (dropping the hyper connection closes the socket, and
-/// dropping `_slot` lets the next one in).
+/// One connection, from accept to close (dropping the hyper connection closes the socket,
+/// dropping `_slot` lets the next one in, and dropping `admission` takes it off the register).
 async fn serve_connection(
     stream: TcpStream,
     _slot: Slot,
-    mut crowded: watch::Receiver<u64>,
+    admission: Admission,
     shared: Arc<Shared>,
 ) {
     let accepted = Instant::now();
-    // Small JSON answers: do not let Nagle hold them back.
-    let _ = stream.set_nodelay(true);
+    tune(&stream, shared.write_timeout);
     let head_seen = Arc::new(AtomicBool::new(false));
-    let service = marking_service(shared.router.clone(), head_seen.clone());
-    let connection = shared
-        .builder
-        .serve_connection(TokioIo::new(stream), service);
+    let service = marking_service(shared.router.clone(), head_seen.clone(), admission.trust());
+    let io = TokioIo::new(WriteDeadline::new(stream, shared.write_timeout));
+    let connection = shared.builder.serve_connection(io, service);
     tokio::pin!(connection);
     tokio::select! {
         ended = connection.as_mut() => return shared.ended(ended, accepted),
@@ -275,10 +293,11 @@ async fn serve_connection(
             debug!("no complete request head in time; connection closed");
             return;
         }
-        () = shared.stopping.cancelled() => {}
-        () = crowded_after_a_request(&mut crowded, &head_seen) => {
-            debug!("connection limit reached; closing once idle");
+        () = admission.evicted() => {
+            debug!("connection limit reached; this untrusted connection closed to make room");
+            return;
         }
+        () = shared.stopping.cancelled() => {}
     }
     if !head_seen.load(Ordering::Acquire) {
         // Nothing was asked, so nothing is owed: close at once.
@@ -291,32 +310,37 @@ async fn serve_connection(
     }
 }
 
-/// The router, marking `head_seen` when hyper hands it a request (its head is complete).
+/// Small JSON answers: no Nagle delay. A peer that acknowledges nothing sent for
+/// `write_timeout` is given up on by the kernel (`TCP_USER_TIMEOUT`), so a vanished host frees
+/// its slot even between writes. Failing to set either only costs latency or that bound's
+/// backup, so it is logged, not fatal.
+fn tune(stream: &TcpStream, write_timeout: Duration) {
+    if let Err(err) = stream.set_nodelay(true) {
+        debug!(error = %err, "TCP_NODELAY not set");
+    }
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
+    if let Err(err) = socket2::SockRef::from(stream).set_tcp_user_timeout(Some(write_timeout)) {
+        debug!(error = %err, "TCP_USER_TIMEOUT not set");
+    }
+}
+
+/// The router, marking `head_seen` when hyper hands it a request (its head is complete) and
+/// giving the handler the connection's [`Trust`].
 fn marking_service(
     router: Router,
     head_seen: Arc<AtomicBool>,
+    trust: Trust,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response<Body>,
     Error = Infallible,
     Future: Send,
 > {
-    hyper::service::service_fn(move |request: Request<Incoming>| {
+    hyper::service::service_fn(move |mut request: Request<Incoming>| {
         head_seen.store(true, Ordering::Release);
+        request.extensions_mut().insert(trust.clone());
         router.clone().oneshot(request.map(Body::new))
     })
-}
-
-/// Resolves once the connection limit was reached and this connection has a request (answered
-/// or in progress): then it may close after its answer. One still waiting for its first head
-/// keeps it until then (the header timeout bounds that wait).
-async fn crowded_after_a_request(crowded: &mut watch::Receiver<u64>, head_seen: &AtomicBool) {
-    if crowded.changed().await.is_err() {
-        std::future::pending::<()>().await;
-    }
-    while !head_seen.load(Ordering::Acquire) {
-        tokio::time::sleep(HEAD_POLL).await;
-    }
 }
 
 /// Resolves when `timeout` has passed without a complete head; never once one came.
@@ -328,14 +352,15 @@ async fn first_head_overdue(timeout: Duration, head_seen: &AtomicBool) {
 }
 
 impl Shared {
-    /// How a connection ended: a 431 hyper answered is counted like any webhook answer.
+    /// How a connection ended: a 431 hyper answered is counted like any refused webhook.
     fn ended(&self, ended: hyper::Result<()>, accepted: Instant) {
         match ended {
             Ok(()) => {}
             Err(err) if err.is_parse_too_large() => {
-                info!("request head too large; answered 431");
+                self.refusals.refused(431, HEAD_TOO_LARGE, &err);
                 if let Some(metrics) = &self.metrics {
                     metrics.record_webhook(431, None, accepted.elapsed());
+                    metrics.record_refused(HEAD_TOO_LARGE);
                 }
             }
             Err(err) if err.is_timeout() => {
@@ -343,5 +368,25 @@ impl Shared {
             }
             Err(err) => debug!(error = %err, "connection ended with an error"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_get_no_delay_and_the_user_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let connecting = TcpStream::connect(listener.local_addr().unwrap());
+        let (_client, accepted) = tokio::join!(connecting, listener.accept());
+        let (stream, _) = accepted.unwrap();
+        tune(&stream, Duration::from_millis(1500));
+        assert!(stream.nodelay().unwrap());
+        #[cfg(target_os = "linux")]
+        assert_eq!(
+            socket2::SockRef::from(&stream).tcp_user_timeout().unwrap(),
+            Some(Duration::from_millis(1500))
+        );
     }
 }

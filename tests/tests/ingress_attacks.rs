@@ -1,0 +1,242 @@
+//! The attacks a client without the signing key can make on the ingress's slots, each made to
+//! happen against the real server: a flood of forged heads that never send their body, clients
+//! that pipeline requests and never read the answers, sockets that never send a head, and
+//! bodies that hold memory. Signed webhooks sent meanwhile must still get through, and a
+//! connection that delivered verified webhooks must never be closed to make room.
+
+use std::time::{Duration, Instant};
+
+use integration_tests::app::TestApp;
+use integration_tests::broker::TestBroker;
+use integration_tests::clerk::UserEvent;
+use integration_tests::eventually;
+use integration_tests::process::WorkerProcess;
+use integration_tests::raw_http::{
+    GENEROUS, NeverReading, error_code, exchange, forged_head, head, read_until_closed, read_whole,
+    status,
+};
+use integration_tests::webhook::{SECRET, Webhook};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+const WORKER: &str = env!("CARGO_BIN_EXE_worker-under-test");
+
+fn env(broker: &TestBroker, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+    let mut env = broker.env();
+    env.push(("CLERK_WEBHOOK_SECRET", SECRET.to_owned()));
+    env.extend(extra.iter().map(|(key, value)| (*key, (*value).to_owned())));
+    env
+}
+
+async fn ingress(broker: &TestBroker, extra: &[(&'static str, &str)]) -> TestApp {
+    let app = TestApp::spawn(&["ingress"], &env(broker, extra)).await;
+    app.wait_ready(Duration::from_secs(30)).await;
+    app
+}
+
+/// A whole signed webhook for a new user, as raw bytes.
+fn signed_request(user: &str) -> Vec<u8> {
+    let body = UserEvent::created(user, &format!("{user}@example.com"), None).body();
+    let webhook = Webhook::signed(SECRET, &body);
+    [head(Some(&webhook), body.len()).into_bytes(), body].concat()
+}
+
+/// Sends a signed webhook on a new connection; its status and how long the answer took.
+async fn deliver(addr: std::net::SocketAddr, user: &str) -> (u16, Duration) {
+    let started = Instant::now();
+    let response = exchange(addr, &signed_request(user)).await;
+    (status(&response), started.elapsed())
+}
+
+/// Connections that each sent a forged head declaring a body, and no body.
+async fn head_only(addr: std::net::SocketAddr, count: usize) -> Vec<TcpStream> {
+    let mut streams = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut stream = TcpStream::connect(addr).await.expect("connected");
+        stream
+            .write_all(forged_head(1_000).as_bytes())
+            .await
+            .expect("forged head sent");
+        streams.push(stream);
+    }
+    streams
+}
+
+#[tokio::test]
+async fn a_head_only_flood_does_not_keep_signed_webhooks_out() {
+    let broker = TestBroker::new().await;
+    // The defaults: 256 publishes in flight, 1,024 connections, a 5 s body timeout.
+    let ingress = ingress(&broker, &[]).await;
+    let addr = ingress.ingress_addr;
+    let flood = head_only(addr, 256).await;
+    assert_eq!(ingress.metric("webhook_connections_open").await, 256.0);
+
+    for i in 0..5 {
+        let (status, took) = deliver(addr, &format!("user_2flood{i}")).await;
+        assert_eq!(status, 202, "a signed webhook during the flood");
+        assert!(took < Duration::from_secs(1), "answered in {took:?}");
+    }
+    drop(flood);
+    assert_eq!(broker.take_all(&broker.topology.queue).await.len(), 5);
+}
+
+#[tokio::test]
+async fn never_reading_clients_at_the_connection_limit_are_closed_and_a_new_one_is_answered() {
+    let broker = TestBroker::new().await;
+    let ingress = ingress(
+        &broker,
+        &[
+            ("INGRESS_MAX_CONNECTIONS", "4"),
+            ("INGRESS_WRITE_TIMEOUT", "1s"),
+            // Only the write deadline can close them here.
+            ("INGRESS_HEADER_TIMEOUT", "600s"),
+            ("INGRESS_IDLE_TIMEOUT", "600s"),
+        ],
+    )
+    .await;
+    let addr = ingress.ingress_addr;
+    let mut stuck = Vec::new();
+    for _ in 0..4 {
+        stuck.push(NeverReading::connect(addr).await.expect("connected"));
+    }
+    eventually("the four at the limit", GENEROUS, || async {
+        ingress.metric("webhook_connections_open").await == 4.0
+    })
+    .await;
+
+    let (status, took) = deliver(addr, "user_2newcomer").await;
+    assert_eq!(status, 202, "a new connection is answered");
+    assert!(took < GENEROUS, "{took:?}");
+
+    let started = Instant::now();
+    eventually(
+        "every never-reading client closed by the write deadline",
+        GENEROUS * 2,
+        || async { stuck.iter().all(NeverReading::closed) },
+    )
+    .await;
+    eprintln!("all closed after {:?}", started.elapsed());
+    eventually("their slots back", GENEROUS, || async {
+        ingress.metric("webhook_connections_open").await == 0.0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn head_less_sockets_at_the_limit_never_close_a_connection_that_delivered_verified_webhooks()
+{
+    let broker = TestBroker::new().await;
+    let ingress = ingress(&broker, &[("INGRESS_MAX_CONNECTIONS", "8")]).await;
+    let addr = ingress.ingress_addr;
+    let mut svix = TcpStream::connect(addr).await.expect("connected");
+    svix.write_all(&signed_request("user_2keptalive0"))
+        .await
+        .expect("sent");
+    assert_eq!(status(&read_whole(&mut svix).await), 202);
+
+    // About 200 head-less sockets a second, far more than the limit.
+    let mut head_less = Vec::new();
+    for _ in 0..100 {
+        head_less.push(TcpStream::connect(addr).await.expect("connected"));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eventually("the head-less sockets to churn", GENEROUS, || async {
+        ingress.metric("webhook_connections_waited_total").await >= 90.0
+    })
+    .await;
+
+    for i in 1..4 {
+        svix.write_all(&signed_request(&format!("user_2keptalive{i}")))
+            .await
+            .expect("the kept-alive connection is still open");
+        assert_eq!(status(&read_whole(&mut svix).await), 202);
+    }
+    let mut oldest = head_less.remove(0);
+    assert_eq!(
+        read_until_closed(&mut oldest, GENEROUS).await.as_deref(),
+        Some(&b""[..]),
+        "the oldest head-less socket was closed to make room"
+    );
+}
+
+#[tokio::test]
+async fn bodies_beyond_the_memory_budget_are_503_until_it_frees() {
+    let broker = TestBroker::new().await;
+    let ingress = ingress(
+        &broker,
+        &[
+            ("INGRESS_MAX_BODY", "4096"),
+            ("INGRESS_MAX_BODY_MEMORY", "4096"),
+            ("INGRESS_BODY_TIMEOUT", "2s"),
+        ],
+    )
+    .await;
+    let addr = ingress.ingress_addr;
+    let mut holder = TcpStream::connect(addr).await.expect("connected");
+    holder
+        .write_all(forged_head(4_000).as_bytes())
+        .await
+        .expect("head sent");
+    holder
+        .write_all(&[b'a'; 3_900])
+        .await
+        .expect("most of the body sent");
+    let request = signed_request("user_2budget");
+    assert!(
+        request.len() > 196 + 300,
+        "the signed body needs more than is left"
+    );
+
+    eventually("a body beyond the budget to be 503", GENEROUS, || async {
+        let response = exchange(addr, &request).await;
+        status(&response) == 503 && error_code(&response) == "body_memory_full"
+    })
+    .await;
+    let held = read_until_closed(&mut holder, GENEROUS)
+        .await
+        .expect("the holder's body timed out");
+    assert_eq!(status(&held), 408);
+    assert_eq!(status(&exchange(addr, &request).await), 202, "memory back");
+    assert!(
+        ingress
+            .metric(r#"webhook_refused_total{reason="body_memory_full"}"#)
+            .await
+            >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn sigterm_during_the_attacks_exits_within_the_grace_period() {
+    let broker = TestBroker::new().await;
+    let env = env(
+        &broker,
+        &[
+            ("SHUTDOWN_GRACE_PERIOD", "2s"),
+            ("INGRESS_MAX_CONNECTIONS", "64"),
+            ("INGRESS_HEADER_TIMEOUT", "600s"),
+            ("INGRESS_IDLE_TIMEOUT", "600s"),
+            ("INGRESS_BODY_TIMEOUT", "600s"),
+            ("INGRESS_REQUEST_TIMEOUT", "600s"),
+            ("INGRESS_WRITE_TIMEOUT", "600s"),
+        ],
+    );
+    let mut process = WorkerProcess::spawn(WORKER, &["ingress"], &env).await;
+    process.wait_ready(Duration::from_secs(30)).await;
+    let addr = process.ingress_addr;
+    let _heads = head_only(addr, 30).await;
+    let mut _stuck = Vec::new();
+    for _ in 0..4 {
+        _stuck.push(NeverReading::connect(addr).await.expect("connected"));
+    }
+    let mut _head_less = Vec::new();
+    for _ in 0..30 {
+        _head_less.push(TcpStream::connect(addr).await.expect("connected"));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let started = Instant::now();
+    process.terminate();
+    let exit = process.wait_exit(Duration::from_secs(2 + 5)).await;
+    assert!(exit.success(), "{exit}");
+    eprintln!("exited {:?} after SIGTERM", started.elapsed());
+}

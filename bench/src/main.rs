@@ -84,7 +84,7 @@ struct Args {
     /// `soak`: how long each freeze lasts.
     #[arg(long, default_value = "5s", value_parser = soak::parse_period)]
     freeze_for: std::time::Duration,
-    /// `hostile`: seconds of valid traffic, once without and once under the attack.
+    /// `hostile`: seconds of valid traffic in the baseline and in each attack phase.
     #[arg(long, default_value_t = 20)]
     hostile_seconds: u64,
     /// `hostile`: invalid-signature requests per second the attackers send.
@@ -234,11 +234,8 @@ async fn main() -> anyhow::Result<()> {
             .or_else(|| report.e2e.map(|e2e| e2e.events_per_s / 2.0))
             .ok_or_else(|| anyhow::anyhow!("hostile alone needs --rate"))?;
         let events = (rate * args.hostile_seconds as f64) as usize;
-        let attack = hostile::Attack {
-            invalid_per_s: args.attack_rate,
-            slow_connections: args.slow_connections,
-        };
-        report.hostile = Some(hostile::measure(events, rate, attack, &worker_env).await?);
+        let attacks = hostile::Attack::all(args.attack_rate, args.slow_connections);
+        report.hostile = Some(hostile::measure(events, rate, &attacks, &worker_env).await?);
     }
     if args.phase == Phase::Soak {
         let settings = soak::Settings {

@@ -1,9 +1,11 @@
 //! The ops server (`/metrics`, `/healthz`, `/readyz`) is reachable by whoever reaches its port:
-//! a client that half-sends a request head is closed within the head timeout, and never holds
-//! up the process's stop.
+//! a client that half-sends a request head is closed within the head timeout, one that asks
+//! and never reads the answers is closed after the write deadline, and neither holds up the
+//! process's stop.
 
 use std::time::{Duration, Instant};
 
+use integration_tests::raw_http::read_until_closed;
 use integration_tests::stack::Stack;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -57,4 +59,21 @@ async fn a_half_sent_head_does_not_hold_up_the_stop() {
         .await
         .expect("a graceful stop");
     assert!(asked.elapsed() < Duration::from_secs(2 + 5));
+}
+
+#[tokio::test]
+async fn a_scraper_that_never_reads_is_closed_after_the_write_deadline() {
+    let stack = Stack::new().await;
+    let app = stack.start(&["consume"], &[]).await;
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket.set_recv_buffer_size(4096).expect("a small window");
+    let mut scraper = socket.connect(app.ops_addr()).await.expect("connected");
+    // Fewer than the pipelining bound, but more answers than the kernel will hold for it.
+    let scrape = b"GET /metrics HTTP/1.1\r\nHost: ops\r\n\r\n".repeat(12);
+    scraper.write_all(&scrape).await.expect("requests sent");
+    tokio::time::sleep(LIMITS.write_timeout + Duration::from_secs(2)).await;
+    // Open, it would hand over every answer and then wait for the next request.
+    let answers = read_until_closed(&mut scraper, Duration::from_secs(5)).await;
+    assert!(answers.is_some(), "still open after the write deadline");
+    assert_eq!(app.get("/healthz").await, Some((200, "ok".to_owned())));
 }

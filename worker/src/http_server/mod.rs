@@ -13,9 +13,8 @@
 //!   head's own, usually shorter, limit is enforced here;
 //! - each answer must be written within `write_timeout` ([`write_deadline`]), and the kernel
 //!   gives up on a peer that acknowledges nothing for as long (`TCP_USER_TIMEOUT`). hyper holds
-//!   one request at a time: it reads the next pipelined head only once the answer before it is
-//!   written, so requests pipelined by a peer that does not read wait in the kernel's buffers,
-//!   not here, and the write deadline closes the connection.
+//!   one request at a time and reads ahead at most a head's worth; a peer that pipelines more
+//!   than a few dozen requests past answers it has not read is closed at once ([`pipelining`]).
 //!
 //! At most `max_connections` are open at once: each holds hyper's buffers and a task (about
 //! 16 KiB measured), so memory is bounded however many clients connect. When the limit is
@@ -28,6 +27,7 @@
 //! once), and whatever is left after `grace_period` is closed. hyper-util's `GracefulShutdown`
 //! can only do the middle part, so a [`TaskTracker`] and one `select!` per connection do it all.
 
+mod pipelining;
 pub mod refusal_log;
 pub mod trust;
 pub mod write_deadline;
@@ -54,6 +54,7 @@ use tracing::{debug, warn};
 pub use trust::Trust;
 
 use crate::metrics::Metrics;
+use pipelining::Pipelining;
 use refusal_log::{REFUSAL_LOG_EVERY, RefusalLog};
 use trust::{Admission, Untrusted};
 use write_deadline::WriteDeadline;
@@ -61,6 +62,9 @@ use write_deadline::WriteDeadline;
 /// After an accept error that is not about one connection (out of file descriptors), wait this
 /// long before accepting again rather than spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// What hyper may buffer beyond the largest head (its minimum buffer is 8 KiB).
+const READ_AHEAD: usize = 8 * 1024;
 
 /// While the connection limit is reached, a warning at most this often.
 const CROWDED_WARNING_EVERY: Duration = Duration::from_secs(10);
@@ -143,6 +147,9 @@ fn builder(limits: &ServerLimits) -> http1::Builder {
         .timer(TokioTimer::new())
         .keep_alive(true)
         .max_header_size(limits.max_head)
+        // Read ahead at most a head and a little more: hyper's default is ~400 KiB per
+        // connection, which pipelined requests would fill.
+        .max_buf_size(limits.max_head + READ_AHEAD)
         .header_read_timeout(limits.idle_timeout.max(limits.header_timeout));
     builder
 }
@@ -283,7 +290,13 @@ async fn serve_connection(
     let accepted = Instant::now();
     tune(&stream, shared.write_timeout);
     let head_seen = Arc::new(AtomicBool::new(false));
-    let service = marking_service(shared.router.clone(), head_seen.clone(), admission.trust());
+    let pipelining = Arc::new(Pipelining::new(&stream));
+    let service = marking_service(
+        shared.router.clone(),
+        head_seen.clone(),
+        pipelining.clone(),
+        admission.trust(),
+    );
     let io = TokioIo::new(WriteDeadline::new(stream, shared.write_timeout));
     let connection = shared.builder.serve_connection(io, service);
     tokio::pin!(connection);
@@ -291,6 +304,10 @@ async fn serve_connection(
         ended = connection.as_mut() => return shared.ended(ended, accepted),
         () = first_head_overdue(shared.header_timeout, &head_seen) => {
             debug!("no complete request head in time; connection closed");
+            return;
+        }
+        () = pipelining.exceeded() => {
+            debug!("requests pipelined past unread answers; connection closed");
             return;
         }
         () = admission.evicted() => {
@@ -324,11 +341,13 @@ fn tune(stream: &TcpStream, write_timeout: Duration) {
     }
 }
 
-/// The router, marking `head_seen` when hyper hands it a request (its head is complete) and
-/// giving the handler the connection's [`Trust`].
+/// The router, marking `head_seen` when hyper hands it a request (its head is complete),
+/// counting it if it was pipelined past unread answers, and giving the handler the
+/// connection's [`Trust`].
 fn marking_service(
     router: Router,
     head_seen: Arc<AtomicBool>,
+    pipelining: Arc<Pipelining>,
     trust: Trust,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
@@ -338,6 +357,7 @@ fn marking_service(
 > {
     hyper::service::service_fn(move |mut request: Request<Incoming>| {
         head_seen.store(true, Ordering::Release);
+        pipelining.request_arrived();
         request.extensions_mut().insert(trust.clone());
         router.clone().oneshot(request.map(Body::new))
     })

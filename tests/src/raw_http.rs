@@ -8,7 +8,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::webhook::Webhook;
+use crate::clerk::UserEvent;
+use crate::webhook::{SECRET, Webhook};
 
 /// How long any closing or answering may take in a test, whatever the configured limit (1 s or
 /// 2 s): the machine is shared and noisy.
@@ -116,6 +117,13 @@ pub async fn exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
     let mut stream = TcpStream::connect(addr).await.expect("connected");
     stream.write_all(request).await.expect("request sent");
     read_whole(&mut stream).await
+}
+
+/// A whole signed `user.created` webhook for `user`, head and body, as raw bytes.
+pub fn signed_request(user: &str) -> Vec<u8> {
+    let body = UserEvent::created(user, &format!("{user}@example.com"), None).body();
+    let webhook = Webhook::signed(SECRET, &body);
+    [head(Some(&webhook), body.len()).into_bytes(), body].concat()
 }
 
 /// A head an attacker without the key can send: well-formed Svix headers (a fresh id, the

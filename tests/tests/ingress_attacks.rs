@@ -6,40 +6,18 @@
 
 use std::time::{Duration, Instant};
 
-use integration_tests::app::TestApp;
 use integration_tests::broker::TestBroker;
-use integration_tests::clerk::UserEvent;
 use integration_tests::eventually;
+use integration_tests::ingress::{self, in_process};
 use integration_tests::process::WorkerProcess;
 use integration_tests::raw_http::{
-    GENEROUS, NeverReading, error_code, exchange, forged_head, head, read_until_closed, read_whole,
-    status,
+    GENEROUS, NeverReading, error_code, exchange, forged_head, read_until_closed, read_whole,
+    signed_request, status,
 };
-use integration_tests::webhook::{SECRET, Webhook};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_worker-under-test");
-
-fn env(broker: &TestBroker, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
-    let mut env = broker.env();
-    env.push(("CLERK_WEBHOOK_SECRET", SECRET.to_owned()));
-    env.extend(extra.iter().map(|(key, value)| (*key, (*value).to_owned())));
-    env
-}
-
-async fn ingress(broker: &TestBroker, extra: &[(&'static str, &str)]) -> TestApp {
-    let app = TestApp::spawn(&["ingress"], &env(broker, extra)).await;
-    app.wait_ready(Duration::from_secs(30)).await;
-    app
-}
-
-/// A whole signed webhook for a new user, as raw bytes.
-fn signed_request(user: &str) -> Vec<u8> {
-    let body = UserEvent::created(user, &format!("{user}@example.com"), None).body();
-    let webhook = Webhook::signed(SECRET, &body);
-    [head(Some(&webhook), body.len()).into_bytes(), body].concat()
-}
 
 /// Sends a signed webhook on a new connection; its status and how long the answer took.
 async fn deliver(addr: std::net::SocketAddr, user: &str) -> (u16, Duration) {
@@ -66,7 +44,7 @@ async fn head_only(addr: std::net::SocketAddr, count: usize) -> Vec<TcpStream> {
 async fn a_head_only_flood_does_not_keep_signed_webhooks_out() {
     let broker = TestBroker::new().await;
     // The defaults: 256 publishes in flight, 1,024 connections, a 5 s body timeout.
-    let ingress = ingress(&broker, &[]).await;
+    let ingress = in_process(&broker, &[]).await;
     let addr = ingress.ingress_addr;
     let flood = head_only(addr, 256).await;
     assert_eq!(ingress.metric("webhook_connections_open").await, 256.0);
@@ -83,7 +61,7 @@ async fn a_head_only_flood_does_not_keep_signed_webhooks_out() {
 #[tokio::test]
 async fn never_reading_clients_at_the_connection_limit_are_closed_and_a_new_one_is_answered() {
     let broker = TestBroker::new().await;
-    let ingress = ingress(
+    let ingress = in_process(
         &broker,
         &[
             ("INGRESS_MAX_CONNECTIONS", "4"),
@@ -121,7 +99,7 @@ async fn never_reading_clients_at_the_connection_limit_are_closed_and_a_new_one_
 async fn head_less_sockets_at_the_limit_never_close_a_connection_that_delivered_verified_webhooks()
 {
     let broker = TestBroker::new().await;
-    let ingress = ingress(&broker, &[("INGRESS_MAX_CONNECTIONS", "8")]).await;
+    let ingress = in_process(&broker, &[("INGRESS_MAX_CONNECTIONS", "8")]).await;
     let addr = ingress.ingress_addr;
     let mut svix = TcpStream::connect(addr).await.expect("connected");
     svix.write_all(&signed_request("user_2keptalive0"))
@@ -157,7 +135,7 @@ async fn head_less_sockets_at_the_limit_never_close_a_connection_that_delivered_
 #[tokio::test]
 async fn bodies_beyond_the_memory_budget_are_503_until_it_frees() {
     let broker = TestBroker::new().await;
-    let ingress = ingress(
+    let ingress = in_process(
         &broker,
         &[
             ("INGRESS_MAX_BODY", "4096"),
@@ -203,7 +181,7 @@ async fn bodies_beyond_the_memory_budget_are_503_until_it_frees() {
 #[tokio::test]
 async fn sigterm_during_the_attacks_exits_within_the_grace_period() {
     let broker = TestBroker::new().await;
-    let env = env(
+    let env = ingress::env(
         &broker,
         &[
             ("SHUTDOWN_GRACE_PERIOD", "2s"),

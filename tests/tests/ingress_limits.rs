@@ -12,7 +12,8 @@ use integration_tests::eventually;
 use integration_tests::process::WorkerProcess;
 use integration_tests::proxy::CuttableProxy;
 use integration_tests::raw_http::{
-    GENEROUS, error_code, exchange, half_sent, head, read_until_closed, read_whole, status,
+    GENEROUS, error_code, exchange, half_sent, head, read_until_closed, read_whole, signed_request,
+    status,
 };
 use integration_tests::webhook::{SECRET, Webhook};
 use lapin::BasicProperties;
@@ -24,25 +25,12 @@ use worker::topology::Topology;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_worker-under-test");
 
-fn env(broker: &TestBroker, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
-    let mut env = broker.env();
-    env.push(("CLERK_WEBHOOK_SECRET", SECRET.to_owned()));
-    env.extend(extra.iter().map(|(key, value)| (*key, (*value).to_owned())));
-    env
-}
-
-/// `worker ingress` in this process with `extra` settings, connected to the broker.
 async fn ingress(broker: &TestBroker, extra: &[(&'static str, &str)]) -> TestApp {
-    let app = TestApp::spawn(&["ingress"], &env(broker, extra)).await;
-    app.wait_ready(Duration::from_secs(30)).await;
-    app
+    integration_tests::ingress::in_process(broker, extra).await
 }
 
-/// `worker ingress` as a process with `extra` settings, connected to the broker.
 async fn ingress_process(broker: &TestBroker, extra: &[(&'static str, &str)]) -> WorkerProcess {
-    let mut process = WorkerProcess::spawn(WORKER, &["ingress"], &env(broker, extra)).await;
-    process.wait_ready(Duration::from_secs(30)).await;
-    process
+    integration_tests::ingress::as_process(WORKER, broker, extra).await
 }
 
 fn user_created(id: &str) -> Vec<u8> {
@@ -186,7 +174,7 @@ async fn ingress_through(
     broker: &TestBroker,
     extra: &[(&'static str, &str)],
 ) -> TestApp {
-    let mut env = env(broker, extra);
+    let mut env = integration_tests::ingress::env(broker, extra);
     let url = format!("amqp://guest:guest@{}/%2f", proxy.addr);
     env.retain(|(key, _)| *key != "AMQP_URL");
     env.push(("AMQP_URL", url));
@@ -219,21 +207,9 @@ async fn publishes_beyond_the_concurrency_limit_are_503_at_once_and_only_verifie
     ];
     // ...and a verified one whose confirm does not come holds the only one.
     proxy.stall();
-    let first = Webhook::signed(SECRET, &user_created("user_2first"));
-    let waiting = tokio::spawn({
-        let request = [
-            head(Some(&first), first.body.len()).into_bytes(),
-            first.body.clone(),
-        ]
-        .concat();
-        async move { exchange(addr, &request).await }
-    });
-    let second = Webhook::signed(SECRET, &user_created("user_2second"));
-    let second_request = [
-        head(Some(&second), second.body.len()).into_bytes(),
-        second.body.clone(),
-    ]
-    .concat();
+    let first = signed_request("user_2first");
+    let waiting = tokio::spawn(async move { exchange(addr, &first).await });
+    let second_request = signed_request("user_2second");
     // No figure shows the first one's publish in flight; it only needs to be verified and sent.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let response = exchange(addr, &second_request).await;
@@ -291,12 +267,10 @@ async fn trusted(addr: std::net::SocketAddr, user: &str) -> TcpStream {
 
 /// Sends a signed webhook for `user` on `stream` and expects 202.
 async fn deliver(stream: &mut TcpStream, user: &str) {
-    let webhook = Webhook::signed(SECRET, &user_created(user));
     stream
-        .write_all(head(Some(&webhook), webhook.body.len()).as_bytes())
+        .write_all(&signed_request(user))
         .await
-        .expect("head sent");
-    stream.write_all(&webhook.body).await.expect("body sent");
+        .expect("request sent");
     assert_eq!(status(&read_whole(stream).await), 202);
 }
 

@@ -14,7 +14,7 @@
 //! - each answer must be written within `write_timeout` ([`write_deadline`]), and the kernel
 //!   gives up on a peer that acknowledges nothing for as long (`TCP_USER_TIMEOUT`). hyper holds
 //!   one request at a time and reads ahead at most a head's worth; a peer that pipelines more
-//!   than a few dozen requests past answers it has not read is closed at once ([`pipelining`]).
+//!   than 16 requests in a row past answers it has not read is closed at once ([`pipelining`]).
 //!
 //! At most `max_connections` are open at once: each holds hyper's buffers and a task (about
 //! 16 KiB measured), so memory is bounded however many clients connect. When the limit is
@@ -290,7 +290,9 @@ async fn serve_connection(
     let accepted = Instant::now();
     tune(&stream, shared.write_timeout);
     let head_seen = Arc::new(AtomicBool::new(false));
-    let pipelining = Arc::new(Pipelining::new(&stream));
+    // SAFETY: `stream` goes into the hyper connection below, which owns the service that calls
+    // `request_arrived`: the socket is open at every call.
+    let pipelining = Arc::new(unsafe { Pipelining::new(&stream) });
     let service = marking_service(
         shared.router.clone(),
         head_seen.clone(),
@@ -327,10 +329,10 @@ async fn serve_connection(
     }
 }
 
-/// Small JSON answers: no Nagle delay. A peer that acknowledges nothing sent for
-/// `write_timeout` is given up on by the kernel (`TCP_USER_TIMEOUT`), so a vanished host frees
-/// its slot even between writes. Failing to set either only costs latency or that bound's
-/// backup, so it is logged, not fatal.
+/// Small JSON answers: no Nagle delay. A peer that acknowledges nothing of what was sent for
+/// `write_timeout` is given up on by the kernel (`TCP_USER_TIMEOUT`; it applies while sent data
+/// is unacknowledged, and the idle and head timers bound a vanished peer otherwise). Failing to
+/// set either only costs latency or a backup of the write deadline, so it is logged, not fatal.
 fn tune(stream: &TcpStream, write_timeout: Duration) {
     if let Err(err) = stream.set_nodelay(true) {
         debug!(error = %err, "TCP_NODELAY not set");

@@ -29,9 +29,12 @@ pub struct Pipelining {
 }
 
 impl Pipelining {
-    /// For `stream`, which must outlive every call to [`Self::request_arrived`] (the connection
-    /// task owns both).
-    pub fn new(stream: &TcpStream) -> Self {
+    /// For `stream`'s socket, asked about by its descriptor.
+    ///
+    /// # Safety
+    /// `stream` must stay open across every call to [`Self::request_arrived`]: afterwards the
+    /// descriptor could name another file.
+    pub unsafe fn new(stream: &TcpStream) -> Self {
         #[cfg(not(target_os = "linux"))]
         let _ = stream;
         Self {
@@ -93,7 +96,8 @@ mod tests {
     #[tokio::test]
     async fn a_peer_that_reads_is_never_counted() {
         let (mut client, mut server) = pair().await;
-        let pipelining = Pipelining::new(&server);
+        // SAFETY: `server` lives to the end of the test.
+        let pipelining = unsafe { Pipelining::new(&server) };
         for _ in 0..(MAX_PIPELINED * 2) {
             server.write_all(b"an answer").await.unwrap();
             let mut answer = [0u8; 9];
@@ -112,7 +116,8 @@ mod tests {
         // A peer whose receive window is full acknowledges nothing more.
         let socket = socket2::SockRef::from(&client);
         socket.set_recv_buffer_size(4096).unwrap();
-        let pipelining = Pipelining::new(&server);
+        // SAFETY: `server` lives to the end of the test.
+        let pipelining = unsafe { Pipelining::new(&server) };
         let mut server = server;
         let filler = vec![0u8; 1 << 20];
         let _ = tokio::time::timeout(

@@ -2,7 +2,8 @@
 //! that are refused, as fast as they like, and a line for each would let them fill the disk
 //! and bury everything else in the log. The first refusal after a quiet interval is logged at
 //! once; the ones after it are counted by reason and reported together on the next line. The
-//! exact figures are in `webhook_refused_total`.
+//! exact figures are in `webhook_refused_total`. The handler keeps one (unverified requests
+//! it refused) and each server one (431s), so at most one line per interval comes from each.
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
@@ -52,7 +53,7 @@ impl RefusalLog {
             %detail,
             refused = ?counts,
             every_s = self.every.as_secs(),
-            "webhook requests refused (counts by reason since the last such line; at most one line per interval)"
+            "requests refused (counts by reason since the last such line; at most one line per interval)"
         );
         true
     }

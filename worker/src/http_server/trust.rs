@@ -10,6 +10,7 @@
 //! closes it at once: nothing verified can be in flight on it.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio_util::sync::CancellationToken;
@@ -30,15 +31,20 @@ impl Untrusted {
             trust: Trust {
                 id,
                 untrusted: self.clone(),
+                earned: Arc::default(),
             },
             evicted,
         }
     }
 
     /// Closes the oldest untrusted connection; false if every open connection is trusted.
+    /// Cancelled under the lock, so [`Trust::earned`] sees either the connection still
+    /// registered (and keeps it) or already evicted.
     pub fn evict_oldest(&self) -> bool {
-        let oldest = self.lock().pop_first();
-        oldest.map(|(_, evicted)| evicted.cancel()).is_some()
+        let mut open = self.lock();
+        open.pop_first()
+            .map(|(_, evicted)| evicted.cancel())
+            .is_some()
     }
 
     #[cfg(test)]
@@ -46,8 +52,9 @@ impl Untrusted {
         self.lock().len()
     }
 
-    fn forget(&self, id: u64) {
-        self.lock().remove(&id);
+    /// Takes `id` off the register; false if it was evicted first.
+    fn forget(&self, id: u64) -> bool {
+        self.lock().remove(&id).is_some()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, CancellationToken>> {
@@ -85,12 +92,21 @@ impl Drop for Admission {
 pub struct Trust {
     id: u64,
     untrusted: Arc<Untrusted>,
+    /// Set once earned: later requests on the connection need not look again.
+    earned: Arc<AtomicBool>,
 }
 
 impl Trust {
-    /// This connection delivered a verified request: it is never evicted from now on.
-    pub fn earned(&self) {
-        self.untrusted.forget(self.id);
+    /// This connection delivered a verified request: it is never evicted from now on. False
+    /// if it was chosen for eviction just before, when it is about to close: the request must
+    /// then not start anything it cannot finish.
+    pub fn earned(&self) -> bool {
+        if self.earned.load(Ordering::Acquire) {
+            return true;
+        }
+        let kept = self.untrusted.forget(self.id);
+        self.earned.store(kept, Ordering::Release);
+        kept
     }
 }
 
@@ -104,7 +120,8 @@ mod tests {
         let first = untrusted.admit(1);
         let second = untrusted.admit(2);
         let third = untrusted.admit(3);
-        first.trust().earned();
+        assert!(first.trust().earned());
+        assert!(first.trust().earned(), "and stays earned");
 
         assert!(untrusted.evict_oldest());
         assert!(second.evicted.is_cancelled(), "the oldest untrusted");
@@ -113,6 +130,17 @@ mod tests {
         assert!(third.evicted.is_cancelled());
         assert!(!untrusted.evict_oldest(), "only a trusted one is left");
         assert!(!first.evicted.is_cancelled());
+    }
+
+    #[test]
+    fn a_connection_evicted_before_its_request_verified_does_not_earn_trust() {
+        let untrusted = Arc::new(Untrusted::default());
+        let admission = untrusted.admit(1);
+        assert!(untrusted.evict_oldest());
+        assert!(
+            !admission.trust().earned(),
+            "it is closing: refuse, do not publish"
+        );
     }
 
     #[test]

@@ -4,10 +4,11 @@
 //!
 //! A body must be read before its signature can be checked, so anyone can make the ingress
 //! hold one; the connection limit times the body limit would be 256 MiB by default. Each chunk
-//! therefore takes its size from one shared budget as it arrives (a declared length takes
-//! nothing until bytes come), and gives it back when the request is answered. A chunk that
-//! finds the budget spent is refused at once (503 `body_memory_full`; Svix retries) rather
-//! than waiting: whoever holds the memory gives it back within the body timeout.
+//! therefore takes what it costs from one shared budget as it arrives (the buffer's growth, so
+//! the budget is memory really held; a declared length takes nothing until bytes come), and
+//! gives it back when the request is answered. A chunk that finds the budget spent is refused
+//! at once (503 `body_memory_full`; Svix retries) rather than waiting: an unverified body gives
+//! its memory back within the body timeout, a verified one within the request timeout.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,19 +83,28 @@ pub async fn read_body(
         .map_err(|_| Refused::BodyTimedOut(limits.body_timeout))?
 }
 
-/// Every data frame, each counted against `max` and the budget as it arrives.
+/// Every data frame, each counted against `max` as it arrives, and the buffer's growth against
+/// the budget before it grows.
 async fn collect(mut body: Body, max: usize, memory: &BodyMemory) -> Result<HeldBody, Refused> {
-    let mut bytes = Vec::new();
+    let mut bytes: Vec<u8> = Vec::new();
     let mut held = None;
+    let mut taken = 0;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|err| Refused::Unreadable(err.to_string()))?;
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        if bytes.len() + data.len() > max {
+        let needed = bytes.len() + data.len();
+        if needed > max {
             return Err(Refused::TooLarge);
         }
-        memory.take(&mut held, data.len())?;
+        if needed > taken {
+            // Double as a Vec would, but never past the limit: the growth is what it costs.
+            let capacity = needed.max(taken * 2).min(max);
+            memory.take(&mut held, capacity - taken)?;
+            bytes.reserve_exact(capacity - bytes.len());
+            taken = capacity;
+        }
         bytes.extend_from_slice(&data);
     }
     Ok(HeldBody {
@@ -164,8 +174,8 @@ mod tests {
         let memory = BodyMemory::new(20);
         let first = read_body(chunked(&[b"0123456789", b"01234"]), LIMITS, &memory)
             .await
-            .expect("15 of 20 bytes");
-        assert_eq!(memory.available(), 5);
+            .expect("15 bytes, in a buffer grown to the 16-byte limit");
+        assert_eq!(memory.available(), 4);
         let second = read_body(chunked(&[b"0123", b"56789"]), LIMITS, &memory).await;
         assert!(
             matches!(second, Err(Refused::BodyMemoryFull)),
@@ -173,7 +183,7 @@ mod tests {
         );
         assert_eq!(
             memory.available(),
-            5,
+            4,
             "a refused body gives back what it took"
         );
         drop(first);

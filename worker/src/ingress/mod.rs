@@ -218,8 +218,14 @@ async fn accept(
         .verifier
         .verify(&signed, &body.bytes, received_at_ms / 1000)?;
     *verified = true;
-    if let Some(trust) = parts.extensions.get::<Trust>() {
-        trust.earned();
+    let closing = parts
+        .extensions
+        .get::<Trust>()
+        .is_some_and(|trust| !trust.earned());
+    if closing {
+        // Evicted at the connection limit a moment before it verified: nothing is published
+        // on a connection about to close (Svix retries).
+        return Err(Refused::Overloaded);
     }
     let EventType { event_type } =
         serde_json::from_slice(&body.bytes).map_err(|err| Refused::NotJson(err.to_string()))?;

@@ -65,7 +65,7 @@ async fn never_reading_clients_at_the_connection_limit_are_closed_and_a_new_one_
         &broker,
         &[
             ("INGRESS_MAX_CONNECTIONS", "4"),
-            // Neither timer can close them here: the pipelining bound (or, as its backup, the
+            // Neither timer can close them here: the cap on untrusted requests (or, as its backup, the
             // write deadline) must.
             ("INGRESS_HEADER_TIMEOUT", "600s"),
             ("INGRESS_IDLE_TIMEOUT", "600s"),
@@ -212,4 +212,50 @@ async fn sigterm_during_the_attacks_exits_within_the_grace_period() {
     let exit = process.wait_exit(Duration::from_secs(2 + 5)).await;
     assert!(exit.success(), "{exit}");
     eprintln!("exited {:?} after SIGTERM", started.elapsed());
+}
+
+/// How many answers `bytes` holds.
+fn answers(bytes: &[u8]) -> usize {
+    String::from_utf8_lossy(bytes).matches("HTTP/1.1 ").count()
+}
+
+#[tokio::test]
+async fn a_connection_without_a_verified_request_is_closed_after_its_ninth_answer() {
+    let broker = TestBroker::new().await;
+    let ingress = in_process(&broker, &[]).await;
+    let addr = ingress.ingress_addr;
+    let unsigned = integration_tests::raw_http::head(None, 0);
+
+    let mut stranger = TcpStream::connect(addr).await.expect("connected");
+    stranger
+        .write_all(unsigned.repeat(12).as_bytes())
+        .await
+        .expect("pipelined");
+    let got = read_until_closed(&mut stranger, GENEROUS)
+        .await
+        .expect("closed after the cap");
+    assert_eq!(answers(&got), 9, "8 allowed, the 9th answered, then closed");
+    assert!(String::from_utf8_lossy(&got).contains("connection: close"));
+
+    // One verified webhook first, and the same requests are all answered on a kept connection.
+    let mut svix = TcpStream::connect(addr).await.expect("connected");
+    svix.write_all(&signed_request("user_2trustedcap"))
+        .await
+        .expect("sent");
+    assert_eq!(status(&read_whole(&mut svix).await), 202);
+    svix.write_all(unsigned.repeat(12).as_bytes())
+        .await
+        .expect("pipelined");
+    let mut got = Vec::new();
+    while answers(&got) < 12 {
+        let more = read_whole(&mut svix).await;
+        assert!(!more.is_empty(), "closed after {} answers", answers(&got));
+        got.extend(more);
+    }
+    assert!(
+        read_until_closed(&mut svix, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "a trusted connection stays open"
+    );
 }

@@ -124,11 +124,11 @@ fn the_dashboard_and_the_alerts_only_name_exported_metrics() {
         "TargetDown",
     ] {
         assert!(alerts.contains(&format!("alert: {alert}")), "{alert}");
-        let anchor = format!("README.md#runbook-{}", alert.to_lowercase());
+        let anchor = format!("docs/runbooks.md#runbook-{}", alert.to_lowercase());
         assert!(alerts.contains(&anchor), "{alert} links its runbook");
         assert!(
-            read("README.md").contains(&format!("### Runbook: {alert}")),
-            "the README has {alert}'s runbook"
+            read("docs/runbooks.md").contains(&format!("## Runbook: {alert}")),
+            "docs/runbooks.md has {alert}'s runbook"
         );
     }
 }

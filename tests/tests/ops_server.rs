@@ -68,7 +68,7 @@ async fn a_scraper_that_never_reads_is_closed_after_the_write_deadline() {
     let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
     socket.set_recv_buffer_size(4096).expect("a small window");
     let mut scraper = socket.connect(app.ops_addr()).await.expect("connected");
-    // Fewer than the pipelining bound, but more answers than the kernel will hold for it.
+    // More answers than the kernel will hold for a peer that reads nothing.
     let scrape = b"GET /metrics HTTP/1.1\r\nHost: ops\r\n\r\n".repeat(12);
     scraper.write_all(&scrape).await.expect("requests sent");
     tokio::time::sleep(LIMITS.write_timeout + Duration::from_secs(2)).await;

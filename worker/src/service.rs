@@ -328,6 +328,10 @@ fn body_limits(settings: &IngressSettings) -> BodyLimits {
     }
 }
 
+/// Requests an ingress connection may send without delivering a verified webhook: a client with
+/// the key verifies on its first, and one without has no reason to send more than a few.
+const UNTRUSTED_REQUESTS: u32 = 8;
+
 /// The connection-level limits of the ingress settings; the grace period is every part's.
 fn server_limits(settings: &IngressSettings, shutdown: &ShutdownSettings) -> ServerLimits {
     ServerLimits {
@@ -336,6 +340,7 @@ fn server_limits(settings: &IngressSettings, shutdown: &ShutdownSettings) -> Ser
         idle_timeout: settings.ingress_idle_timeout,
         write_timeout: settings.ingress_write_timeout,
         max_connections: settings.ingress_max_connections,
+        untrusted_requests: Some(UNTRUSTED_REQUESTS),
         grace_period: shutdown.shutdown_grace_period,
     }
 }
@@ -431,6 +436,7 @@ mod tests {
         assert_eq!(server.idle_timeout, Duration::from_secs(75));
         assert_eq!(server.write_timeout, Duration::from_secs(5));
         assert_eq!(server.max_connections, 1024);
+        assert_eq!(server.untrusted_requests, Some(8));
         assert_eq!(server.grace_period, Duration::from_secs(30));
         assert_eq!(body.max_body, 256 * 1024);
         assert_eq!(body.body_timeout, Duration::from_secs(5));

@@ -13,8 +13,9 @@
 //!   head's own, usually shorter, limit is enforced here;
 //! - each answer must be written within `write_timeout` ([`write_deadline`]), and the kernel
 //!   gives up on a peer that acknowledges nothing for as long (`TCP_USER_TIMEOUT`). hyper holds
-//!   one request at a time and reads ahead at most a head's worth; a peer that pipelines more
-//!   than 16 requests in a row past answers it has not read is closed at once ([`pipelining`]).
+//!   one request at a time and reads ahead at most a head's worth, and a connection that has
+//!   not delivered a verified request is closed after answering `untrusted_requests` + 1
+//!   ([`trust`]).
 //!
 //! At most `max_connections` are open at once: each holds hyper's buffers and a task (about
 //! 16 KiB measured), so memory is bounded however many clients connect. When the limit is
@@ -27,7 +28,6 @@
 //! once), and whatever is left after `grace_period` is closed. hyper-util's `GracefulShutdown`
 //! can only do the middle part, so a [`TaskTracker`] and one `select!` per connection do it all.
 
-mod pipelining;
 pub mod refusal_log;
 pub mod trust;
 pub mod write_deadline;
@@ -40,7 +40,8 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{Request, Response};
+use axum::http::header::CONNECTION;
+use axum::http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -54,7 +55,6 @@ use tracing::{debug, warn};
 pub use trust::Trust;
 
 use crate::metrics::Metrics;
-use pipelining::Pipelining;
 use refusal_log::{REFUSAL_LOG_EVERY, RefusalLog};
 use trust::{Admission, Untrusted};
 use write_deadline::WriteDeadline;
@@ -85,6 +85,9 @@ pub struct ServerLimits {
     pub write_timeout: Duration,
     /// Connections open at once; at the limit an untrusted one is closed or new ones wait.
     pub max_connections: usize,
+    /// Requests a connection that has not delivered a verified one may send before it is
+    /// closed; `None` where nothing is ever verified (the ops server).
+    pub untrusted_requests: Option<u32>,
     /// On shutdown, how long requests in progress get before their connections are closed.
     pub grace_period: Duration,
 }
@@ -98,6 +101,7 @@ struct Shared {
     refusals: RefusalLog,
     header_timeout: Duration,
     write_timeout: Duration,
+    untrusted_requests: Option<u32>,
     /// Cancelled when the server starts to stop.
     stopping: CancellationToken,
     /// Cancelled when the grace period is over: every connection left closes.
@@ -119,6 +123,7 @@ pub async fn serve(
         refusals: RefusalLog::new(REFUSAL_LOG_EVERY),
         header_timeout: limits.header_timeout,
         write_timeout: limits.write_timeout,
+        untrusted_requests: limits.untrusted_requests,
         stopping: shutdown,
         force_close: CancellationToken::new(),
     });
@@ -290,14 +295,11 @@ async fn serve_connection(
     let accepted = Instant::now();
     tune(&stream, shared.write_timeout);
     let head_seen = Arc::new(AtomicBool::new(false));
-    // SAFETY: `stream` goes into the hyper connection below, which owns the service that calls
-    // `request_arrived`: the socket is open at every call.
-    let pipelining = Arc::new(unsafe { Pipelining::new(&stream) });
     let service = marking_service(
         shared.router.clone(),
         head_seen.clone(),
-        pipelining.clone(),
         admission.trust(),
+        shared.untrusted_requests,
     );
     let io = TokioIo::new(WriteDeadline::new(stream, shared.write_timeout));
     let connection = shared.builder.serve_connection(io, service);
@@ -306,10 +308,6 @@ async fn serve_connection(
         ended = connection.as_mut() => return shared.ended(ended, accepted),
         () = first_head_overdue(shared.header_timeout, &head_seen) => {
             debug!("no complete request head in time; connection closed");
-            return;
-        }
-        () = pipelining.exceeded() => {
-            debug!("requests pipelined past unread answers; connection closed");
             return;
         }
         () = admission.evicted() => {
@@ -344,13 +342,13 @@ fn tune(stream: &TcpStream, write_timeout: Duration) {
 }
 
 /// The router, marking `head_seen` when hyper hands it a request (its head is complete),
-/// counting it if it was pipelined past unread answers, and giving the handler the
-/// connection's [`Trust`].
+/// counting the request against the untrusted cap, and giving the handler the connection's
+/// [`Trust`].
 fn marking_service(
     router: Router,
     head_seen: Arc<AtomicBool>,
-    pipelining: Arc<Pipelining>,
     trust: Trust,
+    untrusted_requests: Option<u32>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response<Body>,
@@ -359,9 +357,20 @@ fn marking_service(
 > {
     hyper::service::service_fn(move |mut request: Request<Incoming>| {
         head_seen.store(true, Ordering::Release);
-        pipelining.request_arrived();
+        let last = trust.request_arrived(untrusted_requests);
         request.extensions_mut().insert(trust.clone());
-        router.clone().oneshot(request.map(Body::new))
+        let answering = router.clone().oneshot(request.map(Body::new));
+        async move {
+            let mut response = answering.await?;
+            if last {
+                // hyper closes the connection after this answer and reads nothing more.
+                debug!("untrusted connection past its requests; closing once answered");
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok(response)
+        }
     })
 }
 

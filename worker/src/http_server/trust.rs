@@ -8,9 +8,15 @@
 //! the [`Trust`] in each request's extensions) once a signature verifies, which takes it off
 //! the register. Eviction cancels the oldest registered connection's token, and its task
 //! closes it at once: nothing verified can be in flight on it.
+//!
+//! An untrusted connection is also closed, after answering the request in hand, when it sends
+//! more requests than the server's cap ([`Trust::request_arrived`]): a client without the key has no reason to send
+//! more than a few, and one that pipelines requests and never reads the answers would otherwise
+//! be answered until Linux's send buffer (megabytes) filled. Measured before the cap: 200 such
+//! clients kept both cores busy, each connection answering about 3,500 requests.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio_util::sync::CancellationToken;
@@ -32,6 +38,7 @@ impl Untrusted {
                 id,
                 untrusted: self.clone(),
                 earned: Arc::default(),
+                requests: Arc::default(),
             },
             evicted,
         }
@@ -50,6 +57,11 @@ impl Untrusted {
     #[cfg(test)]
     fn len(&self) -> usize {
         self.lock().len()
+    }
+
+    /// Whether connection `id` is still untrusted.
+    fn holds(&self, id: u64) -> bool {
+        self.lock().contains_key(&id)
     }
 
     /// Takes `id` off the register; false if it was evicted first.
@@ -74,7 +86,7 @@ impl Admission {
         self.trust.clone()
     }
 
-    /// Resolves when the connection was chosen to make room.
+    /// Resolves when the connection was chosen to make room: close it at once.
     pub async fn evicted(&self) {
         self.evicted.cancelled().await;
     }
@@ -94,9 +106,23 @@ pub struct Trust {
     untrusted: Arc<Untrusted>,
     /// Set once earned: later requests on the connection need not look again.
     earned: Arc<AtomicBool>,
+    /// Requests this connection has sent.
+    requests: Arc<AtomicU32>,
 }
 
 impl Trust {
+    /// Counts a request as its head arrives. True past `cap` requests on a connection that has
+    /// not earned trust: this request's answer then closes the connection (a proxy in front
+    /// may carry several clients' requests on one connection: none goes unanswered). `None`:
+    /// no cap.
+    pub fn request_arrived(&self, cap: Option<u32>) -> bool {
+        let sent = self
+            .requests
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        cap.is_some_and(|cap| sent > cap) && self.untrusted.holds(self.id)
+    }
+
     /// This connection delivered a verified request: it is never evicted from now on. False
     /// if it was chosen for eviction just before, when it is about to close: the request must
     /// then not start anything it cannot finish.
@@ -141,6 +167,29 @@ mod tests {
             !admission.trust().earned(),
             "it is closing: refuse, do not publish"
         );
+    }
+
+    #[test]
+    fn an_untrusted_connection_past_the_request_cap_is_closed_and_a_trusted_one_never() {
+        let untrusted = Arc::new(Untrusted::default());
+        let stranger = untrusted.admit(1);
+        let svix = untrusted.admit(2);
+        assert!(svix.trust().earned());
+        for _ in 0..3 {
+            assert!(!stranger.trust().request_arrived(Some(3)), "up to the cap");
+            assert!(!svix.trust().request_arrived(Some(3)));
+        }
+        assert!(
+            stranger.trust().request_arrived(Some(3)),
+            "one more closes it"
+        );
+        for _ in 0..100 {
+            assert!(!svix.trust().request_arrived(Some(3)));
+        }
+        let ops = untrusted.admit(3);
+        for _ in 0..100 {
+            assert!(!ops.trust().request_arrived(None), "no cap, no closing");
+        }
     }
 
     #[test]

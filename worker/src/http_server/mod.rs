@@ -70,7 +70,7 @@ const READ_AHEAD: usize = 8 * 1024;
 const CROWDED_WARNING_EVERY: Duration = Duration::from_secs(10);
 
 /// The code a 431 is counted under in `webhook_refused_total`.
-pub const HEAD_TOO_LARGE: &str = "head_too_large";
+const HEAD_TOO_LARGE: &str = "head_too_large";
 
 /// The connection-level limits (`INGRESS_*` settings and `SHUTDOWN_GRACE_PERIOD`).
 #[derive(Clone, Debug)]

@@ -32,7 +32,8 @@ impl BodyMemory {
     }
 
     /// Bytes not held by any body now.
-    pub fn available(&self) -> usize {
+    #[cfg(test)]
+    fn available(&self) -> usize {
         self.free.available_permits()
     }
 

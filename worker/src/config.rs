@@ -387,8 +387,10 @@ pub struct ConsumerSettings {
     #[arg(long, env = "PROVISION_ATTEMPT_TIMEOUT", default_value = "20s", value_parser = positive_duration)]
     pub provision_attempt_timeout: Duration,
 
-    /// Attempts for an event-specific transient error (deadlock, timeout) before it is
-    /// dead-lettered as `retries_exhausted`. A database outage never uses up attempts.
+    /// Attempts for an event-specific error before it is dead-lettered: a transient one
+    /// (deadlock, timeout; then `retries_exhausted`) or a conflict (an email or username another
+    /// user still holds; then `email_conflict` / `username_conflict`). A database outage never
+    /// uses up attempts.
     #[arg(long, env = "RETRY_MAX_ATTEMPTS", default_value_t = 8)]
     pub retry_max_attempts: u32,
 

@@ -20,7 +20,8 @@
 //! - [`dead_letter`]: writing dead letters, and the `worker dlq` operations on them (list,
 //!   replay, report).
 //! - [`metrics`]: every metric name and its recording function; [`ops`]: `/metrics`, `/healthz`,
-//!   `/readyz`.
+//!   `/readyz`; [`memory`]: giving freed heap back to the system, and the heap figures.
+//! - [`schedule`]: running a task at a fixed interval until shutdown.
 //! - [`ingress`]: the Svix-verified webhook endpoint that publishes to the broker;
 //!   [`http_server`]: the bounded HTTP/1.1 server it and the ops server run on.
 //! - [`service`]: the long-running process (ingress, consumer, ops server) and its shutdown.

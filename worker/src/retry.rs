@@ -13,7 +13,8 @@ use crate::error::{FailureReason, ProvisionError};
 pub struct RetryPolicy {
     pub initial_delay: Duration,
     pub max_delay: Duration,
-    /// Attempts allowed for an event-specific transient error, the first one included.
+    /// Attempts allowed for an event-specific error (transient or a conflict), the first one
+    /// included.
     pub max_attempts: u32,
 }
 

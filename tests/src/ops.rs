@@ -54,9 +54,30 @@ impl OpsClient {
     }
 
     /// The value of one series on `/metrics` (name with labels as rendered), 0 when absent.
+    /// Fails at once for a name the service does not export (a typo, or a metric renamed in
+    /// `worker::metrics` but not here): a test of such a name could never fail otherwise.
+    /// Counters that can stay at 0 are registered at zero at start, so a test that one stayed 0
+    /// reads the series itself.
     pub async fn metric(&self, series: &str) -> f64 {
+        let family = series.split('{').next().unwrap_or(series);
+        assert!(
+            is_exported(family),
+            "{family} is not in worker::metrics::ALL: nothing exports it"
+        );
         metric_value(&self.metrics().await, series)
     }
+}
+
+/// Whether `family` is a series name the service exports (a histogram's as `_bucket`, `_sum`
+/// and `_count`).
+pub fn is_exported(family: &str) -> bool {
+    worker::metrics::ALL.iter().any(|&(name, histogram)| {
+        family == name
+            || (histogram
+                && ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|suffix| family.strip_suffix(suffix) == Some(name)))
+    })
 }
 
 /// Sums every line of a Prometheus page whose series starts with `series` (so a name without
@@ -75,6 +96,15 @@ pub fn metric_value(page: &str, series: &str) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::metric_value;
+
+    #[test]
+    fn only_exported_names_are_exported() {
+        use super::is_exported;
+        assert!(is_exported("workspace_created_total"));
+        assert!(is_exported("webhook_request_duration_seconds_count"));
+        assert!(!is_exported("workspace_created_count"), "not a histogram");
+        assert!(!is_exported("workspaces_created_total"), "a typo");
+    }
 
     #[test]
     fn metric_values_are_read_and_summed_over_labels() {

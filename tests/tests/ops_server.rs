@@ -77,3 +77,31 @@ async fn a_scraper_that_never_reads_is_closed_after_the_write_deadline() {
     assert!(answers.is_some(), "still open after the write deadline");
     assert_eq!(app.get("/healthz").await, Some((200, "ok".to_owned())));
 }
+
+#[tokio::test]
+async fn the_first_scrape_shows_every_counter_that_can_stay_at_zero() {
+    let stack = Stack::new().await;
+    let app = stack.start(&["consume"], &[]).await;
+    let page = app.metrics().await;
+    let mut expected = vec![
+        "workspace_created_total 0".to_owned(),
+        "usernames_reassigned_total 0".to_owned(),
+        "consumer_connected".to_owned(),
+        "deliveries_in_flight 0".to_owned(),
+    ];
+    for reason in worker::error::FailureReason::ALL {
+        expected.push(format!(
+            "workspace_failed_total{{reason=\"{}\"}} 0",
+            reason.as_str()
+        ));
+    }
+    for reason in worker::error::ProvisionError::RETRY_REASONS {
+        expected.push(format!("events_retried_total{{reason=\"{reason}\"}} 0"));
+    }
+    for series in expected {
+        assert!(
+            page.lines().any(|line| line.starts_with(&series)),
+            "{series} missing from the first scrape:\n{page}"
+        );
+    }
+}

@@ -13,6 +13,11 @@ use sea_orm::DbErr;
 
 use crate::domain::Invalid;
 
+/// The retry reason of a database that cannot serve anyone.
+const UNAVAILABLE: &str = "database_unavailable";
+/// The retry reason of a failure that may pass on the next attempt.
+const TRANSIENT: &str = "transient";
+
 /// Stable failure codes: they end up in dead-letter headers, metrics labels and alerts, so a
 /// variant's string never changes once shipped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -52,7 +57,7 @@ impl FailureReason {
     ];
 
     /// The stable code, as operators see it.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Self::InvalidPayload => "invalid_payload",
             Self::InvalidUserId => "invalid_user_id",
@@ -142,6 +147,15 @@ pub enum ProvisionError {
 }
 
 impl ProvisionError {
+    /// Every [`Self::reason_code`] of a retryable error: what `events_retried_total` is
+    /// labelled with.
+    pub const RETRY_REASONS: [&str; 4] = [
+        UNAVAILABLE,
+        TRANSIENT,
+        FailureReason::EmailConflict.as_str(),
+        FailureReason::UsernameConflict.as_str(),
+    ];
+
     /// True when the event should be tried again later.
     pub fn is_retryable(&self) -> bool {
         !matches!(self, Self::Permanent(_))
@@ -150,8 +164,8 @@ impl ProvisionError {
     /// The stable code for metrics and dead-letter headers.
     pub fn reason_code(&self) -> &'static str {
         match self {
-            Self::Unavailable(_) => "database_unavailable",
-            Self::Transient(_) => "transient",
+            Self::Unavailable(_) => UNAVAILABLE,
+            Self::Transient(_) => TRANSIENT,
             Self::Conflict(rejected) | Self::Permanent(rejected) => rejected.reason.as_str(),
         }
     }

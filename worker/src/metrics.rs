@@ -12,7 +12,7 @@ use metrics_exporter_prometheus::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::error::FailureReason;
+use crate::error::{FailureReason, ProvisionError};
 use crate::memory::MemoryUsage;
 use crate::provision::Outcome;
 
@@ -104,6 +104,7 @@ impl Metrics {
             upkeep_runs: Arc::default(),
         };
         metrics.with(describe);
+        metrics.with(register_at_zero);
         Ok(metrics)
     }
 
@@ -314,6 +315,32 @@ fn describe() {
         metrics::Unit::Bytes,
         "Heap freed but kept by the allocator after the last trim."
     );
+}
+
+/// Counters whose label values are all known, and the gauges, exported at zero from the start:
+/// the exporter renders only series that were recorded, and a query (or a test) that a counter
+/// stayed at 0 must find the series, not its absence (as Prometheus advises for known labels).
+fn register_at_zero() {
+    for name in [
+        WORKSPACE_CREATED,
+        USERNAMES_REASSIGNED,
+        WEBHOOK_CONNECTIONS_WAITED,
+    ] {
+        counter!(name).absolute(0);
+    }
+    for reason in FailureReason::ALL {
+        counter!(WORKSPACE_FAILED, "reason" => reason.as_str()).absolute(0);
+    }
+    for reason in ProvisionError::RETRY_REASONS {
+        counter!(EVENTS_RETRIED, "reason" => reason).absolute(0);
+    }
+    for name in [
+        CONSUMER_CONNECTED,
+        DELIVERIES_IN_FLIGHT,
+        WEBHOOK_CONNECTIONS_OPEN,
+    ] {
+        gauge!(name).set(0.0);
+    }
 }
 
 /// Reasons read back from headers: only the codes this product writes, else `other`.

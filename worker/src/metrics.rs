@@ -391,7 +391,7 @@ mod tests {
         let (a, b) = (Metrics::new().unwrap(), Metrics::new().unwrap());
         a.record_outcome("user.created", Outcome::Created, Duration::from_millis(3));
         assert!(a.render().contains("workspace_created_total 1"));
-        assert!(!b.render().contains("workspace_created_total"));
+        assert!(b.render().contains("workspace_created_total 0"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! The retry policy: what to do with a delivery after an attempt, and how long to wait.
+//! The retry policy: what becomes of a delivery after an attempt, and how long to wait.
 //!
-//! Pure and tested without I/O. The consumer loop only carries the decision out.
+//! Pure and tested without I/O: [`RetryPolicy::decide`] turns an attempt's result into a
+//! [`Fate`]; the consumer's pipeline only carries it out.
 
 use std::time::Duration;
 
@@ -18,17 +19,23 @@ pub struct RetryPolicy {
     pub max_attempts: u32,
 }
 
-/// What the consumer does with a delivery whose attempt failed (a success is simply acked).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
-    /// Try again after waiting; the delivery stays unacknowledged meanwhile.
-    Retry,
-    /// Try again after this delay, from the broker: the event waits in the retry queue, so the
+/// What becomes of a delivery after an attempt: a value, so the decision can be tested apart
+/// from the broker and the database that carry it out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fate {
+    /// Provisioned: acknowledge.
+    Ack,
+    /// Attempt again in this worker after `delay`; the delivery stays unacknowledged meanwhile.
+    Retry { delay: Duration },
+    /// Attempt again after `delay`, from the broker: the event waits in the retry queue, so the
     /// wait holds no consumer slot and no prefetch (another user's event may be what resolves
     /// it).
-    Defer(Duration),
+    Defer { delay: Duration },
     /// Never going to work: publish to the dead-letter queue with this reason, then acknowledge.
     DeadLetter(FailureReason),
+    /// The session ends with the delivery unfinished: hand it back to the queue without blame.
+    /// Decided by the session's end, never by an attempt.
+    GiveBack,
 }
 
 /// How far a delivery has got: counts kept per delivery while it is retried.
@@ -39,6 +46,24 @@ pub struct Attempts {
     /// Attempts that failed for a reason specific to this event; only these use up the budget.
     /// Carried across deferred retries in the `x-retry-attempts` header.
     pub budgeted: u32,
+    /// Attempts made since this worker took the delivery: the in-process backoff grows with
+    /// them.
+    pub here: u32,
+}
+
+impl Attempts {
+    /// Counts one more attempt that ended in `result`.
+    pub fn after<T>(self, result: &Result<T, ProvisionError>) -> Self {
+        let budgeted = matches!(
+            result,
+            Err(ProvisionError::Transient(_) | ProvisionError::Conflict(_))
+        );
+        Self {
+            made: self.made + 1,
+            budgeted: self.budgeted + u32::from(budgeted),
+            here: self.here + 1,
+        }
+    }
 }
 
 impl RetryPolicy {
@@ -50,61 +75,53 @@ impl RetryPolicy {
         max_attempts: u32::MAX,
     };
 
-    /// Decides the fate of a delivery after a failed attempt that `attempts` already counts.
+    /// Decides the fate of a delivery after an attempt that `attempts` already counts.
     ///
     /// The database being unavailable says nothing about the event, so it is retried for as long
     /// as the outage lasts without using up attempts.
-    pub fn decide(&self, err: &ProvisionError, attempts: Attempts) -> Decision {
+    pub fn decide<T>(&self, result: &Result<T, ProvisionError>, attempts: Attempts) -> Fate {
+        let Err(err) = result else {
+            return Fate::Ack;
+        };
+        let budget_left = attempts.budgeted < self.max_attempts;
         match err {
-            ProvisionError::Permanent(rejected) => Decision::DeadLetter(rejected.reason),
-            ProvisionError::Unavailable(_) => Decision::Retry,
-            ProvisionError::Transient(_) if attempts.budgeted < self.max_attempts => {
-                Decision::Retry
-            }
-            ProvisionError::Transient(_) => Decision::DeadLetter(FailureReason::RetriesExhausted),
-            ProvisionError::Conflict(_) if attempts.budgeted < self.max_attempts => {
-                Decision::Defer(self.delay_before(attempts.budgeted + 1))
-            }
-            ProvisionError::Conflict(rejected) => Decision::DeadLetter(rejected.reason),
+            ProvisionError::Permanent(rejected) => Fate::DeadLetter(rejected.reason),
+            ProvisionError::Unavailable(_) => Fate::Retry {
+                delay: self.delay_before_retry(attempts.here),
+            },
+            ProvisionError::Transient(_) if budget_left => Fate::Retry {
+                delay: self.delay_before_retry(attempts.here),
+            },
+            ProvisionError::Transient(_) => Fate::DeadLetter(FailureReason::RetriesExhausted),
+            ProvisionError::Conflict(_) if budget_left => Fate::Defer {
+                delay: self.delay_before_retry(attempts.budgeted),
+            },
+            ProvisionError::Conflict(rejected) => Fate::DeadLetter(rejected.reason),
         }
     }
 
-    /// Counts one more attempt that ended in `result`.
-    pub fn count<T>(result: &Result<T, ProvisionError>, attempts: Attempts) -> Attempts {
-        let budgeted = matches!(
-            result,
-            Err(ProvisionError::Transient(_) | ProvisionError::Conflict(_))
-        );
-        Attempts {
-            made: attempts.made + 1,
-            budgeted: attempts.budgeted + u32::from(budgeted),
-        }
-    }
-
-    /// The delays between attempts: exponential from the initial delay up to the cap, each with
-    /// full jitter (uniform between zero and the exponential value), so a crowd of deliveries
-    /// that failed together does not retry together.
+    /// The delays between tries, endlessly: each is [`Self::delay_before_retry`] of its turn.
     pub fn delays(&self) -> impl Iterator<Item = Duration> + Send + use<> {
+        self.curve().map(full_jitter)
+    }
+
+    /// The delay before retry `retry` (the first is 1): exponential from the initial delay up to
+    /// the cap, with full jitter (uniform between zero and the exponential value), so a crowd of
+    /// deliveries that failed together does not retry together.
+    pub fn delay_before_retry(&self, retry: u32) -> Duration {
+        // Past 64 doublings every delay is the cap; the bound keeps the walk short.
+        let turn = retry.saturating_sub(1).min(64) as usize;
+        full_jitter(self.curve().nth(turn).unwrap_or(self.max_delay))
+    }
+
+    /// The one backoff curve, before jitter: doubling from the initial delay up to the cap.
+    fn curve(&self) -> impl Iterator<Item = Duration> + Send + use<> {
         ExponentialBuilder::default()
             .with_min_delay(self.initial_delay)
             .with_max_delay(self.max_delay)
             .with_factor(2.0)
             .without_max_times()
             .build()
-            .map(full_jitter)
-    }
-}
-
-impl RetryPolicy {
-    /// The delay before budgeted attempt `attempt` (the first is 1): the same curve as
-    /// [`Self::delays`], for a retry that lives in the broker rather than in a loop.
-    pub fn delay_before(&self, attempt: u32) -> Duration {
-        let doublings = attempt.saturating_sub(2).min(31);
-        let ceiling = self
-            .initial_delay
-            .saturating_mul(1 << doublings)
-            .min(self.max_delay);
-        full_jitter(ceiling)
     }
 }
 
@@ -135,51 +152,85 @@ mod tests {
         )))
     }
 
-    fn decide(result: &Result<(), ProvisionError>, attempts: Attempts) -> Decision {
-        POLICY.decide(result.as_ref().unwrap_err(), attempts)
+    fn conflict() -> Result<(), ProvisionError> {
+        Err(ProvisionError::Conflict(Rejected::new(
+            FailureReason::EmailConflict,
+            "held by user_2",
+        )))
     }
 
     fn after(n: u32, result: &Result<(), ProvisionError>) -> Attempts {
-        (0..n).fold(Attempts::default(), |a, _| RetryPolicy::count(result, a))
+        (0..n).fold(Attempts::default(), |a, _| a.after(result))
+    }
+
+    fn is_retry_here(fate: Fate) -> bool {
+        matches!(fate, Fate::Retry { .. })
     }
 
     #[test]
-    fn a_success_uses_no_budget() {
-        let attempts = RetryPolicy::count(&Ok::<(), ProvisionError>(()), Attempts::default());
+    fn a_success_is_acked_and_uses_no_budget() {
+        let ok = Ok::<(), ProvisionError>(());
+        let attempts = Attempts::default().after(&ok);
         assert_eq!(
             attempts,
             Attempts {
                 made: 1,
-                budgeted: 0
+                budgeted: 0,
+                here: 1
             }
         );
+        assert_eq!(POLICY.decide(&ok, attempts), Fate::Ack);
     }
 
     #[test]
     fn permanent_failures_are_dead_lettered_at_once_with_their_reason() {
         let result: Result<(), _> =
             Err(Rejected::new(FailureReason::MissingEmail, "no email").into());
-        let attempts = RetryPolicy::count(&result, Attempts::default());
+        let attempts = Attempts::default().after(&result);
         assert_eq!(
-            decide(&result, attempts),
-            Decision::DeadLetter(FailureReason::MissingEmail)
+            POLICY.decide(&result, attempts),
+            Fate::DeadLetter(FailureReason::MissingEmail)
         );
     }
 
     #[test]
-    fn transient_failures_are_retried_until_the_budget_is_spent() {
+    fn transient_failures_are_retried_here_until_the_budget_is_spent() {
         let result = transient();
         for n in 1..8 {
-            assert_eq!(
-                decide(&result, after(n, &result)),
-                Decision::Retry,
-                "attempt {n}"
-            );
+            let fate = POLICY.decide(&result, after(n, &result));
+            assert!(is_retry_here(fate), "attempt {n}: {fate:?}");
         }
         assert_eq!(
-            decide(&result, after(8, &result)),
-            Decision::DeadLetter(FailureReason::RetriesExhausted)
+            POLICY.decide(&result, after(8, &result)),
+            Fate::DeadLetter(FailureReason::RetriesExhausted)
         );
+    }
+
+    #[test]
+    fn conflicts_wait_in_the_broker_and_keep_their_reason_when_the_budget_is_spent() {
+        let result = conflict();
+        for n in 1..8 {
+            let fate = POLICY.decide(&result, after(n, &result));
+            assert!(matches!(fate, Fate::Defer { .. }), "attempt {n}: {fate:?}");
+        }
+        assert_eq!(
+            POLICY.decide(&result, after(8, &result)),
+            Fate::DeadLetter(FailureReason::EmailConflict)
+        );
+    }
+
+    #[test]
+    fn a_deferred_conflict_waits_along_the_same_curve_as_its_budget() {
+        let result = conflict();
+        for n in 1..8 {
+            let ceiling = Duration::from_millis(100 << (n - 1));
+            for _ in 0..50 {
+                let Fate::Defer { delay } = POLICY.decide(&result, after(n, &result)) else {
+                    panic!("attempt {n} is not deferred");
+                };
+                assert!(delay <= ceiling, "attempt {n}: {delay:?} > {ceiling:?}");
+            }
+        }
     }
 
     #[test]
@@ -188,16 +239,33 @@ mod tests {
         let attempts = after(10_000, &result);
         assert_eq!(attempts.made, 10_000);
         assert_eq!(attempts.budgeted, 0);
-        assert_eq!(decide(&result, attempts), Decision::Retry);
+        assert!(is_retry_here(POLICY.decide(&result, attempts)));
     }
 
     #[test]
     fn an_outage_then_an_event_error_still_gets_the_whole_budget() {
         let outage = after(50, &unavailable());
         let transient = transient();
-        let attempts = RetryPolicy::count(&transient, outage);
+        let attempts = outage.after(&transient);
         assert_eq!(attempts.budgeted, 1);
-        assert_eq!(decide(&transient, attempts), Decision::Retry);
+        assert!(is_retry_here(POLICY.decide(&transient, attempts)));
+    }
+
+    #[test]
+    fn a_redelivered_event_backs_off_from_the_start_in_its_new_worker() {
+        let redelivered = Attempts {
+            made: 5,
+            budgeted: 5,
+            here: 0,
+        };
+        for _ in 0..50 {
+            let Fate::Retry { delay } =
+                POLICY.decide(&transient(), redelivered.after(&transient()))
+            else {
+                panic!("not retried here");
+            };
+            assert!(delay <= Duration::from_millis(100), "{delay:?}");
+        }
     }
 
     #[test]
@@ -212,7 +280,12 @@ mod tests {
                     "{delay:?} > {ceiling} ms"
                 );
             }
+            for (retry, ceiling) in (1..).zip(ceilings) {
+                let delay = POLICY.delay_before_retry(retry);
+                assert!(delay <= Duration::from_millis(ceiling), "retry {retry}");
+            }
         }
+        assert!(POLICY.delay_before_retry(u32::MAX) <= POLICY.max_delay);
     }
 
     #[test]

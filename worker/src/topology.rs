@@ -50,6 +50,9 @@ pub mod header {
     pub const RETRY_ATTEMPTS: &str = "x-retry-attempts";
     /// Set by quorum queues: earlier deliveries of this message.
     pub const DELIVERY_COUNT: &str = "x-delivery-count";
+    /// Set by RabbitMQ 4.3 quorum queues: every time the message was handed out, returns
+    /// without blame (`basic.nack`) included. Logged only.
+    pub const ACQUIRED_COUNT: &str = "x-acquired-count";
     /// Set by the broker on a message it dead-lettered itself: a list of tables.
     pub const DEATH: &str = "x-death";
     /// The field of a [`DEATH`] table saying why (e.g. `delivery_limit`).

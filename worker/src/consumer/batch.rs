@@ -1,18 +1,12 @@
-//! Batches: what the broker already sent joins a batch ([`take_batch`], nothing waits for more),
-//! and within a batch distinct users' changes share one transaction; anything else, and the
-//! whole batch if its transaction fails, goes one by one.
+//! Batches, as plain values: what the broker already sent joins a batch ([`take_batch`], nothing
+//! waits for more), and a batch [`split`]s into distinct users' changes, which share one
+//! transaction, and the rest, which goes one by one.
 
 use std::collections::HashSet;
-use std::time::Instant;
 
-use lapin::message::Delivery;
-use tracing::debug;
-
-use super::delivery::{Context, Processor, redeliveries};
 use crate::clerk;
 use crate::domain::{Event, UserProfile};
-use crate::provision;
-use crate::retry::Attempts;
+use crate::error::Rejected;
 
 /// What the delivery stream has ready right now.
 pub enum Ready<T> {
@@ -42,78 +36,31 @@ pub fn take_batch<T>(
     (batch, None)
 }
 
-impl Processor {
-    /// Several deliveries at once: distinct users' changes share one transaction; anything else
-    /// (and the whole batch, if its transaction fails) goes one by one, concurrently, so one bad
-    /// event costs its batch-mates one retry at most.
-    pub(super) async fn process_batch(&self, deliveries: Vec<Delivery>) {
-        let mut together = Vec::new();
-        let mut alone = Vec::new();
-        let mut users = HashSet::new();
-        for delivery in deliveries {
-            match clerk::parse_event(&delivery.data) {
-                Ok(Event::UserChanged(profile)) if users.insert(profile.id.clone()) => {
-                    together.push((delivery, profile));
-                }
-                parsed => alone.push((delivery, parsed)),
-            }
-        }
-        let one_by_one = if together.len() < 2 {
-            Err(together)
-        } else {
-            self.provision_together(together).await
-        };
-        if let Err(rest) = one_by_one {
-            alone.extend(
-                rest.into_iter()
-                    .map(|(delivery, profile)| (delivery, Ok(Event::UserChanged(profile)))),
-            );
-        }
-        futures::future::join_all(
-            alone
-                .into_iter()
-                .map(|(delivery, parsed)| self.process(delivery, parsed)),
-        )
-        .await;
-    }
+/// A batch, parsed and split: distinct users' changes that can share one transaction, and the
+/// rest, which goes one by one.
+pub struct Split<T> {
+    pub together: Vec<(T, Box<UserProfile>)>,
+    pub alone: Vec<(T, Result<Event, Rejected>)>,
+}
 
-    /// One transaction for the batch; on failure, the deliveries back for one-by-one.
-    async fn provision_together(
-        &self,
-        together: Vec<(Delivery, Box<UserProfile>)>,
-    ) -> Result<(), Vec<(Delivery, Box<UserProfile>)>> {
-        self.metrics.deliveries_in_flight(together.len() as f64);
-        let started = Instant::now();
-        let profiles: Vec<&UserProfile> = together.iter().map(|(_, p)| p.as_ref()).collect();
-        let batch = provision::provision_batch(&self.db, &profiles);
-        let result = provision::within(&self.db, self.attempt_timeout, batch).await;
-        let elapsed = started.elapsed();
-        let results = match result {
-            Ok(results) => results,
-            Err(err) => {
-                self.metrics.deliveries_in_flight(-(together.len() as f64));
-                debug!(size = together.len(), error = %err, "batch failed; one event at a time");
-                return Err(together);
+/// Parses each delivery's body once, and splits the batch: a user's first change joins
+/// `together`; a second change of the same user, a deletion, an event we ignore or a body that
+/// does not parse goes `alone` (in order, so one user's events never share a transaction).
+pub fn split<T>(deliveries: Vec<T>, body: impl Fn(&T) -> &[u8]) -> Split<T> {
+    let mut split = Split {
+        together: Vec::new(),
+        alone: Vec::new(),
+    };
+    let mut users = HashSet::new();
+    for delivery in deliveries {
+        match clerk::parse_event(body(&delivery)) {
+            Ok(Event::UserChanged(profile)) if users.insert(profile.id.clone()) => {
+                split.together.push((delivery, profile));
             }
-        };
-        self.metrics.record_batch(together.len());
-        let mut contexts = Vec::with_capacity(together.len());
-        for ((delivery, profile), provisioned) in together.iter().zip(results) {
-            let context = Context::named(delivery, profile.event_type(), Some(&profile.id));
-            let attempts = Attempts {
-                made: redeliveries(delivery) + 1,
-                budgeted: 0,
-            };
-            self.record_success(delivery, &context, &provisioned, attempts, elapsed);
-            contexts.push(context);
+            parsed => split.alone.push((delivery, parsed)),
         }
-        let deliveries: Vec<&Delivery> = together.iter().map(|(delivery, _)| delivery).collect();
-        if let Some(first) = contexts.first() {
-            self.ack(&deliveries, first).await;
-        }
-        contexts.iter().for_each(|context| self.settled(context));
-        Ok(())
     }
+    split
 }
 
 #[cfg(test)]
@@ -159,6 +106,78 @@ mod tests {
         assert_eq!(
             take_batch(1, 10, next),
             (vec![1, 2], Some("cancelled".to_owned()))
+        );
+    }
+
+    fn user_event(event_type: &str, id: &str) -> Vec<u8> {
+        serde_json::json!({
+            "type": event_type,
+            "timestamp": 1_700_000_000_000_i64,
+            "data": {
+                "id": id,
+                "email_addresses": [{"id": "idn_1", "email_address": format!("{id}@example.com")}],
+                "primary_email_address_id": "idn_1",
+                "username": null,
+                "first_name": null,
+                "last_name": null,
+                "image_url": null,
+                "created_at": 1_700_000_000_000_i64,
+                "updated_at": 1_700_000_000_000_i64,
+            },
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    fn deleted(id: &str) -> Vec<u8> {
+        serde_json::json!({
+            "type": "user.deleted",
+            "timestamp": 1_700_000_000_000_i64,
+            "data": {"id": id, "deleted": true, "object": "user"},
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    fn tags<T>(items: &[(lapin::message::Delivery, T)]) -> Vec<u64> {
+        items.iter().map(|(d, _)| d.delivery_tag).collect()
+    }
+
+    fn split_bodies(bodies: Vec<Vec<u8>>) -> Split<lapin::message::Delivery> {
+        let deliveries = (1..)
+            .zip(bodies)
+            .map(|(tag, body)| {
+                lapin::message::Delivery::mock(
+                    tag,
+                    "clerk.events".into(),
+                    "user".into(),
+                    false,
+                    body,
+                )
+            })
+            .collect();
+        split(deliveries, |d| &d.data)
+    }
+
+    #[test]
+    fn distinct_users_changes_share_a_transaction_and_the_rest_goes_alone_in_order() {
+        let split = split_bodies(vec![
+            user_event("user.created", "user_a"),
+            user_event("user.updated", "user_b"),
+            user_event("user.updated", "user_a"),
+            deleted("user_c"),
+            b"not json".to_vec(),
+            user_event("session.created", "user_d"),
+            user_event("user.updated", "user_e"),
+        ]);
+        assert_eq!(tags(&split.together), [1, 2, 7]);
+        assert_eq!(tags(&split.alone), [3, 4, 5, 6]);
+        let alone: Vec<_> = split.alone.iter().map(|(_, parsed)| parsed).collect();
+        assert!(matches!(alone[0], Ok(Event::UserChanged(p)) if p.id.as_ref() == "user_a"));
+        assert!(matches!(alone[1], Ok(Event::UserDeleted(_))));
+        assert!(
+            alone[2].is_err(),
+            "a body that is not JSON is rejected, not dropped"
         );
     }
 }

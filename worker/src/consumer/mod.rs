@@ -5,12 +5,14 @@
 //! the consumer cancelled by the broker, which simply ends the stream), the loop reconnects with
 //! backoff, redeclares and resumes. Deliveries of the lost session were never acknowledged, so
 //! the broker hands them out again; provisioning absorbs the repeat. Each delivery is taken to
-//! its end by the [`delivery::Processor`]: the [`retrying`] loop, the [`batch`] split and
-//! [`settle`]ment.
+//! its end by the [`pipeline`] (parse, attempt, decide, settle): [`batch`] cuts and splits
+//! batches, [`crate::retry`] decides each delivery's fate, the [`settle`]r carries it out, and
+//! [`delivery`] reads what a delivery says about itself.
 
 mod batch;
 mod delivery;
-mod retrying;
+mod outage;
+mod pipeline;
 mod session;
 mod settle;
 
@@ -158,34 +160,40 @@ async fn purge_tombstones_periodically(
     interval: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut ticks = tokio::time::interval(interval);
-    loop {
-        tokio::select! {
-            _ = ticks.tick() => {}
-            () = shutdown.cancelled() => return,
-        }
-        let Some(before) = chrono::TimeDelta::from_std(retention)
-            .ok()
-            .and_then(|age| chrono::Utc::now().checked_sub_signed(age))
-        else {
-            warn!(
-                ?retention,
-                "TOMBSTONE_RETENTION is out of range; not purging"
-            );
-            return;
-        };
-        let purge = provision::purge_tombstones(&db, before);
-        let purged = tokio::select! {
-            purged = tokio::time::timeout(PURGE_TIMEOUT, purge) => purged,
-            () = shutdown.cancelled() => return,
-        };
-        match purged {
-            Ok(Ok(0)) => {}
-            Ok(Ok(purged)) => info!(purged, %before, "expired tombstones purged"),
-            Ok(Err(err)) => warn!(error = %err, "purging tombstones failed; will try again"),
-            Err(_) => {
-                warn!(timeout = ?PURGE_TIMEOUT, "purging tombstones did not finish; will try again")
-            }
+    let Ok(retention) = chrono::TimeDelta::from_std(retention) else {
+        warn!(
+            ?retention,
+            "TOMBSTONE_RETENTION is out of range; not purging"
+        );
+        return;
+    };
+    let stop = shutdown.clone();
+    crate::schedule::every(interval, shutdown, || {
+        purge_tombstones_once(&db, retention, &stop)
+    })
+    .await;
+}
+
+/// One purge of the tombstones older than `retention`, bounded by [`PURGE_TIMEOUT`].
+async fn purge_tombstones_once(
+    db: &Pool,
+    retention: chrono::TimeDelta,
+    shutdown: &CancellationToken,
+) {
+    let Some(before) = chrono::Utc::now().checked_sub_signed(retention) else {
+        return;
+    };
+    let purge = tokio::time::timeout(PURGE_TIMEOUT, provision::purge_tombstones(db, before));
+    let purged = tokio::select! {
+        purged = purge => purged,
+        () = shutdown.cancelled() => return,
+    };
+    match purged {
+        Ok(Ok(0)) => {}
+        Ok(Ok(purged)) => info!(purged, %before, "expired tombstones purged"),
+        Ok(Err(err)) => warn!(error = %err, "purging tombstones failed; will try again"),
+        Err(_) => {
+            warn!(timeout = ?PURGE_TIMEOUT, "purging tombstones did not finish; will try again")
         }
     }
 }

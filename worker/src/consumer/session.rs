@@ -16,8 +16,9 @@ use tracing::{info, warn};
 
 use super::Consumer;
 use super::batch::{Ready, take_batch};
-use super::delivery::{Outage, Processor};
-use super::settle::Settlements;
+use super::outage::Outage;
+use super::pipeline::Pipeline;
+use super::settle::Settler;
 use crate::broker;
 use crate::topology::Topology;
 
@@ -42,7 +43,7 @@ pub struct Session {
     lost: oneshot::Receiver<String>,
     /// The process's shutdown token (`stop` is its child).
     shutdown: CancellationToken,
-    processor: Arc<Processor>,
+    pipeline: Arc<Pipeline>,
     tasks: TaskTracker,
     /// Ends this session's tasks; a child of the process's shutdown token.
     stop: CancellationToken,
@@ -62,17 +63,21 @@ impl Session {
             .basic_qos(consumer.settings.prefetch, BasicQosOptions::default())
             .await?;
         let stop = shutdown.child_token();
-        let processor = Arc::new(Processor {
+        let settler = Settler::new(
+            channel.clone(),
+            broker::confirm_channel(&connection).await?,
+            topology.dead_letter_exchange.clone(),
+            topology.retry.exchange.clone(),
+            consumer.metrics.clone(),
+        );
+        let pipeline = Arc::new(Pipeline {
             db: consumer.db.clone(),
             policy: consumer.retry_policy(),
             attempt_timeout: consumer.settings.provision_attempt_timeout,
-            publisher: broker::confirm_channel(&connection).await?,
-            dead_letter_exchange: topology.dead_letter_exchange.clone(),
-            retry_exchange: topology.retry.exchange.clone(),
-            stop: stop.clone(),
-            settlements: Settlements::new(channel.clone()),
+            settler,
             metrics: consumer.metrics.clone(),
             outage: Outage::new(consumer.settings.database_outage_pause),
+            stop: stop.clone(),
         });
         let deliveries = channel
             .basic_consume(
@@ -90,7 +95,7 @@ impl Session {
             connection,
             channel,
             deliveries,
-            processor,
+            pipeline,
             tasks: TaskTracker::new(),
             stop,
         })
@@ -107,8 +112,8 @@ impl Session {
         let end = self.consume(consumer).await;
         match &end {
             SessionEnd::Shutdown => {
-                // No new deliveries; what is buffered but not started returns to the queue when
-                // the channel closes.
+                // No new deliveries; let those at work finish, then hand back what is buffered
+                // but not started.
                 let tag = self.deliveries.tag();
                 if let Err(err) = self
                     .channel
@@ -118,15 +123,17 @@ impl Session {
                     warn!(error = %err, "could not cancel the consumer");
                 }
                 self.drain(consumer).await;
+                self.pipeline.settler.give_back_all().await;
                 self.close().await;
             }
             SessionEnd::DatabaseDown => {
-                // Closing the channel returns every delivery this session holds, buffered or
-                // at work, at once: each comes back with one more delivery count, once per
-                // outage, and is visible to other workers meanwhile. Work that still ends can
+                // Every delivery this session holds, buffered or at work, goes back at once,
+                // without blame (on RabbitMQ 3.x it still counts one delivery, once per
+                // outage), and is visible to other workers meanwhile. Work that still ends can
                 // no longer settle anything (the broker has it back); provisioning absorbs the
                 // repeat. Then let the tasks end, unless the process is stopping.
                 self.stop.cancel();
+                self.pipeline.settler.give_back_all().await;
                 self.close().await;
                 self.tasks.close();
                 tokio::select! {
@@ -158,7 +165,7 @@ impl Session {
             let slot = tokio::select! {
                 slot = slots.clone().acquire_owned() => slot,
                 why = &mut self.lost => return SessionEnd::Lost(why.unwrap_or_else(|_| EVENTS_ENDED.into())),
-                () = self.processor.outage.paused.cancelled() => return SessionEnd::DatabaseDown,
+                () = self.pipeline.outage.paused.cancelled() => return SessionEnd::DatabaseDown,
                 () = self.stop.cancelled() => return SessionEnd::Shutdown,
             };
             let Ok(slot) = slot else {
@@ -167,7 +174,7 @@ impl Session {
             let next = tokio::select! {
                 next = self.deliveries.next() => next,
                 why = &mut self.lost => return SessionEnd::Lost(why.unwrap_or_else(|_| EVENTS_ENDED.into())),
-                () = self.processor.outage.paused.cancelled() => return SessionEnd::DatabaseDown,
+                () = self.pipeline.outage.paused.cancelled() => return SessionEnd::DatabaseDown,
                 () = self.stop.cancelled() => return SessionEnd::Shutdown,
             };
             let first = match next {
@@ -175,14 +182,14 @@ impl Session {
                 Some(Err(err)) => return SessionEnd::Lost(err.to_string()),
                 None => return SessionEnd::Lost(CONSUMER_CANCELLED.into()),
             };
-            let settlements = &self.processor.settlements;
-            settlements.taken(first.delivery_tag);
+            let settler = &self.pipeline.settler;
+            settler.taken(first.delivery_tag);
             let deliveries = &mut self.deliveries;
             let (batch, lost) =
                 take_batch(first, consumer.settings.batch_size, || {
                     match deliveries.next().now_or_never() {
                         Some(Some(Ok(delivery))) => {
-                            settlements.taken(delivery.delivery_tag);
+                            settler.taken(delivery.delivery_tag);
                             Ready::Item(delivery)
                         }
                         Some(Some(Err(err))) => Ready::Lost(err.to_string()),
@@ -190,9 +197,9 @@ impl Session {
                         None => Ready::Nothing,
                     }
                 });
-            let processor = self.processor.clone();
+            let pipeline = self.pipeline.clone();
             self.tasks.spawn(async move {
-                processor.process_batch(batch).await;
+                pipeline.run(batch).await;
                 drop(slot);
             });
             if let Some(why) = lost {

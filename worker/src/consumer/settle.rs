@@ -1,6 +1,13 @@
-//! Settling deliveries: each one is acknowledged, dead-lettered (published with a confirm, then
-//! acknowledged) or handed back to the queue, exactly once, on the consumer channel, and only
-//! after its fate is sealed.
+//! The settler: carries out each delivery's [`Fate`] on the broker, for single deliveries and
+//! batches alike, and owns the consumer channel's settlements. Each delivery is settled exactly
+//! once, and only after its fate is sealed: a dead letter or a deferred retry is published with
+//! a confirm before the delivery leaves the main queue.
+//!
+//! Handing back: RabbitMQ 4.3 counts `basic.reject` toward a quorum queue's delivery limit and
+//! `basic.nack` not (RabbitMQ 3.x counts both). A delivery that failed and could not be moved
+//! on is rejected, so a message nothing can settle ends in the broker's own dead-lettering; a
+//! delivery handed back without blame (shutdown, the outage pause, a session ending mid-retry)
+//! is nacked. [`settlement`] is that choice, as a value.
 //!
 //! A batch committed in one transaction is acknowledged with a single `multiple` ack (one frame,
 //! one broker command) when its tags are the lowest still unsettled on the channel, which is the
@@ -9,56 +16,167 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Mutex, MutexGuard, PoisonError};
-
 use std::time::Duration;
 
-use lapin::Channel;
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
-use tracing::{error, warn};
-
 use chrono::{DateTime, Utc};
-use lapin::BasicProperties;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::types::AMQPValue;
+use lapin::{BasicProperties, Channel};
+use tracing::{error, info, warn};
 
-use super::delivery::{Context, Processor};
-use crate::broker;
+use super::delivery::Context;
+use crate::broker::{self, PublishError};
 use crate::dead_letter::{self, Failure};
 use crate::error::ProvisionError;
-use crate::retry::Attempts;
+use crate::metrics::Metrics;
+use crate::retry::{Attempts, Fate};
 use crate::topology::header::{DELIVERY_COUNT, FIRST_FAILED_AT, RETRY_ATTEMPTS};
 
-pub struct Settlements {
-    channel: Channel,
-    /// Tags taken from the consumer and not yet settled. A tag leaves only once its settle frame
-    /// is written, so a `multiple` ack can never overtake an earlier single one.
-    unsettled: Mutex<BTreeSet<u64>>,
+/// The broker call that settles one delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settlement {
+    /// Done with it: it leaves the queue.
+    Ack,
+    /// Back to the queue, counted against its delivery limit (`basic.reject`, requeue).
+    Reject,
+    /// Back to the queue without blame (`basic.nack`, requeue): not counted on RabbitMQ 4.3.
+    Nack,
 }
 
-impl Settlements {
-    pub fn new(channel: Channel) -> Self {
+/// How a delivery with `fate` is settled, given whether the publish its fate needed (to the
+/// dead-letter or the retry queue) was confirmed.
+pub fn settlement(fate: Fate, published: bool) -> Settlement {
+    match fate {
+        Fate::Ack => Settlement::Ack,
+        Fate::DeadLetter(_) | Fate::Defer { .. } if published => Settlement::Ack,
+        // Not in the other queue, so it must not leave this one; and it failed, so it counts.
+        Fate::DeadLetter(_) | Fate::Defer { .. } => Settlement::Reject,
+        // A retry the session cannot wait for is a return without blame.
+        Fate::Retry { .. } | Fate::GiveBack => Settlement::Nack,
+    }
+}
+
+/// What a delivery's attempts came to: what its settlement writes in headers, metrics and logs.
+pub struct Record<'a> {
+    pub attempts: Attempts,
+    /// When its first attempt failed; `None` after a success.
+    pub first_failed_at: Option<DateTime<Utc>>,
+    /// The last attempt's error; `None` after a success.
+    pub error: Option<&'a ProvisionError>,
+    /// How long the last attempt took.
+    pub elapsed: Duration,
+}
+
+/// Carries out fates on one broker session's channels.
+pub struct Settler {
+    /// The consumer channel: acks and returns.
+    channel: Channel,
+    /// Confirm-mode channel dead letters and deferred retries are published on.
+    publisher: Channel,
+    dead_letter_exchange: String,
+    /// Exchange into the retry queue, for [`Fate::Defer`].
+    retry_exchange: String,
+    metrics: Metrics,
+    tags: Mutex<Tags>,
+}
+
+/// The consumer channel's deliveries as the settler knows them.
+#[derive(Default)]
+struct Tags {
+    /// Taken from the consumer and not yet settled. A tag leaves only once its settle frame is
+    /// written, so a `multiple` ack can never overtake an earlier single one.
+    unsettled: BTreeSet<u64>,
+    /// Everything was handed back at once: the broker has every delivery of this channel back,
+    /// and settling one now would fail the channel.
+    all_given_back: bool,
+}
+
+impl Settler {
+    pub fn new(
+        channel: Channel,
+        publisher: Channel,
+        dead_letter_exchange: String,
+        retry_exchange: String,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             channel,
-            unsettled: Mutex::default(),
+            publisher,
+            dead_letter_exchange,
+            retry_exchange,
+            metrics,
+            tags: Mutex::default(),
         }
     }
 
     /// Registers a delivery taken from the consumer, before anything can settle it. Tags come
     /// in increasing order, so no later delivery has a lower one.
     pub fn taken(&self, tag: u64) {
-        self.lock().insert(tag);
+        self.lock().unsettled.insert(tag);
     }
 
-    /// Acknowledges `tags`, whose work is done.
-    pub async fn ack(&self, tags: &[u64]) -> Result<(), lapin::Error> {
-        let result = match self.covering_tag(tags) {
+    /// Carries out one delivery's fate: publishes what the fate needs, then settles it.
+    pub async fn carry_out(
+        &self,
+        delivery: &Delivery,
+        context: &Context,
+        fate: Fate,
+        record: &Record<'_>,
+    ) {
+        let published = match fate {
+            Fate::DeadLetter(reason) => {
+                let failure = Failure {
+                    reason,
+                    detail: record.error.map(ToString::to_string).unwrap_or_default(),
+                    attempts: record.attempts.made,
+                    first_failed_at: record.first_failed_at.unwrap_or_else(Utc::now),
+                    last_failed_at: Utc::now(),
+                };
+                self.dead_letter(delivery, context, &failure, record.elapsed)
+                    .await
+            }
+            Fate::Defer { delay } => self.defer(delivery, context, record, delay).await,
+            Fate::Ack | Fate::Retry { .. } | Fate::GiveBack => Ok(()),
+        };
+        match settlement(fate, published.is_ok()) {
+            Settlement::Ack => self.ack(&[delivery], context).await,
+            Settlement::Reject => {
+                if let Err(err) = published {
+                    error!(event_id = %context.event_id, error = %err, "publishing the delivery's fate failed; requeueing");
+                }
+                self.hand_back(delivery, context, Settlement::Reject).await;
+            }
+            Settlement::Nack => {
+                info!(
+                    event_id = %context.event_id,
+                    error = record.error.map(tracing::field::display),
+                    acquired = context.acquired,
+                    "session ending; returning the delivery to the queue"
+                );
+                self.hand_back(delivery, context, Settlement::Nack).await;
+            }
+        }
+    }
+
+    /// Acknowledges deliveries whose transaction committed; `context` names them in a warning.
+    pub async fn ack(&self, deliveries: &[&Delivery], context: &Context) {
+        let tags: Vec<u64> = deliveries.iter().map(|d| d.delivery_tag).collect();
+        let covering = {
+            let tags_now = self.lock();
+            if tags_now.all_given_back {
+                return;
+            }
+            covering_tag(&tags_now.unsettled, &tags)
+        };
+        let acked = match covering {
             Some(highest) => {
                 let all_up_to = BasicAckOptions { multiple: true };
                 self.channel.basic_ack(highest, all_up_to).await
             }
             None => {
                 let mut result = Ok(());
-                for &tag in tags {
+                for &tag in &tags {
                     let acked = self
                         .channel
                         .basic_ack(tag, BasicAckOptions::default())
@@ -68,37 +186,126 @@ impl Settlements {
                 result
             }
         };
-        self.settled(tags);
-        result
-    }
-
-    /// Hands a delivery back to the queue, for this or another worker to take again.
-    pub async fn requeue(&self, tag: u64) -> Result<(), lapin::Error> {
-        let back = BasicNackOptions {
-            requeue: true,
-            multiple: false,
-        };
-        let result = self.channel.basic_nack(tag, back).await;
-        self.settled(&[tag]);
-        result
-    }
-
-    fn covering_tag(&self, tags: &[u64]) -> Option<u64> {
-        covering_tag(&self.lock(), tags)
-    }
-
-    fn settled(&self, tags: &[u64]) {
-        let mut unsettled = self.lock();
-        for tag in tags {
-            unsettled.remove(tag);
+        self.settled(&tags);
+        if let Err(err) = acked {
+            // The broker will deliver them again; provisioning absorbs the repeat.
+            warn!(event_id = %context.event_id, count = tags.len(), error = %err, "ack failed");
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeSet<u64>> {
-        // The set stays consistent whatever panicked while holding it: each update is one call.
-        self.unsettled
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    /// Hands every delivery of the channel back to the queue without blame, buffered ones
+    /// included (`basic.nack` of tag 0 with `multiple`): on shutdown after the drain, and when
+    /// the session pauses for a database outage. Work still running settles nothing afterwards.
+    pub async fn give_back_all(&self) {
+        {
+            let mut tags = self.lock();
+            tags.all_given_back = true;
+            tags.unsettled.clear();
+        }
+        let everything = BasicNackOptions {
+            multiple: true,
+            requeue: true,
+        };
+        if let Err(err) = self.channel.basic_nack(0, everything).await {
+            warn!(error = %err, "handing the deliveries back failed; closing the channel does it");
+        }
+    }
+
+    /// Returns one delivery to the queue; if that fails, closing the channel does it.
+    async fn hand_back(&self, delivery: &Delivery, context: &Context, how: Settlement) {
+        if self.lock().all_given_back {
+            return;
+        }
+        let tag = delivery.delivery_tag;
+        let returned = match how {
+            Settlement::Reject => {
+                let counted = BasicRejectOptions { requeue: true };
+                self.channel.basic_reject(tag, counted).await
+            }
+            Settlement::Ack | Settlement::Nack => {
+                let blameless = BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                };
+                self.channel.basic_nack(tag, blameless).await
+            }
+        };
+        self.settled(&[tag]);
+        if let Err(err) = returned {
+            warn!(event_id = %context.event_id, error = %err, "returning the delivery failed; the broker requeues on close");
+        }
+    }
+
+    /// Publishes a dead letter; counted and logged once the broker confirmed it.
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        context: &Context,
+        failure: &Failure,
+        elapsed: Duration,
+    ) -> Result<(), PublishError> {
+        dead_letter::publish(
+            &self.publisher,
+            &self.dead_letter_exchange,
+            delivery,
+            failure,
+        )
+        .await?;
+        self.metrics
+            .record_dead_letter(&context.event_type, failure.reason);
+        error!(
+            user_id = context.user_id.as_deref(),
+            event_id = %context.event_id,
+            event_type = %context.event_type,
+            reason = failure.reason.as_str(),
+            detail = %failure.detail,
+            attempt = failure.attempts,
+            acquired = context.acquired,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            "WORKSPACE_FAILED"
+        );
+        Ok(())
+    }
+
+    /// Sends the delivery to the retry queue to come back after `delay`, with the attempts it
+    /// used: waiting there holds no slot of this consumer.
+    async fn defer(
+        &self,
+        delivery: &Delivery,
+        context: &Context,
+        record: &Record<'_>,
+        delay: Duration,
+    ) -> Result<(), PublishError> {
+        let first_failed_at = record.first_failed_at.unwrap_or_else(Utc::now);
+        let properties = deferred_properties(delivery, record.attempts, first_failed_at, delay);
+        broker::republish_as(&self.publisher, &self.retry_exchange, delivery, properties).await?;
+        let reason = record.error.map(ProvisionError::reason_code);
+        if let Some(reason) = reason {
+            self.metrics.record_retry(reason);
+        }
+        warn!(
+            user_id = context.user_id.as_deref(),
+            event_id = %context.event_id,
+            attempt = record.attempts.made,
+            budget_used = record.attempts.budgeted,
+            reason,
+            error = record.error.map(tracing::field::display),
+            retry_in_ms = delay.as_millis() as u64,
+            "provisioning failed; retrying from the retry queue"
+        );
+        Ok(())
+    }
+
+    fn settled(&self, tags: &[u64]) {
+        let mut tags_now = self.lock();
+        for tag in tags {
+            tags_now.unsettled.remove(tag);
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Tags> {
+        // The tags stay consistent whatever panicked while holding them: each update is one call.
+        self.tags.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -112,94 +319,6 @@ fn covering_tag(unsettled: &BTreeSet<u64>, tags: &[u64]) -> Option<u64> {
     let mut up_to = unsettled.range(..=highest);
     let exactly_ours = up_to.clone().count() == tags.len() && up_to.all(|tag| tags.contains(tag));
     exactly_ours.then_some(highest)
-}
-
-/// Carrying out a delivery's fate on the broker.
-impl Processor {
-    /// Acknowledges deliveries whose transaction committed; `context` names them in a warning.
-    pub(super) async fn ack(&self, deliveries: &[&Delivery], context: &Context) {
-        let tags: Vec<u64> = deliveries.iter().map(|d| d.delivery_tag).collect();
-        if let Err(err) = self.settlements.ack(&tags).await {
-            // The broker will deliver them again; provisioning absorbs the repeat.
-            warn!(event_id = %context.event_id, count = tags.len(), error = %err, "ack failed");
-        }
-    }
-
-    pub(super) async fn dead_letter(
-        &self,
-        delivery: &Delivery,
-        context: &Context,
-        failure: Failure,
-        elapsed: Duration,
-    ) {
-        let published = dead_letter::publish(
-            &self.publisher,
-            &self.dead_letter_exchange,
-            delivery,
-            &failure,
-        )
-        .await;
-        if let Err(err) = published {
-            // Not in the dead-letter queue, so it must not leave the main queue either.
-            error!(event_id = %context.event_id, error = %err, "dead-lettering failed; requeueing");
-            self.requeue(delivery, context).await;
-            return;
-        }
-        self.metrics
-            .record_dead_letter(&context.event_type, failure.reason);
-        error!(
-            user_id = context.user_id.as_deref(),
-            event_id = %context.event_id,
-            event_type = %context.event_type,
-            reason = failure.reason.as_str(),
-            detail = %failure.detail,
-            attempt = failure.attempts,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            "WORKSPACE_FAILED"
-        );
-        self.ack(&[delivery], context).await;
-    }
-
-    /// Sends the delivery to the retry queue to come back after `delay`, with the attempts
-    /// it used, then acknowledges it: waiting there holds no slot of this consumer.
-    pub(super) async fn defer(
-        &self,
-        delivery: &Delivery,
-        context: &Context,
-        err: &ProvisionError,
-        attempts: Attempts,
-        first_failed_at: DateTime<Utc>,
-        delay: Duration,
-    ) {
-        let properties = deferred_properties(delivery, attempts, first_failed_at, delay);
-        let published =
-            broker::republish_as(&self.publisher, &self.retry_exchange, delivery, properties).await;
-        if let Err(publish_err) = published {
-            // Not in the retry queue, so it must not leave the main queue either.
-            error!(event_id = %context.event_id, error = %publish_err, "deferring failed; requeueing");
-            self.requeue(delivery, context).await;
-            return;
-        }
-        self.metrics.record_retry(err.reason_code());
-        warn!(
-            user_id = context.user_id.as_deref(),
-            event_id = %context.event_id,
-            attempt = attempts.made,
-            budget_used = attempts.budgeted,
-            reason = err.reason_code(),
-            error = %err,
-            retry_in_ms = delay.as_millis() as u64,
-            "provisioning failed; retrying from the retry queue"
-        );
-        self.ack(&[delivery], context).await;
-    }
-
-    /// Hands a delivery back to the queue; if that fails, closing the channel does it.
-    pub(super) async fn requeue(&self, delivery: &Delivery, context: &Context) {
-        if let Err(err) = self.settlements.requeue(delivery.delivery_tag).await {
-            warn!(event_id = %context.event_id, error = %err, "nack failed; the broker requeues on close");
-        }
-    }
 }
 
 /// The delivery's properties for its stay in the retry queue: its per-message TTL, the budget
@@ -233,9 +352,44 @@ fn deferred_properties(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::FailureReason;
 
     fn unsettled(tags: &[u64]) -> BTreeSet<u64> {
         tags.iter().copied().collect()
+    }
+
+    const SOON: Duration = Duration::from_millis(100);
+
+    #[test]
+    fn a_success_and_a_confirmed_move_leave_the_queue() {
+        assert_eq!(settlement(Fate::Ack, true), Settlement::Ack);
+        let moved = [
+            Fate::DeadLetter(FailureReason::MissingEmail),
+            Fate::Defer { delay: SOON },
+        ];
+        for fate in moved {
+            assert_eq!(settlement(fate, true), Settlement::Ack, "{fate:?}");
+        }
+    }
+
+    #[test]
+    fn a_failed_event_that_could_not_be_moved_is_rejected_so_the_broker_counts_it() {
+        let moved = [
+            Fate::DeadLetter(FailureReason::RetriesExhausted),
+            Fate::Defer { delay: SOON },
+        ];
+        for fate in moved {
+            assert_eq!(settlement(fate, false), Settlement::Reject, "{fate:?}");
+        }
+    }
+
+    #[test]
+    fn a_delivery_handed_back_without_blame_is_nacked_never_rejected() {
+        for published in [true, false] {
+            assert_eq!(settlement(Fate::GiveBack, published), Settlement::Nack);
+            let retry = Fate::Retry { delay: SOON };
+            assert_eq!(settlement(retry, published), Settlement::Nack);
+        }
     }
 
     #[test]

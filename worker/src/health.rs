@@ -5,6 +5,7 @@ use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use serde::Serialize;
 
 use crate::db::Pool;
+use crate::provision::contract::constraint;
 
 /// The report operators and probes read: overall verdict, each check, and why a check failed.
 #[derive(Debug, Serialize)]
@@ -22,7 +23,7 @@ pub struct Checks {
     pub connection: bool,
     pub users_table: bool,
     pub workspaces_table: bool,
-    /// `unique_user_workspace` exists: without it "one workspace per user" is not enforced.
+    /// [`constraint::UNIQUE_USER_WORKSPACE`] exists: without it "one workspace per user" is not enforced.
     pub constraints: bool,
 }
 
@@ -30,7 +31,7 @@ const SCHEMA_PROBE: &str = "SELECT \
     to_regclass('users') IS NOT NULL AS users_table, \
     to_regclass('workspaces') IS NOT NULL AS workspaces_table, \
     EXISTS (SELECT 1 FROM pg_constraint \
-            WHERE conname = 'unique_user_workspace' \
+            WHERE conname = $1 \
               AND conrelid = to_regclass('workspaces')) AS constraints";
 
 impl HealthReport {
@@ -55,7 +56,11 @@ impl HealthReport {
 
 /// Runs every check over one round trip.
 pub async fn check(db: &Pool) -> HealthReport {
-    let probe = Statement::from_string(DbBackend::Postgres, SCHEMA_PROBE);
+    let probe = Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        SCHEMA_PROBE,
+        [constraint::UNIQUE_USER_WORKSPACE.into()],
+    );
     let row = match db.query_one_raw(probe).await {
         Ok(Some(row)) => row,
         Ok(None) => return HealthReport::unreachable("the schema probe returned no row".into()),

@@ -8,32 +8,14 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, SecondsFormat, Utc};
 use sea_orm::{DbErr, FromQueryResult};
-use serde_json::json;
 
 use super::answer::ProvisionUserRow;
-use super::{Provisioned, event_at, statement, username_parameters};
+use super::contract::Arguments;
+use super::{Provisioned, event_at, sql, statement, username_parameters};
 use crate::db::Pool;
 use crate::domain::{UserProfile, WorkspaceName};
 use crate::error::ProvisionError;
-
-/// $1 the batch as a JSON array of users (distinct ids), $2 the workspace name. Users go through
-/// `provision_user` in the order of their lock keys (the sorted subquery is not flattened), so
-/// two batches never wait for each other's locks in a cycle.
-const PROVISION_USERS: &str = r#"
-SELECT e.id, p.user_write, p.workspace_id, p.workspace_created, p.reassigned_user_id,
-    p.reassigned_username, p.superseded
-FROM (
-    SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(id text, email text, username text,
-        fallback text, derived boolean, first_name text, last_name text, avatar_url text,
-        updated_at timestamptz, event_at timestamptz, digest text)
-    ORDER BY hashtextextended(r.id, 0)
-) AS e
-CROSS JOIN LATERAL provision_user(e.id, e.email, e.username, e.fallback, e.derived,
-    e.first_name, e.last_name, e.avatar_url, e.updated_at, e.event_at, decode(e.digest, 'hex'),
-    $2) AS p
-"#;
 
 /// One user's answer within the batch: whose, and `provision_user`'s own row.
 #[derive(FromQueryResult)]
@@ -49,14 +31,11 @@ pub async fn provision_batch(
     db: &Pool,
     profiles: &[&UserProfile],
 ) -> Result<Vec<Provisioned>, ProvisionError> {
-    let values = [
-        rows(profiles).into(),
-        WorkspaceName::default().as_ref().into(),
-    ];
-    let rows = BatchRow::find_by_statement(statement(PROVISION_USERS, values))
-        .all(db)
-        .await
-        .map_err(ProvisionError::from_db)?;
+    let rows =
+        BatchRow::find_by_statement(statement(&sql::PROVISION_USERS, [rows(profiles)?.into()]))
+            .all(db)
+            .await
+            .map_err(ProvisionError::from_db)?;
     let mut by_user = HashMap::with_capacity(rows.len());
     for row in rows {
         let provisioned = Provisioned::try_from(row.answer).map_err(ProvisionError::from_db)?;
@@ -74,33 +53,28 @@ pub async fn provision_batch(
 }
 
 /// The batch as one JSON parameter: one statement whatever the batch size.
-fn rows(profiles: &[&UserProfile]) -> serde_json::Value {
-    let rows: Vec<serde_json::Value> = profiles
+fn rows(profiles: &[&UserProfile]) -> Result<serde_json::Value, ProvisionError> {
+    let workspace_name = WorkspaceName::default();
+    let digests: Vec<_> = profiles.iter().map(|p| p.content_digest()).collect();
+    let usernames: Vec<_> = profiles.iter().map(|p| username_parameters(p)).collect();
+    let rows: Vec<Arguments> = profiles
         .iter()
-        .map(|p| {
-            let (username, fallback, derived) = username_parameters(p);
-            json!({
-                "id": p.id.as_ref(),
-                "email": p.email.as_ref(),
-                "username": username,
-                "fallback": fallback,
-                "derived": derived,
-                "first_name": p.first_name.as_ref().map(AsRef::<str>::as_ref),
-                "last_name": p.last_name.as_ref().map(AsRef::<str>::as_ref),
-                "avatar_url": p.avatar_url.as_ref().map(AsRef::<str>::as_ref),
-                "updated_at": rfc3339(p.updated_at.as_datetime()),
-                "event_at": rfc3339(event_at(p)),
-                "digest": hex(&p.content_digest()),
-            })
+        .zip(&digests)
+        .zip(&usernames)
+        .map(|((p, digest), (username, fallback, derived))| Arguments {
+            id: p.id.as_ref(),
+            email: p.email.as_ref(),
+            username,
+            fallback,
+            derived: *derived,
+            first_name: p.first_name.as_ref().map(AsRef::as_ref),
+            last_name: p.last_name.as_ref().map(AsRef::as_ref),
+            avatar_url: p.avatar_url.as_ref().map(AsRef::as_ref),
+            updated_at: p.updated_at.as_datetime(),
+            event_at: event_at(p),
+            digest: digest.as_ref(),
+            workspace_name: workspace_name.as_ref(),
         })
         .collect();
-    serde_json::Value::Array(rows)
-}
-
-fn rfc3339(time: DateTime<Utc>) -> String {
-    time.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    serde_json::to_value(rows).map_err(|err| ProvisionError::from_db(DbErr::Json(err.to_string())))
 }

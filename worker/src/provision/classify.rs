@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use sea_orm::{DbErr, RuntimeErr, sqlx};
 
+use super::contract::constraint;
 use crate::error::{FailureReason, ProvisionError, Rejected};
 
 impl ProvisionError {
@@ -80,10 +81,10 @@ fn classify_sqlstate(code: &str, constraint: Option<&str>, err: DbErr) -> Provis
 
 fn classify_unique_violation(constraint: Option<&str>, err: DbErr) -> ProvisionError {
     match constraint {
-        Some("users_email_key") => {
+        Some(constraint::USERS_EMAIL_KEY) => {
             ProvisionError::Conflict(Rejected::because(FailureReason::EmailConflict, err))
         }
-        Some("users_username_key") => {
+        Some(constraint::USERS_USERNAME_KEY) => {
             ProvisionError::Conflict(Rejected::because(FailureReason::UsernameConflict, err))
         }
         // The primary key or unique_user_workspace: a concurrent copy of the same event won the
@@ -94,8 +95,8 @@ fn classify_unique_violation(constraint: Option<&str>, err: DbErr) -> ProvisionE
 
 fn check_reason(constraint: Option<&str>) -> FailureReason {
     match constraint {
-        Some("valid_email") => FailureReason::InvalidEmail,
-        Some("valid_username") => FailureReason::InvalidUsername,
+        Some(constraint::VALID_EMAIL) => FailureReason::InvalidEmail,
+        Some(constraint::VALID_USERNAME) => FailureReason::InvalidUsername,
         _ => FailureReason::ConstraintViolation,
     }
 }
@@ -129,9 +130,9 @@ mod tests {
 
     #[test]
     fn unique_violations_name_the_contested_field() {
-        let email = classify("23505", Some("users_email_key"));
-        let username = classify("23505", Some("users_username_key"));
-        let workspace = classify("23505", Some("unique_user_workspace"));
+        let email = classify("23505", Some(constraint::USERS_EMAIL_KEY));
+        let username = classify("23505", Some(constraint::USERS_USERNAME_KEY));
+        let workspace = classify("23505", Some(constraint::UNIQUE_USER_WORKSPACE));
         assert_eq!(email.reason_code(), "email_conflict");
         assert_eq!(username.reason_code(), "username_conflict");
         assert!(matches!(email, ProvisionError::Conflict(_)));
@@ -142,7 +143,7 @@ mod tests {
 
     #[test]
     fn check_violations_are_permanent() {
-        let email = classify("23514", Some("valid_email"));
+        let email = classify("23514", Some(constraint::VALID_EMAIL));
         let name = classify("23514", Some("valid_workspace_name"));
         assert_eq!(email.reason_code(), "invalid_email");
         assert_eq!(name.reason_code(), "constraint_violation");
@@ -168,7 +169,7 @@ mod tests {
 
     #[test]
     fn the_database_error_is_the_source_and_its_text_the_detail() {
-        let err = classify("23505", Some("users_email_key"));
+        let err = classify("23505", Some(constraint::USERS_EMAIL_KEY));
         assert_eq!(
             err.to_string(),
             "email_conflict: Custom Error: sqlstate 23505"

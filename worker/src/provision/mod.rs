@@ -14,6 +14,7 @@
 mod answer;
 mod batch;
 mod classify;
+pub mod contract;
 mod deadline;
 mod sql;
 
@@ -21,19 +22,15 @@ pub use batch::provision_batch;
 pub use deadline::within;
 
 use chrono::{DateTime, Utc};
-use sea_orm::{
-    ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, FromQueryResult, Statement, Value,
-};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, Statement, Value};
 use serde::Serialize;
 use tracing::{debug, instrument};
 
 use crate::db::Pool;
 use crate::domain::{
     ClerkTime, DerivedUsername, Event, UserDeletion, UserId, UserProfile, UsernameChoice,
-    WorkspaceName,
 };
 use crate::error::{FailureReason, ProvisionError};
-use answer::ProvisionUserRow;
 
 /// What applying an event did. Every variant is a success.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -125,34 +122,17 @@ async fn provision_user(db: &Pool, profile: &UserProfile) -> Result<Provisioned,
 
 /// One round trip: the `provision_user` function (see its migration) does the whole change, and
 /// on its own the statement is exactly one transaction (an explicit one through PgBouncer: see
-/// [`Pool`]).
+/// [`Pool`]). One event is a batch of one: the same statement, the same rules.
 async fn provision_user_once(
     db: &Pool,
     profile: &UserProfile,
 ) -> Result<Provisioned, ProvisionError> {
-    let (username, fallback, derived) = username_parameters(profile);
-    let values: [Value; 12] = [
-        profile.id.as_ref().into(),
-        profile.email.as_ref().into(),
-        username.into(),
-        fallback.into(),
-        derived.into(),
-        text(profile.first_name.as_ref()),
-        text(profile.last_name.as_ref()),
-        text(profile.avatar_url.as_ref()),
-        profile.updated_at.as_datetime().into(),
-        event_at(profile).into(),
-        profile.content_digest().to_vec().into(),
-        WorkspaceName::default().as_ref().into(),
-    ];
-    ProvisionUserRow::find_by_statement(statement(sql::PROVISION_USER, values))
-        .one(db)
-        .await
-        .and_then(|row| {
-            row.ok_or_else(|| DbErr::RecordNotFound("provision_user returned no row".into()))
-        })
-        .and_then(Provisioned::try_from)
-        .map_err(ProvisionError::from_db)
+    let mut answers = provision_batch(db, &[profile]).await?;
+    answers.pop().ok_or_else(|| {
+        ProvisionError::from_db(DbErr::RecordNotFound(
+            "provision_user returned no row".into(),
+        ))
+    })
 }
 
 /// The envelope time in the ordering key; the epoch when there is none (a user read from
@@ -198,7 +178,7 @@ async fn finish<T>(
 }
 
 async fn lock_user(txn: &DatabaseTransaction, id: &UserId) -> Result<(), DbErr> {
-    txn.execute_raw(statement(sql::LOCK_USER, [id.as_ref().into()]))
+    txn.execute_raw(statement(&sql::LOCK_USER, [id.as_ref().into()]))
         .await?;
     Ok(())
 }
@@ -237,10 +217,6 @@ async fn delete_user_in(
 
 fn statement<const N: usize>(sql: &str, values: [Value; N]) -> Statement {
     Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
-}
-
-fn text<T: AsRef<str>>(value: Option<&T>) -> Value {
-    value.map(|v| v.as_ref().to_owned()).into()
 }
 
 /// Forgets deletions older than `before`; returns how many. Run periodically by the worker.

@@ -1,19 +1,42 @@
 //! The provisioning statements. Every one is a single round trip; parameters are documented
 //! beside each.
 
+use std::sync::LazyLock;
+
+use super::contract;
+
 /// Serialises every event of one user ($1) for the rest of the transaction. Ordering rules need
 /// it: without it, an old update could pass the tombstone check just before a concurrent
 /// deletion commits, and bring the user back. Different users never wait for each other (a hash
 /// collision only makes two users queue). `provision_user` takes the same lock.
-pub const LOCK_USER: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
+pub static LOCK_USER: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT pg_advisory_xact_lock({})", contract::lock_key("$1")));
 
-/// One user's `user.created`/`user.updated`, whole: $1 id, $2 email, $3 username (chosen, or the
-/// preferred derived one), $4 fallback username, $5 whether the username is
-/// derived, $6 first name, $7 last name, $8 avatar, $9 Clerk's `updated_at`, $10 the envelope
-/// `timestamp`, $11 the content digest, $12 workspace name.
-/// The rules live with the function, in the migration crate's `sql/provision_user_v3.sql`; the
-/// answer is read as an `answer::ProvisionUserRow`.
-pub const PROVISION_USER: &str = "SELECT user_write, workspace_id, workspace_created, reassigned_user_id, reassigned_username, superseded FROM provision_user($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+/// Users' `user.created`/`user.updated`, whole: $1 a JSON array of [`contract::Arguments`]
+/// (distinct users), each answered by one `provision_user` row after the user's id. Users go
+/// through it in the order of their lock keys (the sorted subquery is not flattened), so two
+/// batches never wait for each other's locks in a cycle. One event is a batch of one, so the
+/// rules are the same by construction. The rules live with the function, in the migration
+/// crate's `sql/provision_user_v3.sql`; each answer is read as an `answer::ProvisionUserRow`.
+pub static PROVISION_USERS: LazyLock<String> = LazyLock::new(|| {
+    let columns: Vec<String> = contract::ARGUMENTS
+        .iter()
+        .map(|(name, sql_type)| format!("{name} {sql_type}"))
+        .collect();
+    let arguments: Vec<String> = contract::ARGUMENTS
+        .iter()
+        .map(|(name, _)| format!("e.{name}"))
+        .collect();
+    format!(
+        "SELECT e.id, p.* FROM (\
+            SELECT * FROM jsonb_to_recordset($1::jsonb) AS r({columns}) ORDER BY {lock}\
+         ) AS e CROSS JOIN LATERAL {function}({arguments}) AS p",
+        columns = columns.join(", "),
+        lock = contract::lock_key("r.id"),
+        function = contract::FUNCTION,
+        arguments = arguments.join(", "),
+    )
+});
 
 /// Remembers the deletion of $1 at $2, keeping the newest deletion time. The tombstone is what
 /// makes deletion final: `provision_user` writes nothing for an id that has one.

@@ -43,6 +43,9 @@ sbin=${RABBITMQ_CLUSTER_SBIN:-/usr/lib/rabbitmq/bin}
 
 # Node settings, set by load_node from the node's node.env.
 node="" amqp="" dist="" prometheus="" management=""
+# The launcher pid of each node this run started, by node number: what `wait` can report on.
+declare -A launched=()
+ended=""
 
 log() { printf '==> %s\n' "$*"; }
 die() { printf 'rabbitmq-cluster: %s\n' "$*" >&2; exit 1; }
@@ -215,7 +218,8 @@ launch() {
   set_node_env "$n"
   echo "==> $(date -u '+%F %T') starting $node" >>"$nd/log/console.log"
   exec env "${node_env[@]}" setsid "$sbin/rabbitmq-server" </dev/null >>"$nd/log/console.log" 2>&1 &
-  echo $! >"$nd/launcher.pid"
+  launched[$n]=$!
+  echo "${launched[$n]}" >"$nd/launcher.pid"
   # `alive` knows the launcher by the node name in its environment, there once env has run.
   local i
   for i in $(seq 1 50); do
@@ -241,7 +245,18 @@ show_log() {
   } >&2
 }
 
-# Waits until node N's broker has booted, failing at once if its VM exits.
+# How node N's launcher ended, once it has, into $ended: "exit status S" or "killed by signal N".
+# Only a launcher this run started can be waited for, and not from a subshell.
+launcher_end() {
+  local pid=${launched[$1]:-} status=0
+  ended="not started by this run"
+  [ -n "$pid" ] || return 0
+  wait "$pid" || status=$?
+  if [ "$status" -gt 128 ]; then ended="killed by signal $((status - 128))"; else ended="exit status $status"; fi
+}
+
+# Waits until node N's broker has booted. Returns 1 at once if its VM exits (after showing why);
+# fails when the node takes longer than the timeout.
 await_node() {
   local n=$1 deadline=$((SECONDS + timeout))
   load_node "$n"
@@ -249,7 +264,9 @@ await_node() {
   until beam_pid "$n" >/dev/null && ctl "$n" await_startup --timeout "$timeout" >/dev/null 2>&1; do
     if ! alive "$n"; then
       show_log "$n"
-      die "$node exited while starting (log above)"
+      launcher_end "$n"
+      log "$node exited while starting (launcher: $ended; log above)"
+      return 1
     fi
     if [ "$SECONDS" -ge "$deadline" ]; then
       show_log "$n"
@@ -340,7 +357,9 @@ cmd_start() {
     fi
   done
   # The nodes boot in parallel; a member that ran before waits for its peers' tables by itself.
-  for n in "${started[@]}"; do await_node "$n"; done
+  for n in "${started[@]}"; do
+    await_node "$n" || die "$(node_name "$n") exited while starting (log above)"
+  done
   # A member from an earlier start that never joined (the start was interrupted) joins now.
   for n in $(seq 2 "$size"); do
     [[ " ${joiners[*]} " == *" $n "* ]] || is_member "$n" || joiners+=("$n")
@@ -433,6 +452,19 @@ cmd_kill() {
   wait_gone "$n" $pids
 }
 
+# Starts node N and waits for its broker. A VM that dies while booting after a crash is started
+# again, twice at most: seen in CI as a VM gone within seconds with no line of output (neither in
+# console.log nor in its log). The log and how the launcher ended are printed for each failure.
+boot() {
+  local n=$1 try
+  for try in 1 2 3; do
+    launch "$n"
+    await_node "$n" && return 0
+    if [ "$try" -lt 3 ]; then log "starting $node again (attempt $((try + 1)) of 3)"; fi
+  done
+  die "$node exited while starting, 3 times (logs above)"
+}
+
 cmd_restart() {
   local n=$1
   load_node "$n"
@@ -440,8 +472,7 @@ cmd_restart() {
   if alive "$n"; then
     log "$node is already running"
   else
-    launch "$n"
-    await_node "$n"
+    boot "$n"
   fi
   await_rejoined "$n"
   log "$node is running, in the cluster with: $(running_members "$n")"

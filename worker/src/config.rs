@@ -17,7 +17,7 @@ use clap::builder::TypedValueParser;
 use clap::{Args, ValueEnum};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::topology;
+use crate::topology::{self, RetryRoute, Topology};
 
 pub use check::{BrokerNode, ConfigError, EXIT_CONFIG};
 pub use secret_files::Secret;
@@ -338,6 +338,25 @@ impl BrokerSettings {
     }
 }
 
+impl Topology {
+    /// The names `settings` give, with their prefix applied (the binding key excepted: it
+    /// matches routing keys, which carry no prefix).
+    pub fn from_settings(settings: &BrokerSettings) -> Self {
+        let prefixed = |name: &str| format!("{}{name}", settings.name_prefix);
+        let queue = prefixed(&settings.queue);
+        Self {
+            exchange: prefixed(&settings.exchange),
+            retry: RetryRoute::for_queue(&queue),
+            queue,
+            binding_key: settings.binding_key.clone(),
+            dead_letter_exchange: prefixed(&settings.dead_letter_exchange),
+            dead_letter_queue: prefixed(&settings.dead_letter_queue),
+            delivery_limit: settings.delivery_limit,
+            quorum_initial_group_size: settings.quorum_initial_group_size,
+        }
+    }
+}
+
 /// The order in which a process tries the nodes of AMQP_URL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum NodeOrder {
@@ -570,6 +589,23 @@ mod tests {
         assert!(positive_duration("0s").is_err());
         assert!(positive_duration("soon").is_err());
         assert_eq!(positive_duration("100ms"), Ok(Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn the_prefix_applies_to_every_name_but_not_the_binding() {
+        let settings = BrokerSettings::with_prefix("amqp://h", "t1.");
+        let topology = Topology::from_settings(&settings);
+        assert_eq!(topology.exchange, "t1.clerk.events");
+        assert_eq!(topology.queue, "t1.workspace.provisioning");
+        assert_eq!(topology.dead_letter_exchange, "t1.clerk.events.dlx");
+        assert_eq!(topology.dead_letter_queue, "t1.workspace.provisioning.dlq");
+        assert_eq!(topology.binding_key, "user.*");
+        assert_eq!(topology.retry.exchange, "t1.workspace.provisioning.retry");
+        assert_eq!(topology.retry.queue, "t1.workspace.provisioning.retry");
+        assert_eq!(
+            topology.retry.redeliver_exchange,
+            "t1.workspace.provisioning.redeliver"
+        );
     }
 
     #[test]

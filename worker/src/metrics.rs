@@ -395,6 +395,26 @@ mod tests {
     }
 
     #[test]
+    fn memory_figures_are_exported_and_unknown_ones_left_out() {
+        let metrics = Metrics::new().unwrap();
+        metrics.record_memory(MemoryUsage {
+            resident: Some(3 << 20),
+            heap_in_use: Some(2 << 20),
+            heap_free: None,
+        });
+        let page = metrics.render();
+        assert!(
+            page.contains(&format!("{RESIDENT_MEMORY} {}", 3 << 20)),
+            "{page}"
+        );
+        assert!(
+            page.contains(&format!("{HEAP_IN_USE} {}", 2 << 20)),
+            "{page}"
+        );
+        assert!(!page.contains(&format!("{HEAP_FREE} ")), "{page}");
+    }
+
+    #[test]
     fn clerk_types_are_their_own_labels_and_anything_else_is_other() {
         assert_eq!(type_label("user.created"), "user.created");
         assert_eq!(

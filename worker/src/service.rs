@@ -231,10 +231,11 @@ impl Application {
                 .clone()
                 .run_upkeep(self.upkeep_interval, stop_ops.clone()),
         );
+        let metrics = self.metrics.clone();
         let trim = tokio::spawn(memory::trim_periodically(
             self.trim_interval,
-            self.metrics.clone(),
             stop_ops.clone(),
+            move |usage| metrics.record_memory(usage),
         ));
 
         let failure = supervise(&mut parts, &mut ops_server, &stop, &stop_ops).await;

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{FailureReason, ProvisionError};
 use crate::memory::MemoryUsage;
-use crate::provision::Outcome;
+use crate::outcome::{NotProvisioned, Outcome};
 
 pub const WORKSPACE_CREATED: &str = "workspace_created_total";
 pub const WORKSPACE_FAILED: &str = "workspace_failed_total";
@@ -152,7 +152,10 @@ impl Metrics {
 
     /// A failed attempt of one transaction, timed like the successful ones.
     pub fn record_failed_attempt(&self, duration: Duration) {
-        self.with(|| histogram!(PROVISIONING_DURATION, "outcome" => "failed").record(duration));
+        self.with(|| {
+            histogram!(PROVISIONING_DURATION, "outcome" => NotProvisioned::Failed.as_str())
+                .record(duration)
+        });
     }
 
     /// An event sent to the dead-letter queue.
@@ -160,7 +163,7 @@ impl Metrics {
         let event_type = type_label(event_type);
         self.with(|| {
             counter!(WORKSPACE_FAILED, "reason" => reason.as_str()).increment(1);
-            counter!(EVENTS_PROCESSED, "type" => event_type, "outcome" => "dead_lettered")
+            counter!(EVENTS_PROCESSED, "type" => event_type, "outcome" => NotProvisioned::DeadLettered.as_str())
                 .increment(1);
         });
     }

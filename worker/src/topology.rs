@@ -2,7 +2,7 @@
 //! carries, and the queue arguments. Operators, dashboards and runbooks rely on these exact
 //! strings, so each is spelled here and only here; settings and [`Topology`] build on them.
 
-use crate::clerk::event_type;
+use crate::domain::event_type;
 
 /// Durable topic exchange Clerk events are published to (routing key = event type).
 pub const DEFAULT_EXCHANGE: &str = "clerk.events";

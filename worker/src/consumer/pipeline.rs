@@ -23,7 +23,8 @@ use crate::db::Pool;
 use crate::domain::{Event, UserProfile};
 use crate::error::{ProvisionError, Rejected};
 use crate::metrics::Metrics;
-use crate::provision::{self, Outcome, Provisioned};
+use crate::outcome::Outcome;
+use crate::provision::{self, Provisioned};
 use crate::retry::{Attempts, Fate, RetryPolicy};
 
 /// Takes deliveries to their end; shared by every delivery task of one broker session.

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::broker::{self, PublishError};
 use crate::config::BrokerSettings;
-use crate::ops::ReadyFlag;
+use crate::readiness::ReadyFlag;
 use crate::retry::RetryPolicy;
 use crate::topology::Topology;
 

@@ -168,7 +168,7 @@ impl Metrics {
         });
     }
 
-    /// A retry about to wait, labelled with the error's reason code.
+    /// A retry about to wait, labelled with the error's code ([`ProvisionError::as_str`]).
     pub fn record_retry(&self, reason: &'static str) {
         self.with(|| counter!(EVENTS_RETRIED, "reason" => reason).increment(1));
     }
@@ -335,7 +335,7 @@ fn register_at_zero() {
         counter!(WORKSPACE_FAILED, "reason" => reason.as_str()).absolute(0);
     }
     for reason in ProvisionError::RETRY_REASONS {
-        counter!(EVENTS_RETRIED, "reason" => reason).absolute(0);
+        counter!(EVENTS_RETRIED, "reason" => reason.as_str()).absolute(0);
     }
     for name in [
         CONSUMER_CONNECTED,

@@ -66,7 +66,7 @@ fn print_failure(event: Option<&Event>, err: &ProvisionError) -> ExitCode {
         "event_type": event.map(Event::event_type),
         "user_id": event.and_then(Event::user_id).map(AsRef::<str>::as_ref),
         "outcome": NotProvisioned::Failed.as_str(),
-        "reason": err.reason_code(),
+        "reason": err.as_str(),
         "retryable": err.is_retryable(),
         "detail": err.to_string(),
     });

@@ -59,7 +59,7 @@ pub enum SignatureError {
 
 impl SignatureError {
     /// The stable code in the 401 body and the logs.
-    pub fn code(&self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
             Self::MissingHeader(_) => "missing_header",
             Self::InvalidHeader(_) => "invalid_header",

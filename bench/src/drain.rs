@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Serialize;
-use worker::clerk::event_type::USER_CREATED;
+use worker::domain::event_type::USER_CREATED;
 
 use crate::cpu::{CpuCost, Snapshot};
 use crate::stack::{Build, Stack, commit_span_seconds, sign_up, spawn, wait_for_workspaces};

@@ -362,24 +362,14 @@ fn p99_holds(minutes: &[Minute]) -> bool {
     }
 }
 
-/// A duration such as `15s`, `500ms`, `2m`, `1h`, or bare seconds (`30`).
+/// A duration as humantime reads it (`15s`, `500ms`, `2m`, `1h 30m`), or bare whole seconds
+/// (`30`), as the bench has always taken.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?}: a number with an optional unit, such as 15s"))?;
-    let scale = match unit {
-        "" | "s" => 1.0,
-        "ms" => 0.001,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        _ => return Err(format!("{text:?}: the unit is one of ms, s, m, h")),
-    };
-    Duration::try_from_secs_f64(number * scale).map_err(|err| format!("{text:?}: {err}"))
+    match text.parse::<u64>() {
+        Ok(seconds) => Ok(Duration::from_secs(seconds)),
+        Err(_) => humantime::parse_duration(text).map_err(|err| format!("{text:?}: {err}")),
+    }
 }
 
 /// A [`parse_duration`] that is not zero: a period between samples or scrapes.
@@ -565,14 +555,23 @@ mod tests {
     }
 
     #[test]
-    fn durations_take_a_unit_or_none() {
+    fn durations_with_a_unit_are_humantime_ones() {
         assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
-        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("2min"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
         assert!(parse_duration("15 parsecs").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_period("0s").is_err());
+    }
+
+    #[test]
+    fn a_bare_number_is_seconds() {
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration(" 30 "), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_period("0").is_err());
+        assert!(parse_duration("-5").is_err());
     }
 }

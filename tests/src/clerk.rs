@@ -2,7 +2,7 @@
 
 use sea_orm::DatabaseConnection;
 use serde_json::{Value, json};
-use worker::clerk::event_type::{USER_CREATED, USER_DELETED, USER_UPDATED};
+use worker::domain::event_type::{USER_CREATED, USER_DELETED, USER_UPDATED};
 use worker::error::ProvisionError;
 use worker::provision::Provisioned;
 

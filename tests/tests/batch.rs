@@ -9,7 +9,8 @@ use integration_tests::clerk::{UserEvent, deleted_body, provision};
 use integration_tests::{TestDb, eventually};
 use worker::domain::{Event, UserProfile};
 use worker::error::{FailureReason, ProvisionError};
-use worker::provision::{Outcome, Provisioned, provision_batch};
+use worker::outcome::Outcome;
+use worker::provision::{Provisioned, provision_batch};
 
 fn profile(event: &UserEvent) -> Box<UserProfile> {
     match worker::clerk::parse_event(&event.body()) {

@@ -250,13 +250,13 @@ async fn an_overrun_attempt_is_transient_while_the_database_answers_and_unavaila
         Ok::<(), ProvisionError>(())
     };
     let err = provision::within(&pool, deadline, slow).await.unwrap_err();
-    assert_eq!(err.reason_code(), "transient", "{err}");
+    assert_eq!(err.as_str(), "transient", "{err}");
 
     proxy.stall();
     let silent = async { pool.ping().await.map_err(ProvisionError::from_db) };
     let err = provision::within(&pool, deadline, silent)
         .await
         .unwrap_err();
-    assert_eq!(err.reason_code(), "database_unavailable", "{err}");
+    assert_eq!(err.as_str(), "database_unavailable", "{err}");
     proxy.resume();
 }

@@ -13,7 +13,7 @@ use integration_tests::{TestDb, eventually};
 use worker::domain::{DerivedUsername, Email, UserId};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_worker-under-test");
-use worker::provision::Outcome;
+use worker::outcome::Outcome;
 
 async fn outcome(db: &TestDb, body: &[u8]) -> Outcome {
     provision(&db.conn, body)

@@ -5,7 +5,7 @@ use integration_tests::TestDb;
 use integration_tests::clerk::{UserEvent, deleted_body, fixture, provision};
 use worker::config::DatabaseSettings;
 use worker::error::{FailureReason, ProvisionError};
-use worker::provision::Outcome;
+use worker::outcome::Outcome;
 
 const MARTA: &str = "user_39BL7AjFtiageEwS3wHL0KvAXLh";
 const KENJI: &str = "user_3IUHw5u6kOqRgyTUEVE6dSQYtQE";

@@ -2,8 +2,11 @@
 //! consumer, the ingress and the dead-letter tools, so every part of the product declares exactly
 //! the same topology.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
+use futures::{FutureExt, Stream, StreamExt};
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions,
@@ -13,6 +16,7 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
 
+use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::config::{BrokerNode, BrokerSettings, NodeOrder};
@@ -251,6 +255,52 @@ pub async fn ready_messages(channel: &Channel, queue: &str) -> Result<u32, lapin
 pub fn long_string(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value))
 }
+
+/// Resolves, with the reason, once `connection` is lost: closed by the broker, I/O failed, two
+/// heartbeats missed, or one of its channels closed with an error. Its events are read by a task
+/// of its own, so the loss is noticed whatever the caller is busy with, and nothing polls. The
+/// one way the consumer and the ingress's publisher notice a lost connection.
+pub fn watch_connection(connection: &Connection) -> ConnectionLost {
+    let (mut report, lost) = oneshot::channel();
+    // Listen first, then look: a loss before the listener existed shows in the status.
+    let events = connection.events_listener();
+    if connection.status().connected() {
+        tokio::spawn(async move {
+            tokio::select! {
+                why = first_error(events) => {
+                    let _ = report.send(why);
+                }
+                // Nobody waits for the answer any more (the connection was closed on purpose).
+                () = report.closed() => {}
+            }
+        });
+    } else {
+        let _ = report.send(ALREADY_CLOSED.to_owned());
+    }
+    Box::pin(lost.map(|why| why.unwrap_or_else(|_| WATCH_ENDED.to_owned())))
+}
+
+/// What [`watch_connection`] returns: the reason, once the connection is lost. `Sync`, so a
+/// value that holds it can be shared while it waits.
+pub type ConnectionLost = Pin<Box<dyn Future<Output = String> + Send + Sync>>;
+
+/// The first error among a connection's events; if they end without one, the connection is gone.
+async fn first_error(events: impl Stream<Item = lapin::Event>) -> String {
+    let mut events = std::pin::pin!(events);
+    while let Some(event) = events.next().await {
+        if let lapin::Event::Error(err) = event {
+            return err.to_string();
+        }
+    }
+    EVENTS_ENDED.to_owned()
+}
+
+/// The connection was no longer connected when the watch began.
+const ALREADY_CLOSED: &str = "the connection was closed before it was watched";
+/// The connection's event stream ended without an error: the connection is gone.
+const EVENTS_ENDED: &str = "the connection's events ended";
+/// The watching task ended without an answer (the runtime is shutting down).
+const WATCH_ENDED: &str = "the connection watch ended";
 
 /// A channel in confirm mode: every publish on it is acknowledged by the broker.
 pub async fn confirm_channel(connection: &Connection) -> Result<Channel, lapin::Error> {

@@ -17,11 +17,38 @@ use clap::builder::TypedValueParser;
 use clap::{Args, ValueEnum};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::topology;
+use crate::topology::{self, RetryRoute, Topology};
 
 pub use check::{BrokerNode, ConfigError, EXIT_CONFIG};
 pub use secret_files::Secret;
 pub use urls::{PostgresTarget, UrlError};
+
+/// A [`DefaultDuration`] of whole seconds: `seconds!(10)` is `"10s"` and 10 s.
+macro_rules! seconds {
+    ($secs:literal) => {
+        DefaultDuration {
+            text: concat!($secs, "s"),
+            value: Duration::from_secs($secs),
+        }
+    };
+}
+
+/// A default duration in the two forms it is needed in: the text clap parses (and `--help`
+/// shows), and the value code starts from. Written with `seconds!`, so both come from one number.
+struct DefaultDuration {
+    text: &'static str,
+    value: Duration,
+}
+
+// The pool's defaults, written once: clap applies them, and `DatabaseSettings::for_url` starts
+// from them.
+const DEFAULT_MAX_CONNECTIONS: u32 = 20;
+const DEFAULT_MIN_CONNECTIONS: u32 = 8;
+const DEFAULT_CONNECT_TIMEOUT: DefaultDuration = seconds!(10);
+const DEFAULT_IDLE_TIMEOUT: DefaultDuration = seconds!(30);
+const DEFAULT_STATEMENT_TIMEOUT: DefaultDuration = seconds!(15);
+const DEFAULT_LOCK_TIMEOUT: DefaultDuration = seconds!(5);
+const DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT: DefaultDuration = seconds!(30);
 
 /// How the service reaches PostgreSQL. The pool numbers are the product's pool settings.
 #[derive(Clone, Debug, Args)]
@@ -55,7 +82,7 @@ pub struct DatabaseSettings {
         long = "database-max-connections",
         env = "DATABASE_MAX_CONNECTIONS",
         value_name = "DATABASE_MAX_CONNECTIONS",
-        default_value_t = 20,
+        default_value_t = DEFAULT_MAX_CONNECTIONS,
         value_parser = at_least_one::<u32>,
         global = true
     )]
@@ -68,7 +95,7 @@ pub struct DatabaseSettings {
         long = "database-min-connections",
         env = "DATABASE_MIN_CONNECTIONS",
         value_name = "DATABASE_MIN_CONNECTIONS",
-        default_value_t = 8,
+        default_value_t = DEFAULT_MIN_CONNECTIONS,
         global = true
     )]
     pub min_connections: u32,
@@ -77,7 +104,7 @@ pub struct DatabaseSettings {
     #[arg(
         long = "database-connect-timeout",
         env = "DATABASE_CONNECT_TIMEOUT",
-        default_value = "10s",
+        default_value = DEFAULT_CONNECT_TIMEOUT.text,
         value_parser = humantime::parse_duration,
         global = true
     )]
@@ -87,7 +114,7 @@ pub struct DatabaseSettings {
     #[arg(
         long = "database-idle-timeout",
         env = "DATABASE_IDLE_TIMEOUT",
-        default_value = "30s",
+        default_value = DEFAULT_IDLE_TIMEOUT.text,
         value_parser = humantime::parse_duration,
         global = true
     )]
@@ -118,7 +145,7 @@ pub struct DatabaseSettings {
     #[arg(
         long = "database-statement-timeout",
         env = "DATABASE_STATEMENT_TIMEOUT",
-        default_value = "15s",
+        default_value = DEFAULT_STATEMENT_TIMEOUT.text,
         value_parser = humantime::parse_duration,
         global = true
     )]
@@ -130,7 +157,7 @@ pub struct DatabaseSettings {
     #[arg(
         long = "database-lock-timeout",
         env = "DATABASE_LOCK_TIMEOUT",
-        default_value = "5s",
+        default_value = DEFAULT_LOCK_TIMEOUT.text,
         value_parser = humantime::parse_duration,
         global = true
     )]
@@ -142,7 +169,7 @@ pub struct DatabaseSettings {
     #[arg(
         long = "database-idle-in-transaction-timeout",
         env = "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT",
-        default_value = "30s",
+        default_value = DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT.text,
         value_parser = humantime::parse_duration,
         global = true
     )]
@@ -155,14 +182,14 @@ impl DatabaseSettings {
         Self {
             url: SecretString::from(url.into()),
             url_file: None,
-            max_connections: 20,
-            min_connections: 8,
-            connect_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(30),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            min_connections: DEFAULT_MIN_CONNECTIONS,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT.value,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT.value,
             pgbouncer: false,
-            statement_timeout: Duration::from_secs(15),
-            lock_timeout: Duration::from_secs(5),
-            idle_in_transaction_timeout: Duration::from_secs(30),
+            statement_timeout: DEFAULT_STATEMENT_TIMEOUT.value,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT.value,
+            idle_in_transaction_timeout: DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT.value,
         }
     }
 
@@ -335,6 +362,25 @@ impl BrokerSettings {
             .map(|url| redact(url.trim()))
             .collect::<Vec<_>>()
             .join(",")
+    }
+}
+
+impl Topology {
+    /// The names `settings` give, with their prefix applied (the binding key excepted: it
+    /// matches routing keys, which carry no prefix).
+    pub fn from_settings(settings: &BrokerSettings) -> Self {
+        let prefixed = |name: &str| format!("{}{name}", settings.name_prefix);
+        let queue = prefixed(&settings.queue);
+        Self {
+            exchange: prefixed(&settings.exchange),
+            retry: RetryRoute::for_queue(&queue),
+            queue,
+            binding_key: settings.binding_key.clone(),
+            dead_letter_exchange: prefixed(&settings.dead_letter_exchange),
+            dead_letter_queue: prefixed(&settings.dead_letter_queue),
+            delivery_limit: settings.delivery_limit,
+            quorum_initial_group_size: settings.quorum_initial_group_size,
+        }
     }
 }
 
@@ -570,6 +616,46 @@ mod tests {
         assert!(positive_duration("0s").is_err());
         assert!(positive_duration("soon").is_err());
         assert_eq!(positive_duration("100ms"), Ok(Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn the_prefix_applies_to_every_name_but_not_the_binding() {
+        let settings = BrokerSettings::with_prefix("amqp://h", "t1.");
+        let topology = Topology::from_settings(&settings);
+        assert_eq!(topology.exchange, "t1.clerk.events");
+        assert_eq!(topology.queue, "t1.workspace.provisioning");
+        assert_eq!(topology.dead_letter_exchange, "t1.clerk.events.dlx");
+        assert_eq!(topology.dead_letter_queue, "t1.workspace.provisioning.dlq");
+        assert_eq!(topology.binding_key, "user.*");
+        assert_eq!(topology.retry.exchange, "t1.workspace.provisioning.retry");
+        assert_eq!(topology.retry.queue, "t1.workspace.provisioning.retry");
+        assert_eq!(
+            topology.retry.redeliver_exchange,
+            "t1.workspace.provisioning.redeliver"
+        );
+    }
+
+    #[test]
+    fn the_command_line_defaults_are_the_ones_for_url_starts_from() {
+        let parsed = crate::cli::Cli::try_parse_from(["worker", "consume"]).unwrap();
+        let parsed = parsed.database;
+        let built = DatabaseSettings::for_url("postgres://h/db");
+        assert_eq!(parsed.max_connections, built.max_connections);
+        assert_eq!(parsed.min_connections, built.min_connections);
+        assert_eq!(parsed.connect_timeout, Duration::from_secs(10));
+        assert_eq!(
+            parsed.server_timeouts(),
+            [
+                ("statement_timeout", 15_000),
+                ("lock_timeout", 5_000),
+                ("idle_in_transaction_session_timeout", 30_000)
+            ]
+        );
+        assert_eq!(parsed.server_timeouts(), built.server_timeouts());
+        assert_eq!(
+            (parsed.connect_timeout, parsed.idle_timeout),
+            (built.connect_timeout, built.idle_timeout)
+        );
     }
 
     #[test]

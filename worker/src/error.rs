@@ -13,11 +13,6 @@ use sea_orm::DbErr;
 
 use crate::domain::Invalid;
 
-/// The retry reason of a database that cannot serve anyone.
-const UNAVAILABLE: &str = "database_unavailable";
-/// The retry reason of a failure that may pass on the next attempt.
-const TRANSIENT: &str = "transient";
-
 /// Stable failure codes: they end up in dead-letter headers, metrics labels and alerts, so a
 /// variant's string never changes once shipped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -73,6 +68,35 @@ impl FailureReason {
 }
 
 impl fmt::Display for FailureReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why an event is tried again: the `reason` label of `events_retried_total`, as stable as a
+/// [`FailureReason`] (alerts match on it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RetryReason {
+    /// The database cannot serve anyone; says nothing about the event.
+    DatabaseUnavailable,
+    /// A failure that may pass on the next attempt.
+    Transient,
+    /// Another user holds a value this event needs: the conflict's own failure reason.
+    Conflict(FailureReason),
+}
+
+impl RetryReason {
+    /// The stable code, as operators see it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::DatabaseUnavailable => "database_unavailable",
+            Self::Transient => "transient",
+            Self::Conflict(reason) => reason.as_str(),
+        }
+    }
+}
+
+impl fmt::Display for RetryReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -147,13 +171,13 @@ pub enum ProvisionError {
 }
 
 impl ProvisionError {
-    /// Every [`Self::reason_code`] of a retryable error: what `events_retried_total` is
-    /// labelled with.
-    pub const RETRY_REASONS: [&str; 4] = [
-        UNAVAILABLE,
-        TRANSIENT,
-        FailureReason::EmailConflict.as_str(),
-        FailureReason::UsernameConflict.as_str(),
+    /// Every reason a retryable error is retried for: what `events_retried_total` is labelled
+    /// with (each exported at zero from the start).
+    pub const RETRY_REASONS: [RetryReason; 4] = [
+        RetryReason::DatabaseUnavailable,
+        RetryReason::Transient,
+        RetryReason::Conflict(FailureReason::EmailConflict),
+        RetryReason::Conflict(FailureReason::UsernameConflict),
     ];
 
     /// True when the event should be tried again later.
@@ -161,12 +185,14 @@ impl ProvisionError {
         !matches!(self, Self::Permanent(_))
     }
 
-    /// The stable code for metrics and dead-letter headers.
-    pub fn reason_code(&self) -> &'static str {
+    /// The stable code for metrics, logs and `worker provision`'s output: the
+    /// [`RetryReason`] of a retryable error, the [`FailureReason`] of a permanent one.
+    pub fn as_str(&self) -> &'static str {
         match self {
-            Self::Unavailable(_) => UNAVAILABLE,
-            Self::Transient(_) => TRANSIENT,
-            Self::Conflict(rejected) | Self::Permanent(rejected) => rejected.reason.as_str(),
+            Self::Unavailable(_) => RetryReason::DatabaseUnavailable.as_str(),
+            Self::Transient(_) => RetryReason::Transient.as_str(),
+            Self::Conflict(rejected) => RetryReason::Conflict(rejected.reason).as_str(),
+            Self::Permanent(rejected) => rejected.reason.as_str(),
         }
     }
 }
@@ -205,6 +231,22 @@ mod tests {
             source.as_deref(),
             Some(r#"email "a@b" does not match valid_email"#)
         );
+    }
+
+    #[test]
+    fn retry_reasons_are_the_published_labels() {
+        let labels = ProvisionError::RETRY_REASONS.map(RetryReason::as_str);
+        assert_eq!(
+            labels,
+            [
+                "database_unavailable",
+                "transient",
+                "email_conflict",
+                "username_conflict"
+            ]
+        );
+        let unavailable = ProvisionError::Unavailable(DbErr::Custom("down".into()));
+        assert_eq!(unavailable.as_str(), "database_unavailable");
     }
 
     #[test]

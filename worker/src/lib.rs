@@ -6,10 +6,11 @@
 //!
 //! - [`config`]: settings from environment variables and flags.
 //! - [`telemetry`]: log set-up.
-//! - [`clerk`]: Clerk's event type names, webhook shapes and their conversion into domain types.
-//! - [`domain`]: validated types (user id, email, username, names, avatar, workspace name, event).
-//! - [`provision`]: the provisioning transaction, its [`provision::Outcome`], and the one
-//!   database-error classifier.
+//! - [`clerk`]: Clerk's webhook shapes and their conversion into domain types.
+//! - [`domain`]: validated types (user id, email, username, names, avatar, workspace name, event)
+//!   and Clerk's event type names.
+//! - [`provision`]: the provisioning transaction and the one database-error classifier;
+//!   [`outcome`]: what became of an event, as metrics and `worker provision` label it.
 //! - [`error`]: the transient/permanent taxonomy.
 //! - [`db`]: the connection pool (directly to PostgreSQL, or through PgBouncer in transaction
 //!   pooling mode) and migrations; [`health`]: the database health check.
@@ -20,8 +21,10 @@
 //! - [`dead_letter`]: writing dead letters, and the `worker dlq` operations on them (list,
 //!   replay, report).
 //! - [`metrics`]: every metric name and its recording function; [`ops`]: `/metrics`, `/healthz`,
-//!   `/readyz`; [`memory`]: giving freed heap back to the system, and the heap figures.
+//!   `/readyz`; [`readiness`]: the flags `/readyz` reads; [`memory`]: giving freed heap back to the system, and the heap figures.
 //! - [`schedule`]: running a task at a fixed interval until shutdown.
+//! - [`webhook_secret`]: the webhook signing secret, decoded once for the settings check and the
+//!   ingress.
 //! - [`ingress`]: the Svix-verified webhook endpoint that publishes to the broker;
 //!   [`http_server`]: the bounded HTTP/1.1 server it and the ops server run on.
 //! - [`service`]: the long-running process (ingress, consumer, ops server) and its shutdown.
@@ -46,7 +49,9 @@ pub mod ingress;
 pub mod memory;
 pub mod metrics;
 pub mod ops;
+pub mod outcome;
 pub mod provision;
+pub mod readiness;
 pub mod reconcile;
 pub mod retry;
 pub mod schedule;
@@ -54,3 +59,4 @@ pub mod service;
 pub mod telemetry;
 pub mod topology;
 pub mod users;
+pub mod webhook_secret;

@@ -5,15 +5,14 @@
 //! looks like a leak. `malloc_trim` hands every whole free page back. Long-running commands run
 //! [`trim_periodically`]; elsewhere (other allocators, other platforms) it does nothing.
 //!
-//! Each trim also reports what the process holds ([`MemoryUsage`]) as gauges, so a dashboard
-//! tells a leak (heap in use climbing) from memory the allocator keeps free (free heap climbing).
+//! Each trim also reports what the process holds ([`MemoryUsage`]) to its caller, which exports
+//! it as gauges, so a dashboard tells a leak (heap in use climbing) from memory the allocator
+//! keeps free (free heap climbing).
 
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
-
-use crate::metrics::Metrics;
 
 /// Returns free heap pages to the operating system; true when some were returned.
 pub fn release_free_memory() -> bool {
@@ -85,13 +84,18 @@ fn page_size() -> Option<u64> {
 }
 
 /// Calls [`release_free_memory`] every `interval` until `shutdown`, off the async threads (a
-/// trim walks the whole heap), and records the [`usage`] that remains.
-pub async fn trim_periodically(interval: Duration, metrics: Metrics, shutdown: CancellationToken) {
+/// trim walks the whole heap), and hands the [`usage`] that remains to `report` (the caller
+/// exports it; this module knows nothing of metrics).
+pub async fn trim_periodically(
+    interval: Duration,
+    shutdown: CancellationToken,
+    report: impl Fn(MemoryUsage),
+) {
     crate::schedule::every(interval, shutdown, || async {
         match tokio::task::spawn_blocking(|| (release_free_memory(), usage())).await {
             Ok((released, usage)) => {
                 debug!(released, ?usage, "memory trimmed");
-                metrics.record_memory(usage);
+                report(usage);
             }
             Err(err) => debug!(error = %err, "memory trim task failed"),
         }
@@ -140,30 +144,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn each_trim_exports_what_the_process_holds() {
-        let metrics = Metrics::new().unwrap();
+    async fn each_trim_reports_what_the_process_holds() {
+        let reports = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let stop = CancellationToken::new();
+        let seen = reports.clone();
         let trim = tokio::spawn(trim_periodically(
             Duration::from_millis(50),
-            metrics.clone(),
             stop.clone(),
+            move |usage| seen.lock().unwrap().push(usage),
         ));
         tokio::time::sleep(Duration::from_millis(200)).await;
         stop.cancel();
         trim.await.unwrap();
-        let page = metrics.render();
-        for (name, least) in [
-            (crate::metrics::RESIDENT_MEMORY, 1.0),
-            (crate::metrics::HEAP_IN_USE, 1.0),
-            (crate::metrics::HEAP_FREE, 0.0),
-        ] {
-            let value: f64 = page
-                .lines()
-                .find_map(|line| line.strip_prefix(&format!("{name} ")))
-                .unwrap_or_else(|| panic!("{name} missing from\n{page}"))
-                .parse()
-                .unwrap();
-            assert!(value >= least, "{name} {value}");
-        }
+        let reports = reports.lock().unwrap();
+        let last = reports.last().expect("at least one trim");
+        assert!(last.resident.unwrap() > 0 && last.heap_in_use.unwrap() > 0);
+        assert!(last.heap_free.is_some());
     }
 }

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{FailureReason, ProvisionError};
 use crate::memory::MemoryUsage;
-use crate::provision::Outcome;
+use crate::outcome::{NotProvisioned, Outcome};
 
 pub const WORKSPACE_CREATED: &str = "workspace_created_total";
 pub const WORKSPACE_FAILED: &str = "workspace_failed_total";
@@ -152,7 +152,10 @@ impl Metrics {
 
     /// A failed attempt of one transaction, timed like the successful ones.
     pub fn record_failed_attempt(&self, duration: Duration) {
-        self.with(|| histogram!(PROVISIONING_DURATION, "outcome" => "failed").record(duration));
+        self.with(|| {
+            histogram!(PROVISIONING_DURATION, "outcome" => NotProvisioned::Failed.as_str())
+                .record(duration)
+        });
     }
 
     /// An event sent to the dead-letter queue.
@@ -160,12 +163,12 @@ impl Metrics {
         let event_type = type_label(event_type);
         self.with(|| {
             counter!(WORKSPACE_FAILED, "reason" => reason.as_str()).increment(1);
-            counter!(EVENTS_PROCESSED, "type" => event_type, "outcome" => "dead_lettered")
+            counter!(EVENTS_PROCESSED, "type" => event_type, "outcome" => NotProvisioned::DeadLettered.as_str())
                 .increment(1);
         });
     }
 
-    /// A retry about to wait, labelled with the error's reason code.
+    /// A retry about to wait, labelled with the error's code ([`ProvisionError::as_str`]).
     pub fn record_retry(&self, reason: &'static str) {
         self.with(|| counter!(EVENTS_RETRIED, "reason" => reason).increment(1));
     }
@@ -332,7 +335,7 @@ fn register_at_zero() {
         counter!(WORKSPACE_FAILED, "reason" => reason.as_str()).absolute(0);
     }
     for reason in ProvisionError::RETRY_REASONS {
-        counter!(EVENTS_RETRIED, "reason" => reason).absolute(0);
+        counter!(EVENTS_RETRIED, "reason" => reason.as_str()).absolute(0);
     }
     for name in [
         CONSUMER_CONNECTED,
@@ -392,6 +395,26 @@ mod tests {
         a.record_outcome("user.created", Outcome::Created, Duration::from_millis(3));
         assert!(a.render().contains("workspace_created_total 1"));
         assert!(b.render().contains("workspace_created_total 0"));
+    }
+
+    #[test]
+    fn memory_figures_are_exported_and_unknown_ones_left_out() {
+        let metrics = Metrics::new().unwrap();
+        metrics.record_memory(MemoryUsage {
+            resident: Some(3 << 20),
+            heap_in_use: Some(2 << 20),
+            heap_free: None,
+        });
+        let page = metrics.render();
+        assert!(
+            page.contains(&format!("{RESIDENT_MEMORY} {}", 3 << 20)),
+            "{page}"
+        );
+        assert!(
+            page.contains(&format!("{HEAP_IN_USE} {}", 2 << 20)),
+            "{page}"
+        );
+        assert!(!page.contains(&format!("{HEAP_FREE} ")), "{page}");
     }
 
     #[test]

@@ -21,43 +21,13 @@ use crate::db::{self, Pool};
 use crate::health;
 use crate::http_server::{self, ServerLimits};
 use crate::metrics::Metrics;
+use crate::readiness::ReadyFlag;
 
 /// Readiness probes must answer quickly even when the database hangs.
 const DATABASE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one database verdict answers `/readyz`: probes at any rate cost the database at most
 /// one check per this interval.
 const DATABASE_VERDICT_TTL: Duration = Duration::from_secs(1);
-
-/// Whether a component currently holds what it needs (a broker connection), and to which
-/// broker node; `/readyz` reads it.
-#[derive(Clone, Debug, Default)]
-pub struct ReadyFlag(Arc<std::sync::Mutex<Option<String>>>);
-
-impl ReadyFlag {
-    /// Connected, to the node named `node` (host and port).
-    pub fn connected_to(&self, node: &str) {
-        *self.lock() = Some(node.to_owned());
-    }
-
-    pub fn disconnected(&self) {
-        *self.lock() = None;
-    }
-
-    pub fn get(&self) -> bool {
-        self.lock().is_some()
-    }
-
-    /// The node in use, while connected.
-    pub fn node(&self) -> Option<String> {
-        self.lock().clone()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
 
 /// What the ops endpoints read.
 #[derive(Clone)]

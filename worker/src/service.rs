@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use axum::Router;
-use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
@@ -31,7 +30,8 @@ use crate::ingress::signature::Verifier;
 use crate::ingress::{self, BodyLimits, BodyMemory, IngressState, Publisher, ServerLimits};
 use crate::memory;
 use crate::metrics::Metrics;
-use crate::ops::{self, OpsState, ReadyFlag};
+use crate::ops::{self, OpsState};
+use crate::readiness::ReadyFlag;
 use crate::retry::RetryPolicy;
 
 /// Which parts this process runs, with their settings.
@@ -85,10 +85,7 @@ impl Application {
     pub async fn build(plan: Plan) -> anyhow::Result<Self> {
         // Refuse to start on a bad secret before touching anything else.
         let verifier = match &plan.ingress {
-            Some(settings) => Some(Arc::new(
-                Verifier::from_secrets(settings.clerk_webhook_secret.expose_secret())
-                    .map_err(crate::config::ConfigError::from)?,
-            )),
+            Some(settings) => Some(Arc::new(Verifier::new(settings.webhook_secret()?))),
             None => None,
         };
         let metrics = Metrics::new().context("building the metrics recorder")?;
@@ -231,10 +228,11 @@ impl Application {
                 .clone()
                 .run_upkeep(self.upkeep_interval, stop_ops.clone()),
         );
+        let metrics = self.metrics.clone();
         let trim = tokio::spawn(memory::trim_periodically(
             self.trim_interval,
-            self.metrics.clone(),
             stop_ops.clone(),
+            move |usage| metrics.record_memory(usage),
         ));
 
         let failure = supervise(&mut parts, &mut ops_server, &stop, &stop_ops).await;

@@ -2,8 +2,7 @@
 //! carries, and the queue arguments. Operators, dashboards and runbooks rely on these exact
 //! strings, so each is spelled here and only here; settings and [`Topology`] build on them.
 
-use crate::clerk::event_type;
-use crate::config::BrokerSettings;
+use crate::domain::event_type;
 
 /// Durable topic exchange Clerk events are published to (routing key = event type).
 pub const DEFAULT_EXCHANGE: &str = "clerk.events";
@@ -81,7 +80,20 @@ pub struct RetryRoute {
     pub redeliver_exchange: String,
 }
 
-/// The names the product's exchanges and queues go by, with the prefix applied.
+impl RetryRoute {
+    /// The retry route of the main queue named `queue`: its names are the queue's and a suffix.
+    pub fn for_queue(queue: &str) -> Self {
+        Self {
+            exchange: format!("{queue}{RETRY_SUFFIX}"),
+            queue: format!("{queue}{RETRY_SUFFIX}"),
+            redeliver_exchange: format!("{queue}{REDELIVER_SUFFIX}"),
+        }
+    }
+}
+
+/// The names the product's exchanges and queues go by, with the prefix applied. Built from the
+/// settings by `Topology::from_settings` (in [`crate::config`], so this contract needs nothing
+/// from the settings).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Topology {
     pub exchange: String,
@@ -95,47 +107,9 @@ pub struct Topology {
     pub quorum_initial_group_size: Option<u16>,
 }
 
-impl Topology {
-    pub fn from_settings(settings: &BrokerSettings) -> Self {
-        let prefixed = |name: &str| format!("{}{name}", settings.name_prefix);
-        let queue = prefixed(&settings.queue);
-        Self {
-            exchange: prefixed(&settings.exchange),
-            retry: RetryRoute {
-                exchange: format!("{queue}{RETRY_SUFFIX}"),
-                queue: format!("{queue}{RETRY_SUFFIX}"),
-                redeliver_exchange: format!("{queue}{REDELIVER_SUFFIX}"),
-            },
-            queue,
-            binding_key: settings.binding_key.clone(),
-            dead_letter_exchange: prefixed(&settings.dead_letter_exchange),
-            dead_letter_queue: prefixed(&settings.dead_letter_queue),
-            delivery_limit: settings.delivery_limit,
-            quorum_initial_group_size: settings.quorum_initial_group_size,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_prefix_applies_to_every_name_but_not_the_binding() {
-        let settings = BrokerSettings::with_prefix("amqp://h", "t1.");
-        let topology = Topology::from_settings(&settings);
-        assert_eq!(topology.exchange, "t1.clerk.events");
-        assert_eq!(topology.queue, "t1.workspace.provisioning");
-        assert_eq!(topology.dead_letter_exchange, "t1.clerk.events.dlx");
-        assert_eq!(topology.dead_letter_queue, "t1.workspace.provisioning.dlq");
-        assert_eq!(topology.binding_key, "user.*");
-        assert_eq!(topology.retry.exchange, "t1.workspace.provisioning.retry");
-        assert_eq!(topology.retry.queue, "t1.workspace.provisioning.retry");
-        assert_eq!(
-            topology.retry.redeliver_exchange,
-            "t1.workspace.provisioning.redeliver"
-        );
-    }
 
     #[test]
     fn header_names_are_the_published_ones() {

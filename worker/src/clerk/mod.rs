@@ -5,19 +5,18 @@
 //! [`Invalid`](crate::domain::Invalid) converts into one), and nothing past this module re-checks
 //! a field.
 
-pub mod event_type;
 mod payload;
 
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use tracing::warn;
 
+use crate::domain::event_type::{USER_CREATED, USER_DELETED, USER_UPDATED};
 use crate::domain::{
     AvatarUrl, ClerkTime, DerivedUsername, Email, Event, NameInput, PersonName, UserDeletion,
     UserId, UserProfile, Username, UsernameChoice,
 };
 use crate::error::{FailureReason, Rejected};
-use event_type::{USER_CREATED, USER_DELETED, USER_UPDATED};
 use payload::{RawDeletedUser, RawEmailAddress, RawEnvelope, RawUser};
 
 /// The Clerk event types provisioning acts on; everything else is acknowledged and ignored.

@@ -11,6 +11,7 @@ use serde_json::json;
 use crate::config::DatabaseSettings;
 use crate::domain::Event;
 use crate::error::ProvisionError;
+use crate::outcome::NotProvisioned;
 use crate::provision::Provisioned;
 use crate::{clerk, db, provision};
 
@@ -64,8 +65,8 @@ fn print_failure(event: Option<&Event>, err: &ProvisionError) -> ExitCode {
     let line = json!({
         "event_type": event.map(Event::event_type),
         "user_id": event.and_then(Event::user_id).map(AsRef::<str>::as_ref),
-        "outcome": "failed",
-        "reason": err.reason_code(),
+        "outcome": NotProvisioned::Failed.as_str(),
+        "reason": err.as_str(),
         "retryable": err.is_retryable(),
         "detail": err.to_string(),
     });

@@ -7,7 +7,7 @@ use secrecy::ExposeSecret;
 
 use super::urls::{self, PostgresTarget, UrlError};
 use super::{BrokerSettings, DatabaseSettings, IngressSettings};
-use crate::ingress::signature::{SecretError, Verifier};
+use crate::webhook_secret::{SecretError, WebhookSecret};
 
 /// Exit status for settings refused at start: clap's own status for a usage error.
 pub const EXIT_CONFIG: u8 = 2;
@@ -121,9 +121,9 @@ pub struct BrokerNode {
 }
 
 impl IngressSettings {
-    /// The webhook signing secret(s) decode; the verifier the ingress uses.
-    pub fn verifier(&self) -> Result<Verifier, ConfigError> {
-        Ok(Verifier::from_secrets(
+    /// The webhook signing secret(s), decoded: what the ingress verifies signatures with.
+    pub fn webhook_secret(&self) -> Result<WebhookSecret, ConfigError> {
+        Ok(WebhookSecret::parse(
             self.clerk_webhook_secret.expose_secret(),
         )?)
     }
@@ -136,7 +136,7 @@ impl IngressSettings {
                 reason: "is below INGRESS_MAX_BODY: no body of the largest size could ever be read",
             });
         }
-        self.verifier().map(drop)
+        self.webhook_secret().map(drop)
     }
 }
 

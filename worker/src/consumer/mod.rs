@@ -25,8 +25,8 @@ use tracing::{info, warn};
 use crate::config::{BrokerSettings, ConsumerSettings};
 use crate::db::{self, Pool};
 use crate::metrics::Metrics;
-use crate::ops::ReadyFlag;
 use crate::provision;
+use crate::readiness::ReadyFlag;
 use crate::retry::RetryPolicy;
 
 use session::{Session, SessionEnd};

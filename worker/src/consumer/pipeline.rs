@@ -23,7 +23,8 @@ use crate::db::Pool;
 use crate::domain::{Event, UserProfile};
 use crate::error::{ProvisionError, Rejected};
 use crate::metrics::Metrics;
-use crate::provision::{self, Outcome, Provisioned};
+use crate::outcome::Outcome;
+use crate::provision::{self, Provisioned};
 use crate::retry::{Attempts, Fate, RetryPolicy};
 
 /// Takes deliveries to their end; shared by every delivery task of one broker session.
@@ -167,13 +168,13 @@ impl Pipeline {
         attempts: Attempts,
         delay: Duration,
     ) -> bool {
-        self.metrics.record_retry(err.reason_code());
+        self.metrics.record_retry(err.as_str());
         warn!(
             user_id = context.user_id.as_deref(),
             event_id = %context.event_id,
             attempt = attempts.made,
             acquired = context.acquired,
-            reason = err.reason_code(),
+            reason = err.as_str(),
             error = %err,
             retry_in_ms = delay.as_millis() as u64,
             "provisioning failed; retrying"

@@ -9,7 +9,7 @@ use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -40,7 +40,7 @@ pub struct Session {
     deliveries: lapin::Consumer,
     /// Why the connection failed, as soon as it does (missed heartbeats included): noticed even
     /// while every concurrency slot is busy and nobody reads `deliveries`.
-    lost: oneshot::Receiver<String>,
+    lost: broker::ConnectionLost,
     /// The process's shutdown token (`stop` is its child).
     shutdown: CancellationToken,
     pipeline: Arc<Pipeline>,
@@ -89,7 +89,7 @@ impl Session {
             .await?;
         info!(queue = %topology.queue, prefetch = consumer.settings.prefetch, %node, "consuming");
         Ok(Self {
-            lost: watch_connection(&connection),
+            lost: broker::watch_connection(&connection),
             shutdown: shutdown.clone(),
             node,
             connection,
@@ -164,7 +164,7 @@ impl Session {
         loop {
             let slot = tokio::select! {
                 slot = slots.clone().acquire_owned() => slot,
-                why = &mut self.lost => return SessionEnd::Lost(why.unwrap_or_else(|_| EVENTS_ENDED.into())),
+                why = &mut self.lost => return SessionEnd::Lost(why),
                 () = self.pipeline.outage.paused.cancelled() => return SessionEnd::DatabaseDown,
                 () = self.stop.cancelled() => return SessionEnd::Shutdown,
             };
@@ -173,7 +173,7 @@ impl Session {
             };
             let next = tokio::select! {
                 next = self.deliveries.next() => next,
-                why = &mut self.lost => return SessionEnd::Lost(why.unwrap_or_else(|_| EVENTS_ENDED.into())),
+                why = &mut self.lost => return SessionEnd::Lost(why),
                 () = self.pipeline.outage.paused.cancelled() => return SessionEnd::DatabaseDown,
                 () = self.stop.cancelled() => return SessionEnd::Shutdown,
             };
@@ -248,24 +248,5 @@ impl Session {
     }
 }
 
-/// Reports the connection's first error (closed by the broker, I/O failed, or two heartbeats
-/// missed) from a task of its own, whatever the session is busy with.
-fn watch_connection(connection: &Connection) -> oneshot::Receiver<String> {
-    let (report, lost) = oneshot::channel();
-    let mut events = connection.events_listener().boxed();
-    tokio::spawn(async move {
-        while let Some(event) = events.next().await {
-            if let lapin::Event::Error(err) = event {
-                let _ = report.send(err.to_string());
-                return;
-            }
-        }
-    });
-    lost
-}
-
 /// A consumer stream that simply ends: the broker cancelled it (queue deleted, node lost).
 const CONSUMER_CANCELLED: &str = "the broker cancelled the consumer";
-
-/// The connection's event stream ended without an error: the connection is gone.
-const EVENTS_ENDED: &str = "the connection's events ended";

@@ -279,7 +279,7 @@ impl Settler {
         let first_failed_at = record.first_failed_at.unwrap_or_else(Utc::now);
         let properties = deferred_properties(delivery, record.attempts, first_failed_at, delay);
         broker::republish_as(&self.publisher, &self.retry_exchange, delivery, properties).await?;
-        let reason = record.error.map(ProvisionError::reason_code);
+        let reason = record.error.map(ProvisionError::as_str);
         if let Some(reason) = reason {
             self.metrics.record_retry(reason);
         }

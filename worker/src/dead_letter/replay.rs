@@ -14,9 +14,9 @@ use tokio_util::sync::CancellationToken;
 use super::browser::Browser;
 use super::{DeadLetter, DlqError, Filter};
 use crate::broker;
-use crate::clerk::event_type::{USER_CREATED, USER_UPDATED};
 use crate::config::BrokerSettings;
 use crate::db::Pool;
+use crate::domain::event_type::{USER_CREATED, USER_UPDATED};
 use crate::topology::header::{
     ORIGINAL_RECEIVED_AT_MS, RECEIVED_AT_MS, REPLAY_COUNT, RETRY_ATTEMPTS,
 };

@@ -3,8 +3,8 @@
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use super::event_type::{USER_CREATED, USER_DELETED, USER_UPDATED};
 use super::{AvatarUrl, ClerkTime, DerivedUsername, Email, PersonName, UserId, Username};
-use crate::clerk::event_type::{USER_CREATED, USER_DELETED, USER_UPDATED};
 
 /// A Clerk webhook, validated: what provisioning acts on.
 #[derive(Clone, Debug, PartialEq, Eq)]

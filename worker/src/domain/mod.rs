@@ -5,6 +5,7 @@ mod avatar_url;
 mod clerk_time;
 mod email;
 mod event;
+pub mod event_type;
 mod invalid;
 mod person_name;
 mod user_id;

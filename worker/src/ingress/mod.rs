@@ -119,7 +119,8 @@ impl Refused {
         }
     }
 
-    fn code(&self) -> &'static str {
+    /// The stable code: in the answer's body, the logs and `webhook_refused_total`'s label.
+    fn as_str(&self) -> &'static str {
         match self {
             Self::Overloaded => "overloaded",
             Self::TimedOut(_) => "request_timeout",
@@ -127,7 +128,7 @@ impl Refused {
             Self::BodyTimedOut(_) => "body_timeout",
             Self::BodyMemoryFull => "body_memory_full",
             Self::Unreadable(_) => "unreadable_body",
-            Self::Signature(err) => err.code(),
+            Self::Signature(err) => err.as_str(),
             Self::NotJson(_) => "invalid_payload",
             Self::Unavailable(_) => "broker_unavailable",
         }
@@ -175,15 +176,15 @@ fn answer(
         }
         Err(refused) => {
             let status = refused.status();
-            state.metrics.record_refused(refused.code());
+            state.metrics.record_refused(refused.as_str());
             if verified {
-                warn!(status = status.as_u16(), error = refused.code(), detail = %refused, "verified webhook refused");
+                warn!(status = status.as_u16(), error = refused.as_str(), detail = %refused, "verified webhook refused");
             } else {
                 state
                     .refusal_log
-                    .refused(status.as_u16(), refused.code(), &refused);
+                    .refused(status.as_u16(), refused.as_str(), &refused);
             }
-            let body = json!({"error": refused.code(), "detail": refused.to_string()});
+            let body = json!({"error": refused.as_str(), "detail": refused.to_string()});
             (status, None, body)
         }
     }
@@ -287,7 +288,10 @@ mod tests {
             ),
         ];
         for (refused, status, code) in cases {
-            assert_eq!((refused.status().as_u16(), refused.code()), (status, code));
+            assert_eq!(
+                (refused.status().as_u16(), refused.as_str()),
+                (status, code)
+            );
         }
     }
 }

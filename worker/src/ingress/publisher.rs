@@ -15,12 +15,9 @@ use tracing::{info, warn};
 
 use crate::broker::{self, PublishError};
 use crate::config::BrokerSettings;
-use crate::ops::ReadyFlag;
+use crate::readiness::ReadyFlag;
 use crate::retry::RetryPolicy;
 use crate::topology::Topology;
-
-/// How often the keeper looks at the connection's health.
-const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 
 pub struct Publisher {
     channel: RwLock<Option<Channel>>,
@@ -84,13 +81,20 @@ impl Publisher {
                     self.set(Some((channel.clone(), node.as_str()))).await;
                     info!(exchange = %topology.exchange, %node, "ingress connected to the broker");
                     delays = reconnect.delays();
-                    let stopped = watch(&connection, &channel, &stop).await;
+                    let lost = tokio::select! {
+                        why = broker::watch_connection(&connection) => Some(why),
+                        () = stop.cancelled() => None,
+                    };
                     self.set(None).await;
-                    if stopped {
-                        let _ = connection.close(200, "ingress shutting down".into()).await;
-                        return;
+                    match lost {
+                        Some(why) => {
+                            warn!(reason = %why, "ingress lost the broker connection; reconnecting");
+                        }
+                        None => {
+                            let _ = connection.close(200, "ingress shutting down".into()).await;
+                            return;
+                        }
                     }
-                    warn!("ingress lost the broker connection; reconnecting");
                 }
                 Err(err) => warn!(error = %err, "ingress cannot reach the broker; retrying"),
             }
@@ -126,18 +130,4 @@ async fn open(
     let channel = broker::confirm_channel(&connection).await?;
     broker::declare(&channel, topology).await?;
     Ok((connection, channel, node))
-}
-
-/// Returns when the connection or channel is no longer usable (false) or on `stop` (true).
-async fn watch(connection: &Connection, channel: &Channel, stop: &CancellationToken) -> bool {
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(WATCH_INTERVAL) => {
-                if !connection.status().connected() || !channel.status().connected() {
-                    return false;
-                }
-            }
-            () = stop.cancelled() => return true,
-        }
-    }
 }

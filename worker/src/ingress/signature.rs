@@ -13,12 +13,13 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::digest::CtOutput;
 use hmac::{Hmac, KeyInit, Mac};
-use secrecy::{ExposeSecret, SecretSlice};
+use secrecy::ExposeSecret;
 use sha2::Sha256;
+
+use crate::webhook_secret::{SecretError, WebhookSecret};
 
 /// How far a timestamp may be from now, either way.
 pub const TOLERANCE_SECONDS: i64 = 5 * 60;
-const SECRET_PREFIX: &str = "whsec_";
 /// The id becomes the AMQP `message_id`, a short string.
 const MAX_ID_LEN: usize = 255;
 /// The largest value of any Svix header: real ones are far smaller (an id, ten digits, a few
@@ -58,7 +59,7 @@ pub enum SignatureError {
 
 impl SignatureError {
     /// The stable code in the 401 body and the logs.
-    pub fn code(&self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
             Self::MissingHeader(_) => "missing_header",
             Self::InvalidHeader(_) => "invalid_header",
@@ -66,17 +67,6 @@ impl SignatureError {
             Self::NoMatch => "invalid_signature",
         }
     }
-}
-
-/// A `CLERK_WEBHOOK_SECRET` value that cannot be used: the service refuses to start.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum SecretError {
-    #[error(
-        "CLERK_WEBHOOK_SECRET is empty: set it to the signing secret (whsec_...) from Clerk's dashboard"
-    )]
-    Missing,
-    #[error("CLERK_WEBHOOK_SECRET entry {position} is not a whsec_ secret with a base64 key")]
-    Undecodable { position: usize },
 }
 
 /// The three Svix headers of one request (or their unbranded `webhook-*` twins).
@@ -187,36 +177,17 @@ fn v1_tags(signature: &str) -> impl Iterator<Item = [u8; TAG_LEN]> {
         .filter_map(|decoded| <[u8; TAG_LEN]>::try_from(decoded).ok())
 }
 
-/// Verifies signatures against every configured secret, so secrets rotate without downtime.
-/// The keys are secrets: their `Debug` is redacted.
+/// Verifies signatures against every key of the webhook secret, so secrets rotate without
+/// downtime.
 #[derive(Clone, Debug)]
 pub struct Verifier {
-    keys: Vec<SecretSlice<u8>>,
+    secret: WebhookSecret,
 }
 
 impl Verifier {
-    /// Parses space-separated `whsec_<base64>` secrets (the prefix is optional, as in Svix's
-    /// libraries).
-    pub fn from_secrets(raw: &str) -> Result<Self, SecretError> {
-        let keys = raw
-            .split_whitespace()
-            .enumerate()
-            .map(|(index, secret)| {
-                let encoded = secret.strip_prefix(SECRET_PREFIX).unwrap_or(secret);
-                STANDARD
-                    .decode(encoded)
-                    .ok()
-                    .filter(|key| !key.is_empty())
-                    .map(SecretSlice::from)
-                    .ok_or(SecretError::Undecodable {
-                        position: index + 1,
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if keys.is_empty() {
-            return Err(SecretError::Missing);
-        }
-        Ok(Self { keys })
+    /// A verifier of signatures made with any key of `secret` (decoded by the settings check).
+    pub fn new(secret: WebhookSecret) -> Self {
+        Self { secret }
     }
 
     /// Accepts the request if its timestamp is within tolerance of `now` (seconds since the
@@ -236,7 +207,7 @@ impl Verifier {
         if candidates.is_empty() {
             return Err(SignatureError::NoMatch);
         }
-        let matches = self.keys.iter().any(|key| {
+        let matches = self.secret.keys().iter().any(|key| {
             mac(key.expose_secret(), &headers.id, headers.timestamp, body)
                 .is_some_and(|tag| candidates.contains(&tag))
         });
@@ -264,8 +235,8 @@ fn mac(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> Option<Tag> {
 
 /// Signs like Svix does: for tests, benchmarks and tools that need to send a valid webhook.
 pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Result<String, SecretError> {
-    let verifier = Verifier::from_secrets(secret)?;
-    let key = verifier.keys.first().ok_or(SecretError::Missing)?;
+    let secret = WebhookSecret::parse(secret)?;
+    let key = secret.keys().first().ok_or(SecretError::Missing)?;
     let tag = mac(key.expose_secret(), id, timestamp, body).ok_or(SecretError::Missing)?;
     Ok(format!("v1,{}", STANDARD.encode(tag.into_bytes())))
 }

@@ -3,7 +3,8 @@
 
 use sea_orm::{DbErr, DeriveActiveEnum, EnumIter, FromQueryResult};
 
-use super::{Outcome, Provisioned, Reassigned};
+use super::{Provisioned, Reassigned};
+use crate::outcome::Outcome;
 
 /// What `provision_user` did to the user's row: its `user_write`, one of these strings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum)]

@@ -133,8 +133,8 @@ mod tests {
         let email = classify("23505", Some(constraint::USERS_EMAIL_KEY));
         let username = classify("23505", Some(constraint::USERS_USERNAME_KEY));
         let workspace = classify("23505", Some(constraint::UNIQUE_USER_WORKSPACE));
-        assert_eq!(email.reason_code(), "email_conflict");
-        assert_eq!(username.reason_code(), "username_conflict");
+        assert_eq!(email.as_str(), "email_conflict");
+        assert_eq!(username.as_str(), "username_conflict");
         assert!(matches!(email, ProvisionError::Conflict(_)));
         assert!(matches!(username, ProvisionError::Conflict(_)));
         assert!(email.is_retryable() && username.is_retryable());
@@ -145,8 +145,8 @@ mod tests {
     fn check_violations_are_permanent() {
         let email = classify("23514", Some(constraint::VALID_EMAIL));
         let name = classify("23514", Some("valid_workspace_name"));
-        assert_eq!(email.reason_code(), "invalid_email");
-        assert_eq!(name.reason_code(), "constraint_violation");
+        assert_eq!(email.as_str(), "invalid_email");
+        assert_eq!(name.as_str(), "constraint_violation");
     }
 
     #[test]
@@ -154,8 +154,8 @@ mod tests {
         let deadline = Duration::from_secs(20);
         let slow = ProvisionError::overran(deadline, true);
         let silent = ProvisionError::overran(deadline, false);
-        assert_eq!(slow.reason_code(), "transient");
-        assert_eq!(silent.reason_code(), "database_unavailable");
+        assert_eq!(slow.as_str(), "transient");
+        assert_eq!(silent.as_str(), "database_unavailable");
         assert!(silent.to_string().contains("did not answer within 20s"));
     }
 

@@ -31,46 +31,7 @@ use crate::domain::{
     ClerkTime, DerivedUsername, Event, UserDeletion, UserId, UserProfile, UsernameChoice,
 };
 use crate::error::{FailureReason, ProvisionError};
-
-/// What applying an event did. Every variant is a success.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// The user's workspace did not exist and now does.
-    Created,
-    /// Nothing to do: the user and workspace already reflect this event (a duplicate).
-    AlreadyExisted,
-    /// The user's row changed; the workspace was already there.
-    Updated,
-    /// The user and, by the cascade, the workspace were removed.
-    Deleted,
-    /// A deletion for a user that is not there: the goal is met.
-    AlreadyDeleted,
-    /// The stored row reflects a newer Clerk event; this older one changed nothing.
-    Stale,
-    /// Applied, but with a stand-in (`<id>@superseded.invalid`, or the derived fallback
-    /// username) for a value another user holds as of a later Clerk time: this user gave it up
-    /// since, and its own newer event will replace the stand-in.
-    Superseded,
-    /// Not a user event; nothing to provision.
-    Unsupported,
-}
-
-impl Outcome {
-    /// The stable label for metrics and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Created => "created",
-            Self::AlreadyExisted => "already_existed",
-            Self::Updated => "updated",
-            Self::Deleted => "deleted",
-            Self::AlreadyDeleted => "already_deleted",
-            Self::Stale => "stale",
-            Self::Superseded => "superseded",
-            Self::Unsupported => "unsupported",
-        }
-    }
-}
+use crate::outcome::Outcome;
 
 /// The result of provisioning one event, for callers to log, count and print.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

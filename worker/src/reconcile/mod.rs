@@ -28,7 +28,8 @@ use crate::config::DatabaseSettings;
 use crate::db::Pool;
 use crate::domain::{ClerkTime, Event, UserDeletion, UserId, UserProfile};
 use crate::error::ProvisionError;
-use crate::provision::{self, Outcome};
+use crate::outcome::Outcome;
+use crate::provision;
 
 pub use report::{Class, MAX_LISTED_IDS, Report, Unprovisionable};
 use seen::Seen;

@@ -33,8 +33,13 @@ fn headers(id: &str, timestamp: i64, signature: &str) -> SignedHeaders {
     }
 }
 
+/// A verifier of the space-separated `secrets`.
+pub(super) fn verifier(secrets: &str) -> Verifier {
+    Verifier::new(WebhookSecret::parse(secrets).unwrap())
+}
+
 fn verify(secret: &str, h: &SignedHeaders, body: &[u8], now: i64) -> Result<(), SignatureError> {
-    Verifier::from_secrets(secret).unwrap().verify(h, body, now)
+    verifier(secret).verify(h, body, now)
 }
 
 #[test]
@@ -135,7 +140,7 @@ fn the_wrong_secret_is_rejected() {
 #[test]
 fn any_of_several_secrets_verifies() {
     let rotated = format!("{SECRET_B} {SECRET_A}");
-    let verifier = Verifier::from_secrets(&rotated).unwrap();
+    let verifier = verifier(&rotated);
     assert_eq!(
         verifier.verify(&headers(ID_A, TS_A, SIG_A), BODY_A, TS_A),
         Ok(())
@@ -159,32 +164,6 @@ fn timestamps_beyond_five_minutes_either_way_are_rejected() {
         verify(SECRET_A, &h, BODY_A, TS_A - 301),
         Err(SignatureError::TimestampOutOfTolerance)
     );
-}
-
-#[test]
-fn empty_and_undecodable_secrets_refuse_to_start() {
-    assert_eq!(
-        Verifier::from_secrets("").unwrap_err(),
-        SecretError::Missing
-    );
-    assert_eq!(
-        Verifier::from_secrets("   ").unwrap_err(),
-        SecretError::Missing
-    );
-    assert_eq!(
-        Verifier::from_secrets("whsec_").unwrap_err(),
-        SecretError::Undecodable { position: 1 }
-    );
-    assert_eq!(
-        Verifier::from_secrets(&format!("{SECRET_A} whsec_not*base64")).unwrap_err(),
-        SecretError::Undecodable { position: 2 }
-    );
-}
-
-#[test]
-fn the_error_never_shows_the_secret() {
-    let err = Verifier::from_secrets("whsec_not*base64").unwrap_err();
-    assert!(!err.to_string().contains("not*base64"));
 }
 
 #[test]
@@ -257,7 +236,7 @@ fn repeated(entry: &str, count: usize) -> String {
 const DECOY: &str = "v1,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6mc=";
 
 fn macs_to_verify(secrets: &str, signature: &str) -> (Result<(), SignatureError>, usize) {
-    let verifier = Verifier::from_secrets(secrets).unwrap();
+    let verifier = verifier(secrets);
     let h = headers(ID_A, TS_A, signature);
     mac_count::during(|| verifier.verify(&h, BODY_A, TS_A))
 }
@@ -321,7 +300,7 @@ fn a_match_among_decoys_costs_at_most_one_mac_per_secret() {
 
 #[test]
 fn an_out_of_tolerance_timestamp_costs_no_mac() {
-    let verifier = Verifier::from_secrets(SECRET_A).unwrap();
+    let verifier = verifier(SECRET_A);
     let h = headers(ID_A, TS_A, SIG_A);
     let (result, macs) = mac_count::during(|| verifier.verify(&h, BODY_A, TS_A + 301));
     assert_eq!(
@@ -443,6 +422,9 @@ fn a_zero_timestamp_reads_and_is_out_of_tolerance() {
 #[test]
 fn every_header_limit_is_the_invalid_header_code() {
     for name in ["svix-id", "svix-timestamp", "svix-signature", "webhook-id"] {
-        assert_eq!(SignatureError::InvalidHeader(name).code(), "invalid_header");
+        assert_eq!(
+            SignatureError::InvalidHeader(name).as_str(),
+            "invalid_header"
+        );
     }
 }

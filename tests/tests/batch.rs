@@ -222,7 +222,7 @@ async fn the_consumer_batches_and_one_bad_event_does_not_sink_its_batch_mates() 
         Duration::from_secs(30),
         || async {
             db.scalar("SELECT count(*) FROM workspaces").await == 59
-                && worker.metric("workspace_failed_total").await == 1.0
+                && worker.expect_metric("workspace_failed_total").await == 1.0
         },
     )
     .await;
@@ -234,18 +234,18 @@ async fn the_consumer_batches_and_one_bad_event_does_not_sink_its_batch_mates() 
         Some("email_conflict")
     );
     assert!(
-        worker.metric("provisioning_batch_size_count").await >= 1.0,
+        worker.expect_metric("provisioning_batch_size_count").await >= 1.0,
         "batches happened"
     );
-    assert_eq!(worker.metric("workspace_created_total").await, 59.0);
+    assert_eq!(worker.expect_metric("workspace_created_total").await, 59.0);
     assert_eq!(
-        worker.metric("events_retried_total").await,
+        worker.expect_metric("events_retried_total").await,
         1.0,
         "the fallback is not a retry; the conflict retried once, from the retry queue"
     );
     assert_eq!(
         worker
-            .metric(r#"events_retried_total{reason="email_conflict"}"#)
+            .expect_metric(r#"events_retried_total{reason="email_conflict"}"#)
             .await,
         1.0
     );

@@ -71,13 +71,13 @@ async fn a_published_user_created_becomes_one_user_and_one_workspace() {
 
     wait_for_workspaces(&stack, 1, Duration::from_secs(20)).await;
     eventually("the ack", Duration::from_secs(10), || async {
-        worker.metric("workspace_created_total").await == 1.0
+        worker.expect_metric("workspace_created_total").await == 1.0
     })
     .await;
     assert_eq!(stack.main_queue_ready().await, 0);
     assert_eq!(
         worker
-            .metric(r#"events_processed_total{type="user.created",outcome="created"}"#)
+            .expect_metric(r#"events_processed_total{type="user.created",outcome="created"}"#)
             .await,
         1.0
     );
@@ -109,14 +109,16 @@ async fn the_same_message_five_times_gives_one_workspace_and_counts_one_creation
             .await;
     }
     eventually("five events processed", Duration::from_secs(20), || async {
-        worker.metric("events_processed_total").await == 5.0
+        worker.metric("events_processed_total").await == Some(5.0)
     })
     .await;
     assert_eq!(stack.workspaces().await, 1);
-    assert_eq!(worker.metric("workspace_created_total").await, 1.0);
+    assert_eq!(worker.expect_metric("workspace_created_total").await, 1.0);
     assert_eq!(
         worker
-            .metric(r#"events_processed_total{type="user.created",outcome="already_existed"}"#)
+            .expect_metric(
+                r#"events_processed_total{type="user.created",outcome="already_existed"}"#
+            )
             .await,
         4.0
     );
@@ -151,7 +153,7 @@ async fn bad_events_are_dead_lettered_with_their_reason_and_the_queue_keeps_flow
 
     wait_for_workspaces(&stack, 1, Duration::from_secs(20)).await;
     eventually("three dead letters", Duration::from_secs(20), || async {
-        worker.metric("workspace_failed_total").await == 3.0
+        worker.expect_metric("workspace_failed_total").await == 3.0
     })
     .await;
     let mut dead = stack.broker.take_dead_letters().await;
@@ -203,7 +205,7 @@ async fn bad_events_are_dead_lettered_with_their_reason_and_the_queue_keeps_flow
     }
     assert_eq!(
         worker
-            .metric(r#"workspace_failed_total{reason="missing_email"}"#)
+            .expect_metric(r#"workspace_failed_total{reason="missing_email"}"#)
             .await,
         1.0
     );
@@ -226,12 +228,12 @@ async fn unsupported_event_types_are_acked_and_counted_never_retried() {
             worker
                 .metric(r#"events_processed_total{type="user.banned",outcome="unsupported"}"#)
                 .await
-                == 1.0
+                == Some(1.0)
         },
     )
     .await;
     assert_eq!(stack.main_queue_ready().await, 0);
-    assert_eq!(worker.metric("events_retried_total").await, 0.0);
+    assert_eq!(worker.metric("events_retried_total").await, Some(0.0));
     assert!(stack.broker.take_dead_letters().await.is_empty());
 }
 
@@ -263,7 +265,7 @@ async fn a_persistent_transient_error_is_retried_then_dead_lettered_as_retries_e
         .await;
     eventually("the dead letter", Duration::from_secs(30), || async {
         worker
-            .metric(r#"workspace_failed_total{reason="retries_exhausted"}"#)
+            .expect_metric(r#"workspace_failed_total{reason="retries_exhausted"}"#)
             .await
             == 1.0
     })
@@ -279,7 +281,7 @@ async fn a_persistent_transient_error_is_retried_then_dead_lettered_as_retries_e
     assert!(dead[0].header("x-failure-detail").unwrap().contains("lock"));
     assert_eq!(
         worker
-            .metric(r#"events_retried_total{reason="transient"}"#)
+            .expect_metric(r#"events_retried_total{reason="transient"}"#)
             .await,
         2.0
     );
@@ -331,10 +333,10 @@ async fn a_twenty_second_database_outage_loses_and_dead_letters_nothing() {
         stack.broker.take_dead_letters().await.is_empty(),
         "nothing dead-lettered"
     );
-    assert_eq!(worker.metric("workspace_failed_total").await, 0.0);
+    assert_eq!(worker.metric("workspace_failed_total").await, Some(0.0));
     assert!(
         worker
-            .metric(r#"events_retried_total{reason="database_unavailable"}"#)
+            .expect_metric(r#"events_retried_total{reason="database_unavailable"}"#)
             .await
             > 0.0
     );
@@ -495,13 +497,13 @@ async fn three_workers_share_the_queue_and_provision_each_user_exactly_once() {
     eventually("every ack", Duration::from_secs(20), || async {
         let mut total = 0.0;
         for worker in &workers {
-            total += worker.metric("workspace_created_total").await;
+            total += worker.expect_metric("workspace_created_total").await;
         }
         total == 3000.0
     })
     .await;
     for (i, worker) in workers.iter().enumerate() {
-        let share = worker.metric("workspace_created_total").await;
+        let share = worker.expect_metric("workspace_created_total").await;
         eprintln!("worker {i} created {share}");
         assert!(share > 0.0, "every worker did part of the work");
     }
@@ -514,7 +516,7 @@ async fn metrics_show_the_created_count_and_real_histogram_buckets() {
     publish_sign_ups(&stack, 25).await;
     wait_for_workspaces(&stack, 25, Duration::from_secs(30)).await;
     eventually("25 created", Duration::from_secs(10), || async {
-        worker.metric("workspace_created_total").await == 25.0
+        worker.expect_metric("workspace_created_total").await == 25.0
     })
     .await;
     let page = worker.metrics().await;
@@ -536,14 +538,14 @@ async fn metrics_show_the_created_count_and_real_histogram_buckets() {
     );
     assert!(page.contains("event_lag_seconds_bucket"), "{page}");
     assert_eq!(
-        integration_tests::ops::metric_value(
+        integration_tests::ops::expect_metric_value(
             &page,
             "workspace_provisioning_duration_seconds_count"
         ),
         25.0
     );
     assert_eq!(
-        integration_tests::ops::metric_value(&page, "consumer_connected"),
+        integration_tests::ops::expect_metric_value(&page, "consumer_connected"),
         1.0
     );
 }
@@ -647,7 +649,7 @@ async fn sigterm_during_a_database_outage_gives_every_held_delivery_back() {
     publish_sign_ups(&stack, 5).await;
     eventually("retries under way", Duration::from_secs(20), || async {
         worker
-            .metric(r#"events_retried_total{reason="database_unavailable"}"#)
+            .expect_metric(r#"events_retried_total{reason="database_unavailable"}"#)
             .await
             >= 5.0
     })
@@ -798,7 +800,7 @@ async fn a_broker_lost_while_every_slot_waits_for_the_database_is_noticed_within
     eventually(
         "both slots held by deliveries waiting for the database",
         Duration::from_secs(20),
-        || async { worker.metric("deliveries_in_flight").await == 2.0 },
+        || async { worker.expect_metric("deliveries_in_flight").await == 2.0 },
     )
     .await;
 
@@ -806,14 +808,14 @@ async fn a_broker_lost_while_every_slot_waits_for_the_database_is_noticed_within
     eventually(
         "the lost broker noticed (two heartbeats of 2 s, and some slack)",
         Duration::from_secs(8),
-        || async { worker.metric("consumer_connected").await == 0.0 },
+        || async { worker.metric("consumer_connected").await == Some(0.0) },
     )
     .await;
     let (status, body) = worker.readyz().await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(
         worker.metric("deliveries_in_flight").await,
-        0.0,
+        Some(0.0),
         "the old session's deliveries stopped"
     );
 
@@ -824,7 +826,7 @@ async fn a_broker_lost_while_every_slot_waits_for_the_database_is_noticed_within
     let mut most_in_flight = 0.0_f64;
     let deadline = Instant::now() + Duration::from_secs(60);
     while stack.workspaces().await < 8 && Instant::now() < deadline {
-        most_in_flight = most_in_flight.max(worker.metric("deliveries_in_flight").await);
+        most_in_flight = most_in_flight.max(worker.expect_metric("deliveries_in_flight").await);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(stack.workspaces().await, 8, "all 8 provisioned");
@@ -832,7 +834,7 @@ async fn a_broker_lost_while_every_slot_waits_for_the_database_is_noticed_within
         most_in_flight <= 4.0,
         "{most_in_flight} in flight > PREFETCH"
     );
-    assert_eq!(worker.metric("workspace_failed_total").await, 0.0);
+    assert_eq!(worker.metric("workspace_failed_total").await, Some(0.0));
 }
 
 #[tokio::test]
@@ -866,14 +868,15 @@ async fn a_long_database_outage_hands_deliveries_back_once_and_dead_letters_noth
         "the consumer paused, every delivery back in the queue for anyone to take",
         Duration::from_secs(30),
         || async {
-            worker.metric("consumer_connected").await == 0.0 && stack.main_queue_ready().await == 50
+            worker.metric("consumer_connected").await == Some(0.0)
+                && stack.main_queue_ready().await == 50
         },
     )
     .await;
     // Paused for five times the pause: nothing is taken again while the database is down.
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert_eq!(stack.main_queue_ready().await, 50);
-    assert_eq!(worker.metric("deliveries_in_flight").await, 0.0);
+    assert_eq!(worker.metric("deliveries_in_flight").await, Some(0.0));
 
     proxy.restore();
     wait_for_workspaces(&stack, 50, Duration::from_secs(60)).await;
@@ -882,5 +885,5 @@ async fn a_long_database_outage_hands_deliveries_back_once_and_dead_letters_noth
         0,
         "nothing past the delivery limit"
     );
-    assert_eq!(worker.metric("workspace_failed_total").await, 0.0);
+    assert_eq!(worker.metric("workspace_failed_total").await, Some(0.0));
 }

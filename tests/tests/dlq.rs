@@ -83,7 +83,7 @@ async fn ten_dead_letters(stack: &Stack, worker: &TestApp) {
             .await;
     }
     eventually("ten dead letters", Duration::from_secs(30), || async {
-        worker.metric("workspace_failed_total").await == 10.0
+        worker.expect_metric("workspace_failed_total").await == 10.0
     })
     .await;
 }
@@ -236,7 +236,7 @@ async fn a_dry_run_changes_nothing_and_a_replay_after_the_fix_provisions_exactly
             worker
                 .metric(r#"events_replayed_total{reason="email_conflict"}"#)
                 .await
-                == 4.0
+                == Some(4.0)
         },
     )
     .await;
@@ -310,7 +310,7 @@ async fn replaying_an_already_provisioned_event_changes_nothing() {
         worker
             .metric(r#"events_replayed_total{reason="retries_exhausted"}"#)
             .await
-            == 1.0
+            == Some(1.0)
     })
     .await;
     let after = (
@@ -318,10 +318,12 @@ async fn replaying_an_already_provisioned_event_changes_nothing() {
         stack.db.rows("SELECT * FROM workspaces").await,
     );
     assert_eq!(after, before);
-    assert_eq!(worker.metric("workspace_created_total").await, 0.0);
+    assert_eq!(worker.metric("workspace_created_total").await, Some(0.0));
     assert_eq!(
         worker
-            .metric(r#"events_processed_total{type="user.created",outcome="already_existed"}"#)
+            .expect_metric(
+                r#"events_processed_total{type="user.created",outcome="already_existed"}"#
+            )
             .await,
         1.0
     );

@@ -150,7 +150,7 @@ async fn a_row_locked_by_another_session_costs_its_user_retries_and_nobody_else_
     assert_eq!(stack.dead_letters_ready().await, 0);
     let retried = format!("{}{{reason=\"transient\"}}", metrics::EVENTS_RETRIED);
     assert!(
-        worker.metric(&retried).await >= 1.0,
+        worker.expect_metric(&retried).await >= 1.0,
         "the lock timeout retried"
     );
 }
@@ -180,7 +180,7 @@ async fn a_database_that_stops_answering_pauses_the_consumer_then_everything_is_
         Duration::from_secs(15),
         || async {
             worker.readyz().await.0 == 503
-                && worker.metric(metrics::CONSUMER_CONNECTED).await == 0.0
+                && worker.metric(metrics::CONSUMER_CONNECTED).await == Some(0.0)
         },
     )
     .await;

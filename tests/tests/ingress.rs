@@ -206,7 +206,7 @@ async fn types_the_worker_does_not_handle_are_answered_200_counted_and_not_publi
     }
     assert!(broker.take_all(&broker.topology.queue).await.is_empty());
     let counted = ingress
-        .metric(r#"webhook_requests_total{status="200",type="session.created"}"#)
+        .expect_metric(r#"webhook_requests_total{status="200",type="session.created"}"#)
         .await;
     assert_eq!(counted, 1.0);
 }
@@ -392,7 +392,7 @@ async fn ingress_metrics_count_requests_by_status_and_time_the_confirms() {
         .post(ingress.ingress_addr)
         .await;
     let page = ingress.metrics().await;
-    let value = |series: &str| integration_tests::ops::metric_value(&page, series);
+    let value = |series: &str| integration_tests::ops::expect_metric_value(&page, series);
     assert_eq!(
         value(r#"webhook_requests_total{status="202",type="user.created"}"#),
         3.0
@@ -465,7 +465,7 @@ async fn worker_run_turns_each_shared_example_into_its_documented_state() {
         "the phone-only dead letter",
         Duration::from_secs(20),
         || async {
-            run.metric(r#"workspace_failed_total{reason="missing_email"}"#)
+            run.expect_metric(r#"workspace_failed_total{reason="missing_email"}"#)
                 .await
                 == 1.0
         },
@@ -499,7 +499,7 @@ async fn worker_run_turns_each_shared_example_into_its_documented_state() {
     );
 
     let page = run.metrics().await;
-    let value = |series: &str| integration_tests::ops::metric_value(&page, series);
+    let value = |series: &str| integration_tests::ops::expect_metric_value(&page, series);
     assert_eq!(value("workspace_created_total"), 2.0);
     assert_eq!(
         value(r#"webhook_requests_total{status="202",type="user.created"}"#),

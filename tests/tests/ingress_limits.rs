@@ -59,12 +59,12 @@ async fn a_request_head_over_the_limit_is_431_from_the_server_and_counted() {
         ingress
             .metric(r#"webhook_requests_total{status="431",type="unknown"}"#)
             .await
-            == 1.0
+            == Some(1.0)
     })
     .await;
     assert_eq!(
         ingress
-            .metric(r#"webhook_refused_total{reason="head_too_large"}"#)
+            .expect_metric(r#"webhook_refused_total{reason="head_too_large"}"#)
             .await,
         1.0
     );
@@ -163,7 +163,7 @@ async fn unsigned_stale_or_oversized_requests_are_refused_before_their_body_is_s
         assert_eq!(status(&response), expected_status, "{response:?}");
         assert_eq!(error_code(&response), expected_code);
         let counted = format!(r#"webhook_refused_total{{reason="{expected_code}"}}"#);
-        assert_eq!(ingress.metric(&counted).await, 1.0, "{counted}");
+        assert_eq!(ingress.expect_metric(&counted).await, 1.0, "{counted}");
     }
 }
 
@@ -227,7 +227,7 @@ async fn publishes_beyond_the_concurrency_limit_are_503_at_once_and_only_verifie
     );
     assert!(
         ingress
-            .metric(r#"webhook_refused_total{reason="overloaded"}"#)
+            .expect_metric(r#"webhook_refused_total{reason="overloaded"}"#)
             .await
             >= 1.0
     );
@@ -281,7 +281,7 @@ async fn at_the_connection_limit_the_oldest_untrusted_connection_closes_to_let_a
     let addr = ingress.ingress_addr;
     let mut oldest = kept_alive(addr).await;
     let mut younger = kept_alive(addr).await;
-    assert_eq!(ingress.metric("webhook_connections_open").await, 2.0);
+    assert_eq!(ingress.expect_metric("webhook_connections_open").await, 2.0);
 
     let response = exchange(addr, head(None, 0).as_bytes()).await;
     assert_eq!(status(&response), 401, "the third connection is answered");
@@ -294,7 +294,9 @@ async fn at_the_connection_limit_the_oldest_untrusted_connection_closes_to_let_a
         "one eviction per newcomer: the younger one stays"
     );
     assert_eq!(
-        ingress.metric("webhook_connections_waited_total").await,
+        ingress
+            .expect_metric("webhook_connections_waited_total")
+            .await,
         1.0
     );
 }
@@ -379,7 +381,12 @@ async fn a_stop_while_a_connection_waits_for_a_slot_closes_it_and_drains_as_usua
     eventually(
         "the new connection to wait for a slot",
         GENEROUS,
-        || async { ingress.metric("webhook_connections_waited_total").await == 1.0 },
+        || async {
+            ingress
+                .expect_metric("webhook_connections_waited_total")
+                .await
+                == 1.0
+        },
     )
     .await;
 

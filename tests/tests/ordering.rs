@@ -522,15 +522,19 @@ async fn accounts_whose_identities_churn_end_in_clerks_final_state_in_any_order(
         &format!("{total} deliveries processed"),
         Duration::from_secs(300),
         || async {
-            worker.metric("events_processed_total").await
-                + worker.metric("workspace_failed_total").await
-                >= total
+            let failed = worker.expect_metric("workspace_failed_total").await;
+            worker
+                .metric("events_processed_total")
+                .await
+                .is_some_and(|processed| processed + failed >= total)
         },
     )
     .await;
 
     let page = worker.metrics().await;
-    let value = |series: &str| integration_tests::ops::metric_value(&page, series);
+    let value = |series: &str| integration_tests::ops::expect_metric_value(&page, series);
+    // For the log line only: a series not recorded yet counts 0 there.
+    let count = |series: &str| integration_tests::ops::metric_value(&page, series).unwrap_or(0.0);
     let dead: Vec<String> = broker
         .take_dead_letters()
         .await
@@ -616,10 +620,10 @@ async fn accounts_whose_identities_churn_end_in_clerks_final_state_in_any_order(
         value(r#"events_retried_total{reason="email_conflict"}"#),
         value(r#"events_retried_total{reason="username_conflict"}"#),
         value("usernames_reassigned_total"),
-        value(r#"events_processed_total{type="user.updated",outcome="superseded"}"#)
-            + value(r#"events_processed_total{type="user.created",outcome="superseded"}"#),
-        value(r#"events_processed_total{type="user.updated",outcome="stale"}"#)
-            + value(r#"events_processed_total{type="user.created",outcome="stale"}"#),
+        count(r#"events_processed_total{type="user.updated",outcome="superseded"}"#)
+            + count(r#"events_processed_total{type="user.created",outcome="superseded"}"#),
+        count(r#"events_processed_total{type="user.updated",outcome="stale"}"#)
+            + count(r#"events_processed_total{type="user.created",outcome="stale"}"#),
     );
     worker.terminate();
     let stopped = worker.wait_stopped(Duration::from_secs(30)).await;

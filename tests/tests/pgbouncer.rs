@@ -89,10 +89,15 @@ async fn assert_converged(stack: &Stack, worker: &TestApp, expected: &Expected) 
     eventually(
         "every event processed",
         Duration::from_secs(180),
-        || async { worker.metric("events_processed_total").await >= events },
+        || async {
+            worker
+                .metric("events_processed_total")
+                .await
+                .is_some_and(|processed| processed >= events)
+        },
     )
     .await;
-    assert_eq!(worker.metric("workspace_failed_total").await, 0.0);
+    assert_eq!(worker.metric("workspace_failed_total").await, Some(0.0));
     assert!(stack.broker.take_dead_letters().await.is_empty());
     assert_eq!(stack.users().await, expected.live);
     let one_each = "SELECT count(*) FROM users u WHERE (SELECT count(*) FROM workspaces w \
@@ -188,7 +193,7 @@ async fn without_the_setting_the_consumer_through_pgbouncer_is_not_ready_and_dea
     eventually(
         "retries as unavailable",
         Duration::from_secs(20),
-        || async { worker.metric(retried).await > 2.0 },
+        || async { worker.expect_metric(retried).await > 2.0 },
     )
     .await;
     assert_eq!(
@@ -240,7 +245,7 @@ async fn with_the_setting_a_cut_between_pgbouncer_and_postgresql_loses_nothing()
     assert_converged(&stack, &worker, &expected).await;
     let unavailable = r#"events_retried_total{reason="database_unavailable"}"#;
     assert!(
-        worker.metric(unavailable).await > 0.0,
+        worker.expect_metric(unavailable).await > 0.0,
         "the cut went unnoticed"
     );
 }

@@ -77,6 +77,20 @@ impl OpsClient {
     }
 }
 
+/// One series as `/metrics` renders it, from a `worker::metrics` name and its labels in the
+/// order the service records them: `series(EVENTS_RETRIED, &[("reason", "transient")])` is
+/// `events_retried_total{reason="transient"}`.
+pub fn series(name: &str, labels: &[(&str, &str)]) -> String {
+    if labels.is_empty() {
+        return name.to_owned();
+    }
+    let labels: Vec<String> = labels
+        .iter()
+        .map(|(label, value)| format!("{label}=\"{value}\""))
+        .collect();
+    format!("{name}{{{}}}", labels.join(","))
+}
+
 /// Whether `family` is a series name the service exports (a histogram's as `_bucket`, `_sum`
 /// and `_count`).
 pub fn is_exported(family: &str) -> bool {
@@ -113,7 +127,7 @@ pub fn expect_metric_value(page: &str, series: &str) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{expect_metric_value, is_exported, metric_value};
+    use super::{expect_metric_value, is_exported, metric_value, series};
     use worker::metrics::{EVENTS_PROCESSED, WEBHOOK_DURATION, WORKSPACE_CREATED};
 
     #[test]
@@ -146,6 +160,17 @@ mod tests {
         assert_eq!(metric_value(&page, "zero_total"), Some(0.0), "present at 0");
         assert_eq!(metric_value(&page, "missing_total"), None, "absent");
         assert_eq!(expect_metric_value(&page, WORKSPACE_CREATED), 3.0);
+    }
+
+    #[test]
+    fn series_are_named_as_the_page_renders_them() {
+        assert_eq!(series(WORKSPACE_CREATED, &[]), WORKSPACE_CREATED);
+        let page = format!("{EVENTS_PROCESSED}{{type=\"user.created\",outcome=\"created\"}} 4\n");
+        let created = series(
+            EVENTS_PROCESSED,
+            &[("type", "user.created"), ("outcome", "created")],
+        );
+        assert_eq!(metric_value(&page, &created), Some(4.0));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use integration_tests::clerk::UserEvent;
+use integration_tests::ops::series;
 use integration_tests::pgbouncer::PgBouncer;
 use integration_tests::process::WorkerProcess;
 use integration_tests::proxy::CuttableProxy;
@@ -148,7 +149,7 @@ async fn a_row_locked_by_another_session_costs_its_user_retries_and_nobody_else_
     )
     .await;
     assert_eq!(stack.dead_letters_ready().await, 0);
-    let retried = format!("{}{{reason=\"transient\"}}", metrics::EVENTS_RETRIED);
+    let retried = series(metrics::EVENTS_RETRIED, &[("reason", "transient")]);
     assert!(
         worker.expect_metric(&retried).await >= 1.0,
         "the lock timeout retried"

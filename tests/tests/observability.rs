@@ -12,9 +12,11 @@ use integration_tests::broker::TestBroker;
 use integration_tests::clerk::fixture;
 use integration_tests::free_port;
 use integration_tests::ops::is_exported;
+use integration_tests::ops::series;
 use integration_tests::webhook::{SECRET, Webhook};
 use integration_tests::{TestDb, eventually};
 use regex::Regex;
+use worker::metrics;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -110,14 +112,19 @@ fn alert_exprs(alerts: &str) -> Vec<String> {
 
 #[test]
 fn metric_names_are_every_identifier_a_query_reads() {
-    let expr = r#"sum by (reason) (rate(usernames_reassigned_total{reason="a b"}[5m])) / on(job) group_left process_resident_memory_bytes > bool 1e-9 and histogram_quantile(0.9, sum by (le) (rate(provisioning_batch_size_bucket[5m])))"#;
-    let names: Vec<_> = metric_names(expr).into_iter().collect();
+    let expr = format!(
+        r#"sum by (reason) (rate({}{{reason="a b"}}[5m])) / on(job) group_left {} > bool 1e-9 and histogram_quantile(0.9, sum by (le) (rate({}_bucket[5m])))"#,
+        metrics::USERNAMES_REASSIGNED,
+        metrics::RESIDENT_MEMORY,
+        metrics::BATCH_SIZE
+    );
+    let names: Vec<_> = metric_names(&expr).into_iter().collect();
     assert_eq!(
         names,
         [
-            "process_resident_memory_bytes",
-            "provisioning_batch_size_bucket",
-            "usernames_reassigned_total"
+            metrics::RESIDENT_MEMORY,
+            &format!("{}_bucket", metrics::BATCH_SIZE),
+            metrics::USERNAMES_REASSIGNED
         ]
     );
     let alerts = "      - alert: A\n        expr: up == 0\n        for: 1m\n      - alert: B\n        expr: |\n          sum(x_total)\n            / 2\n        labels:\n";
@@ -170,13 +177,13 @@ fn the_dashboard_and_the_alerts_only_name_exported_metrics() {
     }
     let used: BTreeSet<String> = exprs.iter().flat_map(|e| metric_names(e)).collect();
     for needed in [
-        "workspace_created_total",
-        "workspace_failed_total",
-        "workspace_provisioning_duration_seconds_bucket",
-        "event_lag_seconds_bucket",
-        "events_retried_total",
-        "webhook_requests_total",
-        "webhook_refused_total",
+        metrics::WORKSPACE_CREATED,
+        metrics::WORKSPACE_FAILED,
+        &format!("{}_bucket", metrics::PROVISIONING_DURATION),
+        &format!("{}_bucket", metrics::EVENT_LAG),
+        metrics::EVENTS_RETRIED,
+        metrics::WEBHOOK_REQUESTS,
+        metrics::WEBHOOK_REFUSED,
         "rabbitmq_queue_messages_ready",
     ] {
         assert!(used.contains(needed), "the dashboard shows {needed}");
@@ -272,7 +279,7 @@ async fn a_real_prometheus_scrapes_the_worker_and_counts_what_it_provisioned() {
             panic!("prometheus is not available ({err}): apt-get install prometheus")
         });
 
-    let query = |q: &'static str| {
+    let query = |q: &str| {
         let url = format!("http://{web}/api/v1/query?query={q}");
         async move {
             let text = reqwest::get(url).await.ok()?.text().await.ok()?;
@@ -285,8 +292,10 @@ async fn a_real_prometheus_scrapes_the_worker_and_counts_what_it_provisioned() {
     };
     let result = tokio::time::timeout(Duration::from_secs(60), async {
         loop {
-            if query("workspace_created_total").await == Some(5.0) {
-                return query(r#"sum(workspace_failed_total{reason="missing_email"})"#).await;
+            if query(metrics::WORKSPACE_CREATED).await == Some(5.0) {
+                let missing_email =
+                    series(metrics::WORKSPACE_FAILED, &[("reason", "missing_email")]);
+                return query(&format!("sum({missing_email})")).await;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
@@ -295,7 +304,10 @@ async fn a_real_prometheus_scrapes_the_worker_and_counts_what_it_provisioned() {
     let _ = prometheus.kill();
     let _ = prometheus.wait();
     assert_eq!(
-        result.expect("Prometheus reported workspace_created_total = 5"),
+        result.unwrap_or_else(|_| panic!(
+            "Prometheus never reported {} = 5",
+            metrics::WORKSPACE_CREATED
+        )),
         Some(1.0)
     );
 }

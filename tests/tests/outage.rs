@@ -12,6 +12,7 @@ use integration_tests::clerk::UserEvent;
 use integration_tests::proxy::CuttableProxy;
 use integration_tests::rabbit_nodes::RabbitNodes;
 use integration_tests::{TestDb, eventually};
+use worker::metrics;
 
 /// 5 s, checked on every channel tick of 1 s (3.10's default tick is 60 s).
 const SHORT_CONSUMER_TIMEOUT: &str =
@@ -75,7 +76,7 @@ async fn a_database_outage_longer_than_the_consumer_timeout_dead_letters_nothing
         0,
         "nothing was returned twice (the delivery limit is 2)"
     );
-    assert_eq!(worker.metric("workspace_failed_total").await, Some(0.0));
+    assert_eq!(worker.metric(metrics::WORKSPACE_FAILED).await, Some(0.0));
 }
 
 #[tokio::test]
@@ -114,7 +115,7 @@ async fn a_database_not_migrated_yet_pauses_the_consumer_until_it_is_without_loo
         .collect();
     broker.publish_many(&sign_ups).await;
     eventually("the consumer paused", Duration::from_secs(20), || async {
-        worker.metric("consumer_connected").await == Some(0.0)
+        worker.metric(metrics::CONSUMER_CONNECTED).await == Some(0.0)
             && broker.ready(&broker.topology.queue).await == 10
     })
     .await;
@@ -122,7 +123,7 @@ async fn a_database_not_migrated_yet_pauses_the_consumer_until_it_is_without_loo
     // a delivery limit of 2 would dead-letter them.
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(
-        worker.metric("consumer_connected").await,
+        worker.metric(metrics::CONSUMER_CONNECTED).await,
         Some(0.0),
         "still paused"
     );

@@ -13,6 +13,7 @@ use integration_tests::process::WorkerProcess;
 use integration_tests::stack::Stack;
 use serde_json::Value;
 use worker::metrics;
+use worker::provision::contract::constraint;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_worker-under-test");
 
@@ -147,7 +148,7 @@ async fn list_shows_every_dead_letter_with_its_reason_and_leaves_them_in_place()
         conflict["detail"]
             .as_str()
             .unwrap()
-            .contains("users_email_key")
+            .contains(constraint::USERS_EMAIL_KEY)
     );
     assert!(conflict["first_failed_at"].as_str().unwrap().ends_with('Z'));
     assert!(conflict["last_failed_at"].is_string());

@@ -11,7 +11,7 @@ use integration_tests::ops::series;
 use integration_tests::process::WorkerProcess;
 use integration_tests::proxy::CuttableProxy;
 use integration_tests::stack::Stack;
-use integration_tests::{eventually, within};
+use integration_tests::{eventually, throughout, within};
 use worker::metrics;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_worker-under-test");
@@ -330,12 +330,18 @@ async fn a_twenty_second_database_outage_loses_and_dead_letters_nothing() {
         },
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(20)).await;
-    assert_eq!(
-        stack.workspaces().await,
-        0,
-        "nothing can be written during the outage"
-    );
+    // The outage lasts 20 s whatever happens; the test fails at the first sign of a write or a
+    // dead letter.
+    throughout(
+        "nothing written, nothing dead-lettered during the outage",
+        Duration::from_secs(20),
+        || async {
+            stack.workspaces().await == 0
+                && stack.dead_letters_ready().await == 0
+                && worker.metric(metrics::WORKSPACE_FAILED).await == Some(0.0)
+        },
+    )
+    .await;
     proxy.restore();
     let restored = Instant::now();
 
@@ -904,12 +910,16 @@ async fn a_long_database_outage_hands_deliveries_back_once_and_dead_letters_noth
     )
     .await;
     // Paused for five times the pause: nothing is taken again while the database is down.
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    assert_eq!(stack.main_queue_ready().await, 50);
-    assert_eq!(
-        worker.metric(metrics::DELIVERIES_IN_FLIGHT).await,
-        Some(0.0)
-    );
+    throughout(
+        "still paused, all 50 in the queue and none in flight",
+        Duration::from_secs(10),
+        || async {
+            stack.main_queue_ready().await == 50
+                && worker.metric(metrics::DELIVERIES_IN_FLIGHT).await == Some(0.0)
+                && worker.metric(metrics::CONSUMER_CONNECTED).await == Some(0.0)
+        },
+    )
+    .await;
 
     proxy.restore();
     wait_for_workspaces(&stack, 50, Duration::from_secs(60)).await;

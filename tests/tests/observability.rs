@@ -48,12 +48,13 @@ fn promtool_accepts_the_prometheus_config_and_the_alert_rules() {
     }
 }
 
-/// Metric names a PromQL text mentions: ours by prefix, RabbitMQ's, and `up`.
 /// Every metric name a PromQL expression reads: its identifiers, less string literals, label
-/// matchers, ranges, grouping clauses, function names and keywords. What is left must be a
-/// series something exports.
+/// matchers, ranges, grouping clauses, function names and keywords, plus any name selected as
+/// `{__name__="..."}`. What is left must be a series something exports.
 fn metric_names(expr: &str) -> BTreeSet<String> {
-    let strings = Regex::new(r#""(?:[^"\\]|\\.)*""#).unwrap();
+    let by_name = Regex::new(r#"__name__\s*=\s*"([^"\\]*)""#).unwrap();
+    // PromQL quotes strings with ", ' or `.
+    let strings = Regex::new(r#""(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`[^`]*`"#).unwrap();
     let matchers = Regex::new(r"\{[^}]*\}|\[[^\]]*\]").unwrap();
     let groupings =
         Regex::new(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)").unwrap();
@@ -71,6 +72,10 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
         "group_left",
         "group_right",
     ];
+    let selected: Vec<String> = by_name
+        .captures_iter(expr)
+        .map(|c| c[1].to_owned())
+        .collect();
     let expr = strings.replace_all(expr, "");
     let expr = matchers.replace_all(&expr, "");
     let expr = groupings.replace_all(&expr, "");
@@ -79,10 +84,12 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
         .filter(|c| c.get(1).is_none())
         .map(|c| c[0].trim().to_owned())
         .filter(|name| !KEYWORDS.contains(&name.as_str()))
+        .chain(selected)
         .collect()
 }
 
-/// The `expr` of every rule in `alerts.yml`: inline, or the block under `expr: |`.
+/// The `expr` of every rule in `alerts.yml`: inline (quoted or not), or the block under
+/// `expr: |` or `expr: >` (with or without `-`).
 fn alert_exprs(alerts: &str) -> Vec<String> {
     let mut exprs = Vec::new();
     let mut lines = alerts.lines().peekable();
@@ -91,8 +98,12 @@ fn alert_exprs(alerts: &str) -> Vec<String> {
             continue;
         };
         let rest = rest.trim();
-        if rest != "|" {
-            exprs.push(rest.to_owned());
+        if !matches!(rest, "|" | "|-" | ">" | ">-") {
+            let unquoted = rest
+                .strip_prefix('"')
+                .and_then(|r| r.strip_suffix('"'))
+                .or_else(|| rest.strip_prefix('\'').and_then(|r| r.strip_suffix('\'')));
+            exprs.push(unquoted.unwrap_or(rest).to_owned());
             continue;
         }
         let mut block = String::new();
@@ -127,8 +138,20 @@ fn metric_names_are_every_identifier_a_query_reads() {
             metrics::USERNAMES_REASSIGNED
         ]
     );
-    let alerts = "      - alert: A\n        expr: up == 0\n        for: 1m\n      - alert: B\n        expr: |\n          sum(x_total)\n            / 2\n        labels:\n";
-    assert_eq!(alert_exprs(alerts), ["up == 0", "sum(x_total) / 2 "]);
+    // Single-quoted and backquoted strings are no names; a name selected by `__name__` is one.
+    let expr = format!(
+        r#"label_replace({}, 'dst', '$1 (x)', `src`, '(.*)') + sum({{__name__="{}"}}) offset 5m"#,
+        metrics::HEAP_FREE,
+        metrics::HEAP_IN_USE
+    );
+    let names: Vec<_> = metric_names(&expr).into_iter().collect();
+    assert_eq!(names, [metrics::HEAP_FREE, metrics::HEAP_IN_USE]);
+
+    let alerts = "      - alert: A\n        expr: up == 0\n        for: 1m\n      - alert: B\n        expr: |\n          sum(x_total)\n            / 2\n        labels:\n      - alert: C\n        expr: \"y_total > 1\"\n      - alert: D\n        expr: >-\n          z_total\n";
+    assert_eq!(
+        alert_exprs(alerts),
+        ["up == 0", "sum(x_total) / 2 ", "y_total > 1", "z_total "]
+    );
 }
 
 /// Whether a query may read `name`: a series the service exports, Prometheus's own `up`, or a
@@ -163,12 +186,20 @@ fn the_dashboard_and_the_alerts_only_name_exported_metrics() {
     let alerts = read("prometheus/alerts.yml");
     let rules = alert_exprs(&alerts);
     assert!(rules.len() >= 5, "the alerts have their expressions");
+    assert_eq!(
+        rules.len(),
+        alerts.matches("- alert:").count(),
+        "every alert has its expr"
+    );
     for (source, text) in exprs
         .iter()
         .map(|e| ("dashboard", e.as_str()))
         .chain(rules.iter().map(|e| ("alerts.yml", e.as_str())))
     {
-        for name in metric_names(text) {
+        let names = metric_names(text);
+        // Every panel and alert reads some series: none found means the extraction missed it.
+        assert!(!names.is_empty(), "{source}: no metric found in {text}");
+        for name in names {
             assert!(
                 known(&name),
                 "{source} uses {name}, which nothing exports: {text}"

@@ -227,3 +227,66 @@ where
     }
     true
 }
+
+/// Checks `check` every 250 ms for the whole of `period`, failing the test with `what` at the
+/// first check that does not hold: a test that something stays true (or never happens) fails
+/// when it stops, not after the whole wait. The first check runs at once and the last at the end
+/// of the period, so the period itself still elapses when everything holds.
+pub async fn throughout<F, Fut>(what: &str, period: std::time::Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    let end = started + period;
+    loop {
+        assert!(
+            check().await,
+            "no longer true after {:?} of {period:?}: {what}",
+            started.elapsed()
+        );
+        let now = std::time::Instant::now();
+        if now >= end {
+            return;
+        }
+        tokio::time::sleep((end - now).min(std::time::Duration::from_millis(250))).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::{Duration, Instant};
+
+    use super::throughout;
+
+    #[tokio::test]
+    async fn throughout_checks_for_the_whole_period() {
+        let checks = AtomicU32::new(0);
+        let started = Instant::now();
+        throughout("always", Duration::from_millis(600), || async {
+            checks.fetch_add(1, Ordering::Relaxed);
+            true
+        })
+        .await;
+        assert!(started.elapsed() >= Duration::from_millis(600));
+        // At 0, 250, 500 and 600 ms.
+        assert!(checks.load(Ordering::Relaxed) >= 4, "{checks:?}");
+    }
+
+    #[tokio::test]
+    async fn throughout_fails_at_the_first_check_that_does_not_hold() {
+        let started = Instant::now();
+        let checks = AtomicU32::new(0);
+        let failed = tokio::spawn(async move {
+            throughout("the first two checks", Duration::from_secs(30), || async {
+                checks.fetch_add(1, Ordering::Relaxed) < 2
+            })
+            .await;
+        })
+        .await
+        .expect_err("the third check fails");
+        assert!(failed.is_panic());
+        assert!(started.elapsed() < Duration::from_secs(5), "failed early");
+    }
+}

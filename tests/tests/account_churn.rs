@@ -8,7 +8,9 @@ use std::time::Duration;
 use integration_tests::app::TestApp;
 use integration_tests::clerk::{UserEvent, deleted_body};
 use integration_tests::eventually;
+use integration_tests::ops::series;
 use integration_tests::stack::Stack;
+use worker::metrics;
 
 /// A budget that outlasts the tests' waits, with short delays.
 const PATIENT_RETRIES: [(&str, &str); 3] = [
@@ -25,7 +27,7 @@ async fn consume(stack: &Stack, extra: &[(&'static str, &str)]) -> TestApp {
 
 async fn conflicts_retried(worker: &TestApp, reason: &str) -> f64 {
     worker
-        .metric(&format!(r#"events_retried_total{{reason="{reason}"}}"#))
+        .expect_metric(&series(metrics::EVENTS_RETRIED, &[("reason", reason)]))
         .await
 }
 
@@ -68,7 +70,7 @@ async fn a_sign_up_handled_before_the_old_accounts_deletion_waits_for_it() {
     })
     .await;
     assert_eq!(stack.users().await, 1, "A is gone, B is there");
-    assert_eq!(worker.metric("workspace_failed_total").await, 0.0);
+    assert_eq!(worker.metric(metrics::WORKSPACE_FAILED).await, Some(0.0));
     assert_eq!(stack.dead_letters_ready().await, 0);
 }
 
@@ -151,10 +153,10 @@ async fn a_thousand_waiting_conflicts_hold_up_neither_other_users_nor_the_deleti
         },
     )
     .await;
-    assert_eq!(worker.metric("workspace_failed_total").await, 0.0);
+    assert_eq!(worker.metric(metrics::WORKSPACE_FAILED).await, Some(0.0));
     assert_eq!(stack.dead_letters_ready().await, 0);
     assert!(
-        worker.metric("deliveries_in_flight").await <= 16.0,
+        worker.expect_metric(metrics::DELIVERIES_IN_FLIGHT).await <= 16.0,
         "waiting retries hold no prefetch"
     );
 }
@@ -197,8 +199,11 @@ async fn a_username_chosen_in_clerk_takes_a_derived_one_and_says_so() {
         xu_row["username"].as_str().unwrap().starts_with("alice_"),
         "{rows:?}"
     );
-    assert_eq!(worker.metric("usernames_reassigned_total").await, 1.0);
-    assert_eq!(worker.metric("workspace_failed_total").await, 0.0);
+    assert_eq!(
+        worker.expect_metric(metrics::USERNAMES_REASSIGNED).await,
+        1.0
+    );
+    assert_eq!(worker.metric(metrics::WORKSPACE_FAILED).await, Some(0.0));
 
     // Xu's later events keep the fallback and stay derived; no conflict, ever.
     stack
@@ -206,7 +211,10 @@ async fn a_username_chosen_in_clerk_takes_a_derived_one_and_says_so() {
         .publish("user.updated", &xu.updated(1_000).body(), "msg_xu_updated")
         .await;
     eventually("Xu's update processed", Duration::from_secs(20), || async {
-        worker.metric("events_processed_total").await >= 3.0
+        worker
+            .metric(metrics::EVENTS_PROCESSED)
+            .await
+            .is_some_and(|processed| processed >= 3.0)
     })
     .await;
     assert_eq!(
@@ -218,5 +226,5 @@ async fn a_username_chosen_in_clerk_takes_a_derived_one_and_says_so() {
             .await,
         1
     );
-    assert_eq!(worker.metric("workspace_failed_total").await, 0.0);
+    assert_eq!(worker.metric(metrics::WORKSPACE_FAILED).await, Some(0.0));
 }

@@ -6,9 +6,11 @@ use std::time::Duration;
 use integration_tests::app::TestApp;
 use integration_tests::broker::TestBroker;
 use integration_tests::clerk::{UserEvent, deleted_body, provision};
+use integration_tests::ops::series;
 use integration_tests::{TestDb, eventually};
 use worker::domain::{Event, UserProfile};
 use worker::error::{FailureReason, ProvisionError};
+use worker::metrics;
 use worker::outcome::Outcome;
 use worker::provision::{Provisioned, provision_batch};
 
@@ -223,7 +225,7 @@ async fn the_consumer_batches_and_one_bad_event_does_not_sink_its_batch_mates() 
         Duration::from_secs(30),
         || async {
             db.scalar("SELECT count(*) FROM workspaces").await == 59
-                && worker.metric("workspace_failed_total").await == 1.0
+                && worker.expect_metric(metrics::WORKSPACE_FAILED).await == 1.0
         },
     )
     .await;
@@ -235,18 +237,24 @@ async fn the_consumer_batches_and_one_bad_event_does_not_sink_its_batch_mates() 
         Some("email_conflict")
     );
     assert!(
-        worker.metric("provisioning_batch_size_count").await >= 1.0,
+        worker
+            .expect_metric(&format!("{}_count", metrics::BATCH_SIZE))
+            .await
+            >= 1.0,
         "batches happened"
     );
-    assert_eq!(worker.metric("workspace_created_total").await, 59.0);
+    assert_eq!(worker.expect_metric(metrics::WORKSPACE_CREATED).await, 59.0);
     assert_eq!(
-        worker.metric("events_retried_total").await,
+        worker.expect_metric(metrics::EVENTS_RETRIED).await,
         1.0,
         "the fallback is not a retry; the conflict retried once, from the retry queue"
     );
     assert_eq!(
         worker
-            .metric(r#"events_retried_total{reason="email_conflict"}"#)
+            .expect_metric(&series(
+                metrics::EVENTS_RETRIED,
+                &[("reason", "email_conflict")]
+            ))
             .await,
         1.0
     );

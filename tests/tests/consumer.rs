@@ -7,10 +7,12 @@ use std::time::{Duration, Instant};
 
 use integration_tests::app::TestApp;
 use integration_tests::clerk::{UserEvent, fixture};
+use integration_tests::ops::series;
 use integration_tests::process::WorkerProcess;
 use integration_tests::proxy::CuttableProxy;
 use integration_tests::stack::Stack;
-use integration_tests::{eventually, within};
+use integration_tests::{eventually, throughout, within};
+use worker::metrics;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_worker-under-test");
 const MARTA: &str = "user_39BL7AjFtiageEwS3wHL0KvAXLh";
@@ -71,13 +73,16 @@ async fn a_published_user_created_becomes_one_user_and_one_workspace() {
 
     wait_for_workspaces(&stack, 1, Duration::from_secs(20)).await;
     eventually("the ack", Duration::from_secs(10), || async {
-        worker.metric("workspace_created_total").await == 1.0
+        worker.expect_metric(metrics::WORKSPACE_CREATED).await == 1.0
     })
     .await;
     assert_eq!(stack.main_queue_ready().await, 0);
     assert_eq!(
         worker
-            .metric(r#"events_processed_total{type="user.created",outcome="created"}"#)
+            .expect_metric(&series(
+                metrics::EVENTS_PROCESSED,
+                &[("type", "user.created"), ("outcome", "created")]
+            ))
             .await,
         1.0
     );
@@ -109,14 +114,17 @@ async fn the_same_message_five_times_gives_one_workspace_and_counts_one_creation
             .await;
     }
     eventually("five events processed", Duration::from_secs(20), || async {
-        worker.metric("events_processed_total").await == 5.0
+        worker.metric(metrics::EVENTS_PROCESSED).await == Some(5.0)
     })
     .await;
     assert_eq!(stack.workspaces().await, 1);
-    assert_eq!(worker.metric("workspace_created_total").await, 1.0);
+    assert_eq!(worker.expect_metric(metrics::WORKSPACE_CREATED).await, 1.0);
     assert_eq!(
         worker
-            .metric(r#"events_processed_total{type="user.created",outcome="already_existed"}"#)
+            .expect_metric(&series(
+                metrics::EVENTS_PROCESSED,
+                &[("type", "user.created"), ("outcome", "already_existed")]
+            ))
             .await,
         4.0
     );
@@ -151,7 +159,7 @@ async fn bad_events_are_dead_lettered_with_their_reason_and_the_queue_keeps_flow
 
     wait_for_workspaces(&stack, 1, Duration::from_secs(20)).await;
     eventually("three dead letters", Duration::from_secs(20), || async {
-        worker.metric("workspace_failed_total").await == 3.0
+        worker.expect_metric(metrics::WORKSPACE_FAILED).await == 3.0
     })
     .await;
     let mut dead = stack.broker.take_dead_letters().await;
@@ -203,7 +211,10 @@ async fn bad_events_are_dead_lettered_with_their_reason_and_the_queue_keeps_flow
     }
     assert_eq!(
         worker
-            .metric(r#"workspace_failed_total{reason="missing_email"}"#)
+            .expect_metric(&series(
+                metrics::WORKSPACE_FAILED,
+                &[("reason", "missing_email")]
+            ))
             .await,
         1.0
     );
@@ -224,14 +235,17 @@ async fn unsupported_event_types_are_acked_and_counted_never_retried() {
         Duration::from_secs(20),
         || async {
             worker
-                .metric(r#"events_processed_total{type="user.banned",outcome="unsupported"}"#)
+                .metric(&series(
+                    metrics::EVENTS_PROCESSED,
+                    &[("type", "user.banned"), ("outcome", "unsupported")],
+                ))
                 .await
-                == 1.0
+                == Some(1.0)
         },
     )
     .await;
     assert_eq!(stack.main_queue_ready().await, 0);
-    assert_eq!(worker.metric("events_retried_total").await, 0.0);
+    assert_eq!(worker.metric(metrics::EVENTS_RETRIED).await, Some(0.0));
     assert!(stack.broker.take_dead_letters().await.is_empty());
 }
 
@@ -263,7 +277,10 @@ async fn a_persistent_transient_error_is_retried_then_dead_lettered_as_retries_e
         .await;
     eventually("the dead letter", Duration::from_secs(30), || async {
         worker
-            .metric(r#"workspace_failed_total{reason="retries_exhausted"}"#)
+            .expect_metric(&series(
+                metrics::WORKSPACE_FAILED,
+                &[("reason", "retries_exhausted")],
+            ))
             .await
             == 1.0
     })
@@ -279,7 +296,7 @@ async fn a_persistent_transient_error_is_retried_then_dead_lettered_as_retries_e
     assert!(dead[0].header("x-failure-detail").unwrap().contains("lock"));
     assert_eq!(
         worker
-            .metric(r#"events_retried_total{reason="transient"}"#)
+            .expect_metric(&series(metrics::EVENTS_RETRIED, &[("reason", "transient")]))
             .await,
         2.0
     );
@@ -313,12 +330,18 @@ async fn a_twenty_second_database_outage_loses_and_dead_letters_nothing() {
         },
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(20)).await;
-    assert_eq!(
-        stack.workspaces().await,
-        0,
-        "nothing can be written during the outage"
-    );
+    // The outage lasts 20 s whatever happens; the test fails at the first sign of a write or a
+    // dead letter.
+    throughout(
+        "nothing written, nothing dead-lettered during the outage",
+        Duration::from_secs(20),
+        || async {
+            stack.workspaces().await == 0
+                && stack.dead_letters_ready().await == 0
+                && worker.metric(metrics::WORKSPACE_FAILED).await == Some(0.0)
+        },
+    )
+    .await;
     proxy.restore();
     let restored = Instant::now();
 
@@ -331,10 +354,13 @@ async fn a_twenty_second_database_outage_loses_and_dead_letters_nothing() {
         stack.broker.take_dead_letters().await.is_empty(),
         "nothing dead-lettered"
     );
-    assert_eq!(worker.metric("workspace_failed_total").await, 0.0);
+    assert_eq!(worker.metric(metrics::WORKSPACE_FAILED).await, Some(0.0));
     assert!(
         worker
-            .metric(r#"events_retried_total{reason="database_unavailable"}"#)
+            .expect_metric(&series(
+                metrics::EVENTS_RETRIED,
+                &[("reason", "database_unavailable")]
+            ))
             .await
             > 0.0
     );
@@ -495,13 +521,13 @@ async fn three_workers_share_the_queue_and_provision_each_user_exactly_once() {
     eventually("every ack", Duration::from_secs(20), || async {
         let mut total = 0.0;
         for worker in &workers {
-            total += worker.metric("workspace_created_total").await;
+            total += worker.expect_metric(metrics::WORKSPACE_CREATED).await;
         }
         total == 3000.0
     })
     .await;
     for (i, worker) in workers.iter().enumerate() {
-        let share = worker.metric("workspace_created_total").await;
+        let share = worker.expect_metric(metrics::WORKSPACE_CREATED).await;
         eprintln!("worker {i} created {share}");
         assert!(share > 0.0, "every worker did part of the work");
     }
@@ -514,36 +540,44 @@ async fn metrics_show_the_created_count_and_real_histogram_buckets() {
     publish_sign_ups(&stack, 25).await;
     wait_for_workspaces(&stack, 25, Duration::from_secs(30)).await;
     eventually("25 created", Duration::from_secs(10), || async {
-        worker.metric("workspace_created_total").await == 25.0
+        worker.expect_metric(metrics::WORKSPACE_CREATED).await == 25.0
     })
     .await;
     let page = worker.metrics().await;
     assert!(
-        page.contains("# TYPE workspace_provisioning_duration_seconds histogram"),
+        page.contains(&format!(
+            "# TYPE {} histogram",
+            metrics::PROVISIONING_DURATION
+        )),
         "{page}"
     );
     assert!(
-        page.contains(
-            r#"workspace_provisioning_duration_seconds_bucket{outcome="created",le="0.001"}"#
-        ),
+        page.contains(&series(
+            &format!("{}_bucket", metrics::PROVISIONING_DURATION),
+            &[("outcome", "created"), ("le", "0.001")]
+        )),
         "{page}"
     );
     assert!(
-        page.contains(
-            r#"workspace_provisioning_duration_seconds_bucket{outcome="created",le="10"}"#
-        ),
+        page.contains(&series(
+            &format!("{}_bucket", metrics::PROVISIONING_DURATION),
+            &[("outcome", "created"), ("le", "10")]
+        )),
         "{page}"
     );
-    assert!(page.contains("event_lag_seconds_bucket"), "{page}");
+    assert!(
+        page.contains(&format!("{}_bucket", metrics::EVENT_LAG)),
+        "{page}"
+    );
     assert_eq!(
-        integration_tests::ops::metric_value(
+        integration_tests::ops::expect_metric_value(
             &page,
-            "workspace_provisioning_duration_seconds_count"
+            &format!("{}_count", metrics::PROVISIONING_DURATION)
         ),
         25.0
     );
     assert_eq!(
-        integration_tests::ops::metric_value(&page, "consumer_connected"),
+        integration_tests::ops::expect_metric_value(&page, metrics::CONSUMER_CONNECTED),
         1.0
     );
 }
@@ -647,7 +681,10 @@ async fn sigterm_during_a_database_outage_gives_every_held_delivery_back() {
     publish_sign_ups(&stack, 5).await;
     eventually("retries under way", Duration::from_secs(20), || async {
         worker
-            .metric(r#"events_retried_total{reason="database_unavailable"}"#)
+            .expect_metric(&series(
+                metrics::EVENTS_RETRIED,
+                &[("reason", "database_unavailable")],
+            ))
             .await
             >= 5.0
     })
@@ -798,7 +835,7 @@ async fn a_broker_lost_while_every_slot_waits_for_the_database_is_noticed_within
     eventually(
         "both slots held by deliveries waiting for the database",
         Duration::from_secs(20),
-        || async { worker.metric("deliveries_in_flight").await == 2.0 },
+        || async { worker.expect_metric(metrics::DELIVERIES_IN_FLIGHT).await == 2.0 },
     )
     .await;
 
@@ -806,14 +843,14 @@ async fn a_broker_lost_while_every_slot_waits_for_the_database_is_noticed_within
     eventually(
         "the lost broker noticed (two heartbeats of 2 s, and some slack)",
         Duration::from_secs(8),
-        || async { worker.metric("consumer_connected").await == 0.0 },
+        || async { worker.metric(metrics::CONSUMER_CONNECTED).await == Some(0.0) },
     )
     .await;
     let (status, body) = worker.readyz().await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(
-        worker.metric("deliveries_in_flight").await,
-        0.0,
+        worker.metric(metrics::DELIVERIES_IN_FLIGHT).await,
+        Some(0.0),
         "the old session's deliveries stopped"
     );
 
@@ -824,7 +861,8 @@ async fn a_broker_lost_while_every_slot_waits_for_the_database_is_noticed_within
     let mut most_in_flight = 0.0_f64;
     let deadline = Instant::now() + Duration::from_secs(60);
     while stack.workspaces().await < 8 && Instant::now() < deadline {
-        most_in_flight = most_in_flight.max(worker.metric("deliveries_in_flight").await);
+        most_in_flight =
+            most_in_flight.max(worker.expect_metric(metrics::DELIVERIES_IN_FLIGHT).await);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(stack.workspaces().await, 8, "all 8 provisioned");
@@ -832,7 +870,7 @@ async fn a_broker_lost_while_every_slot_waits_for_the_database_is_noticed_within
         most_in_flight <= 4.0,
         "{most_in_flight} in flight > PREFETCH"
     );
-    assert_eq!(worker.metric("workspace_failed_total").await, 0.0);
+    assert_eq!(worker.metric(metrics::WORKSPACE_FAILED).await, Some(0.0));
 }
 
 #[tokio::test]
@@ -866,14 +904,22 @@ async fn a_long_database_outage_hands_deliveries_back_once_and_dead_letters_noth
         "the consumer paused, every delivery back in the queue for anyone to take",
         Duration::from_secs(30),
         || async {
-            worker.metric("consumer_connected").await == 0.0 && stack.main_queue_ready().await == 50
+            worker.metric(metrics::CONSUMER_CONNECTED).await == Some(0.0)
+                && stack.main_queue_ready().await == 50
         },
     )
     .await;
     // Paused for five times the pause: nothing is taken again while the database is down.
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    assert_eq!(stack.main_queue_ready().await, 50);
-    assert_eq!(worker.metric("deliveries_in_flight").await, 0.0);
+    throughout(
+        "still paused, all 50 in the queue and none in flight",
+        Duration::from_secs(10),
+        || async {
+            stack.main_queue_ready().await == 50
+                && worker.metric(metrics::DELIVERIES_IN_FLIGHT).await == Some(0.0)
+                && worker.metric(metrics::CONSUMER_CONNECTED).await == Some(0.0)
+        },
+    )
+    .await;
 
     proxy.restore();
     wait_for_workspaces(&stack, 50, Duration::from_secs(60)).await;
@@ -882,5 +928,5 @@ async fn a_long_database_outage_hands_deliveries_back_once_and_dead_letters_noth
         0,
         "nothing past the delivery limit"
     );
-    assert_eq!(worker.metric("workspace_failed_total").await, 0.0);
+    assert_eq!(worker.metric(metrics::WORKSPACE_FAILED).await, Some(0.0));
 }

@@ -8,9 +8,12 @@ use std::time::Duration;
 use integration_tests::app::TestApp;
 use integration_tests::clerk::{UserEvent, fixture, provision};
 use integration_tests::eventually;
+use integration_tests::ops::series;
 use integration_tests::process::WorkerProcess;
 use integration_tests::stack::Stack;
 use serde_json::Value;
+use worker::metrics;
+use worker::provision::contract::constraint;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_worker-under-test");
 
@@ -83,7 +86,7 @@ async fn ten_dead_letters(stack: &Stack, worker: &TestApp) {
             .await;
     }
     eventually("ten dead letters", Duration::from_secs(30), || async {
-        worker.metric("workspace_failed_total").await == 10.0
+        worker.expect_metric(metrics::WORKSPACE_FAILED).await == 10.0
     })
     .await;
 }
@@ -145,7 +148,7 @@ async fn list_shows_every_dead_letter_with_its_reason_and_leaves_them_in_place()
         conflict["detail"]
             .as_str()
             .unwrap()
-            .contains("users_email_key")
+            .contains(constraint::USERS_EMAIL_KEY)
     );
     assert!(conflict["first_failed_at"].as_str().unwrap().ends_with('Z'));
     assert!(conflict["last_failed_at"].is_string());
@@ -234,9 +237,12 @@ async fn a_dry_run_changes_nothing_and_a_replay_after_the_fix_provisions_exactly
         Duration::from_secs(30),
         || async {
             worker
-                .metric(r#"events_replayed_total{reason="email_conflict"}"#)
+                .metric(&series(
+                    metrics::EVENTS_REPLAYED,
+                    &[("reason", "email_conflict")],
+                ))
                 .await
-                == 4.0
+                == Some(4.0)
         },
     )
     .await;
@@ -308,9 +314,12 @@ async fn replaying_an_already_provisioned_event_changes_nothing() {
     assert_eq!(summary["replayed"], 1);
     eventually("the replay processed", Duration::from_secs(20), || async {
         worker
-            .metric(r#"events_replayed_total{reason="retries_exhausted"}"#)
+            .metric(&series(
+                metrics::EVENTS_REPLAYED,
+                &[("reason", "retries_exhausted")],
+            ))
             .await
-            == 1.0
+            == Some(1.0)
     })
     .await;
     let after = (
@@ -318,10 +327,13 @@ async fn replaying_an_already_provisioned_event_changes_nothing() {
         stack.db.rows("SELECT * FROM workspaces").await,
     );
     assert_eq!(after, before);
-    assert_eq!(worker.metric("workspace_created_total").await, 0.0);
+    assert_eq!(worker.metric(metrics::WORKSPACE_CREATED).await, Some(0.0));
     assert_eq!(
         worker
-            .metric(r#"events_processed_total{type="user.created",outcome="already_existed"}"#)
+            .expect_metric(&series(
+                metrics::EVENTS_PROCESSED,
+                &[("type", "user.created"), ("outcome", "already_existed")]
+            ))
             .await,
         1.0
     );

@@ -7,11 +7,12 @@
 use std::time::{Duration, Instant};
 
 use integration_tests::clerk::UserEvent;
+use integration_tests::ops::series;
 use integration_tests::pgbouncer::PgBouncer;
 use integration_tests::process::WorkerProcess;
 use integration_tests::proxy::CuttableProxy;
 use integration_tests::stack::Stack;
-use integration_tests::{TestDb, eventually};
+use integration_tests::{TestDb, eventually, throughout};
 use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
 use worker::config::DatabaseSettings;
 use worker::error::ProvisionError;
@@ -139,7 +140,18 @@ async fn a_row_locked_by_another_session_costs_its_user_retries_and_nobody_else_
     let first_name = "SELECT count(*) FROM users WHERE first_name = 'Renamed'";
     assert_eq!(stack.db.scalar(first_name).await, 0, "the update waits");
 
-    tokio::time::sleep(Duration::from_secs(40).saturating_sub(locked_at.elapsed())).await;
+    // The row stays held for 40 s in all: the update keeps waiting (and retrying) without a
+    // dead letter, and nobody else is held up.
+    throughout(
+        "the update waits, nothing dead-lettered, the others stay provisioned",
+        Duration::from_secs(40).saturating_sub(locked_at.elapsed()),
+        || async {
+            stack.db.scalar(first_name).await == 0
+                && stack.dead_letters_ready().await == 0
+                && stack.workspaces().await == 51
+        },
+    )
+    .await;
     holder.rollback().await.expect("lock released");
     eventually(
         "the update applied once the row is free",
@@ -148,9 +160,9 @@ async fn a_row_locked_by_another_session_costs_its_user_retries_and_nobody_else_
     )
     .await;
     assert_eq!(stack.dead_letters_ready().await, 0);
-    let retried = format!("{}{{reason=\"transient\"}}", metrics::EVENTS_RETRIED);
+    let retried = series(metrics::EVENTS_RETRIED, &[("reason", "transient")]);
     assert!(
-        worker.metric(&retried).await >= 1.0,
+        worker.expect_metric(&retried).await >= 1.0,
         "the lock timeout retried"
     );
 }
@@ -180,7 +192,7 @@ async fn a_database_that_stops_answering_pauses_the_consumer_then_everything_is_
         Duration::from_secs(15),
         || async {
             worker.readyz().await.0 == 503
-                && worker.metric(metrics::CONSUMER_CONNECTED).await == 0.0
+                && worker.metric(metrics::CONSUMER_CONNECTED).await == Some(0.0)
         },
     )
     .await;

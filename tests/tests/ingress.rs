@@ -7,11 +7,13 @@ use std::time::Duration;
 use integration_tests::app::TestApp;
 use integration_tests::broker::TestBroker;
 use integration_tests::clerk::{UserEvent, fixture};
+use integration_tests::ops::series;
 use integration_tests::process::WorkerProcess;
 use integration_tests::proxy::CuttableProxy;
 use integration_tests::webhook::{OTHER_SECRET, SECRET, Webhook};
 use integration_tests::{TestDb, eventually};
 use lapin::types::AMQPValue;
+use worker::metrics;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_worker-under-test");
 
@@ -206,7 +208,10 @@ async fn types_the_worker_does_not_handle_are_answered_200_counted_and_not_publi
     }
     assert!(broker.take_all(&broker.topology.queue).await.is_empty());
     let counted = ingress
-        .metric(r#"webhook_requests_total{status="200",type="session.created"}"#)
+        .expect_metric(&series(
+            metrics::WEBHOOK_REQUESTS,
+            &[("status", "200"), ("type", "session.created")],
+        ))
         .await;
     assert_eq!(counted, 1.0);
 }
@@ -392,19 +397,31 @@ async fn ingress_metrics_count_requests_by_status_and_time_the_confirms() {
         .post(ingress.ingress_addr)
         .await;
     let page = ingress.metrics().await;
-    let value = |series: &str| integration_tests::ops::metric_value(&page, series);
+    let value = |series: &str| integration_tests::ops::expect_metric_value(&page, series);
     assert_eq!(
-        value(r#"webhook_requests_total{status="202",type="user.created"}"#),
+        value(&series(
+            metrics::WEBHOOK_REQUESTS,
+            &[("status", "202"), ("type", "user.created")]
+        )),
         3.0
     );
     assert_eq!(
-        value(r#"webhook_requests_total{status="401",type="unknown"}"#),
+        value(&series(
+            metrics::WEBHOOK_REQUESTS,
+            &[("status", "401"), ("type", "unknown")]
+        )),
         1.0
     );
-    assert_eq!(value("webhook_request_duration_seconds_count"), 4.0);
-    assert_eq!(value("webhook_publish_confirm_seconds_count"), 3.0);
+    assert_eq!(value(&format!("{}_count", metrics::WEBHOOK_DURATION)), 4.0);
+    assert_eq!(
+        value(&format!("{}_count", metrics::WEBHOOK_PUBLISH_CONFIRM)),
+        3.0
+    );
     assert!(
-        page.contains("webhook_publish_confirm_seconds_bucket{le=\"0.001\"}"),
+        page.contains(&series(
+            &format!("{}_bucket", metrics::WEBHOOK_PUBLISH_CONFIRM),
+            &[("le", "0.001")]
+        )),
         "{page}"
     );
 }
@@ -465,8 +482,11 @@ async fn worker_run_turns_each_shared_example_into_its_documented_state() {
         "the phone-only dead letter",
         Duration::from_secs(20),
         || async {
-            run.metric(r#"workspace_failed_total{reason="missing_email"}"#)
-                .await
+            run.expect_metric(&series(
+                metrics::WORKSPACE_FAILED,
+                &[("reason", "missing_email")],
+            ))
+            .await
                 == 1.0
         },
     )
@@ -499,14 +519,20 @@ async fn worker_run_turns_each_shared_example_into_its_documented_state() {
     );
 
     let page = run.metrics().await;
-    let value = |series: &str| integration_tests::ops::metric_value(&page, series);
-    assert_eq!(value("workspace_created_total"), 2.0);
+    let value = |series: &str| integration_tests::ops::expect_metric_value(&page, series);
+    assert_eq!(value(metrics::WORKSPACE_CREATED), 2.0);
     assert_eq!(
-        value(r#"webhook_requests_total{status="202",type="user.created"}"#),
+        value(&series(
+            metrics::WEBHOOK_REQUESTS,
+            &[("status", "202"), ("type", "user.created")]
+        )),
         3.0
     );
     assert_eq!(
-        value(r#"events_processed_total{type="user.deleted",outcome="deleted"}"#),
+        value(&series(
+            metrics::EVENTS_PROCESSED,
+            &[("type", "user.deleted"), ("outcome", "deleted")]
+        )),
         1.0
     );
     let dead = broker.take_dead_letters().await;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use integration_tests::broker::TestBroker;
 use integration_tests::eventually;
 use integration_tests::ingress::{self, in_process};
+use integration_tests::ops::series;
 use integration_tests::process::WorkerProcess;
 use integration_tests::raw_http::{
     GENEROUS, NeverReading, error_code, exchange, forged_head, read_until_closed, read_whole,
@@ -16,6 +17,7 @@ use integration_tests::raw_http::{
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use worker::metrics;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_worker-under-test");
 
@@ -47,7 +49,12 @@ async fn a_head_only_flood_does_not_keep_signed_webhooks_out() {
     let ingress = in_process(&broker, &[]).await;
     let addr = ingress.ingress_addr;
     let flood = head_only(addr, 256).await;
-    assert_eq!(ingress.metric("webhook_connections_open").await, 256.0);
+    assert_eq!(
+        ingress
+            .expect_metric(metrics::WEBHOOK_CONNECTIONS_OPEN)
+            .await,
+        256.0
+    );
 
     for i in 0..5 {
         let (status, took) = deliver(addr, &format!("user_2flood{i}")).await;
@@ -90,7 +97,7 @@ async fn never_reading_clients_at_the_connection_limit_are_closed_and_a_new_one_
     .await;
     eprintln!("all closed after {:?}", started.elapsed());
     eventually("their slots back", GENEROUS, || async {
-        ingress.metric("webhook_connections_open").await == 0.0
+        ingress.metric(metrics::WEBHOOK_CONNECTIONS_OPEN).await == Some(0.0)
     })
     .await;
 }
@@ -114,7 +121,10 @@ async fn head_less_sockets_at_the_limit_never_close_a_connection_that_delivered_
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     eventually("the head-less sockets to churn", GENEROUS, || async {
-        ingress.metric("webhook_connections_waited_total").await >= 90.0
+        ingress
+            .expect_metric(metrics::WEBHOOK_CONNECTIONS_WAITED)
+            .await
+            >= 90.0
     })
     .await;
 
@@ -172,7 +182,10 @@ async fn bodies_beyond_the_memory_budget_are_503_until_it_frees() {
     assert_eq!(status(&exchange(addr, &request).await), 202, "memory back");
     assert!(
         ingress
-            .metric(r#"webhook_refused_total{reason="body_memory_full"}"#)
+            .expect_metric(&series(
+                metrics::WEBHOOK_REFUSED,
+                &[("reason", "body_memory_full")]
+            ))
             .await
             >= 1.0
     );

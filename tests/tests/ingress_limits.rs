@@ -9,6 +9,7 @@ use integration_tests::app::TestApp;
 use integration_tests::broker::{TestBroker, amqp_url};
 use integration_tests::clerk::UserEvent;
 use integration_tests::eventually;
+use integration_tests::ops::series;
 use integration_tests::process::WorkerProcess;
 use integration_tests::proxy::CuttableProxy;
 use integration_tests::raw_http::{
@@ -21,6 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use worker::broker::{self, PublishError};
 use worker::config::BrokerSettings;
+use worker::metrics;
 use worker::topology::Topology;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_worker-under-test");
@@ -57,14 +59,20 @@ async fn a_request_head_over_the_limit_is_431_from_the_server_and_counted() {
     assert_eq!(status(&response), 431, "{response:?}");
     eventually("the 431 to be counted", GENEROUS, || async {
         ingress
-            .metric(r#"webhook_requests_total{status="431",type="unknown"}"#)
+            .metric(&series(
+                metrics::WEBHOOK_REQUESTS,
+                &[("status", "431"), ("type", "unknown")],
+            ))
             .await
-            == 1.0
+            == Some(1.0)
     })
     .await;
     assert_eq!(
         ingress
-            .metric(r#"webhook_refused_total{reason="head_too_large"}"#)
+            .expect_metric(&series(
+                metrics::WEBHOOK_REFUSED,
+                &[("reason", "head_too_large")]
+            ))
             .await,
         1.0
     );
@@ -162,8 +170,8 @@ async fn unsigned_stale_or_oversized_requests_are_refused_before_their_body_is_s
         let response = exchange(addr, request.as_bytes()).await;
         assert_eq!(status(&response), expected_status, "{response:?}");
         assert_eq!(error_code(&response), expected_code);
-        let counted = format!(r#"webhook_refused_total{{reason="{expected_code}"}}"#);
-        assert_eq!(ingress.metric(&counted).await, 1.0, "{counted}");
+        let counted = series(metrics::WEBHOOK_REFUSED, &[("reason", expected_code)]);
+        assert_eq!(ingress.expect_metric(&counted).await, 1.0, "{counted}");
     }
 }
 
@@ -227,7 +235,10 @@ async fn publishes_beyond_the_concurrency_limit_are_503_at_once_and_only_verifie
     );
     assert!(
         ingress
-            .metric(r#"webhook_refused_total{reason="overloaded"}"#)
+            .expect_metric(&series(
+                metrics::WEBHOOK_REFUSED,
+                &[("reason", "overloaded")]
+            ))
             .await
             >= 1.0
     );
@@ -281,7 +292,12 @@ async fn at_the_connection_limit_the_oldest_untrusted_connection_closes_to_let_a
     let addr = ingress.ingress_addr;
     let mut oldest = kept_alive(addr).await;
     let mut younger = kept_alive(addr).await;
-    assert_eq!(ingress.metric("webhook_connections_open").await, 2.0);
+    assert_eq!(
+        ingress
+            .expect_metric(metrics::WEBHOOK_CONNECTIONS_OPEN)
+            .await,
+        2.0
+    );
 
     let response = exchange(addr, head(None, 0).as_bytes()).await;
     assert_eq!(status(&response), 401, "the third connection is answered");
@@ -294,7 +310,9 @@ async fn at_the_connection_limit_the_oldest_untrusted_connection_closes_to_let_a
         "one eviction per newcomer: the younger one stays"
     );
     assert_eq!(
-        ingress.metric("webhook_connections_waited_total").await,
+        ingress
+            .expect_metric(metrics::WEBHOOK_CONNECTIONS_WAITED)
+            .await,
         1.0
     );
 }
@@ -379,7 +397,12 @@ async fn a_stop_while_a_connection_waits_for_a_slot_closes_it_and_drains_as_usua
     eventually(
         "the new connection to wait for a slot",
         GENEROUS,
-        || async { ingress.metric("webhook_connections_waited_total").await == 1.0 },
+        || async {
+            ingress
+                .expect_metric(metrics::WEBHOOK_CONNECTIONS_WAITED)
+                .await
+                == 1.0
+        },
     )
     .await;
 

@@ -12,9 +12,11 @@ use integration_tests::broker::TestBroker;
 use integration_tests::clerk::fixture;
 use integration_tests::free_port;
 use integration_tests::ops::is_exported;
+use integration_tests::ops::series;
 use integration_tests::webhook::{SECRET, Webhook};
 use integration_tests::{TestDb, eventually};
 use regex::Regex;
+use worker::metrics;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -46,12 +48,13 @@ fn promtool_accepts_the_prometheus_config_and_the_alert_rules() {
     }
 }
 
-/// Metric names a PromQL text mentions: ours by prefix, RabbitMQ's, and `up`.
 /// Every metric name a PromQL expression reads: its identifiers, less string literals, label
-/// matchers, ranges, grouping clauses, function names and keywords. What is left must be a
-/// series something exports.
+/// matchers, ranges, grouping clauses, function names and keywords, plus any name selected as
+/// `{__name__="..."}`. What is left must be a series something exports.
 fn metric_names(expr: &str) -> BTreeSet<String> {
-    let strings = Regex::new(r#""(?:[^"\\]|\\.)*""#).unwrap();
+    let by_name = Regex::new(r#"__name__\s*=\s*"([^"\\]*)""#).unwrap();
+    // PromQL quotes strings with ", ' or `.
+    let strings = Regex::new(r#""(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`[^`]*`"#).unwrap();
     let matchers = Regex::new(r"\{[^}]*\}|\[[^\]]*\]").unwrap();
     let groupings =
         Regex::new(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)").unwrap();
@@ -69,6 +72,10 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
         "group_left",
         "group_right",
     ];
+    let selected: Vec<String> = by_name
+        .captures_iter(expr)
+        .map(|c| c[1].to_owned())
+        .collect();
     let expr = strings.replace_all(expr, "");
     let expr = matchers.replace_all(&expr, "");
     let expr = groupings.replace_all(&expr, "");
@@ -77,10 +84,12 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
         .filter(|c| c.get(1).is_none())
         .map(|c| c[0].trim().to_owned())
         .filter(|name| !KEYWORDS.contains(&name.as_str()))
+        .chain(selected)
         .collect()
 }
 
-/// The `expr` of every rule in `alerts.yml`: inline, or the block under `expr: |`.
+/// The `expr` of every rule in `alerts.yml`: inline (quoted or not), or the block under
+/// `expr: |` or `expr: >` (with or without `-`).
 fn alert_exprs(alerts: &str) -> Vec<String> {
     let mut exprs = Vec::new();
     let mut lines = alerts.lines().peekable();
@@ -89,8 +98,12 @@ fn alert_exprs(alerts: &str) -> Vec<String> {
             continue;
         };
         let rest = rest.trim();
-        if rest != "|" {
-            exprs.push(rest.to_owned());
+        if !matches!(rest, "|" | "|-" | ">" | ">-") {
+            let unquoted = rest
+                .strip_prefix('"')
+                .and_then(|r| r.strip_suffix('"'))
+                .or_else(|| rest.strip_prefix('\'').and_then(|r| r.strip_suffix('\'')));
+            exprs.push(unquoted.unwrap_or(rest).to_owned());
             continue;
         }
         let mut block = String::new();
@@ -110,18 +123,35 @@ fn alert_exprs(alerts: &str) -> Vec<String> {
 
 #[test]
 fn metric_names_are_every_identifier_a_query_reads() {
-    let expr = r#"sum by (reason) (rate(usernames_reassigned_total{reason="a b"}[5m])) / on(job) group_left process_resident_memory_bytes > bool 1e-9 and histogram_quantile(0.9, sum by (le) (rate(provisioning_batch_size_bucket[5m])))"#;
-    let names: Vec<_> = metric_names(expr).into_iter().collect();
+    let expr = format!(
+        r#"sum by (reason) (rate({}{{reason="a b"}}[5m])) / on(job) group_left {} > bool 1e-9 and histogram_quantile(0.9, sum by (le) (rate({}_bucket[5m])))"#,
+        metrics::USERNAMES_REASSIGNED,
+        metrics::RESIDENT_MEMORY,
+        metrics::BATCH_SIZE
+    );
+    let names: Vec<_> = metric_names(&expr).into_iter().collect();
     assert_eq!(
         names,
         [
-            "process_resident_memory_bytes",
-            "provisioning_batch_size_bucket",
-            "usernames_reassigned_total"
+            metrics::RESIDENT_MEMORY,
+            &format!("{}_bucket", metrics::BATCH_SIZE),
+            metrics::USERNAMES_REASSIGNED
         ]
     );
-    let alerts = "      - alert: A\n        expr: up == 0\n        for: 1m\n      - alert: B\n        expr: |\n          sum(x_total)\n            / 2\n        labels:\n";
-    assert_eq!(alert_exprs(alerts), ["up == 0", "sum(x_total) / 2 "]);
+    // Single-quoted and backquoted strings are no names; a name selected by `__name__` is one.
+    let expr = format!(
+        r#"label_replace({}, 'dst', '$1 (x)', `src`, '(.*)') + sum({{__name__="{}"}}) offset 5m"#,
+        metrics::HEAP_FREE,
+        metrics::HEAP_IN_USE
+    );
+    let names: Vec<_> = metric_names(&expr).into_iter().collect();
+    assert_eq!(names, [metrics::HEAP_FREE, metrics::HEAP_IN_USE]);
+
+    let alerts = "      - alert: A\n        expr: up == 0\n        for: 1m\n      - alert: B\n        expr: |\n          sum(x_total)\n            / 2\n        labels:\n      - alert: C\n        expr: \"y_total > 1\"\n      - alert: D\n        expr: >-\n          z_total\n";
+    assert_eq!(
+        alert_exprs(alerts),
+        ["up == 0", "sum(x_total) / 2 ", "y_total > 1", "z_total "]
+    );
 }
 
 /// Whether a query may read `name`: a series the service exports, Prometheus's own `up`, or a
@@ -156,12 +186,20 @@ fn the_dashboard_and_the_alerts_only_name_exported_metrics() {
     let alerts = read("prometheus/alerts.yml");
     let rules = alert_exprs(&alerts);
     assert!(rules.len() >= 5, "the alerts have their expressions");
+    assert_eq!(
+        rules.len(),
+        alerts.matches("- alert:").count(),
+        "every alert has its expr"
+    );
     for (source, text) in exprs
         .iter()
         .map(|e| ("dashboard", e.as_str()))
         .chain(rules.iter().map(|e| ("alerts.yml", e.as_str())))
     {
-        for name in metric_names(text) {
+        let names = metric_names(text);
+        // Every panel and alert reads some series: none found means the extraction missed it.
+        assert!(!names.is_empty(), "{source}: no metric found in {text}");
+        for name in names {
             assert!(
                 known(&name),
                 "{source} uses {name}, which nothing exports: {text}"
@@ -170,13 +208,13 @@ fn the_dashboard_and_the_alerts_only_name_exported_metrics() {
     }
     let used: BTreeSet<String> = exprs.iter().flat_map(|e| metric_names(e)).collect();
     for needed in [
-        "workspace_created_total",
-        "workspace_failed_total",
-        "workspace_provisioning_duration_seconds_bucket",
-        "event_lag_seconds_bucket",
-        "events_retried_total",
-        "webhook_requests_total",
-        "webhook_refused_total",
+        metrics::WORKSPACE_CREATED,
+        metrics::WORKSPACE_FAILED,
+        &format!("{}_bucket", metrics::PROVISIONING_DURATION),
+        &format!("{}_bucket", metrics::EVENT_LAG),
+        metrics::EVENTS_RETRIED,
+        metrics::WEBHOOK_REQUESTS,
+        metrics::WEBHOOK_REFUSED,
         "rabbitmq_queue_messages_ready",
     ] {
         assert!(used.contains(needed), "the dashboard shows {needed}");
@@ -272,7 +310,7 @@ async fn a_real_prometheus_scrapes_the_worker_and_counts_what_it_provisioned() {
             panic!("prometheus is not available ({err}): apt-get install prometheus")
         });
 
-    let query = |q: &'static str| {
+    let query = |q: &str| {
         let url = format!("http://{web}/api/v1/query?query={q}");
         async move {
             let text = reqwest::get(url).await.ok()?.text().await.ok()?;
@@ -285,8 +323,10 @@ async fn a_real_prometheus_scrapes_the_worker_and_counts_what_it_provisioned() {
     };
     let result = tokio::time::timeout(Duration::from_secs(60), async {
         loop {
-            if query("workspace_created_total").await == Some(5.0) {
-                return query(r#"sum(workspace_failed_total{reason="missing_email"})"#).await;
+            if query(metrics::WORKSPACE_CREATED).await == Some(5.0) {
+                let missing_email =
+                    series(metrics::WORKSPACE_FAILED, &[("reason", "missing_email")]);
+                return query(&format!("sum({missing_email})")).await;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
@@ -295,7 +335,10 @@ async fn a_real_prometheus_scrapes_the_worker_and_counts_what_it_provisioned() {
     let _ = prometheus.kill();
     let _ = prometheus.wait();
     assert_eq!(
-        result.expect("Prometheus reported workspace_created_total = 5"),
+        result.unwrap_or_else(|_| panic!(
+            "Prometheus never reported {} = 5",
+            metrics::WORKSPACE_CREATED
+        )),
         Some(1.0)
     );
 }

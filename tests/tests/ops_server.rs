@@ -5,10 +5,12 @@
 
 use std::time::{Duration, Instant};
 
+use integration_tests::ops::series;
 use integration_tests::raw_http::read_until_closed;
 use integration_tests::stack::Stack;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use worker::metrics;
 use worker::ops::LIMITS;
 
 async fn half_sent_head(stack_addr: std::net::SocketAddr) -> TcpStream {
@@ -84,19 +86,20 @@ async fn the_first_scrape_shows_every_counter_that_can_stay_at_zero() {
     let app = stack.start(&["consume"], &[]).await;
     let page = app.metrics().await;
     let mut expected = vec![
-        "workspace_created_total 0".to_owned(),
-        "usernames_reassigned_total 0".to_owned(),
-        "consumer_connected".to_owned(),
-        "deliveries_in_flight 0".to_owned(),
+        format!("{} 0", metrics::WORKSPACE_CREATED),
+        format!("{} 0", metrics::USERNAMES_REASSIGNED),
+        format!("{} 0", metrics::WEBHOOK_CONNECTIONS_WAITED),
+        metrics::CONSUMER_CONNECTED.to_owned(),
+        format!("{} 0", metrics::DELIVERIES_IN_FLIGHT),
+        format!("{} 0", metrics::WEBHOOK_CONNECTIONS_OPEN),
     ];
     for reason in worker::error::FailureReason::ALL {
-        expected.push(format!(
-            "workspace_failed_total{{reason=\"{}\"}} 0",
-            reason.as_str()
-        ));
+        let failed = series(metrics::WORKSPACE_FAILED, &[("reason", reason.as_str())]);
+        expected.push(format!("{failed} 0"));
     }
     for reason in worker::error::ProvisionError::RETRY_REASONS {
-        expected.push(format!("events_retried_total{{reason=\"{reason}\"}} 0"));
+        let retried = series(metrics::EVENTS_RETRIED, &[("reason", reason.as_str())]);
+        expected.push(format!("{retried} 0"));
     }
     for series in expected {
         assert!(

@@ -13,6 +13,8 @@ use integration_tests::{TestDb, eventually};
 use worker::domain::{DerivedUsername, Email, UserId};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_worker-under-test");
+use integration_tests::ops::series;
+use worker::metrics;
 use worker::outcome::Outcome;
 
 async fn outcome(db: &TestDb, body: &[u8]) -> Outcome {
@@ -522,15 +524,19 @@ async fn accounts_whose_identities_churn_end_in_clerks_final_state_in_any_order(
         &format!("{total} deliveries processed"),
         Duration::from_secs(300),
         || async {
-            worker.metric("events_processed_total").await
-                + worker.metric("workspace_failed_total").await
-                >= total
+            let failed = worker.expect_metric(metrics::WORKSPACE_FAILED).await;
+            worker
+                .metric(metrics::EVENTS_PROCESSED)
+                .await
+                .is_some_and(|processed| processed + failed >= total)
         },
     )
     .await;
 
     let page = worker.metrics().await;
-    let value = |series: &str| integration_tests::ops::metric_value(&page, series);
+    let value = |series: &str| integration_tests::ops::expect_metric_value(&page, series);
+    // For the log line only: a series not recorded yet counts 0 there.
+    let count = |series: &str| integration_tests::ops::metric_value(&page, series).unwrap_or(0.0);
     let dead: Vec<String> = broker
         .take_dead_letters()
         .await
@@ -546,7 +552,7 @@ async fn accounts_whose_identities_churn_end_in_clerks_final_state_in_any_order(
         .collect();
     assert!(dead.is_empty(), "dead letters (seed {seed}): {dead:#?}");
     assert_eq!(
-        value("events_processed_total"),
+        value(metrics::EVENTS_PROCESSED),
         total,
         "each delivery exactly once"
     );
@@ -613,13 +619,29 @@ async fn accounts_whose_identities_churn_end_in_clerks_final_state_in_any_order(
         clerk.events.len(),
         deliveries.len(),
         clerk.live.len(),
-        value(r#"events_retried_total{reason="email_conflict"}"#),
-        value(r#"events_retried_total{reason="username_conflict"}"#),
-        value("usernames_reassigned_total"),
-        value(r#"events_processed_total{type="user.updated",outcome="superseded"}"#)
-            + value(r#"events_processed_total{type="user.created",outcome="superseded"}"#),
-        value(r#"events_processed_total{type="user.updated",outcome="stale"}"#)
-            + value(r#"events_processed_total{type="user.created",outcome="stale"}"#),
+        value(&series(
+            metrics::EVENTS_RETRIED,
+            &[("reason", "email_conflict")]
+        )),
+        value(&series(
+            metrics::EVENTS_RETRIED,
+            &[("reason", "username_conflict")]
+        )),
+        value(metrics::USERNAMES_REASSIGNED),
+        count(&series(
+            metrics::EVENTS_PROCESSED,
+            &[("type", "user.updated"), ("outcome", "superseded")]
+        )) + count(&series(
+            metrics::EVENTS_PROCESSED,
+            &[("type", "user.created"), ("outcome", "superseded")]
+        )),
+        count(&series(
+            metrics::EVENTS_PROCESSED,
+            &[("type", "user.updated"), ("outcome", "stale")]
+        )) + count(&series(
+            metrics::EVENTS_PROCESSED,
+            &[("type", "user.created"), ("outcome", "stale")]
+        )),
     );
     worker.terminate();
     let stopped = worker.wait_stopped(Duration::from_secs(30)).await;

@@ -4,14 +4,16 @@
 //! visible in the queue while the worker waits for the database. The shared broker's settings
 //! are never touched.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use integration_tests::app::TestApp;
 use integration_tests::broker::TestBroker;
 use integration_tests::clerk::UserEvent;
+use integration_tests::ops::series;
 use integration_tests::proxy::CuttableProxy;
 use integration_tests::rabbit_nodes::RabbitNodes;
-use integration_tests::{TestDb, eventually};
+use integration_tests::{TestDb, eventually, throughout};
+use worker::metrics;
 
 /// 5 s, checked on every channel tick of 1 s (3.10's default tick is 60 s).
 const SHORT_CONSUMER_TIMEOUT: &str =
@@ -57,13 +59,27 @@ async fn a_database_outage_longer_than_the_consumer_timeout_dead_letters_nothing
         .collect();
     broker.publish_many(&sign_ups).await;
     // Four times the consumer timeout, each second of it checked by the broker.
-    tokio::time::sleep(Duration::from_secs(20)).await;
-    let ready = broker.ready(&broker.topology.queue).await;
-    assert_eq!(
-        ready, 30,
-        "every message visible to other workers during the outage"
-    );
-    assert_eq!(broker.ready(&broker.topology.dead_letter_queue).await, 0);
+    let outage = Duration::from_secs(20);
+    let published = Instant::now();
+    let paused_with_every_message_back = || async {
+        worker.metric(metrics::CONSUMER_CONNECTED).await == Some(0.0)
+            && broker.ready(&broker.topology.queue).await == 30
+    };
+    eventually(
+        "the consumer paused, every message back in the queue",
+        outage,
+        paused_with_every_message_back,
+    )
+    .await;
+    throughout(
+        "every message visible to other workers during the outage, none dead-lettered",
+        outage.saturating_sub(published.elapsed()),
+        || async {
+            paused_with_every_message_back().await
+                && broker.ready(&broker.topology.dead_letter_queue).await == 0
+        },
+    )
+    .await;
 
     proxy.restore();
     eventually("all 30 provisioned", Duration::from_secs(60), || async {
@@ -75,7 +91,7 @@ async fn a_database_outage_longer_than_the_consumer_timeout_dead_letters_nothing
         0,
         "nothing was returned twice (the delivery limit is 2)"
     );
-    assert_eq!(worker.metric("workspace_failed_total").await, 0.0);
+    assert_eq!(worker.metric(metrics::WORKSPACE_FAILED).await, Some(0.0));
 }
 
 #[tokio::test]
@@ -113,20 +129,34 @@ async fn a_database_not_migrated_yet_pauses_the_consumer_until_it_is_without_loo
         })
         .collect();
     broker.publish_many(&sign_ups).await;
-    eventually("the consumer paused", Duration::from_secs(20), || async {
-        worker.metric("consumer_connected").await == 0.0
-            && broker.ready(&broker.topology.queue).await == 10
-    })
+    // Paused, and not merely not started yet: the deliveries were tried (and found the function
+    // missing) before the session ended and handed them back.
+    let unavailable = series(
+        metrics::EVENTS_RETRIED,
+        &[("reason", "database_unavailable")],
+    );
+    eventually(
+        "the consumer tried, then paused",
+        Duration::from_secs(20),
+        || async {
+            worker.expect_metric(&unavailable).await > 0.0
+                && worker.metric(metrics::CONSUMER_CONNECTED).await == Some(0.0)
+                && broker.ready(&broker.topology.queue).await == 10
+        },
+    )
     .await;
     // Long enough for several pauses if it looped: each would add to every delivery count, and
     // a delivery limit of 2 would dead-letter them.
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    assert_eq!(
-        worker.metric("consumer_connected").await,
-        0.0,
-        "still paused"
-    );
-    assert_eq!(broker.ready(&broker.topology.dead_letter_queue).await, 0);
+    throughout(
+        "still paused, every message in the queue, none dead-lettered",
+        Duration::from_secs(6),
+        || async {
+            worker.metric(metrics::CONSUMER_CONNECTED).await == Some(0.0)
+                && broker.ready(&broker.topology.queue).await == 10
+                && broker.ready(&broker.topology.dead_letter_queue).await == 0
+        },
+    )
+    .await;
 
     migration::Migrator::up(&db.conn, None)
         .await

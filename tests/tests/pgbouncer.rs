@@ -11,10 +11,12 @@ use integration_tests::app::TestApp;
 use integration_tests::clerk::{UserEvent, deleted_body};
 use integration_tests::clerk_api::FakeClerk;
 use integration_tests::eventually;
+use integration_tests::ops::series;
 use integration_tests::pgbouncer::PgBouncer;
 use integration_tests::proxy::CuttableProxy;
 use integration_tests::stack::Stack;
 use serde_json::Value;
+use worker::metrics;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_worker-under-test");
 const SIGN_UPS: usize = 300;
@@ -89,10 +91,15 @@ async fn assert_converged(stack: &Stack, worker: &TestApp, expected: &Expected) 
     eventually(
         "every event processed",
         Duration::from_secs(180),
-        || async { worker.metric("events_processed_total").await >= events },
+        || async {
+            worker
+                .metric(metrics::EVENTS_PROCESSED)
+                .await
+                .is_some_and(|processed| processed >= events)
+        },
     )
     .await;
-    assert_eq!(worker.metric("workspace_failed_total").await, 0.0);
+    assert_eq!(worker.metric(metrics::WORKSPACE_FAILED).await, Some(0.0));
     assert!(stack.broker.take_dead_letters().await.is_empty());
     assert_eq!(stack.users().await, expected.live);
     let one_each = "SELECT count(*) FROM users u WHERE (SELECT count(*) FROM workspaces w \
@@ -184,11 +191,14 @@ async fn without_the_setting_the_consumer_through_pgbouncer_is_not_ready_and_dea
         worker.readyz().await.0 == 503
     })
     .await;
-    let retried = "events_retried_total{reason=\"database_unavailable\"}";
+    let retried = &series(
+        metrics::EVENTS_RETRIED,
+        &[("reason", "database_unavailable")],
+    );
     eventually(
         "retries as unavailable",
         Duration::from_secs(20),
-        || async { worker.metric(retried).await > 2.0 },
+        || async { worker.expect_metric(retried).await > 2.0 },
     )
     .await;
     assert_eq!(
@@ -238,9 +248,12 @@ async fn with_the_setting_a_cut_between_pgbouncer_and_postgresql_loses_nothing()
 
     assert_eq!(renamed_during_the_cut, 0, "an update got through the cut");
     assert_converged(&stack, &worker, &expected).await;
-    let unavailable = r#"events_retried_total{reason="database_unavailable"}"#;
+    let unavailable = &series(
+        metrics::EVENTS_RETRIED,
+        &[("reason", "database_unavailable")],
+    );
     assert!(
-        worker.metric(unavailable).await > 0.0,
+        worker.expect_metric(unavailable).await > 0.0,
         "the cut went unnoticed"
     );
 }

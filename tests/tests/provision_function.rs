@@ -12,6 +12,7 @@ use sea_orm::{
     TransactionTrait, Value,
 };
 use serde_json::{Value as Json, json};
+use worker::provision::contract::constraint;
 
 const ID: &str = "user_2fn";
 const OTHER: &str = "user_2other";
@@ -631,7 +632,7 @@ fn refusals() -> Vec<Refusal> {
             rule: "a chosen username another user holds is never swapped for a fallback",
             setup: &[OTHER_HOLDS_FN_USER],
             call: SIGN_UP,
-            constraint: "users_username_key",
+            constraint: constraint::USERS_USERNAME_KEY,
         },
         Refusal {
             rule: "a derived username whose fallback is taken too is refused",
@@ -641,7 +642,7 @@ fn refusals() -> Vec<Refusal> {
                  'third@example.com', 'fn_user_2fn')",
             ],
             call: DERIVED,
-            constraint: "users_username_key",
+            constraint: constraint::USERS_USERNAME_KEY,
         },
         Refusal {
             rule: "a chosen username a derived holder cannot give up (it is their fallback) is refused",
@@ -650,7 +651,7 @@ fn refusals() -> Vec<Refusal> {
                  ('user_2other', 'other@example.com', 'fn_user', 'fn_user')",
             ],
             call: SIGN_UP,
-            constraint: "users_username_key",
+            constraint: constraint::USERS_USERNAME_KEY,
         },
         Refusal {
             rule: "an email another user holds is refused",
@@ -660,7 +661,7 @@ fn refusals() -> Vec<Refusal> {
                 username: "fn_own",
                 ..SIGN_UP
             },
-            constraint: "users_email_key",
+            constraint: constraint::USERS_EMAIL_KEY,
         },
         Refusal {
             rule: "an email the schema's rule refuses is refused",
@@ -669,7 +670,7 @@ fn refusals() -> Vec<Refusal> {
                 email: "not-an-email",
                 ..SIGN_UP
             },
-            constraint: "valid_email",
+            constraint: constraint::VALID_EMAIL,
         },
         Refusal {
             rule: "a blank workspace name is refused",

@@ -4,6 +4,7 @@
 use integration_tests::TestDb;
 use migration::{Migrator, MigratorTrait};
 use sea_orm::ConnectionTrait;
+use worker::provision::contract::constraint;
 
 const INSERT_USER: &str = "INSERT INTO users (id, email, username) VALUES";
 
@@ -118,11 +119,11 @@ async fn defaults_are_the_products() {
 async fn every_check_constraint_rejects_what_it_should() {
     let db = TestDb::migrated().await;
     let cases = [
-        ("valid_email", format!("{INSERT_USER} ('u1', 'not-an-email', 'alice')")),
-        ("valid_email", format!("{INSERT_USER} ('u1', 'a@b.c', 'alice')")),
-        ("valid_username", format!("{INSERT_USER} ('u1', 'a@example.com', 'al')")),
-        ("valid_username", format!("{INSERT_USER} ('u1', 'a@example.com', 'al-ice')")),
-        ("valid_username", format!("{INSERT_USER} ('u1', 'a@example.com', '{}')", "x".repeat(31))),
+        (constraint::VALID_EMAIL, format!("{INSERT_USER} ('u1', 'not-an-email', 'alice')")),
+        (constraint::VALID_EMAIL, format!("{INSERT_USER} ('u1', 'a@b.c', 'alice')")),
+        (constraint::VALID_USERNAME, format!("{INSERT_USER} ('u1', 'a@example.com', 'al')")),
+        (constraint::VALID_USERNAME, format!("{INSERT_USER} ('u1', 'a@example.com', 'al-ice')")),
+        (constraint::VALID_USERNAME, format!("{INSERT_USER} ('u1', 'a@example.com', '{}')", "x".repeat(31))),
         (
             "valid_storage_used",
             "INSERT INTO users (id, email, username, storage_used) VALUES ('u1', 'a@example.com', 'alice', -1)".to_owned(),
@@ -161,18 +162,24 @@ async fn uniqueness_and_the_foreign_key_hold() {
         &format!("{INSERT_USER} ('u2', 'a@example.com', 'bob')"),
     )
     .await;
-    assert!(email.contains("users_email_key"), "{email}");
+    assert!(email.contains(constraint::USERS_EMAIL_KEY), "{email}");
     let username = refused(
         &db,
         &format!("{INSERT_USER} ('u2', 'b@example.com', 'alice')"),
     )
     .await;
-    assert!(username.contains("users_username_key"), "{username}");
+    assert!(
+        username.contains(constraint::USERS_USERNAME_KEY),
+        "{username}"
+    );
 
     db.execute("INSERT INTO workspaces (user_id) VALUES ('u1')")
         .await;
     let second = refused(&db, "INSERT INTO workspaces (user_id) VALUES ('u1')").await;
-    assert!(second.contains("unique_user_workspace"), "{second}");
+    assert!(
+        second.contains(constraint::UNIQUE_USER_WORKSPACE),
+        "{second}"
+    );
     let orphan = refused(&db, "INSERT INTO workspaces (user_id) VALUES ('nobody')").await;
     assert!(orphan.contains("foreign key"), "{orphan}");
 

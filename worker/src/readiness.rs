@@ -20,11 +20,6 @@ impl ReadyFlag {
         *self.lock() = None;
     }
 
-    /// Whether connected now.
-    pub fn get(&self) -> bool {
-        self.lock().is_some()
-    }
-
     /// The node in use, while connected.
     pub fn node(&self) -> Option<String> {
         self.lock().clone()

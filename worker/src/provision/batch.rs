@@ -11,10 +11,9 @@ use std::collections::HashMap;
 use sea_orm::{DbErr, FromQueryResult};
 
 use super::answer::ProvisionUserRow;
-use super::contract::Arguments;
-use super::{Provisioned, event_at, sql, statement, username_parameters};
+use super::{Provisioned, sql, statement, with_arguments};
 use crate::db::Pool;
-use crate::domain::{UserProfile, WorkspaceName};
+use crate::domain::UserProfile;
 use crate::error::ProvisionError;
 
 /// One user's answer within the batch: whose, and `provision_user`'s own row.
@@ -54,27 +53,10 @@ pub async fn provision_batch(
 
 /// The batch as one JSON parameter: one statement whatever the batch size.
 fn rows(profiles: &[&UserProfile]) -> Result<serde_json::Value, ProvisionError> {
-    let workspace_name = WorkspaceName::default();
-    let digests: Vec<_> = profiles.iter().map(|p| p.content_digest()).collect();
-    let usernames: Vec<_> = profiles.iter().map(|p| username_parameters(p)).collect();
-    let rows: Vec<Arguments> = profiles
+    profiles
         .iter()
-        .zip(&digests)
-        .zip(&usernames)
-        .map(|((p, digest), (username, fallback, derived))| Arguments {
-            id: p.id.as_ref(),
-            email: p.email.as_ref(),
-            username,
-            fallback,
-            derived: *derived,
-            first_name: p.first_name.as_ref().map(AsRef::as_ref),
-            last_name: p.last_name.as_ref().map(AsRef::as_ref),
-            avatar_url: p.avatar_url.as_ref().map(AsRef::as_ref),
-            updated_at: p.updated_at.as_datetime(),
-            event_at: event_at(p),
-            digest: digest.as_ref(),
-            workspace_name: workspace_name.as_ref(),
-        })
-        .collect();
-    serde_json::to_value(rows).map_err(|err| ProvisionError::from_db(DbErr::Json(err.to_string())))
+        .map(|profile| with_arguments(profile, |arguments| serde_json::to_value(arguments)))
+        .collect::<Result<Vec<_>, _>>()
+        .map(serde_json::Value::Array)
+        .map_err(|err| ProvisionError::from_db(DbErr::Json(err.to_string())))
 }

@@ -6,6 +6,7 @@
 //! [`ProvisionUserRow`]: super::answer::ProvisionUserRow
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use sea_orm::Value;
 use serde::{Serialize, Serializer};
 
 /// The function that applies one user's change, whole.
@@ -52,6 +53,27 @@ pub struct Arguments<'a> {
     #[serde(serialize_with = "bytea")]
     pub digest: &'a [u8],
     pub workspace_name: &'a str,
+}
+
+impl Arguments<'_> {
+    /// The arguments as positional statement values, in [`ARGUMENTS`]' order: one event's call
+    /// binds them directly, cheaper for PostgreSQL than a one-row JSON recordset.
+    pub fn values(&self) -> [Value; ARGUMENTS.len()] {
+        [
+            self.id.into(),
+            self.email.into(),
+            self.username.into(),
+            self.fallback.into(),
+            self.derived.into(),
+            self.first_name.map(str::to_owned).into(),
+            self.last_name.map(str::to_owned).into(),
+            self.avatar_url.map(str::to_owned).into(),
+            self.updated_at.into(),
+            self.event_at.into(),
+            self.digest.to_vec().into(),
+            self.workspace_name.into(),
+        ]
+    }
 }
 
 /// The per-user advisory lock key of `expression` (a user id): every transaction that touches a
@@ -129,6 +151,40 @@ mod tests {
         );
         assert_eq!(value["digest"], "\\x0aff");
         assert_eq!(value["updated_at"], "1970-01-01T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn the_positional_values_have_the_declared_types_in_order() {
+        let time = DateTime::UNIX_EPOCH;
+        let arguments = Arguments {
+            id: "user_1",
+            email: "a@example.com",
+            username: "alice",
+            fallback: "alice_1",
+            derived: true,
+            first_name: None,
+            last_name: Some("A"),
+            avatar_url: None,
+            updated_at: time,
+            event_at: time,
+            digest: &[0x0a],
+            workspace_name: "My Workspace",
+        };
+        let types: Vec<&str> = arguments
+            .values()
+            .iter()
+            .map(|value| match value {
+                Value::String(_) => "text",
+                Value::Bool(_) => "boolean",
+                Value::ChronoDateTimeUtc(_) => "timestamptz",
+                Value::Bytes(_) => "bytea",
+                other => panic!("unexpected value {other:?}"),
+            })
+            .collect();
+        let declared: Vec<&str> = ARGUMENTS.iter().map(|(_, sql_type)| *sql_type).collect();
+        assert_eq!(types, declared);
+        assert_eq!(arguments.values()[2], Value::from("alice"));
+        assert_eq!(arguments.values()[3], Value::from("alice_1"));
     }
 
     #[test]

@@ -22,13 +22,18 @@ pub use batch::provision_batch;
 pub use deadline::within;
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, Statement, Value};
+use sea_orm::{
+    ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, FromQueryResult, Statement, Value,
+};
 use serde::Serialize;
 use tracing::{debug, instrument};
 
+use self::answer::ProvisionUserRow;
+use self::contract::Arguments;
 use crate::db::Pool;
 use crate::domain::{
     ClerkTime, DerivedUsername, Event, UserDeletion, UserId, UserProfile, UsernameChoice,
+    WorkspaceName,
 };
 use crate::error::{FailureReason, ProvisionError};
 use crate::outcome::Outcome;
@@ -83,16 +88,41 @@ async fn provision_user(db: &Pool, profile: &UserProfile) -> Result<Provisioned,
 
 /// One round trip: the `provision_user` function (see its migration) does the whole change, and
 /// on its own the statement is exactly one transaction (an explicit one through PgBouncer: see
-/// [`Pool`]). One event is a batch of one: the same statement, the same rules.
+/// [`Pool`]).
 async fn provision_user_once(
     db: &Pool,
     profile: &UserProfile,
 ) -> Result<Provisioned, ProvisionError> {
-    let mut answers = provision_batch(db, &[profile]).await?;
-    answers.pop().ok_or_else(|| {
-        ProvisionError::from_db(DbErr::RecordNotFound(
-            "provision_user returned no row".into(),
-        ))
+    let values = with_arguments(profile, |arguments| arguments.values());
+    ProvisionUserRow::find_by_statement(statement(&sql::PROVISION_USER, values))
+        .one(db)
+        .await
+        .and_then(|row| {
+            row.ok_or_else(|| DbErr::RecordNotFound("provision_user returned no row".into()))
+        })
+        .and_then(Provisioned::try_from)
+        .map_err(ProvisionError::from_db)
+}
+
+/// Calls `use_them` with `profile`'s `provision_user` arguments: the one place a profile becomes
+/// them, for one event and for a batch.
+fn with_arguments<R>(profile: &UserProfile, use_them: impl FnOnce(Arguments) -> R) -> R {
+    let (username, fallback, derived) = username_parameters(profile);
+    let digest = profile.content_digest();
+    let workspace_name = WorkspaceName::default();
+    use_them(Arguments {
+        id: profile.id.as_ref(),
+        email: profile.email.as_ref(),
+        username,
+        fallback: &fallback,
+        derived,
+        first_name: profile.first_name.as_ref().map(AsRef::as_ref),
+        last_name: profile.last_name.as_ref().map(AsRef::as_ref),
+        avatar_url: profile.avatar_url.as_ref().map(AsRef::as_ref),
+        updated_at: profile.updated_at.as_datetime(),
+        event_at: event_at(profile),
+        digest: digest.as_ref(),
+        workspace_name: workspace_name.as_ref(),
     })
 }
 

@@ -12,12 +12,28 @@ use super::contract;
 pub static LOCK_USER: LazyLock<String> =
     LazyLock::new(|| format!("SELECT pg_advisory_xact_lock({})", contract::lock_key("$1")));
 
+/// One user's `user.created`/`user.updated`, whole: the [`contract::ARGUMENTS`] as $1..$12
+/// (`contract::Arguments::values`), answered by `provision_user`'s one row. The rules live with
+/// the function, in the migration crate's `sql/provision_user_v3.sql`; the answer is read as an
+/// `answer::ProvisionUserRow`.
+pub static PROVISION_USER: LazyLock<String> = LazyLock::new(|| {
+    let arguments: Vec<String> = contract::ARGUMENTS
+        .iter()
+        .zip(1..)
+        .map(|((_, sql_type), n)| format!("${n}::{sql_type}"))
+        .collect();
+    format!(
+        "SELECT p.* FROM {function}({arguments}) AS p",
+        function = contract::FUNCTION,
+        arguments = arguments.join(", "),
+    )
+});
+
 /// Users' `user.created`/`user.updated`, whole: $1 a JSON array of [`contract::Arguments`]
 /// (distinct users), each answered by one `provision_user` row after the user's id. Users go
 /// through it in the order of their lock keys (the sorted subquery is not flattened), so two
-/// batches never wait for each other's locks in a cycle. One event is a batch of one, so the
-/// rules are the same by construction. The rules live with the function, in the migration
-/// crate's `sql/provision_user_v3.sql`; each answer is read as an `answer::ProvisionUserRow`.
+/// batches never wait for each other's locks in a cycle. Each user goes through the function
+/// [`PROVISION_USER`] calls, so the rules are the same by construction.
 pub static PROVISION_USERS: LazyLock<String> = LazyLock::new(|| {
     let columns: Vec<String> = contract::ARGUMENTS
         .iter()

@@ -111,10 +111,8 @@ fn bytea<S: Serializer>(bytes: &&[u8], serializer: S) -> Result<S::Ok, S::Error>
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_arguments_serialize_with_the_declared_names_in_order() {
-        let time = DateTime::UNIX_EPOCH;
-        let arguments = Arguments {
+    fn sample() -> Arguments<'static> {
+        Arguments {
             id: "user_1",
             email: "a@example.com",
             username: "alice",
@@ -123,11 +121,16 @@ mod tests {
             first_name: None,
             last_name: Some("A"),
             avatar_url: None,
-            updated_at: time,
-            event_at: time,
+            updated_at: DateTime::UNIX_EPOCH,
+            event_at: DateTime::UNIX_EPOCH,
             digest: &[0x0a, 0xff],
             workspace_name: "My Workspace",
-        };
+        }
+    }
+
+    #[test]
+    fn the_arguments_serialize_with_the_declared_names_in_order() {
+        let arguments = sample();
         let json = serde_json::to_string(&arguments).unwrap();
         let value: serde_json::Value = serde_json::from_str(&json).unwrap();
         let keys: Vec<&str> = value
@@ -155,21 +158,7 @@ mod tests {
 
     #[test]
     fn the_positional_values_have_the_declared_types_in_order() {
-        let time = DateTime::UNIX_EPOCH;
-        let arguments = Arguments {
-            id: "user_1",
-            email: "a@example.com",
-            username: "alice",
-            fallback: "alice_1",
-            derived: true,
-            first_name: None,
-            last_name: Some("A"),
-            avatar_url: None,
-            updated_at: time,
-            event_at: time,
-            digest: &[0x0a],
-            workspace_name: "My Workspace",
-        };
+        let arguments = sample();
         let types: Vec<&str> = arguments
             .values()
             .iter()

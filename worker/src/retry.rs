@@ -115,13 +115,16 @@ impl RetryPolicy {
     }
 
     /// The one backoff curve, before jitter: doubling from the initial delay up to the cap.
+    /// backon starts at the initial delay even above the cap, so every value is capped here.
     fn curve(&self) -> impl Iterator<Item = Duration> + Send + use<> {
+        let cap = self.max_delay;
         ExponentialBuilder::default()
             .with_min_delay(self.initial_delay)
-            .with_max_delay(self.max_delay)
+            .with_max_delay(cap)
             .with_factor(2.0)
             .without_max_times()
             .build()
+            .map(move |delay| delay.min(cap))
     }
 }
 
@@ -139,6 +142,19 @@ mod tests {
         max_delay: Duration::from_secs(30),
         max_attempts: 8,
     };
+
+    #[test]
+    fn no_delay_exceeds_the_cap_even_when_the_initial_delay_does() {
+        let inverted = RetryPolicy {
+            initial_delay: Duration::from_secs(10),
+            max_delay: Duration::from_secs(1),
+            max_attempts: 8,
+        };
+        for retry in 1..5 {
+            assert!(inverted.delay_before_retry(retry) <= inverted.max_delay);
+        }
+        assert!(inverted.delays().take(5).all(|d| d <= inverted.max_delay));
+    }
 
     fn transient() -> Result<(), ProvisionError> {
         Err(ProvisionError::Transient(sea_orm::DbErr::Custom(

@@ -23,6 +23,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Channel};
+use tokio::sync::RwLock;
 use tracing::{error, info, warn};
 
 use super::delivery::Context;
@@ -79,6 +80,10 @@ pub struct Settler {
     retry_exchange: String,
     metrics: Metrics,
     tags: Mutex<Tags>,
+    /// Held shared while one delivery's settlement is checked and sent, and exclusively while
+    /// everything is handed back: no ack or return of a tag can reach the broker after the
+    /// nack of everything (a settled tag settled again is a channel error).
+    sending: RwLock<()>,
 }
 
 /// The consumer channel's deliveries as the settler knows them.
@@ -107,6 +112,7 @@ impl Settler {
             retry_exchange,
             metrics,
             tags: Mutex::default(),
+            sending: RwLock::new(()),
         }
     }
 
@@ -162,6 +168,7 @@ impl Settler {
     /// Acknowledges deliveries whose transaction committed; `context` names them in a warning.
     pub async fn ack(&self, deliveries: &[&Delivery], context: &Context) {
         let tags: Vec<u64> = deliveries.iter().map(|d| d.delivery_tag).collect();
+        let _sending = self.sending.read().await;
         let covering = {
             let tags_now = self.lock();
             if tags_now.all_given_back {
@@ -197,6 +204,7 @@ impl Settler {
     /// included (`basic.nack` of tag 0 with `multiple`): on shutdown after the drain, and when
     /// the session pauses for a database outage. Work still running settles nothing afterwards.
     pub async fn give_back_all(&self) {
+        let _everything_sent = self.sending.write().await;
         {
             let mut tags = self.lock();
             tags.all_given_back = true;
@@ -213,6 +221,7 @@ impl Settler {
 
     /// Returns one delivery to the queue; if that fails, closing the channel does it.
     async fn hand_back(&self, delivery: &Delivery, context: &Context, how: Settlement) {
+        let _sending = self.sending.read().await;
         if self.lock().all_given_back {
             return;
         }

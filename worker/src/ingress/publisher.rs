@@ -81,9 +81,16 @@ impl Publisher {
                     self.set(Some((channel.clone(), node.as_str()))).await;
                     info!(exchange = %topology.exchange, %node, "ingress connected to the broker");
                     delays = reconnect.delays();
-                    let lost = tokio::select! {
-                        why = broker::watch_connection(&connection) => Some(why),
-                        () = stop.cancelled() => None,
+                    // Watch first, then look: a channel error before the watch began raised
+                    // no event, but shows in the channel's status.
+                    let watch = broker::watch_connection(&connection);
+                    let lost = if channel.status().connected() {
+                        tokio::select! {
+                            why = watch => Some(why),
+                            () = stop.cancelled() => None,
+                        }
+                    } else {
+                        Some("the publishing channel closed before it was watched".to_owned())
                     };
                     self.set(None).await;
                     match lost {

@@ -181,6 +181,10 @@ async fn purge_tombstones_once(
     shutdown: &CancellationToken,
 ) {
     let Some(before) = chrono::Utc::now().checked_sub_signed(retention) else {
+        warn!(
+            %retention,
+            "TOMBSTONE_RETENTION reaches before the earliest representable time; not purging"
+        );
         return;
     };
     let purge = tokio::time::timeout(PURGE_TIMEOUT, provision::purge_tombstones(db, before));

@@ -37,6 +37,7 @@ mod m20261129_000004_create_provision_user_function;
 mod m20261201_000005_account_churn;
 mod m20261201_000006_create_provision_user_v2;
 mod m20261202_000007_create_provision_user_v3;
+mod m20261203_000008_create_reconcile_runs;
 
 /// Every migration of the schema, oldest first.
 pub struct Migrator;
@@ -52,6 +53,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000005_account_churn::Migration),
             Box::new(m20261201_000006_create_provision_user_v2::Migration),
             Box::new(m20261202_000007_create_provision_user_v3::Migration),
+            Box::new(m20261203_000008_create_reconcile_runs::Migration),
         ]
     }
 }

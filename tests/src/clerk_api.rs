@@ -1,15 +1,19 @@
 //! A local stand-in for Clerk's Backend API, speaking exactly its documented shape for the calls
-//! `worker reconcile` makes: `GET /v1/users` (limit, offset, `order_by=+created_at`; a JSON array
-//! of user objects), `GET /v1/users/count`, `GET /v1/users/{id}` (404 when unknown), the bearer
-//! check (401), and, on request, a 429 with `Retry-After` or a 500 on a chosen request.
+//! `worker reconcile` makes: `GET /v1/users` (limit 1-500, `order_by` `+created_at` or
+//! `-created_at` (the default), `offset`, or the cursor `starting_after` (the id of the last user
+//! of the previous page; 422 with a non-zero offset or another order), and up to 100 `user_id`
+//! filters that leave out ids not found; a JSON array of user objects), `GET /v1/users/count`,
+//! `GET /v1/users/{id}` (404 `resource_not_found` when unknown), the bearer check (401), and, on
+//! request, a 429 with `Retry-After` or a 500 on a chosen request. It can also play an API that
+//! ignores the cursor, as older ones did.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::Router;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -30,6 +34,10 @@ struct Instance {
     /// Users `GET /v1/users/{id}` knows but the list skips (as offset paging can).
     unlisted: Mutex<HashSet<String>>,
     requests: AtomicU64,
+    /// `GET /v1/users` requests: walking the list, and confirming ids with `user_id`.
+    list_requests: AtomicU64,
+    confirm_requests: AtomicU64,
+    ignore_cursor: AtomicBool,
     /// Request numbers (1-based) answered 429 with `Retry-After: 1`, or 500.
     throttle: Mutex<HashSet<u64>>,
     fail: Mutex<HashSet<u64>>,
@@ -101,6 +109,21 @@ impl FakeClerk {
     pub fn fail_request(&self, n: u64) {
         let base = self.requests();
         lock(&self.state.fail).insert(base + n);
+    }
+
+    /// From now on, answer `starting_after` as if it were not there (the first page again).
+    pub fn ignore_cursor(&self) {
+        self.state.ignore_cursor.store(true, Ordering::SeqCst);
+    }
+
+    /// `GET /v1/users` requests that walked the list (no `user_id` filter).
+    pub fn list_requests(&self) -> u64 {
+        self.state.list_requests.load(Ordering::SeqCst)
+    }
+
+    /// `GET /v1/users?user_id=...` requests (orphan confirmations).
+    pub fn confirm_requests(&self) -> u64 {
+        self.state.confirm_requests.load(Ordering::SeqCst)
     }
 
     /// Requests received so far.
@@ -176,36 +199,103 @@ fn authorised(state: &Instance, headers: &HeaderMap) -> bool {
         .is_some_and(|v| v == expected)
 }
 
-async fn list(
-    State(state): State<Arc<Instance>>,
-    Query(query): Query<HashMap<String, String>>,
-) -> Response {
-    let number = |key: &str, default: usize| {
-        query
-            .get(key)
-            .map_or(Ok(default), |v| v.parse::<usize>().map_err(|_| ()))
+fn unprocessable(message: &str) -> Response {
+    clerk_error(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "form_param_value_invalid",
+        message,
+    )
+}
+
+/// The query of `GET /v1/users`, repeated `user_id`s included.
+struct ListQuery {
+    limit: usize,
+    offset: usize,
+    descending: bool,
+    starting_after: Option<String>,
+    user_ids: Vec<String>,
+}
+
+fn list_query(raw: Option<String>) -> Result<ListQuery, Response> {
+    let pairs: Vec<(String, String)> =
+        url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
+    let one = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    let number = |key: &str, default: usize| match one(key) {
+        None => Ok(default),
+        Some(v) => v.parse::<usize>().map_err(|_| unprocessable("bad number")),
     };
-    let (Ok(limit), Ok(offset)) = (number("limit", 10), number("offset", 0)) else {
-        return clerk_error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "form_param_format_invalid",
-            "bad number",
-        );
-    };
-    if !(1..=500).contains(&limit) || query.get("order_by").is_some_and(|o| o != "+created_at") {
-        return clerk_error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "form_param_value_invalid",
-            "unsupported",
-        );
+    let limit = number("limit", 10)?;
+    let offset = number("offset", 0)?;
+    if !(1..=500).contains(&limit) {
+        return Err(unprocessable("limit must be 1 to 500"));
     }
-    let unlisted = lock(&state.unlisted).clone();
-    let page: Vec<Value> = lock(&state.users)
+    let descending = match one("order_by").as_deref() {
+        None | Some("-created_at") => true,
+        Some("+created_at" | "created_at") => false,
+        Some(_) => return Err(unprocessable("unsupported order_by")),
+    };
+    let starting_after = one("starting_after");
+    if starting_after.is_some() && offset != 0 {
+        return Err(unprocessable(
+            "starting_after cannot be combined with offset",
+        ));
+    }
+    let user_ids: Vec<String> = pairs
         .iter()
-        .filter(|u| !unlisted.contains(u["id"].as_str().unwrap_or_default()))
-        .skip(offset)
-        .take(limit)
+        .filter(|(k, _)| k == "user_id")
+        .map(|(_, v)| v.clone())
+        .collect();
+    if user_ids.len() > 100 {
+        return Err(unprocessable("at most 100 user_id values"));
+    }
+    Ok(ListQuery {
+        limit,
+        offset,
+        descending,
+        starting_after,
+        user_ids,
+    })
+}
+
+async fn list(State(state): State<Arc<Instance>>, RawQuery(raw): RawQuery) -> Response {
+    let query = match list_query(raw) {
+        Ok(query) => query,
+        Err(refused) => return refused,
+    };
+    let counter = match query.user_ids.is_empty() {
+        true => &state.list_requests,
+        false => &state.confirm_requests,
+    };
+    counter.fetch_add(1, Ordering::SeqCst);
+    let unlisted = lock(&state.unlisted).clone();
+    let id = |u: &Value| u["id"].as_str().unwrap_or_default().to_owned();
+    let mut users: Vec<Value> = lock(&state.users)
+        .iter()
+        .filter(|u| match query.user_ids.is_empty() {
+            true => !unlisted.contains(&id(u)),
+            false => query.user_ids.contains(&id(u)),
+        })
         .cloned()
+        .collect();
+    if query.descending {
+        users.reverse();
+    }
+    let cursor = match (
+        &query.starting_after,
+        state.ignore_cursor.load(Ordering::SeqCst),
+    ) {
+        (Some(after), false) => match users.iter().position(|u| id(u) == *after) {
+            Some(at) => at + 1,
+            None => return unprocessable("starting_after names no user"),
+        },
+        _ => 0,
+    };
+    let page: Vec<Value> = users
+        .into_iter()
+        .skip(cursor + query.offset)
+        .take(query.limit)
         .collect();
     axum::Json(page).into_response()
 }

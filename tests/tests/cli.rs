@@ -265,8 +265,24 @@ async fn the_migration_cli_goes_up_status_down_and_fresh() {
     migration(&["up"]);
     let status = migration(&["status"]);
     assert!(
-        status.contains("m20261202_000007_create_provision_user_v3"),
+        status.contains("m20261203_000008_create_reconcile_runs"),
         "{status}"
+    );
+    // The reconcile tables' down drops them and the tombstones' column.
+    migration(&["down", "-n", "1"]);
+    assert_eq!(
+        db.scalar(
+            "SELECT count(*) FROM pg_tables WHERE tablename IN ('job_leases', 'reconcile_runs')"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        db.scalar(
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = 'user_tombstones' AND column_name = 'reconcile_run'"
+        )
+        .await,
+        0
     );
     // v3's down brings v2 back: the function is still there, with the same signature.
     migration(&["down", "-n", "1"]);

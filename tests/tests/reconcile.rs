@@ -10,8 +10,10 @@ use integration_tests::clerk_api::FakeClerk;
 use integration_tests::eventually;
 use integration_tests::stack::Stack;
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 use worker::clerk_api::{ClerkApi, ClerkApiSettings};
-use worker::reconcile::{Options, Progress};
+use worker::reconcile::job::Job;
+use worker::reconcile::{Options, Progress, Trigger};
 
 const SECRET: &str = "sk_test_reconcile_secret_4f9a";
 
@@ -244,6 +246,36 @@ impl Progress for Quiet {
     fn phase(&self, _: &'static str) {}
 }
 
+/// One manual run in process, under the lease, as `worker reconcile` makes it.
+async fn run_once(
+    db: &worker::db::Pool,
+    settings: &worker::config::DatabaseSettings,
+    api: &ClerkApi,
+    options: Options,
+) -> Result<worker::reconcile::Report, String> {
+    let job = Job {
+        db,
+        database: settings,
+        api,
+        holder: "in-process test",
+        lease_ttl: Duration::from_secs(30),
+        metrics: None,
+    };
+    let lease = job
+        .take_lease()
+        .await
+        .expect("database")
+        .expect("lease free");
+    let never = CancellationToken::new();
+    let finished = job
+        .run(lease, Trigger::Manual, options, &Quiet, &never)
+        .await
+        .expect("run recorded");
+    finished
+        .report
+        .ok_or_else(|| finished.error.unwrap_or_default())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconcile_racing_the_consumer_ends_in_clerks_state() {
     let stack = Stack::new().await;
@@ -287,7 +319,7 @@ async fn a_reconcile_racing_the_consumer_ends_in_clerks_state() {
         }
     };
     let pool = stack.db.pool();
-    let run = worker::reconcile::run(&pool, &stack.db.settings, &api, options, &Quiet);
+    let run = run_once(&pool, &stack.db.settings, &api, options);
     let ((), report) = tokio::join!(publish, run);
     let report = report.expect("reconcile");
     assert_eq!(report.failed.count, 0);
@@ -302,7 +334,7 @@ async fn a_reconcile_racing_the_consumer_ends_in_clerks_state() {
         .await;
     assert_eq!(wrong, 0, "every row ends in Clerk's state");
     assert_eq!(stack.workspaces().await, n as i64);
-    let rerun = worker::reconcile::run(&pool, &stack.db.settings, &api, options, &Quiet)
+    let rerun = run_once(&pool, &stack.db.settings, &api, options)
         .await
         .expect("rerun");
     assert_eq!(rerun.in_sync, n as u64);

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{FailureReason, ProvisionError};
 use crate::memory::MemoryUsage;
 use crate::outcome::{NotProvisioned, Outcome};
+use crate::reconcile::{DRIFT_CLASSES, RunResult};
 
 pub const WORKSPACE_CREATED: &str = "workspace_created_total";
 pub const WORKSPACE_FAILED: &str = "workspace_failed_total";
@@ -36,10 +37,15 @@ pub const WEBHOOK_CONNECTIONS_WAITED: &str = "webhook_connections_waited_total";
 pub const RESIDENT_MEMORY: &str = "process_resident_memory_bytes";
 pub const HEAP_IN_USE: &str = "process_heap_in_use_bytes";
 pub const HEAP_FREE: &str = "process_heap_free_bytes";
+pub const RECONCILE_RUNS: &str = "reconcile_runs_total";
+pub const RECONCILE_DURATION: &str = "reconcile_duration_seconds";
+pub const RECONCILE_LAST_SUCCESS: &str = "reconcile_last_success_timestamp_seconds";
+pub const RECONCILE_DRIFT: &str = "reconcile_drift_total";
+pub const RECONCILE_INTERVAL: &str = "reconcile_interval_seconds";
 
 /// Every metric family this service exports, with whether it is a histogram (exported as
 /// `_bucket`, `_sum` and `_count` series). Dashboards and alerts may only use these.
-pub const ALL: [(&str, bool); 20] = [
+pub const ALL: [(&str, bool); 25] = [
     (BATCH_SIZE, true),
     (WORKSPACE_CREATED, false),
     (WORKSPACE_FAILED, false),
@@ -60,6 +66,11 @@ pub const ALL: [(&str, bool); 20] = [
     (RESIDENT_MEMORY, false),
     (HEAP_IN_USE, false),
     (HEAP_FREE, false),
+    (RECONCILE_RUNS, false),
+    (RECONCILE_DURATION, true),
+    (RECONCILE_LAST_SUCCESS, false),
+    (RECONCILE_DRIFT, false),
+    (RECONCILE_INTERVAL, false),
 ];
 
 /// 1 ms to 10 s: the provisioning target is 200 ms, so resolution matters below a second.
@@ -70,6 +81,11 @@ const LATENCY_BUCKETS: &[f64] = &[
 const LAG_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
     300.0, 900.0, 3600.0,
+];
+
+/// A reconcile takes seconds for a small instance and hours for millions of users.
+const RECONCILE_BUCKETS: &[f64] = &[
+    1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0,
 ];
 
 /// Batch sizes up to the largest `BATCH_SIZE`.
@@ -97,6 +113,10 @@ impl Metrics {
             .set_buckets(LATENCY_BUCKETS)?
             .set_buckets_for_metric(Matcher::Full(EVENT_LAG.to_owned()), LAG_BUCKETS)?
             .set_buckets_for_metric(Matcher::Full(BATCH_SIZE.to_owned()), BATCH_BUCKETS)?
+            .set_buckets_for_metric(
+                Matcher::Full(RECONCILE_DURATION.to_owned()),
+                RECONCILE_BUCKETS,
+            )?
             .build_recorder();
         let metrics = Self {
             handle: recorder.handle(),
@@ -250,6 +270,37 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// A reconcile run that ended: counted by result, timed, and its drift counted per class.
+    pub fn record_reconcile(
+        &self,
+        result: RunResult,
+        duration: Duration,
+        drift: &[(&'static str, u64)],
+    ) {
+        self.with(|| {
+            counter!(RECONCILE_RUNS, "result" => result.as_str()).increment(1);
+            histogram!(RECONCILE_DURATION).record(duration.as_secs_f64());
+            for (class, count) in drift {
+                counter!(RECONCILE_DRIFT, "class" => *class).increment(*count);
+            }
+        });
+    }
+
+    /// When the last applied run succeeded, from the runs table: every replica exports the
+    /// same figure, whichever ran it, and a restart does not lose it.
+    pub fn set_reconcile_last_success(&self, at: chrono::DateTime<chrono::Utc>) {
+        let seconds = at.timestamp_millis() as f64 / 1000.0;
+        self.with(|| gauge!(RECONCILE_LAST_SUCCESS).set(seconds));
+    }
+
+    /// The schedule's interval (0 when off), for the alert on runs that stopped happening.
+    pub fn set_reconcile_interval(&self, interval: Option<Duration>) {
+        let seconds = interval.map_or(0.0, |i| i.as_secs_f64());
+        self.with(|| gauge!(RECONCILE_INTERVAL).set(seconds));
+    }
+}
+
 fn describe() {
     describe_counter!(
         WORKSPACE_CREATED,
@@ -313,6 +364,25 @@ fn describe() {
         metrics::Unit::Bytes,
         "Heap allocated and not freed: climbing under steady traffic means a leak."
     );
+    describe_counter!(RECONCILE_RUNS, "Reconcile runs finished, by result.");
+    describe_histogram!(
+        RECONCILE_DURATION,
+        metrics::Unit::Seconds,
+        "Duration of one reconcile run."
+    );
+    describe_gauge!(
+        RECONCILE_LAST_SUCCESS,
+        "When the last applied reconcile run (any replica) succeeded, in seconds since the epoch."
+    );
+    describe_counter!(
+        RECONCILE_DRIFT,
+        "Users found out of step with Clerk by reconcile runs, by class: webhooks are being lost."
+    );
+    describe_gauge!(
+        RECONCILE_INTERVAL,
+        metrics::Unit::Seconds,
+        "RECONCILE_INTERVAL of this worker; 0 when the schedule is off."
+    );
     describe_gauge!(
         HEAP_FREE,
         metrics::Unit::Bytes,
@@ -333,6 +403,12 @@ fn register_at_zero() {
     }
     for reason in FailureReason::ALL {
         counter!(WORKSPACE_FAILED, "reason" => reason.as_str()).absolute(0);
+    }
+    for result in RunResult::ALL {
+        counter!(RECONCILE_RUNS, "result" => result.as_str()).absolute(0);
+    }
+    for class in DRIFT_CLASSES {
+        counter!(RECONCILE_DRIFT, "class" => class).absolute(0);
     }
     for reason in ProvisionError::RETRY_REASONS {
         counter!(EVENTS_RETRIED, "reason" => reason.as_str()).absolute(0);

@@ -19,6 +19,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::clerk_api::ClerkApi;
 use crate::config::{
     BrokerSettings, ConsumerSettings, DatabaseSettings, IngressSettings, OpsSettings,
     ShutdownSettings,
@@ -32,6 +33,8 @@ use crate::memory;
 use crate::metrics::Metrics;
 use crate::ops::{self, OpsState};
 use crate::readiness::ReadyFlag;
+use crate::reconcile::settings::ScheduleSettings;
+use crate::reconcile::timer::Schedule;
 use crate::retry::RetryPolicy;
 
 /// Which parts this process runs, with their settings.
@@ -45,6 +48,16 @@ pub struct Plan {
     pub migrate: bool,
     pub consumer: Option<ConsumerSettings>,
     pub ingress: Option<IngressSettings>,
+    /// The reconcile schedule, run beside the consumer when it is on.
+    pub reconcile: Option<ScheduleSettings>,
+}
+
+impl Plan {
+    /// The plan with the reconcile schedule `settings` (on only when they say so).
+    pub fn with_reconcile(mut self, settings: ScheduleSettings) -> Self {
+        self.reconcile = Some(settings);
+        self
+    }
 }
 
 /// A built application: listeners bound, pool open, nothing running yet.
@@ -53,6 +66,7 @@ pub struct Application {
     db: Option<Pool>,
     ingress: Option<Ingress>,
     consumer: Option<Consumer>,
+    reconcile: Option<Schedule>,
     ops_listener: TcpListener,
     ops_state: OpsState,
     upkeep_interval: Duration,
@@ -143,6 +157,11 @@ impl Application {
             _ => None,
         };
 
+        let reconcile = match (plan.reconcile, &db) {
+            (Some(settings), Some(db)) => schedule(settings, db, &plan.database, &metrics)?,
+            _ => None,
+        };
+
         let ops_listener = bind(plan.ops.metrics_addr, "METRICS_ADDR").await?;
         let ops_state = OpsState::new(metrics.clone(), db.clone(), readiness);
         let app = Self {
@@ -150,6 +169,7 @@ impl Application {
             db,
             ingress,
             consumer,
+            reconcile,
             ops_listener,
             ops_state,
             upkeep_interval: plan.ops.metrics_upkeep_interval,
@@ -215,6 +235,14 @@ impl Application {
             });
         }
 
+        if let Some(schedule) = self.reconcile {
+            let stop = stop.clone();
+            parts.spawn(async move {
+                schedule.run(stop).await;
+                Ok(())
+            });
+        }
+
         // The ops server and the metrics upkeep outlive the other parts, so /metrics and /readyz
         // answer during the drain.
         let stop_ops = CancellationToken::new();
@@ -268,6 +296,30 @@ impl Application {
             }
         }
     }
+}
+
+/// The reconcile schedule when it is on (a Clerk key, an interval); its metrics say so either way.
+fn schedule(
+    settings: ScheduleSettings,
+    db: &Pool,
+    database: &DatabaseSettings,
+    metrics: &Metrics,
+) -> anyhow::Result<Option<Schedule>> {
+    let interval = settings.interval();
+    metrics.set_reconcile_interval(interval);
+    let Some(interval) = interval else {
+        info!("reconcile schedule off (CLERK_SECRET_KEY unset or RECONCILE_INTERVAL=off)");
+        return Ok(None);
+    };
+    let api = ClerkApi::new(&settings.clerk).context("setting up the Clerk API client")?;
+    Ok(Some(Schedule {
+        db: db.clone(),
+        database: database.clone(),
+        api: Arc::new(api),
+        settings,
+        interval,
+        metrics: metrics.clone(),
+    }))
 }
 
 /// Waits for every part to end; the first that fails (or the ops server ending at all) cancels

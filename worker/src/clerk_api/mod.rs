@@ -1,10 +1,11 @@
-//! Clerk's Backend API, read-only: list and count the instance's users, and ask whether one
-//! still exists. Requests are paced below Clerk's rate limit, a 429 waits for its `Retry-After`,
+//! Clerk's Backend API, read-only: list the instance's users page by page (cursor paging), count
+//! them, and ask which of a batch of ids still exist. Requests are paced below Clerk's rate limit, a 429 waits for its `Retry-After`,
 //! 5xx answers and network errors are retried with backoff, and 401/403 stop at once. The secret
 //! key is sent in the `Authorization` header only, never logged or put in an error.
 
 mod settings;
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -29,6 +30,9 @@ pub use settings::ClerkApiSettings;
 
 /// Most users Clerk returns in one page of `GET /v1/users`.
 pub const PAGE_LIMIT: u32 = 500;
+
+/// Most ids one `GET /v1/users?user_id=...` takes.
+pub const MAX_USER_IDS: usize = 100;
 
 /// Why a Clerk API call failed (after whatever retries it deserved).
 #[derive(Debug, thiserror::Error)]
@@ -123,23 +127,73 @@ impl ClerkApi {
         Ok(count.total_count)
     }
 
-    /// `GET /v1/users?limit&offset&order_by=+created_at`: one page of user objects, left raw
-    /// for the webhook parser.
-    pub async fn list_users(&self, offset: u64) -> Result<Vec<Box<RawValue>>, ClerkApiError> {
+    /// `GET /v1/users?limit&order_by=+created_at` from `at`: one page of user objects, oldest
+    /// first, left raw for the webhook parser. Walk them with [`UserPages`].
+    pub async fn list_users(&self, at: PageAt<'_>) -> Result<Vec<Box<RawValue>>, ClerkApiError> {
         let mut url = self.url(&["v1", "users"])?;
-        url.query_pairs_mut()
-            .append_pair("limit", &PAGE_LIMIT.to_string())
-            .append_pair("offset", &offset.to_string())
-            .append_pair("order_by", "+created_at");
+        {
+            let mut query = url.query_pairs_mut();
+            query
+                .append_pair("limit", &PAGE_LIMIT.to_string())
+                .append_pair("order_by", "+created_at");
+            match at {
+                PageAt::First => {}
+                PageAt::After(id) => {
+                    query.append_pair("starting_after", id);
+                }
+                PageAt::Offset(offset) => {
+                    query.append_pair("offset", &offset.to_string());
+                }
+            }
+        }
         let response = self.get(url).await?;
         decode(response, "/v1/users")
     }
 
-    /// `GET /v1/users/{id}`: false when Clerk answers 404 (the user no longer exists).
+    /// Which of `ids` (at most [`MAX_USER_IDS`]) Clerk still has: one
+    /// `GET /v1/users?user_id=...`, whose answer leaves out the ids it does not find. Where the
+    /// API ignores the filter (it answers users not asked for), each id is asked on its own.
+    pub async fn existing_users(&self, ids: &[UserId]) -> Result<HashSet<String>, ClerkApiError> {
+        let mut url = self.url(&["v1", "users"])?;
+        {
+            let mut query = url.query_pairs_mut();
+            query.append_pair("limit", &MAX_USER_IDS.to_string());
+            for id in ids {
+                query.append_pair("user_id", id.as_ref());
+            }
+        }
+        let response = self.get(url).await?;
+        let found: Vec<Box<RawValue>> = decode(response, "/v1/users")?;
+        let asked: HashSet<&str> = ids.iter().map(AsRef::as_ref).collect();
+        let found: HashSet<String> = found.iter().filter_map(|raw| id_of(raw)).collect();
+        if found.iter().all(|id| asked.contains(id.as_str())) {
+            return Ok(found);
+        }
+        warn!("Clerk's API ignored the user_id filter; confirming each id on its own");
+        let mut existing = HashSet::new();
+        for id in ids {
+            if self.user_exists(id).await? {
+                existing.insert(id.as_ref().to_owned());
+            }
+        }
+        Ok(existing)
+    }
+
+    /// `GET /v1/users/{id}`: false only for a 404 with Clerk's `resource_not_found` error (the
+    /// user no longer exists); any other 404 (a proxy, a wrong CLERK_API_URL) is an error.
     pub async fn user_exists(&self, id: &UserId) -> Result<bool, ClerkApiError> {
         let url = self.url(&["v1", "users", id.as_ref()])?;
         let response = self.get(url).await?;
-        Ok(response.status != StatusCode::NOT_FOUND)
+        if response.status != StatusCode::NOT_FOUND {
+            return Ok(true);
+        }
+        if is_resource_not_found(&response.body) {
+            return Ok(false);
+        }
+        Err(ClerkApiError::Status {
+            status: StatusCode::NOT_FOUND,
+            path: "/v1/users/{id}".to_owned(),
+        })
     }
 
     fn url(&self, segments: &[&str]) -> Result<Url, ClerkApiError> {
@@ -213,6 +267,114 @@ impl ClerkApi {
             Err(_) => Err(format!("no answer within {:?}", self.timeout)),
         }
     }
+}
+
+/// Where a page of `GET /v1/users` starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageAt<'a> {
+    First,
+    /// After the user with this id (cursor paging: nothing is skipped when users are deleted
+    /// meanwhile, and each page costs Clerk the same however deep).
+    After(&'a str),
+    /// After this many users: only where the API ignores the cursor.
+    Offset(u64),
+}
+
+/// Walks every page of `GET /v1/users`, oldest user first, with `starting_after`; when the API
+/// answers the first page again to a cursor (it ignores it), goes on by offset from there.
+#[derive(Debug, Default)]
+pub struct UserPages {
+    first_id: Option<String>,
+    last_id: Option<String>,
+    listed: u64,
+    by_offset: bool,
+    done: bool,
+}
+
+impl UserPages {
+    /// The next page; None after the last one.
+    pub async fn next(
+        &mut self,
+        api: &ClerkApi,
+    ) -> Result<Option<Vec<Box<RawValue>>>, ClerkApiError> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut page = api.list_users(self.at()).await?;
+        if self.cursor_ignored(&page) {
+            warn!(
+                listed = self.listed,
+                "Clerk's API ignored starting_after (it answered the first page again); paging by offset"
+            );
+            self.by_offset = true;
+            page = api.list_users(self.at()).await?;
+        }
+        self.take(&page);
+        Ok(Some(page))
+    }
+
+    /// True when paging went on by offset because the API ignored the cursor.
+    pub fn fell_back_to_offset(&self) -> bool {
+        self.by_offset
+    }
+
+    fn at(&self) -> PageAt<'_> {
+        match (&self.last_id, self.by_offset) {
+            (None, _) => PageAt::First,
+            (Some(_), true) => PageAt::Offset(self.listed),
+            (Some(last), false) => PageAt::After(last),
+        }
+    }
+
+    fn cursor_ignored(&self, page: &[Box<RawValue>]) -> bool {
+        let first_of_page = page.first().and_then(|raw| id_of(raw));
+        !self.by_offset
+            && self.last_id.is_some()
+            && first_of_page.is_some()
+            && first_of_page == self.first_id
+    }
+
+    fn take(&mut self, page: &[Box<RawValue>]) {
+        if self.first_id.is_none() {
+            self.first_id = page.first().and_then(|raw| id_of(raw));
+        }
+        if let Some(last) = page.last().and_then(|raw| id_of(raw)) {
+            self.last_id = Some(last);
+        }
+        self.listed += page.len() as u64;
+        self.done = page.len() < PAGE_LIMIT as usize || self.last_id.is_none();
+    }
+}
+
+#[derive(Deserialize)]
+struct IdOnly {
+    #[serde(default)]
+    id: Option<String>,
+}
+
+/// The `id` of a raw user object, if it has one.
+pub fn id_of(raw: &RawValue) -> Option<String> {
+    serde_json::from_str::<IdOnly>(raw.get())
+        .ok()
+        .and_then(|user| user.id)
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    errors: Vec<ErrorEntry>,
+}
+
+#[derive(Deserialize)]
+struct ErrorEntry {
+    #[serde(default)]
+    code: String,
+}
+
+/// Clerk's error body for a resource that does not exist.
+fn is_resource_not_found(body: &[u8]) -> bool {
+    serde_json::from_slice::<ErrorBody>(body)
+        .is_ok_and(|body| body.errors.iter().any(|e| e.code == "resource_not_found"))
 }
 
 /// Decides what an answer (or a failure to get one) means.

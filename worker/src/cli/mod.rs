@@ -16,12 +16,15 @@ use std::process::ExitCode;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
+use secrecy::SecretString;
 use tracing::{error, warn};
 
+use crate::clerk_api::ClerkApiSettings;
 use crate::config::{
     BrokerSettings, ConfigError, ConsumerSettings, DatabaseSettings, EXIT_CONFIG, IngressSettings,
     LogFormat, OpsSettings, Secret, ShutdownSettings,
 };
+use crate::reconcile::settings::ScheduleSettings;
 use crate::{service, telemetry};
 
 pub use dlq::{DlqCommand, FilterArgs};
@@ -70,6 +73,8 @@ pub enum Command {
         #[command(flatten)]
         consumer: ConsumerSettings,
         #[command(flatten)]
+        reconcile: ScheduleSettings,
+        #[command(flatten)]
         ops: OpsSettings,
         #[command(flatten)]
         shutdown: ShutdownSettings,
@@ -99,6 +104,8 @@ pub enum Command {
     Run {
         #[command(flatten)]
         consumer: ConsumerSettings,
+        #[command(flatten)]
+        reconcile: ScheduleSettings,
         #[command(flatten)]
         ingress: IngressSettings,
         #[command(flatten)]
@@ -177,36 +184,33 @@ impl Cli {
             file: broker.url_file.as_deref(),
         }
         .resolve()?;
-        let (setting, flag, id, value, file) = match command {
-            Command::Ingress { ingress, .. } | Command::Run { ingress, .. } => (
-                "CLERK_WEBHOOK_SECRET",
-                "--clerk-webhook-secret",
-                "clerk_webhook_secret",
-                &mut ingress.clerk_webhook_secret,
-                ingress.clerk_webhook_secret_file.as_deref(),
-            ),
-            Command::Reconcile(args) => (
-                "CLERK_SECRET_KEY",
-                "--clerk-secret-key",
-                "secret_key",
-                &mut args.clerk.secret_key,
-                args.clerk.secret_key_file.as_deref(),
-            ),
-            _ => return Ok(()),
+        let secrets = match command {
+            Command::Ingress { ingress, .. } => vec![webhook_secret(ingress)],
+            Command::Run {
+                ingress, reconcile, ..
+            } => vec![webhook_secret(ingress), secret_key(&mut reconcile.clerk)],
+            Command::Consume { reconcile, .. } => vec![secret_key(&mut reconcile.clerk)],
+            Command::Reconcile(args) => vec![secret_key(&mut args.clerk)],
+            _ => Vec::new(),
         };
-        let source = source(matches, id);
-        if source == Some(ValueSource::CommandLine) {
-            warnings.push(format!(
-                "{flag} on the command line shows in `ps` to every user of this machine: use {setting} or {setting}_FILE"
-            ));
+        for secret in secrets {
+            let source = source(matches, secret.id);
+            if source == Some(ValueSource::CommandLine) {
+                warnings.push(format!(
+                    "{flag} on the command line shows in `ps` to every user of this machine: use {setting} or {setting}_FILE",
+                    flag = secret.flag,
+                    setting = secret.setting,
+                ));
+            }
+            Secret {
+                setting: secret.setting,
+                value: secret.value,
+                source,
+                file: secret.file.as_deref(),
+            }
+            .resolve()?;
         }
-        Secret {
-            setting,
-            value,
-            source,
-            file,
-        }
-        .resolve()
+        Ok(())
     }
 
     /// Checks the settings the command uses (the global ones it ignores are not its business).
@@ -227,8 +231,12 @@ impl Cli {
             self.broker.check()?;
         }
         match &self.command {
-            Command::Ingress { ingress, .. } | Command::Run { ingress, .. } => ingress.check(),
-            Command::Reconcile(args) => args.clerk.check(),
+            Command::Ingress { ingress, .. } => ingress.check(),
+            Command::Run {
+                ingress, reconcile, ..
+            } => ingress.check().and_then(|()| reconcile.check()),
+            Command::Consume { reconcile, .. } => reconcile.check(),
+            Command::Reconcile(args) if args.calls_clerk() => args.clerk.check(),
             _ => Ok(()),
         }
     }
@@ -273,14 +281,17 @@ impl Cli {
                 migrate,
                 consumer,
                 ingress,
+                reconcile: None,
             }
         };
         match &self.command {
             Command::Consume {
                 consumer,
+                reconcile,
                 ops,
                 shutdown,
-            } => Some(plan(ops, shutdown, false, Some(consumer.clone()), None)),
+            } => Some(plan(ops, shutdown, false, Some(consumer.clone()), None))
+                .map(|plan| plan.with_reconcile(reconcile.clone())),
             Command::Ingress {
                 ingress,
                 ops,
@@ -288,6 +299,7 @@ impl Cli {
             } => Some(plan(ops, shutdown, false, None, Some(ingress.clone()))),
             Command::Run {
                 consumer,
+                reconcile,
                 ingress,
                 ops,
                 shutdown,
@@ -297,7 +309,8 @@ impl Cli {
                 true,
                 Some(consumer.clone()),
                 Some(ingress.clone()),
-            )),
+            ))
+            .map(|plan| plan.with_reconcile(reconcile.clone())),
             Command::Migrate
             | Command::Health
             | Command::Provision { .. }
@@ -305,6 +318,37 @@ impl Cli {
             | Command::User { .. }
             | Command::Reconcile(_) => None,
         }
+    }
+}
+
+/// A secret of the subcommand, with the names that point at it in messages.
+struct CommandSecret<'a> {
+    setting: &'static str,
+    flag: &'static str,
+    id: &'static str,
+    file: Option<PathBuf>,
+    value: &'a mut SecretString,
+}
+
+/// The ingress's webhook signing secret.
+fn webhook_secret(ingress: &mut IngressSettings) -> CommandSecret<'_> {
+    CommandSecret {
+        setting: "CLERK_WEBHOOK_SECRET",
+        flag: "--clerk-webhook-secret",
+        id: "clerk_webhook_secret",
+        file: ingress.clerk_webhook_secret_file.clone(),
+        value: &mut ingress.clerk_webhook_secret,
+    }
+}
+
+/// The Clerk Backend API's secret key.
+fn secret_key(clerk: &mut ClerkApiSettings) -> CommandSecret<'_> {
+    CommandSecret {
+        setting: "CLERK_SECRET_KEY",
+        flag: "--clerk-secret-key",
+        id: "secret_key",
+        file: clerk.secret_key_file.clone(),
+        value: &mut clerk.secret_key,
     }
 }
 

@@ -23,6 +23,11 @@ const PING_IF_IDLE_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 /// SQLSTATE of CREATE DATABASE when another process created it first.
 const DUPLICATE_DATABASE: &str = "42P04";
 
+/// A raw Postgres statement with positional values: how the product's hand-written SQL is sent.
+pub fn statement<const N: usize>(sql: &str, values: [sea_orm::Value; N]) -> Statement {
+    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+}
+
 /// Opens the pool with the product's settings, failing now if the database cannot be reached.
 pub async fn connect(settings: &DatabaseSettings) -> Result<Pool, DbErr> {
     let conn = Database::connect(options(settings, Use::Service)?).await?;

@@ -22,15 +22,13 @@ pub use batch::provision_batch;
 pub use deadline::within;
 
 use chrono::{DateTime, Utc};
-use sea_orm::{
-    ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, FromQueryResult, Statement, Value,
-};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, FromQueryResult, Statement};
 use serde::Serialize;
 use tracing::{debug, instrument};
 
 use self::answer::ProvisionUserRow;
 use self::contract::Arguments;
-use crate::db::Pool;
+use crate::db::{Pool, statement};
 use crate::domain::{
     ClerkTime, DerivedUsername, Event, UserDeletion, UserId, UserProfile, UsernameChoice,
     WorkspaceName,
@@ -93,6 +91,15 @@ async fn provision_user_once(
     db: &Pool,
     profile: &UserProfile,
 ) -> Result<Provisioned, ProvisionError> {
+    call_provision_user(db, profile)
+        .await
+        .map_err(ProvisionError::from_db)
+}
+
+async fn call_provision_user(
+    db: &impl ConnectionTrait,
+    profile: &UserProfile,
+) -> Result<Provisioned, DbErr> {
     let values = with_arguments(profile, |arguments| arguments.values());
     ProvisionUserRow::find_by_statement(statement(&sql::PROVISION_USER, values))
         .one(db)
@@ -101,7 +108,6 @@ async fn provision_user_once(
             row.ok_or_else(|| DbErr::RecordNotFound("provision_user returned no row".into()))
         })
         .and_then(Provisioned::try_from)
-        .map_err(ProvisionError::from_db)
 }
 
 /// Calls `use_them` with `profile`'s `provision_user` arguments: the one place a profile becomes
@@ -176,18 +182,22 @@ async fn lock_user(txn: &DatabaseTransaction, id: &UserId) -> Result<(), DbErr> 
 
 async fn delete_user(db: &Pool, deletion: &UserDeletion) -> Result<Provisioned, ProvisionError> {
     let txn = db.begin().await.map_err(ProvisionError::from_db)?;
-    let result = delete_user_in(&txn, deletion).await;
+    let result = delete_user_in(&txn, deletion, None).await;
     finish(txn, result).await
 }
 
+/// Deletes the user and leaves its tombstone, crediting the deletion to the reconcile run that
+/// made it, if one did (so `worker reconcile undo` can lift exactly those).
 async fn delete_user_in(
     txn: &DatabaseTransaction,
     deletion: &UserDeletion,
+    reconcile_run: Option<i64>,
 ) -> Result<Provisioned, DbErr> {
     lock_user(txn, &deletion.id).await?;
     let tombstone = [
         deletion.id.as_ref().into(),
         deletion.deleted_at.as_datetime().into(),
+        reconcile_run.into(),
     ];
     txn.execute_raw(statement(sql::RECORD_TOMBSTONE, tombstone))
         .await?;
@@ -206,8 +216,60 @@ async fn delete_user_in(
     })
 }
 
-fn statement<const N: usize>(sql: &str, values: [Value; N]) -> Statement {
-    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+/// A write allowed only while a check holds, made in the write's own transaction: reconcile's
+/// lease fence (a statement that returns a row while the lease is still the run's).
+pub struct Guard {
+    pub check: Statement,
+    /// The reconcile run the write belongs to, recorded on a deletion's tombstone.
+    pub reconcile_run: i64,
+}
+
+/// Applies `event` like [`provision`], in one transaction that first runs the guard's check:
+/// `Ok(None)` when the check returns no row, and then nothing was written.
+pub async fn provision_guarded(
+    db: &Pool,
+    event: &Event,
+    guard: &Guard,
+) -> Result<Option<Provisioned>, ProvisionError> {
+    let first = provision_guarded_once(db, event, guard).await;
+    match (first, event) {
+        // As in `provision_user`: a concurrent sign-up took the derived username; once more.
+        (Err(ProvisionError::Conflict(rejected)), Event::UserChanged(profile))
+            if rejected.reason == FailureReason::UsernameConflict
+                && matches!(profile.username, UsernameChoice::Derived(_)) =>
+        {
+            provision_guarded_once(db, event, guard).await
+        }
+        (other, _) => other,
+    }
+}
+
+async fn provision_guarded_once(
+    db: &Pool,
+    event: &Event,
+    guard: &Guard,
+) -> Result<Option<Provisioned>, ProvisionError> {
+    let txn = db.begin().await.map_err(ProvisionError::from_db)?;
+    let allowed = txn.query_one_raw(guard.check.clone()).await;
+    let result = match allowed {
+        Err(err) => Err(err),
+        Ok(None) => {
+            let _ = txn.rollback().await;
+            return Ok(None);
+        }
+        Ok(Some(_)) => match event {
+            Event::UserChanged(profile) => call_provision_user(&txn, profile).await,
+            Event::UserDeleted(deletion) => {
+                delete_user_in(&txn, deletion, Some(guard.reconcile_run)).await
+            }
+            Event::Unsupported { .. } => Ok(Provisioned {
+                outcome: Outcome::Unsupported,
+                workspace_id: None,
+                reassigned: None,
+            }),
+        },
+    };
+    finish(txn, result).await.map(Some)
 }
 
 /// Forgets deletions older than `before`; returns how many. Run periodically by the worker.

@@ -54,11 +54,13 @@ pub static PROVISION_USERS: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Remembers the deletion of $1 at $2, keeping the newest deletion time. The tombstone is what
-/// makes deletion final: `provision_user` writes nothing for an id that has one.
+/// Remembers the deletion of $1 at $2, keeping the newest deletion time and who made it ($3: the
+/// reconcile run, or NULL for a `user.deleted` webhook). The tombstone is what makes deletion
+/// final: `provision_user` writes nothing for an id that has one.
 pub const RECORD_TOMBSTONE: &str = r#"
-INSERT INTO user_tombstones AS t (user_id, deleted_at) VALUES ($1, $2)
-ON CONFLICT (user_id) DO UPDATE SET deleted_at = EXCLUDED.deleted_at
+INSERT INTO user_tombstones AS t (user_id, deleted_at, reconcile_run) VALUES ($1, $2, $3)
+ON CONFLICT (user_id) DO UPDATE SET deleted_at = EXCLUDED.deleted_at,
+    reconcile_run = EXCLUDED.reconcile_run
 WHERE t.deleted_at < EXCLUDED.deleted_at
 "#;
 

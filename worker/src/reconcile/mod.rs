@@ -1,16 +1,26 @@
-//! `worker reconcile`: compare every user of the Clerk instance with the database and, when
-//! asked, repair the difference through the same provisioning code as the consumer.
+//! `worker reconcile`, and the same run on a timer inside `worker run` and `worker consume`:
+//! compare every user of the Clerk instance with the database and, when asked, repair the
+//! difference through the same provisioning code as the consumer.
 //!
-//! Memory is bounded: Clerk's pages are streamed (500 users each) and compared one page at a
-//! time with one query; the ids Clerk listed go to a temporary table ([`seen`]), and orphans are
-//! found by walking the `users` table in keyset-paged chunks against it. A row counts as an
-//! orphan only when it is older than the run and `GET /v1/users/{id}` answers 404, because
-//! offset paging skips users when others are deleted meanwhile. Repairs go through
-//! [`provision::provision`], where Clerk's clock decides, so a webhook applied at the same time
-//! cannot be overwritten by an older page, and a rerun changes nothing twice.
+//! Memory is bounded: Clerk's pages are streamed (500 users each, walked with `starting_after`)
+//! and compared one page at a time with one query; the ids Clerk listed go to a temporary table
+//! ([`seen`]), and orphans are found by walking the `users` table in keyset-paged chunks against
+//! it. A row counts as an orphan only when it is older than the run and Clerk confirms it gone
+//! (a batch of ids at a time, `GET /v1/users?user_id=...`). Repairs go through
+//! [`provision::provision_guarded`], where Clerk's clock decides, so a webhook applied at the
+//! same time cannot be overwritten by an older page, and a rerun changes nothing twice.
+//!
+//! One run at a time across replicas: every run holds the [`lease`], records itself in
+//! [`runs`], and each of its writes is fenced by the lease's epoch ([`job`] ties them together;
+//! [`timer`] runs it on the schedule).
 
+pub mod job;
+pub mod lease;
 mod report;
+pub mod runs;
 mod seen;
+pub mod settings;
+pub mod timer;
 
 use std::collections::HashMap;
 
@@ -18,20 +28,21 @@ use chrono::{DateTime, FixedOffset, Utc};
 use entity::{users, workspaces};
 use futures::{StreamExt, stream};
 use sea_orm::{ColumnTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter};
-use serde::Deserialize;
 use serde_json::value::RawValue;
 use tracing::{info, warn};
 
 use crate::clerk;
-use crate::clerk_api::{ClerkApi, ClerkApiError, PAGE_LIMIT};
+use crate::clerk_api::{ClerkApi, ClerkApiError, MAX_USER_IDS, UserPages, id_of};
 use crate::config::DatabaseSettings;
 use crate::db::Pool;
 use crate::domain::{ClerkTime, Event, UserDeletion, UserId, UserProfile};
 use crate::error::ProvisionError;
 use crate::outcome::Outcome;
-use crate::provision;
+use crate::provision::{self, Guard, Provisioned};
 
-pub use report::{Class, MAX_LISTED_IDS, Report, Unprovisionable};
+pub use lease::Lease;
+pub use report::{Class, DRIFT_CLASSES, MAX_LISTED_IDS, Report, Unprovisionable};
+pub use runs::{RunResult, Trigger};
 use seen::Seen;
 
 /// Rows of `users` checked per keyset chunk when looking for orphans.
@@ -58,6 +69,33 @@ pub enum ReconcileError {
     ClerkApi(#[from] ClerkApiError),
     #[error("database: {0}")]
     Database(#[from] DbErr),
+    /// The lease went to another holder (or expired): this run writes nothing more.
+    #[error("the reconcile lease was lost; another replica may hold it now")]
+    LeaseLost,
+}
+
+/// The run's right to write: its lease, checked before each step and fenced in each write, and
+/// its id in `reconcile_runs`, recorded on the tombstones of the users it deletes.
+#[derive(Clone, Copy)]
+pub struct Writer<'a> {
+    pub lease: &'a Lease,
+    pub run_id: i64,
+}
+
+impl Writer<'_> {
+    fn guard(&self) -> Guard {
+        Guard {
+            check: self.lease.fence(),
+            reconcile_run: self.run_id,
+        }
+    }
+
+    fn still_held(&self) -> Result<(), ReconcileError> {
+        match self.lease.is_held() {
+            true => Ok(()),
+            false => Err(ReconcileError::LeaseLost),
+        }
+    }
 }
 
 /// Where the run is, for a progress bar or log lines.
@@ -73,16 +111,18 @@ pub trait Progress: Sync {
 /// How the page's users stand in the database: Clerk time applied, and whether a workspace exists.
 type Rows = HashMap<String, (DateTime<FixedOffset>, bool)>;
 
-/// Runs the whole reconcile; the report says what differed and what was done.
+/// Runs the whole reconcile under `writer`'s lease; the report says what differed and what was
+/// done.
 pub async fn run(
     db: &Pool,
     settings: &DatabaseSettings,
     api: &ClerkApi,
     options: Options,
     progress: &dyn Progress,
+    writer: Writer<'_>,
 ) -> Result<Report, ReconcileError> {
     let seen = Seen::open(settings).await?;
-    let result = run_with(db, &seen, api, options, progress).await;
+    let result = run_with(db, &seen, api, options, progress, writer).await;
     seen.close().await;
     result
 }
@@ -93,6 +133,7 @@ async fn run_with(
     api: &ClerkApi,
     options: Options,
     progress: &dyn Progress,
+    writer: Writer<'_>,
 ) -> Result<Report, ReconcileError> {
     let started = seen.now().await?;
     let mut report = Report {
@@ -100,22 +141,18 @@ async fn run_with(
         ..Report::default()
     };
     progress.total(api.count_users().await?);
-    let mut offset = 0;
-    loop {
-        let page = api.list_users(offset).await?;
+    let mut pages = UserPages::default();
+    while let Some(page) = pages.next(api).await? {
+        writer.still_held()?;
         let len = page.len() as u64;
-        compare_page(db, seen, page, options, &mut report).await?;
+        compare_page(db, seen, page, options, &mut report, writer).await?;
         progress.advance(len);
-        offset += len;
-        if len < u64::from(PAGE_LIMIT) {
-            break;
-        }
     }
     progress.phase("orphans");
     find_orphans(seen, api, started, &mut report).await?;
     if options.apply && options.delete_orphans && report.orphaned.count > 0 {
         progress.phase("deleting orphans");
-        delete_orphans(db, seen, options, &mut report).await?;
+        delete_orphans(db, seen, options, &mut report, writer).await?;
     }
     Ok(report)
 }
@@ -126,17 +163,8 @@ struct Listed {
     profile: Result<UserProfile, &'static str>,
 }
 
-#[derive(Deserialize)]
-struct IdOnly {
-    #[serde(default)]
-    id: Option<String>,
-}
-
 fn parse_listed(raw: &RawValue) -> Listed {
-    let id = serde_json::from_str::<IdOnly>(raw.get())
-        .ok()
-        .and_then(|user| user.id)
-        .unwrap_or_default();
+    let id = id_of(raw).unwrap_or_default();
     let profile =
         clerk::parse_user(raw.get().as_bytes()).map_err(|rejected| rejected.reason.as_str());
     Listed { id, profile }
@@ -148,6 +176,7 @@ async fn compare_page(
     page: Vec<Box<RawValue>>,
     options: Options,
     report: &mut Report,
+    writer: Writer<'_>,
 ) -> Result<(), ReconcileError> {
     let listed: Vec<Listed> = page.iter().map(|raw| parse_listed(raw)).collect();
     let ids: Vec<String> = listed.iter().map(|user| user.id.clone()).collect();
@@ -166,7 +195,7 @@ async fn compare_page(
         }
     }
     if options.apply {
-        fix(db, to_fix, options.concurrency, report).await;
+        fix(db, to_fix, options.concurrency, report, writer).await?;
     }
     Ok(())
 }
@@ -205,20 +234,37 @@ fn classify(
     true
 }
 
-/// Provisions the page's users that differ, `concurrency` at a time.
-async fn fix(db: &Pool, profiles: Vec<UserProfile>, concurrency: usize, report: &mut Report) {
-    let results: Vec<(UserId, Result<Outcome, ProvisionError>)> = stream::iter(profiles)
-        .map(|profile| async move {
-            let id = profile.id.clone();
-            let event = Event::UserChanged(Box::new(profile));
-            let result = provision::provision(db, &event).await.map(|p| p.outcome);
-            (id, result)
-        })
-        .buffer_unordered(concurrency.max(1))
-        .collect()
-        .await;
+/// Provisions the page's users that differ, `concurrency` at a time, each write fenced by the
+/// lease.
+async fn fix(
+    db: &Pool,
+    profiles: Vec<UserProfile>,
+    concurrency: usize,
+    report: &mut Report,
+    writer: Writer<'_>,
+) -> Result<(), ReconcileError> {
+    let guard = &writer.guard();
+    let results: Vec<(UserId, Result<Option<Provisioned>, ProvisionError>)> =
+        stream::iter(profiles)
+            .map(|profile| async move {
+                let id = profile.id.clone();
+                let event = Event::UserChanged(Box::new(profile));
+                (id, provision::provision_guarded(db, &event, guard).await)
+            })
+            .buffer_unordered(concurrency.max(1))
+            .collect()
+            .await;
+    let mut fenced_off = false;
     for (id, result) in results {
-        record_fix(&id, result, report);
+        match result {
+            Ok(None) => fenced_off = true,
+            Ok(Some(provisioned)) => record_fix(&id, Ok(provisioned.outcome), report),
+            Err(err) => record_fix(&id, Err(err), report),
+        }
+    }
+    match fenced_off {
+        true => Err(ReconcileError::LeaseLost),
+        false => Ok(()),
     }
 }
 
@@ -238,8 +284,8 @@ fn record_fix(id: &UserId, result: Result<Outcome, ProvisionError>, report: &mut
     }
 }
 
-/// Walks the table's ids older than the run in keyset chunks; each id Clerk did not list is an
-/// orphan only if Clerk answers 404 for it now.
+/// Walks the table's ids older than the run in keyset chunks; the ids Clerk did not list are
+/// orphans only if Clerk confirms them gone now, [`MAX_USER_IDS`] per request.
 async fn find_orphans(
     seen: &Seen,
     api: &ClerkApi,
@@ -252,8 +298,8 @@ async fn find_orphans(
         let Some(last) = chunk.last().cloned() else {
             return Ok(());
         };
-        for id in chunk {
-            if is_orphan(api, &id).await? {
+        for batch in chunk.chunks(MAX_USER_IDS) {
+            for id in gone_from_clerk(api, batch).await? {
                 seen.record_orphan(&id).await?;
                 report.orphaned.add(&id);
             }
@@ -262,12 +308,27 @@ async fn find_orphans(
     }
 }
 
-async fn is_orphan(api: &ClerkApi, id: &str) -> Result<bool, ClerkApiError> {
-    match UserId::parse(id) {
-        Ok(user_id) => Ok(!api.user_exists(&user_id).await?),
-        // A row whose id Clerk could never have issued: report it, never call Clerk with it.
-        Err(_) => Ok(true),
-    }
+/// Which of `ids` Clerk no longer has; an id Clerk could never have issued is one, and Clerk is
+/// never called with it.
+async fn gone_from_clerk(api: &ClerkApi, ids: &[String]) -> Result<Vec<String>, ClerkApiError> {
+    let (valid, invalid): (Vec<_>, Vec<_>) = ids
+        .iter()
+        .map(|id| (id, UserId::parse(id)))
+        .partition(|(_, parsed)| parsed.is_ok());
+    let valid: Vec<UserId> = valid.into_iter().filter_map(|(_, id)| id.ok()).collect();
+    let existing = match valid.is_empty() {
+        true => Default::default(),
+        false => api.existing_users(&valid).await?,
+    };
+    let gone = valid
+        .iter()
+        .map(|id| id.as_ref().to_owned())
+        .filter(|id| !existing.contains(id));
+    Ok(invalid
+        .into_iter()
+        .map(|(id, _)| id.clone())
+        .chain(gone)
+        .collect())
 }
 
 /// Deletes the confirmed orphans like `user.deleted` events, unless they are too large a share
@@ -277,6 +338,7 @@ async fn delete_orphans(
     seen: &Seen,
     options: Options,
     report: &mut Report,
+    writer: Writer<'_>,
 ) -> Result<(), ReconcileError> {
     let rows = users::Entity::find().count(db).await?;
     let allowed = options.max_delete_fraction * rows as f64;
@@ -299,34 +361,44 @@ async fn delete_orphans(
             return Ok(());
         };
         for id in chunk {
-            delete_one(db, &id, deleted_at, report).await;
+            writer.still_held()?;
+            delete_one(db, &id, deleted_at, report, writer).await?;
         }
         after = last;
     }
 }
 
-async fn delete_one(db: &Pool, id: &str, deleted_at: ClerkTime, report: &mut Report) {
+async fn delete_one(
+    db: &Pool,
+    id: &str,
+    deleted_at: ClerkTime,
+    report: &mut Report,
+    writer: Writer<'_>,
+) -> Result<(), ReconcileError> {
     let Ok(user_id) = UserId::parse(id) else {
         warn!(user_id = id, "not a Clerk id; left for an operator");
         report.failed.add(id);
-        return;
+        return Ok(());
     };
     let event = Event::UserDeleted(UserDeletion {
         id: user_id,
         deleted_at,
     });
-    match provision::provision(db, &event).await {
-        Ok(provisioned) => {
+    match provision::provision_guarded(db, &event, &writer.guard()).await {
+        Ok(Some(provisioned)) => {
             info!(
                 user_id = id,
                 outcome = provisioned.outcome.as_str(),
+                run_id = writer.run_id,
                 "orphan deleted"
             );
             report.deleted += 1;
         }
+        Ok(None) => return Err(ReconcileError::LeaseLost),
         Err(err) => {
             warn!(user_id = id, error = %err, "could not delete the orphan");
             report.failed.add(id);
         }
     }
+    Ok(())
 }

@@ -4,6 +4,16 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+/// The classes of drift a run can find: labels of `reconcile_drift_total` and keys of a run's
+/// recorded counts.
+pub const DRIFT_CLASSES: [&str; 5] = [
+    "missing",
+    "no_workspace",
+    "stale",
+    "orphaned",
+    "unprovisionable",
+];
+
 /// Ids listed per class; counts go on past it, so memory does not grow with the instance.
 pub const MAX_LISTED_IDS: usize = 1000;
 
@@ -70,6 +80,22 @@ impl Report {
     /// True when everything asked for was done.
     pub fn succeeded(&self) -> bool {
         self.failed.count == 0 && !self.deletion_refused
+    }
+
+    /// How many users of each class in [`DRIFT_CLASSES`] the run found, in that order.
+    pub fn drift(&self) -> [(&'static str, u64); 5] {
+        let counts = [
+            self.missing.count,
+            self.no_workspace.count,
+            self.stale.count,
+            self.orphaned.count,
+            self.unprovisionable.count,
+        ];
+        let mut drift = [("", 0); 5];
+        for ((slot, class), count) in drift.iter_mut().zip(DRIFT_CLASSES).zip(counts) {
+            *slot = (class, count);
+        }
+        drift
     }
 
     /// The one-line summary printed and logged at the end.

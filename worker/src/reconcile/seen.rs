@@ -9,12 +9,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sea_orm::{
-    ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, QueryResult, Statement, Value,
-};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, QueryResult, Statement};
 
 use crate::config::DatabaseSettings;
-use crate::db::{self, Pool};
+use crate::db::{self, Pool, statement};
 
 const CREATE: &str = "CREATE TEMPORARY TABLE reconcile_seen (id TEXT PRIMARY KEY); \
      CREATE TEMPORARY TABLE reconcile_orphans (id TEXT PRIMARY KEY)";
@@ -135,8 +133,4 @@ impl Seen {
             None => self.pool.execute_unprepared(sql).await.map(drop),
         }
     }
-}
-
-fn statement<const N: usize>(sql: &str, values: [Value; N]) -> Statement {
-    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
 }

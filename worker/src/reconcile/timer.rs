@@ -1,0 +1,160 @@
+//! The reconcile schedule inside `worker run` and `worker consume`: every replica wakes when the
+//! next run is due (an interval after the last applied run started, whichever replica ran it,
+//! plus 0-10 % at random), and the one that takes the lease and finds the run still due runs it.
+//! The others find the lease taken or the run no longer due, and sleep until the next one. So the
+//! runs table is the schedule: replicas that restart do not run again early, and a run killed
+//! half-way does not count once its holder's lease is gone.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::job::{Job, refresh_last_success};
+use super::lease::{HeldBy, holder_name};
+use super::runs::{self, Trigger};
+use super::settings::ScheduleSettings;
+use super::{Options, Progress};
+use crate::clerk_api::ClerkApi;
+use crate::config::DatabaseSettings;
+use crate::db::Pool;
+use crate::metrics::Metrics;
+
+/// Everything the schedule needs, built at start-up.
+pub struct Schedule {
+    pub db: Pool,
+    pub database: DatabaseSettings,
+    pub api: Arc<ClerkApi>,
+    pub settings: ScheduleSettings,
+    pub interval: Duration,
+    pub metrics: Metrics,
+}
+
+/// The jitter's share of the interval.
+const JITTER: f64 = 0.1;
+
+/// How long to wait after the database failed the schedule's own queries.
+const AFTER_ERROR: Duration = Duration::from_secs(10);
+
+impl Schedule {
+    /// Runs reconcile whenever it is due, until `stop`.
+    pub async fn run(self, stop: CancellationToken) {
+        let holder = holder_name();
+        info!(interval = ?self.interval, holder, "reconcile schedule on");
+        self.metrics.set_reconcile_interval(Some(self.interval));
+        refresh_last_success(&self.db, &self.metrics).await;
+        loop {
+            let wait = self.until_due().await;
+            debug!(wait = ?wait, "next reconcile check");
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = stop.cancelled() => return,
+            }
+            if let Some(busy) = self.try_once(&holder, &stop).await {
+                // Another replica holds the lease: look again when it would expire at the latest.
+                tokio::select! {
+                    () = tokio::time::sleep(busy) => {}
+                    () = stop.cancelled() => return,
+                }
+            }
+            refresh_last_success(&self.db, &self.metrics).await;
+        }
+    }
+
+    /// Takes the lease and runs if the run is still due; otherwise lets the lease go. Returns how
+    /// long to wait when someone else holds the lease.
+    async fn try_once(&self, holder: &str, stop: &CancellationToken) -> Option<Duration> {
+        let job = self.job(holder);
+        let lease = match job.take_lease().await {
+            Ok(Ok(lease)) => lease,
+            Ok(Err(held)) => return Some(wait_for(held)),
+            Err(err) => {
+                warn!(error = %err, "cannot take the reconcile lease");
+                return Some(AFTER_ERROR);
+            }
+        };
+        if !self.is_due().await {
+            lease.release(&self.db).await;
+            return None;
+        }
+        let options = self.options();
+        if let Err(err) = job
+            .run(lease, Trigger::Schedule, options, &Quiet, stop)
+            .await
+        {
+            warn!(error = %err, "the reconcile run could not be recorded");
+        }
+        None
+    }
+
+    fn job<'a>(&'a self, holder: &'a str) -> Job<'a> {
+        Job {
+            db: &self.db,
+            database: &self.database,
+            api: &self.api,
+            holder,
+            lease_ttl: self.settings.repair.lease_ttl,
+            metrics: Some(&self.metrics),
+        }
+    }
+
+    fn options(&self) -> Options {
+        let repair = &self.settings.repair;
+        Options {
+            apply: true,
+            delete_orphans: self.settings.delete_orphans,
+            max_delete_fraction: repair.max_delete_fraction,
+            force: false,
+            concurrency: repair.concurrency,
+        }
+    }
+
+    /// How long until the next run is due, plus the jitter.
+    async fn until_due(&self) -> Duration {
+        let jitter = self.interval.mul_f64(JITTER * fastrand::f64());
+        match runs::last_started(&self.db).await {
+            Ok(None) => jitter,
+            Ok(Some(last)) => {
+                let due = last + self.interval;
+                (due - Utc::now()).to_std().unwrap_or_default() + jitter
+            }
+            Err(err) => {
+                warn!(error = %err, "cannot read the last reconcile run");
+                AFTER_ERROR
+            }
+        }
+    }
+
+    /// Whether an interval has passed since the last applied run started (read under the lease,
+    /// so no other replica starts one meanwhile).
+    async fn is_due(&self) -> bool {
+        match runs::last_started(&self.db).await {
+            Ok(None) => true,
+            Ok(Some(last)) => last + self.interval <= Utc::now(),
+            Err(err) => {
+                warn!(error = %err, "cannot read the last reconcile run");
+                false
+            }
+        }
+    }
+}
+
+/// Until the holder's lease would expire, at least a second (so a lease released meanwhile is
+/// not polled in a loop) and at most a minute.
+fn wait_for(held: Option<HeldBy>) -> Duration {
+    let until = held.map_or(Duration::ZERO, |held| {
+        (held.until - Utc::now()).to_std().unwrap_or_default()
+    });
+    until.clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
+/// Scheduled runs report through their log lines and the runs table, not a progress display.
+struct Quiet;
+
+impl Progress for Quiet {
+    fn total(&self, _users: u64) {}
+    fn advance(&self, _users: u64) {}
+    fn phase(&self, _name: &'static str) {}
+}

@@ -216,7 +216,7 @@ struct ListQuery {
     user_ids: Vec<String>,
 }
 
-fn list_query(raw: Option<String>) -> Result<ListQuery, Response> {
+fn list_query(raw: Option<String>) -> Result<ListQuery, &'static str> {
     let pairs: Vec<(String, String)> =
         url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
             .into_owned()
@@ -224,23 +224,21 @@ fn list_query(raw: Option<String>) -> Result<ListQuery, Response> {
     let one = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
     let number = |key: &str, default: usize| match one(key) {
         None => Ok(default),
-        Some(v) => v.parse::<usize>().map_err(|_| unprocessable("bad number")),
+        Some(v) => v.parse::<usize>().map_err(|_| "bad number"),
     };
     let limit = number("limit", 10)?;
     let offset = number("offset", 0)?;
     if !(1..=500).contains(&limit) {
-        return Err(unprocessable("limit must be 1 to 500"));
+        return Err("limit must be 1 to 500");
     }
     let descending = match one("order_by").as_deref() {
         None | Some("-created_at") => true,
         Some("+created_at" | "created_at") => false,
-        Some(_) => return Err(unprocessable("unsupported order_by")),
+        Some(_) => return Err("unsupported order_by"),
     };
     let starting_after = one("starting_after");
     if starting_after.is_some() && offset != 0 {
-        return Err(unprocessable(
-            "starting_after cannot be combined with offset",
-        ));
+        return Err("starting_after cannot be combined with offset");
     }
     let user_ids: Vec<String> = pairs
         .iter()
@@ -248,7 +246,7 @@ fn list_query(raw: Option<String>) -> Result<ListQuery, Response> {
         .map(|(_, v)| v.clone())
         .collect();
     if user_ids.len() > 100 {
-        return Err(unprocessable("at most 100 user_id values"));
+        return Err("at most 100 user_id values");
     }
     Ok(ListQuery {
         limit,
@@ -262,7 +260,7 @@ fn list_query(raw: Option<String>) -> Result<ListQuery, Response> {
 async fn list(State(state): State<Arc<Instance>>, RawQuery(raw): RawQuery) -> Response {
     let query = match list_query(raw) {
         Ok(query) => query,
-        Err(refused) => return refused,
+        Err(refused) => return unprocessable(refused),
     };
     let counter = match query.user_ids.is_empty() {
         true => &state.list_requests,

@@ -73,7 +73,7 @@ pub enum Command {
         #[command(flatten)]
         consumer: ConsumerSettings,
         #[command(flatten)]
-        reconcile: ScheduleSettings,
+        reconcile: Box<ScheduleSettings>,
         #[command(flatten)]
         ops: OpsSettings,
         #[command(flatten)]
@@ -105,7 +105,7 @@ pub enum Command {
         #[command(flatten)]
         consumer: ConsumerSettings,
         #[command(flatten)]
-        reconcile: ScheduleSettings,
+        reconcile: Box<ScheduleSettings>,
         #[command(flatten)]
         ingress: IngressSettings,
         #[command(flatten)]
@@ -291,7 +291,7 @@ impl Cli {
                 ops,
                 shutdown,
             } => Some(plan(ops, shutdown, false, Some(consumer.clone()), None))
-                .map(|plan| plan.with_reconcile(reconcile.clone())),
+                .map(|plan| plan.with_reconcile(reconcile.as_ref().clone())),
             Command::Ingress {
                 ingress,
                 ops,
@@ -310,7 +310,7 @@ impl Cli {
                 Some(consumer.clone()),
                 Some(ingress.clone()),
             ))
-            .map(|plan| plan.with_reconcile(reconcile.clone())),
+            .map(|plan| plan.with_reconcile(reconcile.as_ref().clone())),
             Command::Migrate
             | Command::Health
             | Command::Provision { .. }

@@ -38,6 +38,8 @@ struct Instance {
     list_requests: AtomicU64,
     confirm_requests: AtomicU64,
     ignore_cursor: AtomicBool,
+    /// Milliseconds every answer waits before it is sent.
+    delay_ms: AtomicU64,
     /// Request numbers (1-based) answered 429 with `Retry-After: 1`, or 500.
     throttle: Mutex<HashSet<u64>>,
     fail: Mutex<HashSet<u64>>,
@@ -116,6 +118,12 @@ impl FakeClerk {
         self.state.ignore_cursor.store(true, Ordering::SeqCst);
     }
 
+    /// Makes every answer from now on wait `delay` (a slow API, or a long run to interrupt).
+    pub fn slow_down(&self, delay: std::time::Duration) {
+        let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.state.delay_ms.store(millis, Ordering::SeqCst);
+    }
+
     /// `GET /v1/users` requests that walked the list (no `user_id` filter).
     pub fn list_requests(&self) -> u64 {
         self.state.list_requests.load(Ordering::SeqCst)
@@ -160,6 +168,10 @@ fn clerk_error(status: StatusCode, code: &str, message: &str) -> Response {
 /// The bearer check, and the injected 429s and 500s, before any route.
 async fn gate(State(state): State<Arc<Instance>>, request: Request, next: Next) -> Response {
     let n = state.requests.fetch_add(1, Ordering::SeqCst) + 1;
+    let delay = state.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
     let response = if !authorised(&state, request.headers()) {
         clerk_error(
             StatusCode::UNAUTHORIZED,

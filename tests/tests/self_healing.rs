@@ -1,0 +1,306 @@
+//! The reconcile schedule inside the worker: users Clerk has that no webhook brought are
+//! provisioned within one interval; replicas share one run per interval through the lease row; a
+//! holder killed mid-run is replaced; a holder that lost the lease cannot write. Against the local
+//! Clerk stand-in, the real PostgreSQL and RabbitMQ.
+
+use std::time::{Duration, Instant};
+
+use integration_tests::clerk::UserEvent;
+use integration_tests::clerk_api::FakeClerk;
+use integration_tests::ops::series;
+use integration_tests::process::WorkerProcess;
+use integration_tests::stack::Stack;
+use integration_tests::{eventually, throughout};
+use worker::domain::ClerkTime;
+use worker::metrics::{
+    RECONCILE_DRIFT, RECONCILE_INTERVAL, RECONCILE_LAST_SUCCESS, RECONCILE_RUNS,
+};
+use worker::provision::{self, Guard};
+use worker::reconcile::lease::{self, Lease};
+
+const WORKER: &str = env!("CARGO_BIN_EXE_worker-under-test");
+const SECRET: &str = "sk_test_self_healing_7c1e";
+
+fn user(i: usize) -> UserEvent {
+    UserEvent::created(
+        &format!("user_2heal{i:06}"),
+        &format!("heal{i}@example.com"),
+        Some(&format!("heal_{i}")),
+    )
+}
+
+/// The schedule's settings for a worker on `clerk`, every `interval`.
+fn schedule<'a>(clerk: &'a str, interval: &'a str, ttl: &'a str) -> Vec<(&'static str, &'a str)> {
+    vec![
+        ("CLERK_API_URL", clerk),
+        ("CLERK_SECRET_KEY", SECRET),
+        ("CLERK_API_RATE", "1000"),
+        ("RECONCILE_INTERVAL", interval),
+        ("RECONCILE_LEASE_TTL", ttl),
+    ]
+}
+
+/// Scheduled runs recorded so far, by result.
+async fn scheduled_runs(stack: &Stack, result: &str) -> i64 {
+    stack
+        .db
+        .scalar(&format!(
+            "SELECT count(*) FROM reconcile_runs WHERE trigger = 'schedule' AND result = '{result}'"
+        ))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_no_webhook_brought_are_provisioned_by_the_running_worker_within_one_interval() {
+    let stack = Stack::new().await;
+    let clerk = FakeClerk::start(SECRET).await;
+    for i in 0..3 {
+        clerk.add(user(i).data());
+    }
+    let url = clerk.url();
+    let worker = stack.start(&["consume"], &schedule(&url, "2s", "5s")).await;
+    eventually(
+        "the first run provisioned them",
+        Duration::from_secs(20),
+        || async { stack.workspaces().await == 3 },
+    )
+    .await;
+    // A sign-up whose webhook never came: repaired by the next run, an interval later.
+    let signed_up = Instant::now();
+    clerk.add(user(3).data());
+    eventually(
+        "the next run provisioned it",
+        Duration::from_secs(20),
+        || async { stack.workspaces().await == 4 },
+    )
+    .await;
+    let repaired_in = signed_up.elapsed();
+    eprintln!(
+        "MEASURED: a user no webhook brought was provisioned {repaired_in:?} after sign-up (interval 2 s)"
+    );
+    assert!(
+        repaired_in < Duration::from_secs(2 * 2 + 5),
+        "{repaired_in:?}"
+    );
+
+    let ops = &*worker;
+    eventually("the runs are counted", Duration::from_secs(10), || async {
+        ops.metric(&series(RECONCILE_RUNS, &[("result", "succeeded")]))
+            .await
+            .unwrap_or(0.0)
+            >= 2.0
+    })
+    .await;
+    let missing = ops
+        .expect_metric(&series(RECONCILE_DRIFT, &[("class", "missing")]))
+        .await;
+    assert!(missing >= 4.0, "missing drift counted: {missing}");
+    assert_eq!(ops.expect_metric(RECONCILE_INTERVAL).await, 2.0);
+    let last_success = ops.expect_metric(RECONCILE_LAST_SUCCESS).await;
+    let now = chrono::Utc::now().timestamp() as f64;
+    assert!((now - last_success).abs() < 60.0, "{last_success} vs {now}");
+    assert!(scheduled_runs(&stack, "succeeded").await >= 2);
+    assert_eq!(scheduled_runs(&stack, "failed").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphans_are_reported_not_deleted_by_scheduled_runs_by_default() {
+    let stack = Stack::new().await;
+    let clerk = FakeClerk::start(SECRET).await;
+    clerk.add(user(0).data());
+    // A row whose user Clerk no longer has: made before the worker starts.
+    let orphan = user(1);
+    integration_tests::clerk::provision(&stack.db.conn, &orphan.body())
+        .await
+        .expect("provisioned");
+    let url = clerk.url();
+    let _worker = stack.start(&["consume"], &schedule(&url, "2s", "5s")).await;
+    eventually("a run finished", Duration::from_secs(20), || async {
+        scheduled_runs(&stack, "succeeded").await >= 1
+    })
+    .await;
+    let orphaned = stack
+        .db
+        .scalar("SELECT (counts->>'orphaned')::bigint FROM reconcile_runs WHERE result = 'succeeded' ORDER BY id LIMIT 1")
+        .await;
+    assert_eq!(orphaned, 1, "the orphan is reported");
+    assert_eq!(stack.users().await, 2, "and not deleted");
+    assert_eq!(
+        clerk.confirm_requests(),
+        1,
+        "confirmed in one batch request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_run_one_reconcile_per_interval_between_them() {
+    let stack = Stack::new().await;
+    let clerk = FakeClerk::start(SECRET).await;
+    for i in 0..5 {
+        clerk.add(user(i).data());
+    }
+    let url = clerk.url();
+    let env = schedule(&url, "3s", "5s");
+    let _a = stack.start(&["consume"], &env).await;
+    let _b = stack.start(&["consume"], &env).await;
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    let runs = stack
+        .db
+        .rows("SELECT holder, result, extract(epoch FROM started_at)::float8 AS started FROM reconcile_runs ORDER BY id")
+        .await;
+    let started: Vec<f64> = runs
+        .iter()
+        .map(|r| r["started"].as_f64().unwrap())
+        .collect();
+    assert!(
+        (3..=6).contains(&runs.len()),
+        "one run per 3 s interval between both replicas over 14 s, not one each: {runs:?}"
+    );
+    for pair in started.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= 3.0 - 0.05,
+            "runs an interval apart at least: {runs:?}"
+        );
+    }
+    assert!(runs.iter().all(|r| r["result"] == "succeeded"), "{runs:?}");
+    // Each run walks Clerk's one page once: the list requests are the runs.
+    assert_eq!(clerk.list_requests(), runs.len() as u64, "{runs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_holder_is_killed_mid_run_the_other_replica_completes_a_run_within_ttl_and_interval()
+ {
+    let stack = Stack::new().await;
+    let clerk = FakeClerk::start(SECRET).await;
+    for i in 0..1200 {
+        clerk.add(user(i).data());
+    }
+    // Slow answers: the first holder's run takes several seconds, long enough to kill it.
+    clerk.slow_down(Duration::from_millis(1500));
+    let url = clerk.url();
+    let (interval, ttl) = (Duration::from_secs(4), Duration::from_secs(3));
+    let env: Vec<(&str, String)> = stack.env(&schedule(&url, "4s", "3s"));
+    let mut first = WorkerProcess::spawn(WORKER, &["consume"], &env).await;
+    let first_holder = format!("#{}#", first.pid());
+    eventually("the first replica is running a reconcile", Duration::from_secs(30), || async {
+        stack
+            .db
+            .scalar(&format!(
+                "SELECT count(*) FROM reconcile_runs WHERE result = 'running' AND holder LIKE '%{first_holder}%'"
+            ))
+            .await
+            == 1
+    })
+    .await;
+    let second = stack.start(&["consume"], &schedule(&url, "4s", "3s")).await;
+    first.kill();
+    let killed = Instant::now();
+    clerk.slow_down(Duration::ZERO);
+    eventually("the other replica completed a run", Duration::from_secs(30), || async {
+        stack
+            .db
+            .scalar(&format!(
+                "SELECT count(*) FROM reconcile_runs WHERE result = 'succeeded' AND holder NOT LIKE '%{first_holder}%'"
+            ))
+            .await
+            >= 1
+    })
+    .await;
+    let replaced_in = killed.elapsed();
+    eprintln!(
+        "MEASURED: holder SIGKILLed mid-run; the other replica completed a run {replaced_in:?} later (TTL 3 s, interval 4 s)"
+    );
+    // The interval's jitter (10 %) and the run itself (1,200 users) come on top.
+    let bound = ttl + interval.mul_f64(1.1) + Duration::from_secs(5);
+    assert!(replaced_in < bound, "{replaced_in:?} >= {bound:?}");
+    assert_eq!(stack.workspaces().await, 1200);
+    let abandoned = stack
+        .db
+        .scalar("SELECT count(*) FROM reconcile_runs WHERE result = 'abandoned'")
+        .await;
+    assert_eq!(abandoned, 1, "the killed run is marked abandoned");
+    drop(second);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_that_lost_the_lease_cannot_write() {
+    let stack = Stack::new().await;
+    let pool = stack.db.pool();
+    let ttl = Duration::from_secs(1);
+    let stale = Lease::take(&pool, lease::RECONCILE, "stale", ttl)
+        .await
+        .expect("database")
+        .expect("free");
+    let stale_epoch = stale.epoch();
+    // Paused past its time to live (no renewal), then another replica takes the lease.
+    drop(stale);
+    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+    let expired_write = stale_write(&pool, stale_epoch, 0).await;
+    assert_eq!(expired_write, None, "an expired lease writes nothing");
+    let current = Lease::take(&pool, lease::RECONCILE, "current", Duration::from_secs(30))
+        .await
+        .expect("database")
+        .expect("expired, so free");
+    assert_eq!(current.epoch(), stale_epoch + 1);
+    assert_eq!(stale_write(&pool, stale_epoch, 1).await, None);
+    assert_eq!(stack.users().await, 0, "no write got through");
+    // The current holder's own writes go through.
+    let event = worker::clerk::parse_event(&user(2).body()).expect("parsed");
+    let guard = Guard {
+        check: current.fence(),
+        reconcile_run: 0,
+    };
+    let written = provision::provision_guarded(&pool, &event, &guard)
+        .await
+        .expect("provisioned");
+    assert!(written.is_some());
+    assert_eq!(stack.users().await, 1);
+    // And a deletion by the stale holder is refused too: the user stays.
+    let deletion = worker::domain::Event::UserDeleted(worker::domain::UserDeletion {
+        id: worker::domain::UserId::parse("user_2heal000002").expect("id"),
+        deleted_at: ClerkTime::from_millis(chrono::Utc::now().timestamp_millis()).expect("time"),
+    });
+    let stale_guard = Guard {
+        check: lease::fence_statement(lease::RECONCILE, stale_epoch),
+        reconcile_run: 0,
+    };
+    let refused = provision::provision_guarded(&pool, &deletion, &stale_guard)
+        .await
+        .expect("no error, only refused");
+    assert_eq!(refused, None);
+    assert_eq!(stack.users().await, 1);
+    let current_holder = lease::held_by(&pool, lease::RECONCILE)
+        .await
+        .expect("database")
+        .expect("held");
+    assert_eq!(current_holder.holder, "current");
+}
+
+/// The stale holder (epoch `epoch`) tries to provision user `i`; Some when it was written.
+async fn stale_write(
+    pool: &worker::db::Pool,
+    epoch: i64,
+    i: usize,
+) -> Option<provision::Provisioned> {
+    let event = worker::clerk::parse_event(&user(i).body()).expect("parsed");
+    let guard = Guard {
+        check: lease::fence_statement(lease::RECONCILE, epoch),
+        reconcile_run: 0,
+    };
+    provision::provision_guarded(pool, &event, &guard)
+        .await
+        .expect("no error, only refused")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schedule_is_off_without_a_key_and_says_so_in_its_metrics() {
+    let stack = Stack::new().await;
+    let worker = stack
+        .start(&["consume"], &[("RECONCILE_INTERVAL", "1s")])
+        .await;
+    throughout("no run starts", Duration::from_secs(3), || async {
+        stack.db.scalar("SELECT count(*) FROM reconcile_runs").await == 0
+    })
+    .await;
+    assert_eq!(worker.expect_metric(RECONCILE_INTERVAL).await, 0.0);
+}

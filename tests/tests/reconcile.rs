@@ -13,6 +13,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use worker::clerk_api::{ClerkApi, ClerkApiSettings};
 use worker::reconcile::job::Job;
+use worker::reconcile::lease::{self, Lease};
 use worker::reconcile::{Options, Progress, Trigger};
 
 const SECRET: &str = "sk_test_reconcile_secret_4f9a";
@@ -371,5 +372,178 @@ async fn time_per_100k_users_at_the_default_pace() {
          compare {n} in sync {compare:?} (~{:.0} s per 100k)",
         per_100k(backfill),
         per_100k(compare)
+    );
+}
+
+fn worker_reconcile(db: &TestDb, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_worker-under-test"))
+        .arg("reconcile")
+        .args(args)
+        .env("DATABASE_URL", db.settings.expose_url())
+        .env("DATABASE_MIN_CONNECTIONS", "1")
+        .env_remove("CLERK_SECRET_KEY")
+        .env_remove("LOG_FORMAT")
+        .output()
+        .expect("the worker binary runs")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_pointed_at_the_wrong_instance_is_undone_and_the_next_run_restores_its_users() {
+    let db = TestDb::migrated().await;
+    let right = FakeClerk::start(SECRET).await;
+    for i in 0..3 {
+        provision(&db.conn, &user(i).body())
+            .await
+            .expect("provisioned");
+        right.add(user(i).data());
+    }
+    // A deletion a webhook made: undo must leave its tombstone alone.
+    provision(&db.conn, &user(9).body())
+        .await
+        .expect("provisioned");
+    let deleted_body = integration_tests::clerk::deleted_body(&user(9).id, 2_000_000_000_000);
+    provision(&db.conn, &deleted_body).await.expect("deleted");
+
+    let wrong = FakeClerk::start(SECRET).await;
+    let mistake = ok(&reconcile(
+        &db,
+        &wrong,
+        &["--apply", "--delete-orphans", "--force", "--json"],
+    ));
+    assert_eq!(mistake["deleted"], 3);
+    assert_eq!(counts(&db).await, (0, 0));
+    let run_id = mistake["run_id"].as_i64().expect("the run's id");
+    let credited = format!("SELECT count(*) FROM user_tombstones WHERE reconcile_run = {run_id}");
+    assert_eq!(db.scalar(&credited).await, 3);
+
+    let undo = worker_reconcile(&db, &["undo", &run_id.to_string()]);
+    assert_eq!(undo.status.code(), Some(0), "{}", text(&undo));
+    assert!(
+        text(&undo).contains("lifted 3 tombstones"),
+        "{}",
+        text(&undo)
+    );
+    assert_eq!(db.scalar(&credited).await, 0);
+    let webhook_tombstones = "SELECT count(*) FROM user_tombstones WHERE reconcile_run IS NULL";
+    assert_eq!(
+        db.scalar(webhook_tombstones).await,
+        1,
+        "the webhook's deletion stays"
+    );
+
+    let restored = ok(&reconcile(&db, &right, &["--apply", "--json"]));
+    assert_eq!(restored["provisioned"], 3);
+    assert_eq!(counts(&db).await, (3, 3));
+
+    let runs = worker_reconcile(&db, &["runs", "--json"]);
+    assert_eq!(runs.status.code(), Some(0), "{}", text(&runs));
+    let runs: Value = serde_json::from_slice(&runs.stdout).expect("JSON");
+    let runs = runs.as_array().expect("a list");
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[1]["id"], run_id, "newest first");
+    assert!(runs[1]["undone_at"].is_string(), "{runs:?}");
+    assert_eq!(runs[1]["trigger"], "manual");
+    assert_eq!(runs[1]["deleted"], 3);
+    assert_eq!(runs[1]["counts"]["orphaned"], 3);
+    assert_eq!(runs[0]["counts"]["missing"], 3);
+    assert_eq!(runs[0]["result"], "succeeded");
+    let table = worker_reconcile(&db, &["runs"]);
+    let table = text(&table);
+    assert!(
+        table.contains("orphaned=3") && table.contains("(undone)"),
+        "{table}"
+    );
+
+    let unknown = worker_reconcile(&db, &["undo", "999999"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        text(&unknown).contains("no reconcile run 999999"),
+        "{}",
+        text(&unknown)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_hand_while_a_replica_holds_the_lease_it_says_who_and_exits_75() {
+    let db = TestDb::migrated().await;
+    let clerk = FakeClerk::start(SECRET).await;
+    let pool = db.pool();
+    let held = Lease::take(
+        &pool,
+        lease::RECONCILE,
+        "replica-a#42#beef",
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("database")
+    .expect("free");
+    let output = reconcile(&db, &clerk, &["--apply"]);
+    assert_eq!(output.status.code(), Some(75), "{}", text(&output));
+    assert!(
+        text(&output).contains("replica-a#42#beef holds the lease"),
+        "{}",
+        text(&output)
+    );
+    assert_eq!(clerk.requests(), 0, "Clerk is not called");
+    let undo = worker_reconcile(&db, &["undo", "1"]);
+    assert_eq!(undo.status.code(), Some(75), "{}", text(&undo));
+    held.release(&pool).await;
+    ok(&reconcile(&db, &clerk, &["--json"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_are_walked_by_cursor_and_by_offset_only_where_the_api_ignores_it() {
+    let db = TestDb::migrated().await;
+    let clerk = FakeClerk::start(SECRET).await;
+    for i in 0..1200 {
+        clerk.add(user(i).data());
+    }
+    let applied = ok(&reconcile(&db, &clerk, &["--apply", "--json"]));
+    assert_eq!(applied["provisioned"], 1200);
+    assert_eq!(clerk.list_requests(), 3, "three pages by starting_after");
+
+    clerk.ignore_cursor();
+    let output = reconcile(&db, &clerk, &["--json"]);
+    let dry = ok(&output);
+    assert_eq!(dry["clerk_users"], 1200, "no user listed twice");
+    assert_eq!(dry["in_sync"], 1200, "and none skipped");
+    assert_eq!(
+        clerk.list_requests(),
+        3 + 4,
+        "page 1, page 2 answered as page 1 again, then pages 2 and 3 by offset"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("ignored starting_after"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphans_are_confirmed_a_hundred_ids_per_request() {
+    let db = TestDb::migrated().await;
+    let clerk = FakeClerk::start(SECRET).await;
+    for i in 0..250 {
+        provision(&db.conn, &user(i).body())
+            .await
+            .expect("provisioned");
+    }
+    clerk.add(user(0).data());
+    let dry = ok(&reconcile(&db, &clerk, &["--json"]));
+    assert_eq!(dry["orphaned"]["count"], 249);
+    assert_eq!(
+        clerk.confirm_requests(),
+        3,
+        "249 ids in 3 requests, not 249"
+    );
+    assert_eq!(
+        clerk.requests(),
+        1 + 1 + 3,
+        "count, one page, three confirmations"
     );
 }

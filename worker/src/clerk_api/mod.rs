@@ -450,6 +450,19 @@ mod tests {
     }
 
     #[test]
+    fn only_clerks_resource_not_found_body_says_a_user_is_gone() {
+        let clerk = br#"{"errors":[{"message":"not found","long_message":"User not found","code":"resource_not_found"}]}"#;
+        assert!(is_resource_not_found(clerk));
+        for other in [
+            &b"<html>404 Not Found</html>"[..],
+            br#"{"errors":[{"code":"not_found_elsewhere"}]}"#,
+            b"",
+        ] {
+            assert!(!is_resource_not_found(other));
+        }
+    }
+
+    #[test]
     fn retry_after_is_taken_in_seconds_and_capped() {
         assert_eq!(
             retry_after(&too_many_requests("7")),

@@ -21,7 +21,7 @@ use crate::reconcile::job::Job;
 use crate::reconcile::lease::{HeldBy, holder_name};
 use crate::reconcile::runs::{self, RunResult, Undone};
 use crate::reconcile::settings::RepairSettings;
-use crate::reconcile::{Options, Progress, Trigger};
+use crate::reconcile::{Options, Progress, Report, Trigger};
 
 /// Exit status when another process holds the reconcile lease: try again later.
 pub const EXIT_LEASE_HELD: u8 = 75;
@@ -138,7 +138,11 @@ async fn reconcile(
     let summary = report.summary();
     info!(run_id = finished.run_id, summary = %summary, "reconcile finished");
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let recorded = RecordedReport {
+            run_id: finished.run_id,
+            report: &report,
+        };
+        println!("{}", serde_json::to_string_pretty(&recorded)?);
     } else {
         println!("run {}: {summary}", finished.run_id);
     }
@@ -146,6 +150,14 @@ async fn reconcile(
         RunResult::Succeeded => ExitCode::SUCCESS,
         RunResult::Failed | RunResult::LostLease => ExitCode::FAILURE,
     })
+}
+
+/// The `--json` report: the run's id in `worker reconcile runs` beside what it found and did.
+#[derive(serde::Serialize)]
+struct RecordedReport<'a> {
+    run_id: i64,
+    #[serde(flatten)]
+    report: &'a Report,
 }
 
 fn lease_held(held: Option<HeldBy>) -> ExitCode {

@@ -547,3 +547,22 @@ async fn orphans_are_confirmed_a_hundred_ids_per_request() {
         "count, one page, three confirmations"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_changed_in_the_last_minutes_is_repaired_but_not_counted_as_drift() {
+    let db = TestDb::migrated().await;
+    let clerk = FakeClerk::start(SECRET).await;
+    clerk.add(user(0).data());
+    let mut just_signed_up = user(1);
+    just_signed_up.updated_at = chrono::Utc::now().timestamp_millis() - 30_000;
+    clerk.add(just_signed_up.data());
+    let applied = ok(&reconcile(&db, &clerk, &["--apply", "--json"]));
+    assert_eq!(applied["missing"]["count"], 1, "the old one is drift");
+    assert_eq!(
+        applied["recent"]["ids"],
+        serde_json::json!([just_signed_up.id]),
+        "its webhook may still come"
+    );
+    assert_eq!(applied["provisioned"], 2, "both are repaired");
+    assert_eq!(counts(&db).await, (2, 2));
+}

@@ -45,6 +45,10 @@ pub use report::{Class, DRIFT_CLASSES, MAX_LISTED_IDS, Report, Unprovisionable};
 pub use runs::{RunResult, Trigger};
 use seen::Seen;
 
+/// How long after a change in Clerk its webhook may still be on its way (a queue backlog, Svix's
+/// retries after 5 s and 5 min): a difference that young is repaired but not counted as drift.
+const DRIFT_GRACE: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
+
 /// Rows of `users` checked per keyset chunk when looking for orphans.
 const ORPHAN_CHUNK: u64 = 1000;
 
@@ -135,7 +139,6 @@ async fn run_with(
     progress: &dyn Progress,
     writer: Writer<'_>,
 ) -> Result<Report, ReconcileError> {
-    let started = seen.now().await?;
     let mut report = Report {
         applied: options.apply,
         ..Report::default()
@@ -149,7 +152,7 @@ async fn run_with(
         progress.advance(len);
     }
     progress.phase("orphans");
-    find_orphans(seen, api, started, &mut report).await?;
+    find_orphans(seen, api, &mut report).await?;
     if options.apply && options.delete_orphans && report.orphaned.count > 0 {
         progress.phase("deleting orphans");
         delete_orphans(db, seen, options, &mut report, writer).await?;
@@ -182,13 +185,14 @@ async fn compare_page(
     let ids: Vec<String> = listed.iter().map(|user| user.id.clone()).collect();
     seen.record(&ids).await?;
     let rows = rows_of(db, &ids).await?;
+    let recent_after = seen.started() - DRIFT_GRACE;
     let mut to_fix = Vec::new();
     for user in listed {
         report.clerk_users += 1;
         match user.profile {
             Err(reason) => report.unprovisionable.add(&user.id, reason),
             Ok(profile) => {
-                if classify(&profile, rows.get(&user.id), report) {
+                if classify(&profile, rows.get(&user.id), recent_after, report) {
                     to_fix.push(profile);
                 }
             }
@@ -213,13 +217,26 @@ async fn rows_of(db: &Pool, ids: &[String]) -> Result<Rows, DbErr> {
         .collect())
 }
 
-/// Counts the user in its class; true when provisioning would change something.
+/// Counts the user in its class; true when provisioning would change something. A user Clerk
+/// changed after `recent_after` is repaired like the others but counted apart, as `recent`: its
+/// webhook may still be on its way, so it says nothing about lost webhooks.
 fn classify(
     profile: &UserProfile,
     row: Option<&(DateTime<FixedOffset>, bool)>,
+    recent_after: DateTime<Utc>,
     report: &mut Report,
 ) -> bool {
     let id = profile.id.as_ref();
+    let differs = match row {
+        None => true,
+        Some((applied, has_workspace)) => {
+            !has_workspace || profile.updated_at.as_datetime() > *applied
+        }
+    };
+    if differs && profile.updated_at.as_datetime() > recent_after {
+        report.recent.add(id);
+        return true;
+    }
     match row {
         None => report.missing.add(id),
         Some((_, false)) => report.no_workspace.add(id),
@@ -289,12 +306,11 @@ fn record_fix(id: &UserId, result: Result<Outcome, ProvisionError>, report: &mut
 async fn find_orphans(
     seen: &Seen,
     api: &ClerkApi,
-    started: DateTime<Utc>,
     report: &mut Report,
 ) -> Result<(), ReconcileError> {
     let mut after = String::new();
     loop {
-        let chunk = seen.unseen(&after, started, ORPHAN_CHUNK).await?;
+        let chunk = seen.unseen(&after, seen.started(), ORPHAN_CHUNK).await?;
         let Some(last) = chunk.last().cloned() else {
             return Ok(());
         };

@@ -64,6 +64,9 @@ pub struct Report {
     pub missing: Class,
     pub no_workspace: Class,
     pub stale: Class,
+    /// Users Clerk changed in the last minutes that differ: repaired, but not drift (their
+    /// webhooks may still be on their way).
+    pub recent: Class,
     pub orphaned: Class,
     pub unprovisionable: Unprovisionable,
     /// Users provisioned by this run (missing, workspace-less or stale ones).
@@ -88,6 +91,7 @@ impl Report {
             self.missing.count,
             self.no_workspace.count,
             self.stale.count,
+            self.recent.count,
             self.orphaned.count,
             self.unprovisionable.count,
         ];
@@ -102,13 +106,15 @@ impl Report {
     pub fn summary(&self) -> String {
         format!(
             "reconcile {}: {} Clerk users, {} in sync, {} missing, {} without workspace, {} stale, \
-             {} orphaned, {} unprovisionable; {} provisioned, {} deleted, {} failed{}",
+             {} recently changed, {} orphaned, {} unprovisionable; {} provisioned, {} deleted, \
+             {} failed{}",
             if self.applied { "applied" } else { "dry run" },
             self.clerk_users,
             self.in_sync,
             self.missing.count,
             self.no_workspace.count,
             self.stale.count,
+            self.recent.count,
             self.orphaned.count,
             self.unprovisionable.count,
             self.provisioned,

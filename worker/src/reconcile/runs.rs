@@ -126,6 +126,7 @@ fn counts(report: &Report) -> serde_json::Value {
     let mut counts = serde_json::Map::new();
     counts.insert("clerk_users".into(), report.clerk_users.into());
     counts.insert("in_sync".into(), report.in_sync.into());
+    counts.insert("recent".into(), report.recent.count.into());
     for (class, count) in report.drift() {
         counts.insert(class.into(), count.into());
     }

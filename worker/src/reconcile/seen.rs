@@ -30,6 +30,7 @@ const NOW: &str = "SELECT now() AS now";
 pub struct Seen {
     pool: Pool,
     pinned: Option<DatabaseTransaction>,
+    started: DateTime<Utc>,
 }
 
 impl Seen {
@@ -52,13 +53,23 @@ impl Seen {
             true => Some(pool.begin_clean().await?),
             false => None,
         };
-        let seen = Self { pool, pinned };
+        let mut seen = Self {
+            pool,
+            pinned,
+            started: DateTime::UNIX_EPOCH,
+        };
         seen.execute_unprepared(CREATE).await?;
+        seen.started = seen.now().await?;
         Ok(seen)
     }
 
-    /// The database's clock now: rows created after it are not orphan candidates.
-    pub async fn now(&self) -> Result<DateTime<Utc>, DbErr> {
+    /// When the run started, by the database's clock: rows created after it are not orphan
+    /// candidates.
+    pub fn started(&self) -> DateTime<Utc> {
+        self.started
+    }
+
+    async fn now(&self) -> Result<DateTime<Utc>, DbErr> {
         let row = self.query_one(statement(NOW, [])).await?;
         let row = row.ok_or_else(|| DbErr::RecordNotFound("SELECT now()".into()))?;
         row.try_get::<DateTime<Utc>>("", "now")

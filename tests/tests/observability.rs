@@ -215,6 +215,9 @@ fn the_dashboard_and_the_alerts_only_name_exported_metrics() {
         metrics::EVENTS_RETRIED,
         metrics::WEBHOOK_REQUESTS,
         metrics::WEBHOOK_REFUSED,
+        metrics::RECONCILE_RUNS,
+        metrics::RECONCILE_DRIFT,
+        metrics::RECONCILE_LAST_SUCCESS,
         "rabbitmq_queue_messages_ready",
     ] {
         assert!(used.contains(needed), "the dashboard shows {needed}");
@@ -225,6 +228,8 @@ fn the_dashboard_and_the_alerts_only_name_exported_metrics() {
         "ProvisioningLatencyHigh",
         "ConsumerLagGrowing",
         "TargetDown",
+        "ReconcileNotSucceeding",
+        "ReconcileFoundDrift",
     ] {
         assert!(alerts.contains(&format!("alert: {alert}")), "{alert}");
         let anchor = format!("docs/runbooks.md#runbook-{}", alert.to_lowercase());

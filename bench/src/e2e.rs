@@ -168,7 +168,7 @@ pub async fn offer(
 /// POSTs one signed webhook; a 503 (the ingress shedding load, or the broker away) or no answer
 /// at all (a kept-alive connection the ingress closed as this request went out) is tried again
 /// with the same id, as Svix does, until it is accepted.
-async fn post(
+pub(crate) async fn post(
     client: &reqwest::Client,
     addr: std::net::SocketAddr,
     body: &[u8],

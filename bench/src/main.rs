@@ -6,6 +6,7 @@
 //! (memory over minutes) and `chaos` (faults, judged per event; exit status 1 unless the verdict
 //! is ok) run only alone: `... -- soak --minutes 3`, `... -- chaos --seconds 60`. The regression
 //! check before a stop: `... -- compare --base REV` (the working tree's worker against REV's).
+//! The self-healing reconcile: `... -- heal` (alone, like `soak`).
 
 mod baseline;
 mod ceiling;
@@ -14,6 +15,7 @@ mod compare;
 mod cpu;
 mod drain;
 mod e2e;
+mod heal;
 mod hostile;
 mod soak;
 mod stack;
@@ -101,6 +103,15 @@ struct Args {
     /// medians.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     rounds: u64,
+    /// `heal`: users signing up in the Clerk stand-in.
+    #[arg(long, default_value_t = 10_000)]
+    heal_users: usize,
+    /// `heal`: the fraction of their webhooks the ingress loses.
+    #[arg(long, default_value_t = 0.3, value_parser = fraction)]
+    heal_drop: f64,
+    /// `heal`: the worker's RECONCILE_INTERVAL.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    heal_interval: std::time::Duration,
     /// Also write the figures here as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -123,6 +134,9 @@ enum Phase {
     /// The working tree's worker against `--base`'s, draining the same load in alternating
     /// order; never part of `all`.
     Compare,
+    /// Webhooks lost on purpose and repaired by the worker's reconcile schedule, and the time a
+    /// run takes per 100,000 users; never part of `all`.
+    Heal,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -143,6 +157,7 @@ struct Report {
     hostile: Option<hostile::Hostile>,
     chaos: Option<integration_tests::chaos::Verdict>,
     compare: Option<compare::Comparison>,
+    heal: Option<heal::Heal>,
     /// Events/s of every run of `drain`, `drain_batched` and `e2e` (their medians above).
     runs: Runs,
     drain_over_ceiling: Option<f64>,
@@ -263,6 +278,18 @@ async fn main() -> anyhow::Result<()> {
         report.compare =
             Some(compare::run(&base, &head, rounds, args.events, args.batch_size, worker).await?);
     }
+    if args.phase == Phase::Heal {
+        report.heal = Some(
+            heal::measure(
+                &head,
+                args.heal_users,
+                args.heal_drop,
+                args.heal_interval,
+                &worker_env,
+            )
+            .await?,
+        );
+    }
     if args.phase == Phase::All {
         eprintln!("ceiling again, after the other phases");
         report.ceiling_after =
@@ -306,6 +333,9 @@ fn table(report: &Report) -> String {
     }
     if let Some(comparison) = &report.compare {
         return out + &compare::table(comparison);
+    }
+    if let Some(heal) = &report.heal {
+        return out + &heal::table(heal);
     }
     out += &row(
         "phase",
@@ -370,6 +400,14 @@ fn table(report: &Report) -> String {
         }
     }
     out
+}
+
+/// A fraction from 0 to 1.
+fn fraction(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
+        _ => Err("must be a number from 0 to 1".to_owned()),
+    }
 }
 
 /// The median run by `rate` (for an even count, the faster of the two middle runs: a real run,

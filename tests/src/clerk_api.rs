@@ -38,6 +38,8 @@ struct Instance {
     list_requests: AtomicU64,
     confirm_requests: AtomicU64,
     ignore_cursor: AtomicBool,
+    /// Answer the next `starting_after` with 422, as Clerk does for a cursor whose user is gone.
+    refuse_cursor: AtomicBool,
     /// Milliseconds every answer waits before it is sent.
     delay_ms: AtomicU64,
     /// Request numbers (1-based) answered 429 with `Retry-After: 1`, or 500.
@@ -116,6 +118,12 @@ impl FakeClerk {
     /// From now on, answer `starting_after` as if it were not there (the first page again).
     pub fn ignore_cursor(&self) {
         self.state.ignore_cursor.store(true, Ordering::SeqCst);
+    }
+
+    /// Answers the next request with `starting_after` 422, as for a cursor user deleted between
+    /// two pages.
+    pub fn refuse_next_cursor(&self) {
+        self.state.refuse_cursor.store(true, Ordering::SeqCst);
     }
 
     /// Makes every answer from now on wait `delay` (a slow API, or a long run to interrupt).
@@ -291,6 +299,9 @@ async fn list(State(state): State<Arc<Instance>>, RawQuery(raw): RawQuery) -> Re
         .collect();
     if query.descending {
         users.reverse();
+    }
+    if query.starting_after.is_some() && state.refuse_cursor.swap(false, Ordering::SeqCst) {
+        return unprocessable("starting_after names no user");
     }
     let cursor = match (
         &query.starting_after,

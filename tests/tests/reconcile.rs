@@ -510,6 +510,14 @@ async fn pages_are_walked_by_cursor_and_by_offset_only_where_the_api_ignores_it(
     assert_eq!(applied["provisioned"], 1200);
     assert_eq!(clerk.list_requests(), 3, "three pages by starting_after");
 
+    clerk.refuse_next_cursor();
+    let refused = ok(&reconcile(&db, &clerk, &["--json"]));
+    assert_eq!(
+        refused["in_sync"], 1200,
+        "a refused cursor costs one page by offset"
+    );
+    assert_eq!(clerk.list_requests(), 3 + 4);
+
     clerk.ignore_cursor();
     let output = reconcile(&db, &clerk, &["--json"]);
     let dry = ok(&output);
@@ -517,7 +525,7 @@ async fn pages_are_walked_by_cursor_and_by_offset_only_where_the_api_ignores_it(
     assert_eq!(dry["in_sync"], 1200, "and none skipped");
     assert_eq!(
         clerk.list_requests(),
-        3 + 4,
+        7 + 4,
         "page 1, page 2 answered as page 1 again, then pages 2 and 3 by offset"
     );
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -11,6 +11,7 @@ use integration_tests::ops::series;
 use integration_tests::process::WorkerProcess;
 use integration_tests::stack::Stack;
 use integration_tests::{eventually, throughout};
+use sea_orm::ConnectionTrait;
 use worker::domain::ClerkTime;
 use worker::metrics::{
     RECONCILE_DRIFT, RECONCILE_INTERVAL, RECONCILE_LAST_SUCCESS, RECONCILE_RUNS,
@@ -141,9 +142,19 @@ async fn two_replicas_run_one_reconcile_per_interval_between_them() {
     }
     let url = clerk.url();
     let env = schedule(&url, "3s", "5s");
-    let _a = stack.start(&["consume"], &env).await;
-    let _b = stack.start(&["consume"], &env).await;
+    let a = stack.start(&["consume"], &env).await;
+    let b = stack.start(&["consume"], &env).await;
     tokio::time::sleep(Duration::from_secs(14)).await;
+    // Stopped first, so no run is half-way when the runs are read.
+    drop((a, b));
+    eventually("both replicas stopped", Duration::from_secs(30), || async {
+        stack
+            .db
+            .scalar("SELECT count(*) FROM reconcile_runs WHERE result = 'running'")
+            .await
+            == 0
+    })
+    .await;
     let runs = stack
         .db
         .rows("SELECT holder, result, extract(epoch FROM started_at)::float8 AS started FROM reconcile_runs ORDER BY id")
@@ -168,8 +179,8 @@ async fn two_replicas_run_one_reconcile_per_interval_between_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn when_the_holder_is_killed_mid_run_the_other_replica_completes_a_run_within_ttl_and_interval()
- {
+async fn when_the_holder_is_killed_mid_run_the_other_replica_completes_a_run_within_the_lease_ttl()
+{
     let stack = Stack::new().await;
     let clerk = FakeClerk::start(SECRET).await;
     for i in 0..1200 {
@@ -178,8 +189,10 @@ async fn when_the_holder_is_killed_mid_run_the_other_replica_completes_a_run_wit
     // Slow answers: the first holder's run takes several seconds, long enough to kill it.
     clerk.slow_down(Duration::from_millis(1500));
     let url = clerk.url();
-    let (interval, ttl) = (Duration::from_secs(4), Duration::from_secs(3));
-    let env: Vec<(&str, String)> = stack.env(&schedule(&url, "4s", "3s"));
+    // An interval far longer than the lease: the replacement must not wait for it.
+    let settings = schedule(&url, "60s", "2s");
+    let ttl = Duration::from_secs(2);
+    let env: Vec<(&str, String)> = stack.env(&settings);
     let mut first = WorkerProcess::spawn(WORKER, &["consume"], &env).await;
     let first_holder = format!("#{}#", first.pid());
     eventually("the first replica is running a reconcile", Duration::from_secs(30), || async {
@@ -192,7 +205,7 @@ async fn when_the_holder_is_killed_mid_run_the_other_replica_completes_a_run_wit
             == 1
     })
     .await;
-    let second = stack.start(&["consume"], &schedule(&url, "4s", "3s")).await;
+    let second = stack.start(&["consume"], &settings).await;
     first.kill();
     let killed = Instant::now();
     clerk.slow_down(Duration::ZERO);
@@ -208,10 +221,10 @@ async fn when_the_holder_is_killed_mid_run_the_other_replica_completes_a_run_wit
     .await;
     let replaced_in = killed.elapsed();
     eprintln!(
-        "MEASURED: holder SIGKILLed mid-run; the other replica completed a run {replaced_in:?} later (TTL 3 s, interval 4 s)"
+        "MEASURED: holder SIGKILLed mid-run; the other replica completed a run {replaced_in:?} later (lease TTL 2 s, interval 60 s)"
     );
-    // The interval's jitter (10 %) and the run itself (1,200 users) come on top.
-    let bound = ttl + interval.mul_f64(1.1) + Duration::from_secs(5);
+    // The lease's expiry, then the whole run (1,200 users) on a shared machine.
+    let bound = ttl + Duration::from_secs(8);
     assert!(replaced_in < bound, "{replaced_in:?} >= {bound:?}");
     assert_eq!(stack.workspaces().await, 1200);
     let abandoned = stack
@@ -220,6 +233,54 @@ async fn when_the_holder_is_killed_mid_run_the_other_replica_completes_a_run_wit
         .await;
     assert_eq!(abandoned, 1, "the killed run is marked abandoned");
     drop(second);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_in_flight_holds_off_the_next_take_which_then_fences_it_out() {
+    let stack = Stack::new().await;
+    let pool = stack.db.pool();
+    let holder = Lease::take(&pool, lease::RECONCILE, "holder", Duration::from_secs(1))
+        .await
+        .expect("database")
+        .expect("free");
+    let epoch = holder.epoch();
+    drop(holder); // no renewal: it expires in a second
+    // A fenced write's transaction, open while the lease expires.
+    let write = sea_orm::TransactionTrait::begin(&stack.db.conn)
+        .await
+        .expect("begin");
+    let fenced = sea_orm::ConnectionTrait::query_one_raw(
+        &write,
+        lease::fence_statement(lease::RECONCILE, epoch),
+    )
+    .await
+    .expect("fence");
+    assert!(fenced.is_some(), "the lease is still ours");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let take = tokio::spawn({
+        let pool = pool.clone();
+        async move { Lease::take(&pool, lease::RECONCILE, "next", Duration::from_secs(30)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !take.is_finished(),
+        "the take waits for the write in flight"
+    );
+    write.commit().await.expect("commit");
+    let next = take
+        .await
+        .expect("the task")
+        .expect("database")
+        .expect("taken once the write committed");
+    assert_eq!(next.epoch(), epoch + 1);
+    let stale = stack
+        .db
+        .conn
+        .query_one_raw(lease::fence_statement(lease::RECONCILE, epoch));
+    assert!(
+        stale.await.expect("fence").is_none(),
+        "the old epoch is fenced out"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,4 +364,39 @@ async fn the_schedule_is_off_without_a_key_and_says_so_in_its_metrics() {
     })
     .await;
     assert_eq!(worker.expect_metric(RECONCILE_INTERVAL).await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schedule_counts_from_the_latest_run_a_failed_one_sooner_a_dead_one_not_at_all() {
+    let stack = Stack::new().await;
+    let pool = stack.db.pool();
+    let (hour, five_minutes) = (Duration::from_secs(3600), Duration::from_secs(300));
+    let due = || worker::reconcile::runs::due(&pool, hour, five_minutes);
+    assert_eq!(due().await.expect("database"), None, "no run yet: due now");
+    let insert = |result: &str, ago: &str| {
+        format!(
+            "INSERT INTO reconcile_runs (trigger, holder, epoch, applied, started_at, result) \
+             VALUES ('schedule', 'h', 1, true, clock_timestamp() - interval '{ago}', '{result}')"
+        )
+    };
+    stack.db.execute(&insert("succeeded", "10 minutes")).await;
+    let after_success = due().await.expect("database").expect("a run counts");
+    assert!(
+        (after_success.in_seconds - 3000.0).abs() < 5.0,
+        "{after_success:?}"
+    );
+    stack.db.execute(&insert("failed", "1 minute")).await;
+    let after_failure = due().await.expect("database").expect("a run counts");
+    assert!(
+        (after_failure.in_seconds - 240.0).abs() < 5.0,
+        "{after_failure:?}"
+    );
+    // A run still `running` whose holder has no lease (killed) does not count.
+    stack.db.execute(&insert("running", "10 seconds")).await;
+    let with_dead_run = due().await.expect("database").expect("a run counts");
+    assert!(
+        (with_dead_run.in_seconds - 240.0).abs() < 5.0,
+        "{with_dead_run:?}"
+    );
+    assert_eq!(with_dead_run.lease_left, None);
 }

@@ -280,11 +280,14 @@ pub enum PageAt<'a> {
     Offset(u64),
 }
 
-/// Walks every page of `GET /v1/users`, oldest user first, with `starting_after`; when the API
-/// answers the first page again to a cursor (it ignores it), goes on by offset from there.
+/// Walks every page of `GET /v1/users`, oldest user first, with `starting_after`. Where the API
+/// ignores the cursor (its answer repeats users of the previous page), or a page ends in a user
+/// without an id (no cursor to give), paging goes on by offset from there. A cursor the API
+/// refuses (422: its user was deleted between two pages) costs that one page by offset.
 #[derive(Debug, Default)]
 pub struct UserPages {
-    first_id: Option<String>,
+    /// Ids of the last page: an answer that repeats one ignored the cursor.
+    previous: HashSet<String>,
     last_id: Option<String>,
     listed: u64,
     by_offset: bool,
@@ -300,11 +303,22 @@ impl UserPages {
         if self.done {
             return Ok(None);
         }
-        let mut page = api.list_users(self.at()).await?;
-        if self.cursor_ignored(&page) {
+        let mut page = match api.list_users(self.at()).await {
+            Err(ClerkApiError::Status { status, .. })
+                if status == StatusCode::UNPROCESSABLE_ENTITY && self.at_cursor() =>
+            {
+                warn!(
+                    listed = self.listed,
+                    "Clerk refused the cursor (its user may be gone); this page by offset"
+                );
+                api.list_users(PageAt::Offset(self.listed)).await?
+            }
+            answer => answer?,
+        };
+        if self.at_cursor() && self.repeats_previous(&page) {
             warn!(
                 listed = self.listed,
-                "Clerk's API ignored starting_after (it answered the first page again); paging by offset"
+                "Clerk's API ignored starting_after (it answered earlier users again); paging by offset"
             );
             self.by_offset = true;
             page = api.list_users(self.at()).await?;
@@ -313,36 +327,33 @@ impl UserPages {
         Ok(Some(page))
     }
 
-    /// True when paging went on by offset because the API ignored the cursor.
-    pub fn fell_back_to_offset(&self) -> bool {
-        self.by_offset
-    }
-
     fn at(&self) -> PageAt<'_> {
         match (&self.last_id, self.by_offset) {
-            (None, _) => PageAt::First,
-            (Some(_), true) => PageAt::Offset(self.listed),
+            (_, true) => PageAt::Offset(self.listed),
+            (None, false) => PageAt::First,
             (Some(last), false) => PageAt::After(last),
         }
     }
 
-    fn cursor_ignored(&self, page: &[Box<RawValue>]) -> bool {
-        let first_of_page = page.first().and_then(|raw| id_of(raw));
-        !self.by_offset
-            && self.last_id.is_some()
-            && first_of_page.is_some()
-            && first_of_page == self.first_id
+    fn at_cursor(&self) -> bool {
+        matches!(self.at(), PageAt::After(_))
+    }
+
+    fn repeats_previous(&self, page: &[Box<RawValue>]) -> bool {
+        page.iter()
+            .filter_map(|raw| id_of(raw))
+            .any(|id| self.previous.contains(&id))
     }
 
     fn take(&mut self, page: &[Box<RawValue>]) {
-        if self.first_id.is_none() {
-            self.first_id = page.first().and_then(|raw| id_of(raw));
-        }
-        if let Some(last) = page.last().and_then(|raw| id_of(raw)) {
-            self.last_id = Some(last);
-        }
+        self.previous = page.iter().filter_map(|raw| id_of(raw)).collect();
         self.listed += page.len() as u64;
-        self.done = page.len() < PAGE_LIMIT as usize || self.last_id.is_none();
+        self.done = page.len() < PAGE_LIMIT as usize;
+        match page.last().and_then(|raw| id_of(raw)) {
+            Some(last) => self.last_id = Some(last),
+            // No id to start the next page after: the offset still says where it starts.
+            None => self.by_offset = true,
+        }
     }
 }
 

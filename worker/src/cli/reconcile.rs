@@ -243,7 +243,8 @@ async fn undo(db: &Pool, repair: &RepairSettings, run_id: i64) -> anyhow::Result
     match undone.context("lifting the run's tombstones")? {
         Undone::Lifted(count) => {
             println!(
-                "run {run_id}: lifted {count} tombstones; the next reconcile run provisions again                  those users Clerk still has (or run `worker reconcile --apply` now)"
+                "run {run_id}: lifted {count} tombstones; the next reconcile run provisions again \
+                 those users Clerk still has (or run `worker reconcile --apply` now)"
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -64,13 +64,19 @@ impl Job<'_> {
         stop: &CancellationToken,
     ) -> Result<Finished, DbErr> {
         let began = Instant::now();
-        let Some(run_id) =
-            runs::start(self.db, &lease, trigger, self.holder, options.apply).await?
-        else {
-            lease.release(self.db).await;
-            return Err(DbErr::Custom(
-                "the reconcile lease was lost before the run started".into(),
-            ));
+        let started = runs::start(self.db, &lease, trigger, self.holder, options.apply).await;
+        let run_id = match started {
+            Ok(Some(run_id)) => run_id,
+            Ok(None) => {
+                lease.release(self.db).await;
+                return Err(DbErr::Custom(
+                    "the reconcile lease was lost before the run started".into(),
+                ));
+            }
+            Err(err) => {
+                lease.release(self.db).await;
+                return Err(err);
+            }
         };
         info!(
             run_id,
@@ -99,12 +105,12 @@ impl Job<'_> {
         )
         .await;
         lease.release(self.db).await;
-        self.count(&finished, began).await;
+        self.count(&finished, began);
         recorded.map(|()| finished)
     }
 
-    /// Counts the run in the metrics and refreshes the last-success gauge from the table.
-    async fn count(&self, finished: &Finished, began: Instant) {
+    /// Counts the run in the metrics (the schedule refreshes the last-success gauge after it).
+    fn count(&self, finished: &Finished, began: Instant) {
         let Some(metrics) = self.metrics else {
             return;
         };
@@ -114,7 +120,6 @@ impl Job<'_> {
             began.elapsed(),
             drift.as_ref().map_or(&[], |d| d),
         );
-        refresh_last_success(self.db, metrics).await;
     }
 }
 

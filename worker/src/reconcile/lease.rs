@@ -22,10 +22,14 @@ use crate::db::{Pool, statement};
 /// The lease row of the reconcile.
 pub const RECONCILE: &str = "reconcile";
 
-/// Takes the lease ($1 job) for $2 holder for $3 milliseconds when it is free or expired.
-const TAKE: &str = "UPDATE job_leases SET holder = $2, epoch = epoch + 1, \
-     expires_at = clock_timestamp() + $3 * interval '1 millisecond' \
-     WHERE name = $1 AND expires_at <= clock_timestamp() RETURNING epoch";
+/// Takes the lease ($1 job) for $2 holder for $3 milliseconds when it is free or expired (the
+/// row is made on first use, should the migration's have gone).
+const TAKE: &str = "INSERT INTO job_leases AS l (name, holder, epoch, expires_at) \
+     VALUES ($1, $2, 1, clock_timestamp() + $3 * interval '1 millisecond') \
+     ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, epoch = l.epoch + 1, \
+       expires_at = EXCLUDED.expires_at \
+     WHERE l.expires_at <= clock_timestamp() RETURNING epoch";
+
 /// Extends the lease ($1 job) held with epoch $2 by $3 milliseconds, if it has not expired.
 const RENEW: &str = "UPDATE job_leases SET expires_at = clock_timestamp() + $3 * interval '1 millisecond' \
      WHERE name = $1 AND epoch = $2 AND expires_at > clock_timestamp() RETURNING epoch";

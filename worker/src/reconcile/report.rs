@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 /// The classes of drift a run can find: labels of `reconcile_drift_total` and keys of a run's
-/// recorded counts.
+/// recorded counts ([`Report::drift`] pairs each with its count, in this order).
 pub const DRIFT_CLASSES: [&str; 5] = [
     "missing",
     "no_workspace",
@@ -87,19 +87,13 @@ impl Report {
 
     /// How many users of each class in [`DRIFT_CLASSES`] the run found, in that order.
     pub fn drift(&self) -> [(&'static str, u64); 5] {
-        let counts = [
-            self.missing.count,
-            self.no_workspace.count,
-            self.stale.count,
-            self.recent.count,
-            self.orphaned.count,
-            self.unprovisionable.count,
-        ];
-        let mut drift = [("", 0); 5];
-        for ((slot, class), count) in drift.iter_mut().zip(DRIFT_CLASSES).zip(counts) {
-            *slot = (class, count);
-        }
-        drift
+        [
+            ("missing", self.missing.count),
+            ("no_workspace", self.no_workspace.count),
+            ("stale", self.stale.count),
+            ("orphaned", self.orphaned.count),
+            ("unprovisionable", self.unprovisionable.count),
+        ]
     }
 
     /// The one-line summary printed and logged at the end.
@@ -126,5 +120,41 @@ impl Report {
                 ""
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drift_names_each_count_by_its_own_class() {
+        let mut report = Report::default();
+        report.missing.add("a");
+        for id in ["b", "c"] {
+            report.no_workspace.add(id);
+        }
+        for id in ["d", "e", "f"] {
+            report.stale.add(id);
+        }
+        report.recent.add("not drift");
+        for id in ["g", "h", "i", "j"] {
+            report.orphaned.add(id);
+        }
+        for id in ["k", "l", "m", "n", "o"] {
+            report.unprovisionable.add(id, "missing_email");
+        }
+        assert_eq!(
+            report.drift(),
+            [
+                ("missing", 1),
+                ("no_workspace", 2),
+                ("stale", 3),
+                ("orphaned", 4),
+                ("unprovisionable", 5)
+            ]
+        );
+        let names: Vec<&str> = report.drift().iter().map(|(class, _)| *class).collect();
+        assert_eq!(names, DRIFT_CLASSES);
     }
 }

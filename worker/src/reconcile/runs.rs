@@ -7,7 +7,7 @@ use entity::reconcile_runs;
 use sea_orm::{ConnectionTrait, DbErr, EntityTrait, QueryOrder, QuerySelect, Value};
 use serde::Serialize;
 
-use super::lease::Lease;
+use super::lease::{self, Lease};
 use super::report::Report;
 use crate::db::{Pool, statement};
 
@@ -64,9 +64,19 @@ const ABANDON: &str = "UPDATE reconcile_runs SET result = 'abandoned', \
      WHERE result = 'running' AND epoch < $1";
 const FINISH: &str = "UPDATE reconcile_runs SET finished_at = clock_timestamp(), result = $2, \
      counts = $3, repaired = $4, deleted = $5, error = $6 WHERE id = $1 AND result = 'running'";
-/// When the last applied run that was not abandoned started: the schedule counts from there.
-const LAST_STARTED: &str = "SELECT max(started_at) AS at FROM reconcile_runs \
-     WHERE applied AND result <> 'abandoned'";
+/// Where the schedule stands, by the database's clock (so replicas' clocks never matter): seconds
+/// until the next run is due (negative: overdue), an interval ($1 s) after the latest applied run
+/// started, or $2 s after it when that run failed; and, while that run is still going, seconds
+/// until its holder's lease expires. Abandoned runs, and running ones whose holder no longer
+/// holds the lease (killed, cut off), do not count. No row when no run counts.
+const SCHEDULE: &str = "SELECT \
+       extract(epoch FROM r.started_at - clock_timestamp() + interval '1 second' * \
+         CASE WHEN r.result IN ('failed', 'lost_lease') THEN $2 ELSE $1 END)::float8 AS due_in, \
+       extract(epoch FROM l.expires_at - clock_timestamp())::float8 AS lease_left \
+     FROM reconcile_runs r LEFT JOIN job_leases l ON r.result = 'running' AND l.name = $3 \
+       AND l.epoch = r.epoch AND l.expires_at > clock_timestamp() \
+     WHERE r.applied AND r.result <> 'abandoned' AND (r.result <> 'running' OR l.epoch IS NOT NULL) \
+     ORDER BY r.started_at DESC LIMIT 1";
 const LAST_SUCCEEDED: &str = "SELECT max(finished_at) AS at FROM reconcile_runs \
      WHERE applied AND result = 'succeeded'";
 const LIFT_TOMBSTONES: &str = "DELETE FROM user_tombstones WHERE reconcile_run = $1";
@@ -134,9 +144,35 @@ fn counts(report: &Report) -> serde_json::Value {
     counts.into()
 }
 
-/// When the last applied run (not abandoned) started, if there was one.
-pub async fn last_started(db: &Pool) -> Result<Option<DateTime<Utc>>, DbErr> {
-    instant(db, LAST_STARTED).await
+/// Where the schedule stands (see [`SCHEDULE`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Due {
+    /// Seconds until the next run is due; zero or less: due now.
+    pub in_seconds: f64,
+    /// While the latest run is still going: seconds until its holder's lease expires, when a
+    /// killed holder's run stops counting.
+    pub lease_left: Option<f64>,
+}
+
+/// When the next run is due: `interval` after the latest run started, or `retry` after it if it
+/// failed; None when no run counts yet (due now).
+pub async fn due(
+    db: &Pool,
+    interval: std::time::Duration,
+    retry: std::time::Duration,
+) -> Result<Option<Due>, DbErr> {
+    let values: [Value; 3] = [
+        interval.as_secs_f64().into(),
+        retry.as_secs_f64().into(),
+        lease::RECONCILE.into(),
+    ];
+    let Some(row) = db.query_one_raw(statement(SCHEDULE, values)).await? else {
+        return Ok(None);
+    };
+    Ok(Some(Due {
+        in_seconds: row.try_get("", "due_in")?,
+        lease_left: row.try_get("", "lease_left")?,
+    }))
 }
 
 /// When the last applied run that succeeded finished, if one did.

@@ -111,14 +111,19 @@ impl Schedule {
         }
     }
 
-    /// How long until the next run is due, plus the jitter.
+    /// How long to sleep: until the next run is due, plus the jitter; or, while another replica's
+    /// run is going, until its lease would expire (a holder killed mid-run is replaced within
+    /// the lease's time to live, not an interval later).
     async fn until_due(&self) -> Duration {
         let jitter = self.interval.mul_f64(JITTER * fastrand::f64());
-        match runs::last_started(&self.db).await {
+        match runs::due(&self.db, self.interval, self.retry_after_failure()).await {
             Ok(None) => jitter,
-            Ok(Some(last)) => {
-                let due = last + self.interval;
-                (due - Utc::now()).to_std().unwrap_or_default() + jitter
+            Ok(Some(due)) => {
+                let until_due = seconds(due.in_seconds) + jitter;
+                match due.lease_left {
+                    Some(left) => until_due.min(seconds(left) + LEASE_MARGIN),
+                    None => until_due,
+                }
             }
             Err(err) => {
                 warn!(error = %err, "cannot read the last reconcile run");
@@ -127,19 +132,35 @@ impl Schedule {
         }
     }
 
-    /// Whether an interval has passed since the last applied run started (read under the lease,
-    /// so no other replica starts one meanwhile).
+    /// Whether the next run is due now (read under the lease, so no other replica starts one
+    /// meanwhile).
     async fn is_due(&self) -> bool {
-        match runs::last_started(&self.db).await {
-            Ok(None) => true,
-            Ok(Some(last)) => last + self.interval <= Utc::now(),
+        match runs::due(&self.db, self.interval, self.retry_after_failure()).await {
+            Ok(due) => due.is_none_or(|due| due.in_seconds <= 0.0),
             Err(err) => {
                 warn!(error = %err, "cannot read the last reconcile run");
                 false
             }
         }
     }
+
+    /// A failed run is tried again sooner than an interval later: a Clerk or database blip
+    /// should not cost half the alert's budget.
+    fn retry_after_failure(&self) -> Duration {
+        self.interval.min(RETRY_FAILED_RUN)
+    }
 }
+
+/// A whole number of seconds from the database's answer; negative (overdue) is zero.
+fn seconds(value: f64) -> Duration {
+    Duration::try_from_secs_f64(value.max(0.0)).unwrap_or(Duration::ZERO)
+}
+
+/// Past a lease's expiry before looking again, so its holder's last renewal has surely lapsed.
+const LEASE_MARGIN: Duration = Duration::from_millis(200);
+
+/// How soon a failed run is tried again, at most.
+const RETRY_FAILED_RUN: Duration = Duration::from_secs(300);
 
 /// Until the holder's lease would expire, at least a second (so a lease released meanwhile is
 /// not polled in a loop) and at most a minute.

@@ -445,8 +445,8 @@ pub struct ConsumerSettings {
     /// dead-lettered as `email_conflict` / `username_conflict`; `0` dead-letters at once. The
     /// event that frees the value may be a webhook Svix is still retrying: Svix tries again
     /// after 5 s, 5 min, 30 min and 2 h (about 2 h 35 min in all), then 5 h, 10 h and 10 h. The
-    /// default of 3 h outlasts those first hours with room for a backlog; beyond them, the
-    /// worker's periodic reconcile against Clerk repairs what is still missing.
+    /// default of 3 h outlasts those first hours with room for a backlog; beyond them,
+    /// reconciling against Clerk repairs what is still missing.
     #[arg(long, env = "CONFLICT_RETRY_WINDOW", default_value = "3h", value_parser = humantime::parse_duration)]
     pub conflict_retry_window: Duration,
 

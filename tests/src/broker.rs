@@ -149,6 +149,44 @@ impl TestBroker {
         .unwrap_or_else(|err| panic!("publishing {message_id} to {exchange}: {err}"));
     }
 
+    /// A confirmed publish of `body` to `exchange` with exactly the `properties` given (a
+    /// deferred retry, or what an earlier release left in a queue).
+    pub async fn publish_as(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) {
+        broker::publish_confirmed(
+            &self.channel,
+            exchange,
+            routing_key,
+            body,
+            properties,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_or_else(|err| panic!("publishing to {exchange}: {err}"));
+    }
+
+    /// Declares the durable queue `name` with `arguments` on a channel of its own, as another
+    /// release of the worker would: the broker refuses (406) arguments unlike the existing ones.
+    pub async fn declare_queue(&self, name: &str, arguments: FieldTable) -> Result<(), String> {
+        let channel = self.connection.create_channel().await.expect("a channel");
+        let durable = lapin::options::QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let declared = channel
+            .queue_declare(name.into(), durable, arguments)
+            .await
+            .map(|_| ())
+            .map_err(|err| err.to_string());
+        let _ = channel.close(200, "done".into()).await;
+        declared
+    }
+
     /// Publishes many events at once, waiting for all confirms at the end (for bulk loads).
     pub async fn publish_many(&self, events: &[(String, Vec<u8>, String)]) {
         use lapin::options::BasicPublishOptions;
@@ -303,12 +341,13 @@ impl Drop for TestBroker {
             runtime.block_on(async {
                 let connection = Connection::connect(&url, Default::default()).await?;
                 let channel = connection.create_channel().await?;
+                let delays = topology.retry.delays.iter().map(|delay| &delay.name);
                 let queues = [
                     &topology.queue,
                     &topology.dead_letter_queue,
                     &topology.retry.queue,
                 ];
-                for queue in queues {
+                for queue in queues.into_iter().chain(delays.clone()) {
                     channel
                         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                         .await?;
@@ -319,7 +358,7 @@ impl Drop for TestBroker {
                     &topology.retry.exchange,
                     &topology.retry.redeliver_exchange,
                 ];
-                for exchange in exchanges {
+                for exchange in exchanges.into_iter().chain(delays) {
                     channel
                         .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
                         .await?;

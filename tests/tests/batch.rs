@@ -215,7 +215,8 @@ async fn the_consumer_batches_and_one_bad_event_does_not_sink_its_batch_mates() 
     let mut env = broker.env();
     env.push(("DATABASE_URL", db.settings.expose_url().to_owned()));
     env.push(("BATCH_SIZE", "16".into()));
-    env.push(("RETRY_MAX_ATTEMPTS", "2".into()));
+    // One retry from a delay queue (100 ms at least), then past its window: a dead letter.
+    env.push(("CONFLICT_RETRY_WINDOW", "50ms".into()));
     env.push(("RETRY_INITIAL_DELAY", "10ms".into()));
     let worker = TestApp::spawn(&["consume"], &env).await;
     worker.wait_ready(Duration::from_secs(30)).await;
@@ -247,7 +248,7 @@ async fn the_consumer_batches_and_one_bad_event_does_not_sink_its_batch_mates() 
     assert_eq!(
         worker.expect_metric(metrics::EVENTS_RETRIED).await,
         1.0,
-        "the fallback is not a retry; the conflict retried once, from the retry queue"
+        "the fallback is not a retry; the conflict retried once, from a delay queue"
     );
     assert_eq!(
         worker

@@ -134,8 +134,12 @@ async fn the_same_message_five_times_gives_one_workspace_and_counts_one_creation
 async fn bad_events_are_dead_lettered_with_their_reason_and_the_queue_keeps_flowing() {
     let stack = Stack::new().await;
     stack.db.execute("INSERT INTO users (id, email, username) VALUES ('user_2owner', 'taken@example.com', 'owner')").await;
-    // The conflict is tried twice (once more from the retry queue), then dead-lettered.
-    let retry = [("RETRY_MAX_ATTEMPTS", "2"), ("RETRY_INITIAL_DELAY", "10ms")];
+    // The conflict is tried twice, then dead-lettered: once more from a delay queue, which
+    // returns it no sooner than 100 ms later, when its window of 50 ms is over.
+    let retry = [
+        ("CONFLICT_RETRY_WINDOW", "50ms"),
+        ("RETRY_INITIAL_DELAY", "10ms"),
+    ];
     let worker = consume(&stack, &retry).await;
     let malformed = b"{\"type\": \"user.created\", \"data\": {".to_vec();
     let phone_only = fixture("user_created_phone_only.json");

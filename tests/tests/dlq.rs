@@ -17,11 +17,11 @@ use worker::provision::contract::constraint;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_worker-under-test");
 
-/// A consumer that dead-letters a conflict at its first attempt (a budget of one).
+/// A consumer that dead-letters a conflict at its first attempt (a window of zero) and a
+/// transient failure too (a budget of one).
 async fn worker(stack: &Stack) -> TestApp {
-    stack
-        .start(&["consume"], &[("RETRY_MAX_ATTEMPTS", "1")])
-        .await
+    let at_once = [("CONFLICT_RETRY_WINDOW", "0"), ("RETRY_MAX_ATTEMPTS", "1")];
+    stack.start(&["consume"], &at_once).await
 }
 
 /// Runs `worker dlq ARGS` and returns its stdout, asserting success.

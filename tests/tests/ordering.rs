@@ -512,8 +512,8 @@ async fn accounts_whose_identities_churn_end_in_clerks_final_state_in_any_order(
     let mut env = broker.env();
     env.push(("DATABASE_URL", db.settings.expose_url().to_owned()));
     env.push(("MAX_CONCURRENCY", "16".into()));
-    // Enough budget for every conflict that order explains to be resolved by the event that
-    // frees the email or username.
+    // Every conflict that order explains waits (within the default CONFLICT_RETRY_WINDOW) for
+    // the event that frees the email or username; a generous budget for transient errors.
     env.push(("RETRY_MAX_ATTEMPTS", "100".into()));
     env.push(("RETRY_INITIAL_DELAY", "20ms".into()));
     env.push(("RETRY_MAX_DELAY", "250ms".into()));

@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::config::{BrokerNode, BrokerSettings, NodeOrder};
-use crate::topology::{DEAD_LETTER_BINDING_KEY, Topology, argument};
+use crate::topology::{DEAD_LETTER_BINDING_KEY, DelayQueue, Topology, argument};
 
 /// Why a publish did not make it safely into a queue.
 #[derive(Debug, thiserror::Error)]
@@ -141,34 +141,56 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), lapin
     declare_retry_route(channel, topology).await
 }
 
-/// The retry queue between its two fanout exchanges: in through `retry.exchange`, out (on each
-/// message's expiry) through `retry.redeliver_exchange` into the main queue, routing key kept.
+/// The delay queues and the retry queue of earlier deployments, each behind a fanout exchange of
+/// its own name; all of them lead out, on expiry, through `retry.redeliver_exchange` into the
+/// main queue, routing key kept. The retry queue keeps exactly the arguments it always had.
 async fn declare_retry_route(channel: &Channel, topology: &Topology) -> Result<(), lapin::Error> {
     let route = &topology.retry;
-    let fanout = [&route.exchange, &route.redeliver_exchange];
-    declare_exchanges(channel, &fanout, ExchangeKind::Fanout).await?;
-    channel
-        .queue_declare(
-            route.queue.as_str().into(),
-            durable_queue(),
-            dead_lettering_arguments(topology, &route.redeliver_exchange),
-        )
-        .await?;
-    for (queue, exchange) in [
-        (&route.queue, &route.exchange),
-        (&topology.queue, &route.redeliver_exchange),
-    ] {
-        channel
-            .queue_bind(
-                queue.as_str().into(),
-                exchange.as_str().into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+    let redeliver = &route.redeliver_exchange;
+    declare_exchanges(channel, &[redeliver], ExchangeKind::Fanout).await?;
+    bind(channel, &topology.queue, redeliver).await?;
+    let legacy = dead_lettering_arguments(topology, redeliver);
+    declare_behind_fanout(channel, &route.queue, legacy).await?;
+    for delay in &route.delays {
+        declare_behind_fanout(channel, &delay.name, delay_queue_arguments(topology, delay)).await?;
     }
     Ok(())
+}
+
+/// A durable queue with `arguments` and a fanout exchange of the same name bound to it.
+async fn declare_behind_fanout(
+    channel: &Channel,
+    name: &str,
+    arguments: FieldTable,
+) -> Result<(), lapin::Error> {
+    let exchange = name.to_owned();
+    declare_exchanges(channel, &[&exchange], ExchangeKind::Fanout).await?;
+    channel
+        .queue_declare(name.into(), durable_queue(), arguments)
+        .await?;
+    bind(channel, name, name).await
+}
+
+/// Binds `queue` to the fanout `exchange` (no routing key: fanout ignores it).
+async fn bind(channel: &Channel, queue: &str, exchange: &str) -> Result<(), lapin::Error> {
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// A delay queue: dead-letters (at least once) into the redeliver exchange whatever has waited
+/// its one per-queue TTL. No delivery limit: nothing consumes it.
+fn delay_queue_arguments(topology: &Topology, delay: &DelayQueue) -> FieldTable {
+    let mut arguments = dead_lettering_arguments(topology, &topology.retry.redeliver_exchange);
+    let ttl_ms = i64::try_from(delay.wait.as_millis()).unwrap_or(i64::MAX);
+    arguments.insert(argument::MESSAGE_TTL.into(), AMQPValue::LongLongInt(ttl_ms));
+    arguments
 }
 
 /// Durable exchanges of one kind.
@@ -366,6 +388,45 @@ pub fn without_header(headers: &FieldTable, name: &str) -> FieldTable {
     FieldTable::from(fields)
 }
 
+/// `properties` without a per-message TTL (`expiration`), everything else kept (lapin's
+/// properties have no way to unset one field).
+pub fn without_expiration(properties: &BasicProperties) -> BasicProperties {
+    type Set = fn(BasicProperties, ShortString) -> BasicProperties;
+    let p = properties;
+    let strings: [(Set, &Option<ShortString>); 9] = [
+        (BasicProperties::with_content_type, p.content_type()),
+        (BasicProperties::with_content_encoding, p.content_encoding()),
+        (BasicProperties::with_correlation_id, p.correlation_id()),
+        (BasicProperties::with_reply_to, p.reply_to()),
+        (BasicProperties::with_message_id, p.message_id()),
+        (BasicProperties::with_type, p.kind()),
+        (BasicProperties::with_user_id, p.user_id()),
+        (BasicProperties::with_app_id, p.app_id()),
+        (BasicProperties::with_cluster_id, p.cluster_id()),
+    ];
+    let mut kept =
+        strings.into_iter().fold(
+            BasicProperties::default(),
+            |kept, (set, value)| match value {
+                Some(value) => set(kept, value.clone()),
+                None => kept,
+            },
+        );
+    if let Some(headers) = p.headers() {
+        kept = kept.with_headers(headers.clone());
+    }
+    if let Some(mode) = *p.delivery_mode() {
+        kept = kept.with_delivery_mode(mode);
+    }
+    if let Some(priority) = *p.priority() {
+        kept = kept.with_priority(priority);
+    }
+    if let Some(timestamp) = *p.timestamp() {
+        kept = kept.with_timestamp(timestamp);
+    }
+    kept
+}
+
 /// An integer header, whichever AMQP integer type carries it.
 pub fn integer_header(headers: &FieldTable, name: &str) -> Option<i64> {
     match headers.inner().get(name)? {
@@ -472,6 +533,59 @@ mod tests {
         let bad = BrokerSettings::with_prefix("amqp://u:p@a:1/%2f,nonsense", "");
         let err = bad.amqp_nodes().expect_err("the second node is no URL");
         assert!(err.to_string().starts_with("AMQP_URL"), "{err}");
+    }
+
+    #[test]
+    fn only_the_expiration_is_taken_off_the_properties() {
+        let mut headers = FieldTable::default();
+        headers.insert("x-received-at-ms".into(), AMQPValue::LongLongInt(7));
+        let full = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_content_encoding("identity".into())
+            .with_headers(headers)
+            .with_delivery_mode(2)
+            .with_priority(1)
+            .with_correlation_id("c".into())
+            .with_reply_to("r".into())
+            .with_message_id("msg_1".into())
+            .with_timestamp(1_764_300_000)
+            .with_type("t".into())
+            .with_user_id("guest".into())
+            .with_app_id("a".into())
+            .with_cluster_id("k".into());
+        let expiring = full.clone().with_expiration("5000".into());
+        assert_eq!(without_expiration(&expiring), full);
+        assert_eq!(without_expiration(&full), full);
+        assert_eq!(
+            without_expiration(&BasicProperties::default()),
+            BasicProperties::default()
+        );
+    }
+
+    #[test]
+    fn a_delay_queue_expires_into_the_main_queue_after_its_one_ttl() {
+        let topology = Topology::from_settings(&BrokerSettings::with_prefix("amqp://h", ""));
+        let thirty_seconds = &topology.retry.delays[5];
+        let arguments = delay_queue_arguments(&topology, thirty_seconds);
+        let get = |key: &str| arguments.inner().get(key).cloned();
+        assert_eq!(get("x-message-ttl"), Some(AMQPValue::LongLongInt(30_000)));
+        assert_eq!(
+            get("x-dead-letter-exchange"),
+            Some(long_string("workspace.provisioning.redeliver"))
+        );
+        assert_eq!(get("x-queue-type"), Some(long_string("quorum")));
+        assert_eq!(
+            get("x-dead-letter-strategy"),
+            Some(long_string("at-least-once"))
+        );
+        assert_eq!(get("x-overflow"), Some(long_string("reject-publish")));
+        assert_eq!(get("x-delivery-limit"), None);
+        let legacy = dead_lettering_arguments(&topology, &topology.retry.redeliver_exchange);
+        assert_eq!(
+            legacy.inner().get("x-message-ttl"),
+            None,
+            "the old retry queue is declared as it always was"
+        );
     }
 
     #[test]

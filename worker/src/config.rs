@@ -414,7 +414,8 @@ pub struct ConsumerSettings {
     #[arg(long, env = "RETRY_INITIAL_DELAY", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub retry_initial_delay: Duration,
 
-    /// Longest retry delay.
+    /// Longest retry delay. A conflict waits in the delay queue nearest its delay among those
+    /// not above this one (100 ms up to 30 min, about 3x apart).
     #[arg(long, env = "RETRY_MAX_DELAY", default_value = "30s", value_parser = humantime::parse_duration)]
     pub retry_max_delay: Duration,
 
@@ -433,12 +434,21 @@ pub struct ConsumerSettings {
     #[arg(long, env = "PROVISION_ATTEMPT_TIMEOUT", default_value = "20s", value_parser = positive_duration)]
     pub provision_attempt_timeout: Duration,
 
-    /// Attempts for an event-specific error before it is dead-lettered: a transient one
-    /// (deadlock, timeout; then `retries_exhausted`) or a conflict (an email or username another
-    /// user still holds; then `email_conflict` / `username_conflict`). A database outage never
-    /// uses up attempts.
+    /// Attempts for a transient error (deadlock, timeout) before the event is dead-lettered as
+    /// `retries_exhausted`. Conflicts have CONFLICT_RETRY_WINDOW instead, and a database outage
+    /// never uses up attempts.
     #[arg(long, env = "RETRY_MAX_ATTEMPTS", default_value_t = 8)]
     pub retry_max_attempts: u32,
+
+    /// How long after its first failure an event whose email or username another user still
+    /// holds is retried (from the delay queues, every RETRY_MAX_DELAY at most) before it is
+    /// dead-lettered as `email_conflict` / `username_conflict`; `0` dead-letters at once. The
+    /// event that frees the value may be a webhook Svix is still retrying: Svix tries again
+    /// after 5 s, 5 min, 30 min and 2 h (about 2 h 35 min in all), then 5 h, 10 h and 10 h. The
+    /// default of 3 h outlasts those first hours with room for a backlog; beyond them,
+    /// reconciling against Clerk repairs what is still missing.
+    #[arg(long, env = "CONFLICT_RETRY_WINDOW", default_value = "3h", value_parser = humantime::parse_duration)]
+    pub conflict_retry_window: Duration,
 
     /// How long a deletion is remembered (its tombstone). Unset (the default): for ever, one
     /// small row per deleted user, and deletion is final. Set, a replay of an event older than

@@ -131,7 +131,7 @@ impl System {
         placed.join(", ")
     }
 
-    /// Waits until the main and retry queues hold no message, ready or unacknowledged, twice
+    /// Waits until the main, retry and delay queues hold no message, ready or unacknowledged, twice
     /// in a row a second apart; false if they still do after `timeout`.
     pub(super) async fn wait_drained(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
@@ -147,7 +147,8 @@ impl System {
         false
     }
 
-    /// Messages in the main and retry queues, ready or delivered and not yet acknowledged.
+    /// Messages in the main, retry and delay queues, ready or delivered and not yet
+    /// acknowledged.
     async fn queued(&self) -> u64 {
         let args = [
             "list_queues",
@@ -161,7 +162,12 @@ impl System {
         let json = self.ctl(&args).await;
         let rows: Vec<serde_json::Value> =
             serde_json::from_str(&json).unwrap_or_else(|err| panic!("list_queues: {err}: {json}"));
-        let watched = [&self.topology.queue, &self.topology.retry.queue];
+        let retry = &self.topology.retry;
+        let delays = retry.delays.iter().map(|delay| &delay.name);
+        let watched: Vec<&String> = [&self.topology.queue, &retry.queue]
+            .into_iter()
+            .chain(delays)
+            .collect();
         rows.iter()
             .filter(|row| watched.iter().any(|queue| row["name"] == queue.as_str()))
             .map(|row| row["messages"].as_u64().unwrap_or(u64::MAX / 4))

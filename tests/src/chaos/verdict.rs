@@ -40,7 +40,7 @@ pub struct Verdict {
     /// When attempts failed: spans of seconds from the stream's start with the failed answers
     /// they got, e.g. `8-13 s: 503 x1865, 0 x10`.
     pub failures: Vec<String>,
-    /// Whether the main and retry queues emptied before the verdict was taken.
+    /// Whether the main, retry and delay queues emptied before the verdict was taken.
     pub drained: bool,
     pub lost_ids: Vec<String>,
     pub dead_lettered_ids: Vec<String>,

@@ -398,6 +398,25 @@ mod tests {
             std::time::Duration::from_millis(100)
         );
         assert_eq!(consumer.retry_max_delay, std::time::Duration::from_secs(30));
+        assert_eq!(
+            consumer.conflict_retry_window,
+            std::time::Duration::from_secs(3 * 3600)
+        );
         assert_eq!(ops.metrics_addr.to_string(), "0.0.0.0:9000");
+    }
+
+    #[test]
+    fn a_conflict_retry_window_of_zero_is_accepted() {
+        for zero in ["0", "0s"] {
+            let cli = Cli::try_parse_from(["worker", "consume", "--conflict-retry-window", zero]);
+            let Ok(Cli {
+                command: Command::Consume { consumer, .. },
+                ..
+            }) = cli
+            else {
+                panic!("{zero} refused");
+            };
+            assert_eq!(consumer.conflict_retry_window, std::time::Duration::ZERO);
+        }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use lapin::message::Delivery;
 
 use crate::broker::{integer_header, text_header};
@@ -12,7 +12,8 @@ use crate::domain::{Event, UserId};
 use crate::error::Rejected;
 use crate::retry::Attempts;
 use crate::topology::header::{
-    ACQUIRED_COUNT, DELIVERY_COUNT, FAILURE_REASON, RECEIVED_AT_MS, REPLAY_COUNT, RETRY_ATTEMPTS,
+    ACQUIRED_COUNT, DELIVERY_COUNT, FAILING_SINCE_MS, FAILURE_REASON, RECEIVED_AT_MS, REPLAY_COUNT,
+    RETRY_ATTEMPTS,
 };
 
 /// What the logs and metrics say about a delivery.
@@ -60,15 +61,28 @@ pub fn redeliveries(delivery: &Delivery) -> u32 {
     header_u32(delivery, DELIVERY_COUNT)
 }
 
-/// What earlier attempts of this event already did: its redeliveries, and the attempts made
-/// before it was deferred to the retry queue, which used up budget.
+/// What earlier attempts of this event already did: its redeliveries, and the attempts that
+/// failed before it was deferred to a delay queue.
 pub fn earlier_attempts(delivery: &Delivery) -> Attempts {
     let deferred = header_u32(delivery, RETRY_ATTEMPTS);
     Attempts {
         made: redeliveries(delivery).saturating_add(deferred),
-        budgeted: deferred,
+        failed: deferred,
+        transient: 0,
         here: 0,
     }
+}
+
+/// When the event first failed, as a deferred retry carries it; never later than now, so
+/// neither a clock ahead of ours nor a bad header can stretch the conflict window.
+pub fn failing_since(delivery: &Delivery) -> Option<DateTime<Utc>> {
+    let since = DateTime::from_timestamp_millis(header_i64(delivery, FAILING_SINCE_MS)?)?;
+    Some(since.min(Utc::now()))
+}
+
+/// Time since `since`; zero if that is ahead of this clock.
+pub fn failing_for(since: DateTime<Utc>) -> Duration {
+    (Utc::now() - since).to_std().unwrap_or_default()
 }
 
 /// Time since the ingress received the event, from the millisecond header it sets.
@@ -86,4 +100,17 @@ fn header_u32(delivery: &Delivery, name: &str) -> u32 {
 
 fn header_i64(delivery: &Delivery, name: &str) -> Option<i64> {
     integer_header(delivery.properties.headers().as_ref()?, name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_time_ahead_of_this_clock_has_lasted_no_time() {
+        let ahead = Utc::now() + chrono::TimeDelta::seconds(60);
+        assert_eq!(failing_for(ahead), Duration::ZERO);
+        let behind = Utc::now() - chrono::TimeDelta::seconds(60);
+        assert!(failing_for(behind) >= Duration::from_secs(60));
+    }
 }

@@ -49,6 +49,7 @@ impl Consumer {
             initial_delay: self.settings.retry_initial_delay,
             max_delay: self.settings.retry_max_delay,
             max_attempts: self.settings.retry_max_attempts,
+            conflict_window: self.settings.conflict_retry_window,
         }
     }
 

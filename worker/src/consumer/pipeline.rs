@@ -16,7 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::batch::split;
-use super::delivery::{Context, earlier_attempts, lag_since_received, redeliveries};
+use super::delivery::{
+    Context, earlier_attempts, failing_for, failing_since, lag_since_received, redeliveries,
+};
 use super::outage::Outage;
 use super::settle::{Record, Settler};
 use crate::db::Pool;
@@ -89,8 +91,8 @@ impl Pipeline {
             let context = Context::named(delivery, profile.event_type(), Some(&profile.id));
             let attempts = Attempts {
                 made: redeliveries(delivery) + 1,
-                budgeted: 0,
                 here: 1,
+                ..Attempts::default()
             };
             self.record_success(delivery, &context, &provisioned, attempts, elapsed);
             contexts.push(context);
@@ -109,14 +111,13 @@ impl Pipeline {
         self.metrics.deliveries_in_flight(1.0);
         let context = Context::of(&delivery, &parsed);
         let mut attempts = earlier_attempts(&delivery);
-        let mut first_failed_at = None;
+        let mut first_failed_at = failing_since(&delivery);
         loop {
             let started = Instant::now();
             let result = self.attempt(&parsed).await;
             let elapsed = started.elapsed();
             attempts = attempts.after(&result);
             self.outage.observe(&parsed, &result);
-            let mut fate = self.policy.decide(&result, attempts);
             match &result {
                 Ok(provisioned) => {
                     self.record_success(&delivery, &context, provisioned, attempts, elapsed);
@@ -126,6 +127,12 @@ impl Pipeline {
                     first_failed_at.get_or_insert_with(Utc::now);
                 }
             }
+            let failing = first_failed_at.filter(|_| result.is_err());
+            let mut fate = self.policy.decide(
+                &result,
+                attempts,
+                failing.map(failing_for).unwrap_or_default(),
+            );
             if let (Fate::Retry { delay }, Err(err)) = (fate, &result) {
                 if self.wait_to_retry(&context, err, attempts, delay).await {
                     continue;

@@ -67,7 +67,7 @@ impl Session {
             channel.clone(),
             broker::confirm_channel(&connection).await?,
             topology.dead_letter_exchange.clone(),
-            topology.retry.exchange.clone(),
+            topology.retry.clone(),
             consumer.metrics.clone(),
         );
         let pipeline = Arc::new(Pipeline {

@@ -26,13 +26,16 @@ use lapin::{BasicProperties, Channel};
 use tokio::sync::RwLock;
 use tracing::{error, info, warn};
 
-use super::delivery::Context;
+use super::delivery::{Context, failing_for};
 use crate::broker::{self, PublishError};
 use crate::dead_letter::{self, Failure};
 use crate::error::ProvisionError;
 use crate::metrics::Metrics;
 use crate::retry::{Attempts, Fate};
-use crate::topology::header::{DELIVERY_COUNT, FIRST_FAILED_AT, RETRY_ATTEMPTS};
+use crate::topology::RetryRoute;
+use crate::topology::header::{
+    DEATH, DELIVERY_COUNT, FAILING_SINCE_MS, FIRST_FAILED_AT, RETRY_ATTEMPTS,
+};
 
 /// The broker call that settles one delivery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,7 +49,7 @@ pub enum Settlement {
 }
 
 /// How a delivery with `fate` is settled, given whether the publish its fate needed (to the
-/// dead-letter or the retry queue) was confirmed.
+/// dead-letter queue or a delay queue) was confirmed.
 pub fn settlement(fate: Fate, published: bool) -> Settlement {
     match fate {
         Fate::Ack => Settlement::Ack,
@@ -61,7 +64,8 @@ pub fn settlement(fate: Fate, published: bool) -> Settlement {
 /// What a delivery's attempts came to: what its settlement writes in headers, metrics and logs.
 pub struct Record<'a> {
     pub attempts: Attempts,
-    /// When its first attempt failed; `None` after a success.
+    /// When the event first failed: for a deferred retry, as carried in `x-failing-since-ms`;
+    /// otherwise its first failed attempt here. `None` while it has never failed.
     pub first_failed_at: Option<DateTime<Utc>>,
     /// The last attempt's error; `None` after a success.
     pub error: Option<&'a ProvisionError>,
@@ -76,8 +80,8 @@ pub struct Settler {
     /// Confirm-mode channel dead letters and deferred retries are published on.
     publisher: Channel,
     dead_letter_exchange: String,
-    /// Exchange into the retry queue, for [`Fate::Defer`].
-    retry_exchange: String,
+    /// The delay queues, for [`Fate::Defer`].
+    retry: RetryRoute,
     metrics: Metrics,
     tags: Mutex<Tags>,
     /// Held shared while one delivery's settlement is checked and sent, and exclusively while
@@ -102,14 +106,14 @@ impl Settler {
         channel: Channel,
         publisher: Channel,
         dead_letter_exchange: String,
-        retry_exchange: String,
+        retry: RetryRoute,
         metrics: Metrics,
     ) -> Self {
         Self {
             channel,
             publisher,
             dead_letter_exchange,
-            retry_exchange,
+            retry,
             metrics,
             tags: Mutex::default(),
             sending: RwLock::new(()),
@@ -276,8 +280,9 @@ impl Settler {
         Ok(())
     }
 
-    /// Sends the delivery to the retry queue to come back after `delay`, with the attempts it
-    /// used: waiting there holds no slot of this consumer.
+    /// Sends the delivery to the delay queue whose wait is `delay`, to come back then with the
+    /// attempts it made and the time it first failed: waiting there holds no slot of this
+    /// consumer.
     async fn defer(
         &self,
         delivery: &Delivery,
@@ -286,8 +291,10 @@ impl Settler {
         delay: Duration,
     ) -> Result<(), PublishError> {
         let first_failed_at = record.first_failed_at.unwrap_or_else(Utc::now);
-        let properties = deferred_properties(delivery, record.attempts, first_failed_at, delay);
-        broker::republish_as(&self.publisher, &self.retry_exchange, delivery, properties).await?;
+        let properties =
+            deferred_properties(&delivery.properties, record.attempts, first_failed_at);
+        let queue = self.retry.delay_queue(delay);
+        broker::republish_as(&self.publisher, &queue.name, delivery, properties).await?;
         let reason = record.error.map(ProvisionError::as_str);
         if let Some(reason) = reason {
             self.metrics.record_retry(reason);
@@ -296,10 +303,11 @@ impl Settler {
             user_id = context.user_id.as_deref(),
             event_id = %context.event_id,
             attempt = record.attempts.made,
-            budget_used = record.attempts.budgeted,
+            failing_for_ms = failing_for(first_failed_at).as_millis() as u64,
             reason,
             error = record.error.map(tracing::field::display),
-            retry_in_ms = delay.as_millis() as u64,
+            retry_in_ms = queue.wait.as_millis() as u64,
+            delay_queue = %queue.name,
             "provisioning failed; retrying from the retry queue"
         );
         Ok(())
@@ -330,19 +338,31 @@ fn covering_tag(unsettled: &BTreeSet<u64>, tags: &[u64]) -> Option<u64> {
     exactly_ours.then_some(highest)
 }
 
-/// The delivery's properties for its stay in the retry queue: its per-message TTL, the budget
-/// used so far, and when it first failed. The broker's delivery count starts again.
+/// The delivery's properties for its stay in a delay queue: the attempts that failed so far,
+/// and when it first failed (`x-failing-since-ms`, which the conflict window is measured from;
+/// `x-first-failed-at` only if absent, as a dead letter keeps it). Without:
+/// - a per-message TTL: the lower of it and the queue's would win, and a longer one ahead in the
+///   queue would hold it back (expired only at the head);
+/// - the broker's delivery count, which starts again in the main queue;
+/// - `x-death`: each stay adds its own entry, and an older history naming the main queue (a
+///   letter the broker dead-lettered at its delivery limit, then replayed) would make the broker
+///   take the way back into the main queue for a dead-letter cycle and drop the message.
 fn deferred_properties(
-    delivery: &Delivery,
+    properties: &BasicProperties,
     attempts: Attempts,
     first_failed_at: DateTime<Utc>,
-    delay: Duration,
 ) -> BasicProperties {
-    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-    headers = broker::without_header(&headers, DELIVERY_COUNT);
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    for broker_set in [DELIVERY_COUNT, DEATH] {
+        headers = broker::without_header(&headers, broker_set);
+    }
     headers.insert(
         RETRY_ATTEMPTS.into(),
-        AMQPValue::LongLongInt(i64::from(attempts.budgeted)),
+        AMQPValue::LongLongInt(i64::from(attempts.failed)),
+    );
+    headers.insert(
+        FAILING_SINCE_MS.into(),
+        AMQPValue::LongLongInt(first_failed_at.timestamp_millis()),
     );
     if !headers.contains_key(FIRST_FAILED_AT) {
         headers.insert(
@@ -350,18 +370,16 @@ fn deferred_properties(
             broker::long_string(&dead_letter::timestamp(first_failed_at)),
         );
     }
-    let ttl_ms = delay.as_millis().max(1).to_string();
-    delivery
-        .properties
-        .clone()
-        .with_headers(headers)
-        .with_expiration(ttl_ms.into())
+    broker::without_expiration(properties).with_headers(headers)
 }
 
 #[cfg(test)]
 mod tests {
+    use lapin::types::FieldTable;
+
     use super::*;
     use crate::error::FailureReason;
+    use crate::topology::header::RECEIVED_AT_MS;
 
     fn unsettled(tags: &[u64]) -> BTreeSet<u64> {
         tags.iter().copied().collect()
@@ -399,6 +417,45 @@ mod tests {
             let retry = Fate::Retry { delay: SOON };
             assert_eq!(settlement(retry, published), Settlement::Nack);
         }
+    }
+
+    #[test]
+    fn a_deferred_event_carries_its_failures_and_no_ttl_count_or_death_of_its_own() {
+        let mut headers = FieldTable::default();
+        headers.insert(RECEIVED_AT_MS.into(), AMQPValue::LongLongInt(7));
+        headers.insert(DELIVERY_COUNT.into(), AMQPValue::LongLongInt(3));
+        headers.insert(DEATH.into(), AMQPValue::FieldArray(Default::default()));
+        let delivered = BasicProperties::default()
+            .with_message_id("msg_1".into())
+            .with_headers(headers)
+            .with_expiration("60000".into());
+        let first = DateTime::from_timestamp_millis(1_764_300_000_123).unwrap();
+        let attempts = Attempts {
+            made: 4,
+            failed: 3,
+            transient: 0,
+            here: 1,
+        };
+        let deferred = deferred_properties(&delivered, attempts, first);
+        assert_eq!(*deferred.expiration(), None);
+        assert_eq!(
+            deferred.message_id().as_ref().map(|id| id.as_str()),
+            Some("msg_1")
+        );
+        let headers = deferred.headers().clone().unwrap_or_default();
+        let get = |key: &str| headers.inner().get(key).cloned();
+        assert_eq!(get(RECEIVED_AT_MS), Some(AMQPValue::LongLongInt(7)));
+        assert_eq!(get(DELIVERY_COUNT), None);
+        assert_eq!(get(DEATH), None);
+        assert_eq!(get(RETRY_ATTEMPTS), Some(AMQPValue::LongLongInt(3)));
+        assert_eq!(
+            get(FAILING_SINCE_MS),
+            Some(AMQPValue::LongLongInt(1_764_300_000_123))
+        );
+        assert_eq!(
+            get(FIRST_FAILED_AT),
+            Some(broker::long_string("2025-11-28T03:20:00.123Z"))
+        );
     }
 
     #[test]

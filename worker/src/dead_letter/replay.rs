@@ -18,7 +18,7 @@ use crate::config::BrokerSettings;
 use crate::db::Pool;
 use crate::domain::event_type::{USER_CREATED, USER_UPDATED};
 use crate::topology::header::{
-    ORIGINAL_RECEIVED_AT_MS, RECEIVED_AT_MS, REPLAY_COUNT, RETRY_ATTEMPTS,
+    FAILING_SINCE_MS, ORIGINAL_RECEIVED_AT_MS, RECEIVED_AT_MS, REPLAY_COUNT, RETRY_ATTEMPTS,
 };
 
 /// Whether the user of a user.created/updated dead letter is already provisioned.
@@ -123,8 +123,10 @@ async fn republish(
         if let Some(original) = headers.inner().get(RECEIVED_AT_MS).cloned() {
             headers.insert(ORIGINAL_RECEIVED_AT_MS.into(), original);
         }
-        // A replay gets the whole retry budget again.
-        *headers = broker::without_header(headers, RETRY_ATTEMPTS);
+        // A replay starts afresh: no failed attempts, and a whole conflict window.
+        for carried in [RETRY_ATTEMPTS, FAILING_SINCE_MS] {
+            *headers = broker::without_header(headers, carried);
+        }
         let now = Utc::now().timestamp_millis();
         headers.insert(RECEIVED_AT_MS.into(), AMQPValue::LongLongInt(now));
         headers.insert(

@@ -36,6 +36,17 @@ async fn migrations_go_up_down_and_up_again() {
 
     let functions = "SELECT count(*) FROM pg_proc WHERE proname = 'provision_user'";
     Migrator::down(&db.conn, Some(1)).await.unwrap();
+    let reconcile_tables = db
+        .scalar(
+            "SELECT count(*) FROM pg_tables WHERE tablename IN ('job_leases', 'reconcile_runs')",
+        )
+        .await;
+    assert_eq!(
+        reconcile_tables, 0,
+        "the eighth migration's down drops its tables"
+    );
+
+    Migrator::down(&db.conn, Some(1)).await.unwrap();
     let v2_signature = "SELECT count(*) FROM pg_proc WHERE proname = 'provision_user' \
          AND pronargs = 12 AND prosrc NOT LIKE '%email_held_later%'";
     assert_eq!(

@@ -107,7 +107,7 @@ struct Args {
     #[arg(long, default_value_t = 10_000)]
     heal_users: usize,
     /// `heal`: the fraction of their webhooks the ingress loses.
-    #[arg(long, default_value_t = 0.3, value_parser = fraction)]
+    #[arg(long, default_value_t = 0.3, value_parser = worker::reconcile::settings::fraction)]
     heal_drop: f64,
     /// `heal`: the worker's RECONCILE_INTERVAL.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -400,14 +400,6 @@ fn table(report: &Report) -> String {
         }
     }
     out
-}
-
-/// A fraction from 0 to 1.
-fn fraction(raw: &str) -> Result<f64, String> {
-    match raw.parse::<f64>() {
-        Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
-        _ => Err("must be a number from 0 to 1".to_owned()),
-    }
 }
 
 /// The median run by `rate` (for an even count, the faster of the two middle runs: a real run,

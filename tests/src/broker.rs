@@ -137,16 +137,8 @@ impl TestBroker {
             .with_message_id(message_id.into())
             .with_content_type("application/json".into())
             .with_headers(headers);
-        broker::publish_confirmed(
-            &self.channel,
-            exchange,
-            routing_key,
-            body,
-            properties,
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap_or_else(|err| panic!("publishing {message_id} to {exchange}: {err}"));
+        self.publish_as(exchange, routing_key, body, properties)
+            .await;
     }
 
     /// A confirmed publish of `body` to `exchange` with exactly the `properties` given (a

@@ -106,8 +106,8 @@ fn lease_ttl(raw: &str) -> Result<Duration, String> {
     }
 }
 
-/// A fraction of the table: a number from 0 to 1 (`NaN`, `inf` and 2 are refused).
-fn fraction(raw: &str) -> Result<f64, String> {
+/// A fraction: a number from 0 to 1 (`NaN`, `inf` and 2 are refused). Also the bench's parser.
+pub fn fraction(raw: &str) -> Result<f64, String> {
     match raw.parse::<f64>() {
         Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
         _ => Err("must be a number from 0 to 1".to_owned()),

@@ -1,10 +1,11 @@
 //! The reconcile schedule inside `worker run` and `worker consume`: every replica wakes when the
-//! next run is due (an interval after the last applied run started, whichever replica ran it,
-//! plus 0-10 % at random), and the one that takes the lease and finds the run still due runs it.
-//! The others find the lease taken or the run no longer due, and sleep until the next one. So the
-//! runs table is the schedule: replicas that restart do not run again early, and a run killed
-//! half-way does not count once its holder's lease is gone.
-
+//! next run is due (an interval after the latest applied run started, whichever replica ran it,
+//! or at most 5 minutes after it if it failed; plus 0-10 % at random), and the one that takes
+//! the lease and finds the run still due runs it. The others find the lease taken or the run no
+//! longer due, and sleep until the next one. So the runs table is the schedule, read on the
+//! database's clock: replicas that restart do not run again early, and while a run is going the
+//! others look again whenever its lease would expire, so a holder killed half-way is replaced
+//! within the lease's time to live.
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 
 use crate::error::{FailureReason, ProvisionError};
-use crate::topology::DELAY_QUEUES;
+use crate::topology::delay_queue_wait;
 
 /// Retry limits and delays (from [`crate::config::ConsumerSettings`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,26 +151,6 @@ impl RetryPolicy {
     }
 }
 
-/// The delay queue wait nearest `delay` among those not above `cap` (the shortest queue's when
-/// even that is above it; a tie takes the shorter). A delay queue's TTL is fixed, so a deferred
-/// retry's jittered delay is rounded to one. Nearest, not the next shorter: rounding down would
-/// halve full jitter's mean wait and never use the queue at the cap, while the nearest keeps the
-/// mean near half the ceiling and still spreads a crowd over several queues.
-pub fn delay_queue_wait(delay: Duration, cap: Duration) -> Duration {
-    let (shortest, _) = DELAY_QUEUES[0];
-    let allowed = DELAY_QUEUES
-        .iter()
-        .map(|&(wait, _)| wait)
-        .filter(|&wait| wait <= cap);
-    allowed.fold(shortest, |nearest, wait| {
-        if wait.abs_diff(delay) < nearest.abs_diff(delay) {
-            wait
-        } else {
-            nearest
-        }
-    })
-}
-
 fn full_jitter(ceiling: Duration) -> Duration {
     ceiling.mul_f64(fastrand::f64())
 }
@@ -179,6 +159,7 @@ fn full_jitter(ceiling: Duration) -> Duration {
 mod tests {
     use super::*;
     use crate::error::Rejected;
+    use crate::topology::DELAY_QUEUES;
 
     const POLICY: RetryPolicy = RetryPolicy {
         initial_delay: Duration::from_millis(100),

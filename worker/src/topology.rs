@@ -44,6 +44,27 @@ pub const DELAY_QUEUES: [(Duration, &str); 10] = [
     (Duration::from_secs(10 * 60), "10m"),
     (Duration::from_secs(30 * 60), "30m"),
 ];
+
+/// The delay queue wait nearest `delay` among those not above `cap` (the shortest queue's when
+/// even that is above it; a tie takes the shorter). A delay queue's TTL is fixed, so a deferred
+/// retry's jittered delay is rounded to one. Nearest, not the next shorter: rounding down would
+/// halve full jitter's mean wait and never use the queue at the cap, while the nearest keeps the
+/// mean near half the ceiling and still spreads a crowd over several queues.
+pub fn delay_queue_wait(delay: Duration, cap: Duration) -> Duration {
+    let (shortest, _) = DELAY_QUEUES[0];
+    let allowed = DELAY_QUEUES
+        .iter()
+        .map(|&(wait, _)| wait)
+        .filter(|&wait| wait <= cap);
+    allowed.fold(shortest, |nearest, wait| {
+        if wait.abs_diff(delay) < nearest.abs_diff(delay) {
+            wait
+        } else {
+            nearest
+        }
+    })
+}
+
 /// Suffix of the fanout exchange (after the main queue's name) that the retry queue dead-letters
 /// expired events to; only the main queue is bound to it, and routing keys stay as they were.
 pub const REDELIVER_SUFFIX: &str = ".redeliver";
@@ -141,14 +162,9 @@ impl RetryRoute {
 
     /// The delay queue whose wait is nearest `delay` (the shorter of two equally near).
     pub fn delay_queue(&self, delay: Duration) -> &DelayQueue {
-        let distance = |queue: &DelayQueue| queue.wait.abs_diff(delay);
-        self.delays.iter().fold(&self.delays[0], |nearest, queue| {
-            if distance(queue) < distance(nearest) {
-                queue
-            } else {
-                nearest
-            }
-        })
+        let wait = delay_queue_wait(delay, Duration::MAX);
+        let by_wait = self.delays.iter().find(|queue| queue.wait == wait);
+        by_wait.unwrap_or(&self.delays[0])
     }
 }
 

@@ -111,7 +111,7 @@ impl Pipeline {
         self.metrics.deliveries_in_flight(1.0);
         let context = Context::of(&delivery, &parsed);
         let mut attempts = earlier_attempts(&delivery);
-        let mut first_failed_at = failing_since(&delivery);
+        let mut first_failed_at = None;
         loop {
             let started = Instant::now();
             let result = self.attempt(&parsed).await;
@@ -124,15 +124,14 @@ impl Pipeline {
                 }
                 Err(_) => {
                     self.metrics.record_failed_attempt(elapsed);
-                    first_failed_at.get_or_insert_with(Utc::now);
+                    // A deferred retry carries when the event first failed; read only on
+                    // failure, off the happy path.
+                    first_failed_at
+                        .get_or_insert_with(|| failing_since(&delivery).unwrap_or_else(Utc::now));
                 }
             }
-            let failing = first_failed_at.filter(|_| result.is_err());
-            let mut fate = self.policy.decide(
-                &result,
-                attempts,
-                failing.map(failing_for).unwrap_or_default(),
-            );
+            let failing = first_failed_at.map(failing_for).unwrap_or_default();
+            let mut fate = self.policy.decide(&result, attempts, failing);
             if let (Fate::Retry { delay }, Err(err)) = (fate, &result) {
                 if self.wait_to_retry(&context, err, attempts, delay).await {
                     continue;

@@ -400,3 +400,96 @@ async fn the_schedule_counts_from_the_latest_run_a_failed_one_sooner_a_dead_one_
     );
     assert_eq!(with_dead_run.lease_left, None);
 }
+
+/// Progress nobody watches.
+struct Quiet;
+
+impl worker::reconcile::Progress for Quiet {
+    fn total(&self, _: u64) {}
+    fn advance(&self, _: u64) {}
+    fn phase(&self, _: &'static str) {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_lease_is_taken_away_stops_before_writing_and_says_lost_lease() {
+    use worker::clerk_api::{ClerkApi, ClerkApiSettings};
+    use worker::reconcile::job::Job;
+    use worker::reconcile::{Options, RunResult, Trigger};
+
+    let stack = Stack::new().await;
+    let clerk = FakeClerk::start(SECRET).await;
+    for i in 0..600 {
+        clerk.add(user(i).data());
+    }
+    // Slow enough that the lease is gone before the first page arrives.
+    clerk.slow_down(Duration::from_millis(800));
+    let mut settings = ClerkApiSettings::new(clerk.url().parse().expect("url"), SECRET);
+    settings.rate = 1000.0;
+    let api = ClerkApi::new(&settings).expect("client");
+    let pool = stack.db.pool();
+    let job = Job {
+        db: &pool,
+        database: &stack.db.settings,
+        api: &api,
+        holder: "paused replica",
+        lease_ttl: Duration::from_secs(1),
+        metrics: None,
+    };
+    let lease = job.take_lease().await.expect("database").expect("free");
+    let options = Options {
+        apply: true,
+        delete_orphans: false,
+        max_delete_fraction: 0.01,
+        force: false,
+        concurrency: 8,
+    };
+    let never = tokio_util::sync::CancellationToken::new();
+    let run = job.run(lease, Trigger::Manual, options, &Quiet, &never);
+    let take_away = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stack
+            .db
+            .execute("UPDATE job_leases SET epoch = epoch + 1, holder = 'another replica'")
+            .await;
+    };
+    let (finished, ()) = tokio::join!(run, take_away);
+    let finished = finished.expect("recorded");
+    assert_eq!(finished.result, RunResult::LostLease, "{finished:?}");
+    assert_eq!(
+        stack.users().await,
+        0,
+        "nothing written after the lease went"
+    );
+    let recorded = stack
+        .db
+        .scalar("SELECT count(*) FROM reconcile_runs WHERE result = 'lost_lease' AND finished_at IS NOT NULL")
+        .await;
+    assert_eq!(recorded, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_learns_at_its_next_renewal_that_the_lease_was_taken() {
+    let stack = Stack::new().await;
+    let pool = stack.db.pool();
+    let lease = Lease::take(&pool, lease::RECONCILE, "holder", Duration::from_secs(3))
+        .await
+        .expect("database")
+        .expect("free");
+    // Past its time to live, renewals have kept it.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(lease.is_held());
+    let held = lease::held_by(&pool, lease::RECONCILE)
+        .await
+        .expect("database");
+    assert_eq!(held.map(|h| h.holder).as_deref(), Some("holder"));
+    stack
+        .db
+        .execute("UPDATE job_leases SET epoch = epoch + 1, holder = 'another'")
+        .await;
+    eventually(
+        "the renewal finds it gone",
+        Duration::from_secs(2),
+        || async { !lease.is_held() },
+    )
+    .await;
+}

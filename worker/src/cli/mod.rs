@@ -290,8 +290,10 @@ impl Cli {
                 reconcile,
                 ops,
                 shutdown,
-            } => Some(plan(ops, shutdown, false, Some(consumer.clone()), None))
-                .map(|plan| plan.with_reconcile(reconcile.as_ref().clone())),
+            } => Some(
+                plan(ops, shutdown, false, Some(consumer.clone()), None)
+                    .with_reconcile(reconcile.as_ref().clone()),
+            ),
             Command::Ingress {
                 ingress,
                 ops,
@@ -303,14 +305,16 @@ impl Cli {
                 ingress,
                 ops,
                 shutdown,
-            } => Some(plan(
-                ops,
-                shutdown,
-                true,
-                Some(consumer.clone()),
-                Some(ingress.clone()),
-            ))
-            .map(|plan| plan.with_reconcile(reconcile.as_ref().clone())),
+            } => Some(
+                plan(
+                    ops,
+                    shutdown,
+                    true,
+                    Some(consumer.clone()),
+                    Some(ingress.clone()),
+                )
+                .with_reconcile(reconcile.as_ref().clone()),
+            ),
             Command::Migrate
             | Command::Health
             | Command::Provision { .. }

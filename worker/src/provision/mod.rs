@@ -61,26 +61,39 @@ pub async fn provision(db: &Pool, event: &Event) -> Result<Provisioned, Provisio
     match event {
         Event::UserChanged(profile) => provision_user(db, profile).await,
         Event::UserDeleted(deletion) => delete_user(db, deletion).await,
-        Event::Unsupported { .. } => Ok(Provisioned {
-            outcome: Outcome::Unsupported,
-            workspace_id: None,
-            reassigned: None,
-        }),
+        Event::Unsupported { .. } => Ok(unsupported()),
     }
 }
 
 async fn provision_user(db: &Pool, profile: &UserProfile) -> Result<Provisioned, ProvisionError> {
-    match provision_user_once(db, profile).await {
-        // A concurrent sign-up took the derived username between our check and our insert. A
-        // second attempt sees it committed and takes the fallback, so this is not a conflict yet.
-        Err(ProvisionError::Conflict(rejected))
-            if rejected.reason == FailureReason::UsernameConflict
-                && matches!(profile.username, UsernameChoice::Derived(_)) =>
-        {
-            debug!("derived username taken concurrently; trying once more");
-            provision_user_once(db, profile).await
-        }
-        other => other,
+    let first = provision_user_once(db, profile).await;
+    if !lost_derived_username_race(&first, profile) {
+        return first;
+    }
+    provision_user_once(db, profile).await
+}
+
+/// A concurrent sign-up took the derived username between our check and our insert. A second
+/// attempt sees it committed and takes the fallback, so this is not a conflict yet.
+fn lost_derived_username_race<T>(
+    result: &Result<T, ProvisionError>,
+    profile: &UserProfile,
+) -> bool {
+    let lost = matches!(result, Err(ProvisionError::Conflict(rejected))
+        if rejected.reason == FailureReason::UsernameConflict)
+        && matches!(profile.username, UsernameChoice::Derived(_));
+    if lost {
+        debug!("derived username taken concurrently; trying once more");
+    }
+    lost
+}
+
+/// What an event of a type provisioning ignores comes to.
+fn unsupported() -> Provisioned {
+    Provisioned {
+        outcome: Outcome::Unsupported,
+        workspace_id: None,
+        reassigned: None,
     }
 }
 
@@ -232,15 +245,11 @@ pub async fn provision_guarded(
     guard: &Guard,
 ) -> Result<Option<Provisioned>, ProvisionError> {
     let first = provision_guarded_once(db, event, guard).await;
-    match (first, event) {
-        // As in `provision_user`: a concurrent sign-up took the derived username; once more.
-        (Err(ProvisionError::Conflict(rejected)), Event::UserChanged(profile))
-            if rejected.reason == FailureReason::UsernameConflict
-                && matches!(profile.username, UsernameChoice::Derived(_)) =>
-        {
+    match event {
+        Event::UserChanged(profile) if lost_derived_username_race(&first, profile) => {
             provision_guarded_once(db, event, guard).await
         }
-        (other, _) => other,
+        _ => first,
     }
 }
 
@@ -262,11 +271,7 @@ async fn provision_guarded_once(
             Event::UserDeleted(deletion) => {
                 delete_user_in(&txn, deletion, Some(guard.reconcile_run)).await
             }
-            Event::Unsupported { .. } => Ok(Provisioned {
-                outcome: Outcome::Unsupported,
-                workspace_id: None,
-                reassigned: None,
-            }),
+            Event::Unsupported { .. } => Ok(unsupported()),
         },
     };
     finish(txn, result).await.map(Some)

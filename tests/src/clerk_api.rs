@@ -38,6 +38,8 @@ struct Instance {
     list_requests: AtomicU64,
     confirm_requests: AtomicU64,
     ignore_cursor: AtomicBool,
+    /// Answer `user_id` filters with the whole list, as an API that does not know them would.
+    ignore_user_id_filter: AtomicBool,
     /// Answer the next `starting_after` with 422, as Clerk does for a cursor whose user is gone.
     refuse_cursor: AtomicBool,
     /// Milliseconds every answer waits before it is sent.
@@ -118,6 +120,13 @@ impl FakeClerk {
     /// From now on, answer `starting_after` as if it were not there (the first page again).
     pub fn ignore_cursor(&self) {
         self.state.ignore_cursor.store(true, Ordering::SeqCst);
+    }
+
+    /// From now on, answer `user_id` filters as if they were not there.
+    pub fn ignore_user_id_filter(&self) {
+        self.state
+            .ignore_user_id_filter
+            .store(true, Ordering::SeqCst);
     }
 
     /// Answers the next request with `starting_after` 422, as for a cursor user deleted between
@@ -289,9 +298,11 @@ async fn list(State(state): State<Arc<Instance>>, RawQuery(raw): RawQuery) -> Re
     counter.fetch_add(1, Ordering::SeqCst);
     let unlisted = lock(&state.unlisted).clone();
     let id = |u: &Value| u["id"].as_str().unwrap_or_default().to_owned();
+    let filtered =
+        !query.user_ids.is_empty() && !state.ignore_user_id_filter.load(Ordering::SeqCst);
     let mut users: Vec<Value> = lock(&state.users)
         .iter()
-        .filter(|u| match query.user_ids.is_empty() {
+        .filter(|u| match !filtered {
             true => !unlisted.contains(&id(u)),
             false => query.user_ids.contains(&id(u)),
         })

@@ -574,3 +574,33 @@ async fn a_user_changed_in_the_last_minutes_is_repaired_but_not_counted_as_drift
     assert_eq!(applied["provisioned"], 2, "both are repaired");
     assert_eq!(counts(&db).await, (2, 2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn where_the_api_ignores_the_user_id_filter_each_orphan_is_confirmed_on_its_own() {
+    let db = TestDb::migrated().await;
+    let clerk = FakeClerk::start(SECRET).await;
+    for i in 0..5 {
+        provision(&db.conn, &user(i).body())
+            .await
+            .expect("provisioned");
+    }
+    for i in 0..2 {
+        clerk.add(user(i).data());
+    }
+    clerk.ignore_user_id_filter();
+    let output = reconcile(&db, &clerk, &["--json"]);
+    let dry = ok(&output);
+    assert_eq!(dry["orphaned"]["count"], 3);
+    assert_eq!(
+        clerk.answered(404),
+        3,
+        "one GET /v1/users/{{id}} per candidate"
+    );
+    assert_eq!(
+        clerk.requests(),
+        1 + 1 + 1 + 3,
+        "count, page, ignored filter, three GETs"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("ignored the user_id filter"), "{stderr}");
+}

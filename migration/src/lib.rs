@@ -38,6 +38,7 @@ mod m20261201_000005_account_churn;
 mod m20261201_000006_create_provision_user_v2;
 mod m20261202_000007_create_provision_user_v3;
 mod m20261203_000008_create_reconcile_runs;
+mod m20261204_000009_create_dead_letters;
 
 /// Every migration of the schema, oldest first.
 pub struct Migrator;
@@ -54,6 +55,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000006_create_provision_user_v2::Migration),
             Box::new(m20261202_000007_create_provision_user_v3::Migration),
             Box::new(m20261203_000008_create_reconcile_runs::Migration),
+            Box::new(m20261204_000009_create_dead_letters::Migration),
         ]
     }
 }

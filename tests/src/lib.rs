@@ -16,6 +16,7 @@ pub mod broker;
 pub mod chaos;
 pub mod clerk;
 pub mod clerk_api;
+pub mod dead_letters;
 pub mod ingress;
 pub mod ops;
 pub mod pgbouncer;

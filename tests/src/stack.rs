@@ -64,10 +64,14 @@ impl Stack {
         self.broker.ready(&self.broker.topology.queue).await
     }
 
-    /// Messages ready in the dead-letter queue.
+    /// Dead letters waiting for an operator: ready in the dead-letter queue, or open in the
+    /// store.
     pub async fn dead_letters_ready(&self) -> u32 {
-        self.broker
-            .ready(&self.broker.topology.dead_letter_queue)
-            .await
+        crate::dead_letters::open(&self.broker, &self.db).await
+    }
+
+    /// Takes every dead letter, from the queue and the store (see [`crate::dead_letters`]).
+    pub async fn take_dead_letters(&self) -> Vec<crate::broker::Message> {
+        crate::dead_letters::take_all(&self.broker, &self.db).await
     }
 }

@@ -230,7 +230,7 @@ async fn the_consumer_batches_and_one_bad_event_does_not_sink_its_batch_mates() 
         },
     )
     .await;
-    let dead = broker.take_dead_letters().await;
+    let dead = integration_tests::dead_letters::take_all(&broker, &db).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].message_id.as_deref(), Some("msg_batch7"));
     assert_eq!(

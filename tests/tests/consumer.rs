@@ -166,7 +166,7 @@ async fn bad_events_are_dead_lettered_with_their_reason_and_the_queue_keeps_flow
         worker.expect_metric(metrics::WORKSPACE_FAILED).await == 3.0
     })
     .await;
-    let mut dead = stack.broker.take_dead_letters().await;
+    let mut dead = stack.take_dead_letters().await;
     dead.sort_by_key(|m| m.message_id.clone());
     let summary: Vec<(Option<String>, Option<String>)> = dead
         .iter()
@@ -250,7 +250,7 @@ async fn unsupported_event_types_are_acked_and_counted_never_retried() {
     .await;
     assert_eq!(stack.main_queue_ready().await, 0);
     assert_eq!(worker.metric(metrics::EVENTS_RETRIED).await, Some(0.0));
-    assert!(stack.broker.take_dead_letters().await.is_empty());
+    assert!(stack.take_dead_letters().await.is_empty());
 }
 
 #[tokio::test]
@@ -290,7 +290,7 @@ async fn a_persistent_transient_error_is_retried_then_dead_lettered_as_retries_e
     })
     .await;
     holder.rollback().await.unwrap();
-    let dead = stack.broker.take_dead_letters().await;
+    let dead = stack.take_dead_letters().await;
     assert_eq!(dead.len(), 1);
     assert_eq!(
         dead[0].header("x-failure-reason").as_deref(),
@@ -355,7 +355,7 @@ async fn a_twenty_second_database_outage_loses_and_dead_letters_nothing() {
         restored.elapsed()
     );
     assert!(
-        stack.broker.take_dead_letters().await.is_empty(),
+        stack.take_dead_letters().await.is_empty(),
         "nothing dead-lettered"
     );
     assert_eq!(worker.metric(metrics::WORKSPACE_FAILED).await, Some(0.0));
@@ -398,7 +398,7 @@ async fn a_worker_killed_mid_stream_and_restarted_provisions_everything_exactly_
             .await,
         1000
     );
-    assert!(stack.broker.take_dead_letters().await.is_empty());
+    assert!(stack.take_dead_letters().await.is_empty());
 }
 
 #[tokio::test]
@@ -663,7 +663,7 @@ async fn a_message_returned_past_the_delivery_limit_is_dead_lettered_by_the_brok
         stack.broker.ready(&dead_letter_queue).await == 1
     })
     .await;
-    let dead = stack.broker.take_dead_letters().await;
+    let dead = stack.take_dead_letters().await;
     assert_eq!(dead.len(), 1, "after {returns} returns");
     assert_eq!(dead[0].message_id.as_deref(), Some("msg_poison"));
     assert_eq!(dead[0].body, fixture("user_created.json"));
@@ -703,7 +703,7 @@ async fn sigterm_during_a_database_outage_gives_every_held_delivery_back() {
         || async { stack.main_queue_ready().await == 5 },
     )
     .await;
-    assert!(stack.broker.take_dead_letters().await.is_empty());
+    assert!(stack.take_dead_letters().await.is_empty());
 }
 
 #[tokio::test]
@@ -732,7 +732,7 @@ async fn a_worker_started_while_the_database_is_down_provisions_once_it_is_up() 
 
     proxy.restore();
     wait_for_workspaces(&stack, 3, Duration::from_secs(60)).await;
-    assert!(stack.broker.take_dead_letters().await.is_empty());
+    assert!(stack.take_dead_letters().await.is_empty());
 }
 
 #[tokio::test]

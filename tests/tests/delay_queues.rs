@@ -148,7 +148,7 @@ async fn a_conflict_is_retried_for_its_window_however_many_attempts_then_dead_le
         "dead-lettered after {:?}, inside its window",
         published.elapsed()
     );
-    let letter = &stack.broker.take_dead_letters().await[0];
+    let letter = &stack.take_dead_letters().await[0];
     assert_eq!(
         letter.header(header::FAILURE_REASON).as_deref(),
         Some("email_conflict")

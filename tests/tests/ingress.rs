@@ -535,7 +535,7 @@ async fn worker_run_turns_each_shared_example_into_its_documented_state() {
         )),
         1.0
     );
-    let dead = broker.take_dead_letters().await;
+    let dead = integration_tests::dead_letters::take_all(&broker, &db).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(
         dead[0].header("x-failure-reason").as_deref(),

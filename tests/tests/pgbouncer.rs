@@ -100,7 +100,7 @@ async fn assert_converged(stack: &Stack, worker: &TestApp, expected: &Expected) 
     )
     .await;
     assert_eq!(worker.metric(metrics::WORKSPACE_FAILED).await, Some(0.0));
-    assert!(stack.broker.take_dead_letters().await.is_empty());
+    assert!(stack.take_dead_letters().await.is_empty());
     assert_eq!(stack.users().await, expected.live);
     let one_each = "SELECT count(*) FROM users u WHERE (SELECT count(*) FROM workspaces w \
                     WHERE w.user_id = u.id) = 1";

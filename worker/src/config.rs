@@ -459,6 +459,11 @@ pub struct ConsumerSettings {
     /// How often expired tombstones are purged (only with TOMBSTONE_RETENTION set).
     #[arg(long, env = "TOMBSTONE_PURGE_INTERVAL", default_value = "1h", value_parser = positive_duration)]
     pub tombstone_purge_interval: Duration,
+
+    /// How long replayed, resolved and discarded dead letters stay in the store after their last
+    /// change; purged hourly after that. Open letters are never purged.
+    #[arg(long, env = "DEAD_LETTER_RETENTION", default_value = "30days", value_parser = positive_duration)]
+    pub dead_letter_retention: Duration,
 }
 
 /// How a long-running command stops. One struct flattened into each of `consume`, `ingress`

@@ -42,10 +42,11 @@ pub const RECONCILE_DURATION: &str = "reconcile_duration_seconds";
 pub const RECONCILE_LAST_SUCCESS: &str = "reconcile_last_success_timestamp_seconds";
 pub const RECONCILE_DRIFT: &str = "reconcile_drift_total";
 pub const RECONCILE_INTERVAL: &str = "reconcile_interval_seconds";
+pub const DEAD_LETTERS_OPEN: &str = "dead_letters_open";
 
 /// Every metric family this service exports, with whether it is a histogram (exported as
 /// `_bucket`, `_sum` and `_count` series). Dashboards and alerts may only use these.
-pub const ALL: [(&str, bool); 25] = [
+pub const ALL: [(&str, bool); 26] = [
     (BATCH_SIZE, true),
     (WORKSPACE_CREATED, false),
     (WORKSPACE_FAILED, false),
@@ -71,6 +72,7 @@ pub const ALL: [(&str, bool); 25] = [
     (RECONCILE_LAST_SUCCESS, false),
     (RECONCILE_DRIFT, false),
     (RECONCILE_INTERVAL, false),
+    (DEAD_LETTERS_OPEN, false),
 ];
 
 /// 1 ms to 10 s: the provisioning target is 200 ms, so resolution matters below a second.
@@ -299,6 +301,12 @@ impl Metrics {
         let seconds = interval.map_or(0.0, |i| i.as_secs_f64());
         self.with(|| gauge!(RECONCILE_INTERVAL).set(seconds));
     }
+
+    /// Open dead letters in the store, by reason: what waits for an operator. The dead-letter
+    /// queue itself stays near empty, since the worker moves each letter into the store.
+    pub fn set_dead_letters_open(&self, reason: &str, open: u64) {
+        self.with(|| gauge!(DEAD_LETTERS_OPEN, "reason" => reason.to_owned()).set(open as f64));
+    }
 }
 
 fn describe() {
@@ -384,6 +392,10 @@ fn describe() {
         "RECONCILE_INTERVAL of this worker; 0 when the schedule is off."
     );
     describe_gauge!(
+        DEAD_LETTERS_OPEN,
+        "Dead letters open in the store (not replayed, resolved or discarded), by failure reason."
+    );
+    describe_gauge!(
         HEAP_FREE,
         metrics::Unit::Bytes,
         "Heap freed but kept by the allocator after the last trim."
@@ -403,6 +415,7 @@ fn register_at_zero() {
     }
     for reason in FailureReason::ALL {
         counter!(WORKSPACE_FAILED, "reason" => reason.as_str()).absolute(0);
+        gauge!(DEAD_LETTERS_OPEN, "reason" => reason.as_str()).set(0.0);
     }
     for result in RunResult::ALL {
         counter!(RECONCILE_RUNS, "result" => result.as_str()).absolute(0);

@@ -26,6 +26,7 @@ use crate::config::{
 };
 use crate::consumer::Consumer;
 use crate::db::{self, Pool};
+use crate::dead_letter::Keeper;
 use crate::http_server::refusal_log::{REFUSAL_LOG_EVERY, RefusalLog};
 use crate::ingress::signature::Verifier;
 use crate::ingress::{self, BodyLimits, BodyMemory, IngressState, Publisher, ServerLimits};
@@ -66,6 +67,8 @@ pub struct Application {
     db: Option<Pool>,
     ingress: Option<Ingress>,
     consumer: Option<Consumer>,
+    /// Moves dead letters into the store, beside the consumer.
+    keeper: Option<Keeper>,
     reconcile: Option<Schedule>,
     ops_listener: TcpListener,
     ops_state: OpsState,
@@ -141,6 +144,17 @@ impl Application {
             _ => None,
         };
 
+        let keeper = match (&plan.consumer, &db) {
+            (Some(settings), Some(db)) => Some(Keeper {
+                broker: plan.broker.clone(),
+                db: db.clone(),
+                metrics: metrics.clone(),
+                retention: settings.dead_letter_retention,
+                kept: Arc::default(),
+            }),
+            _ => None,
+        };
+
         let consumer = match (plan.consumer, &db) {
             (Some(settings), Some(db)) => {
                 let consumer = Consumer {
@@ -169,6 +183,7 @@ impl Application {
             db,
             ingress,
             consumer,
+            keeper,
             reconcile,
             ops_listener,
             ops_state,
@@ -231,6 +246,14 @@ impl Application {
             let stop = stop.clone();
             parts.spawn(async move {
                 consumer.run(stop).await;
+                Ok(())
+            });
+        }
+
+        if let Some(keeper) = self.keeper {
+            let stop = stop.clone();
+            parts.spawn(async move {
+                keeper.run(stop).await;
                 Ok(())
             });
         }

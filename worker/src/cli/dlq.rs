@@ -1,4 +1,5 @@
-//! `worker dlq list` and `worker dlq replay`: the dead-letter commands for on-call engineers.
+//! `worker dlq list | show | replay | discard`: the dead-letter commands for on-call engineers.
+//! Each first moves what waits in the dead-letter queue into the store, then reads the store.
 
 use std::process::ExitCode;
 
@@ -8,12 +9,19 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{BrokerSettings, DatabaseSettings};
-use crate::dead_letter::{self, Filter, ReplayPlan, report};
+use crate::db::Pool;
+use crate::dead_letter::store::{Actor, Source};
+use crate::dead_letter::{self, Filter, ReplayPlan, Status, report};
 use crate::{db, service};
+
+/// Exit status of `worker dlq show` when the store has no such letter (sysexits EX_NOINPUT).
+pub const EXIT_NO_LETTER: u8 = 66;
+/// Exit status of `worker dlq discard` given nothing to choose letters by (EX_USAGE).
+pub const EXIT_USAGE: u8 = 64;
 
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
-    /// One row per dead letter (never removes any), then counts by reason.
+    /// One row per dead letter, newest failure first, then counts by reason.
     List {
         #[command(flatten)]
         filter: FilterArgs,
@@ -21,35 +29,94 @@ pub enum DlqCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Republish matching dead letters to the main exchange; each leaves the dead-letter queue
-    /// only after the broker confirmed its copy.
+    /// One dead letter in full: payload, headers, history, and the user as the database holds
+    /// it now. Exit status 66 when there is no such letter.
+    Show {
+        #[arg(value_name = "SVIX_ID")]
+        svix_id: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Republish matching open dead letters to the main exchange; each is marked replayed only
+    /// after the broker confirmed its copy.
     Replay {
         #[command(flatten)]
         filter: FilterArgs,
         /// Only these svix ids (repeatable).
         #[arg(long = "id", value_name = "SVIX_ID")]
         ids: Vec<String>,
-        /// Change nothing; print what a replay would do, asking the database which replays
-        /// would be no-ops.
+        /// Change nothing; print what a replay would do, and how many replays the database
+        /// says are no longer needed.
         #[arg(long)]
         dry_run: bool,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        actor: ActorArgs,
+    },
+    /// Close matching open dead letters for good, with a reason; audited. Refuses to run
+    /// without --id, --reason, --type or --user (exit status 64).
+    Discard {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Only these svix ids (repeatable).
+        #[arg(long = "id", value_name = "SVIX_ID")]
+        ids: Vec<String>,
+        /// Why they will never be replayed, recorded with the action.
+        #[arg(long, value_name = "TEXT")]
+        discard_reason: String,
+        /// Change nothing; print how many would be discarded.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        actor: ActorArgs,
     },
 }
 
 #[derive(Debug, clap::Args)]
 pub struct FilterArgs {
-    /// Only dead letters with this `x-failure-reason` (e.g. `email_conflict`).
+    /// Only dead letters with this failure reason (e.g. `email_conflict`).
     #[arg(long, value_name = "CODE")]
     reason: Option<String>,
     /// Only this Clerk event type (e.g. `user.created`).
     #[arg(long = "type", value_name = "TYPE")]
     event_type: Option<String>,
+    /// Only this Clerk user id.
+    #[arg(long = "user", value_name = "USER_ID")]
+    user_id: Option<String>,
+    /// Only letters with this status; `any` for all. Replay and discard act on open ones only.
+    #[arg(long, value_name = "STATUS", default_value = "open")]
+    status: StatusArg,
     /// At most this many dead letters.
     #[arg(long, value_name = "N")]
     limit: Option<usize>,
+}
+
+/// `--status`: one status, or any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum StatusArg {
+    Open,
+    Replayed,
+    Resolved,
+    Discarded,
+    Any,
+}
+
+impl StatusArg {
+    fn status(self) -> Option<Status> {
+        match self {
+            StatusArg::Open => Some(Status::Open),
+            StatusArg::Replayed => Some(Status::Replayed),
+            StatusArg::Resolved => Some(Status::Resolved),
+            StatusArg::Discarded => Some(Status::Discarded),
+            StatusArg::Any => None,
+        }
+    }
 }
 
 impl FilterArgs {
@@ -58,7 +125,40 @@ impl FilterArgs {
             reason: self.reason,
             event_type: self.event_type,
             ids,
+            user_id: self.user_id,
+            status: self.status.status(),
             limit: self.limit,
+            ..Filter::default()
+        }
+    }
+
+    /// Acting letters are open ones, whatever `--status` said.
+    fn into_open_filter(self, ids: Vec<String>) -> Filter {
+        Filter {
+            status: Some(Status::Open),
+            ..self.into_filter(ids)
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ActorArgs {
+    /// Who is acting, for the audit record (default: the operating-system user).
+    #[arg(long, value_name = "NAME")]
+    actor: Option<String>,
+}
+
+impl ActorArgs {
+    fn actor(self) -> Actor {
+        let name = self
+            .actor
+            .or_else(|| std::env::var("USER").ok())
+            .or_else(|| std::env::var("LOGNAME").ok())
+            .filter(|name| !name.trim().is_empty())
+            .unwrap_or_else(|| "unknown".to_owned());
+        Actor {
+            name,
+            source: Source::Cli,
         }
     }
 }
@@ -69,56 +169,120 @@ pub(super) async fn run(
     broker: &BrokerSettings,
     command: DlqCommand,
 ) -> anyhow::Result<ExitCode> {
+    let db = store_ready(database, broker).await?;
     match command {
-        DlqCommand::List { filter, json } => list(broker, filter, json).await?,
+        DlqCommand::List { filter, json } => list(&db, filter, json).await,
+        DlqCommand::Show { svix_id, json } => show(&db, &svix_id, json).await,
         DlqCommand::Replay {
             filter,
             ids,
             dry_run,
             json,
+            actor,
         } => {
             let plan = ReplayPlan {
-                filter: filter.into_filter(ids),
+                filter: filter.into_open_filter(ids),
                 dry_run,
+                actor: actor.actor(),
             };
-            replay(database, broker, &plan, json).await?;
+            replay(&db, broker, &plan, json).await
+        }
+        DlqCommand::Discard {
+            filter,
+            ids,
+            discard_reason,
+            dry_run,
+            json,
+            actor,
+        } => {
+            let filter = filter.into_open_filter(ids);
+            discard(&db, &filter, &actor.actor(), &discard_reason, dry_run, json).await
         }
     }
-    Ok(ExitCode::SUCCESS)
 }
 
-async fn list(broker: &BrokerSettings, filter: FilterArgs, json: bool) -> anyhow::Result<()> {
-    let listing = dead_letter::list(broker, &filter.into_filter(Vec::new())).await?;
+/// Connects to the store and moves into it whatever waits in the dead-letter queue.
+async fn store_ready(database: &DatabaseSettings, broker: &BrokerSettings) -> anyhow::Result<Pool> {
+    let db = db::connect(database)
+        .await
+        .with_context(|| format!("the dead letters are kept in {}", database.redacted_url()))?;
+    dead_letter::move_waiting(broker, &db)
+        .await
+        .context("moving waiting dead letters from the broker into the store")?;
+    Ok(db)
+}
+
+async fn list(db: &Pool, filter: FilterArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let listing = dead_letter::list(db, &filter.into_filter(Vec::new())).await?;
     if json {
         println!("{}", json!(listing));
     } else {
         print!("{}", report::listing_table(&listing));
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
-/// Replays until done or SIGTERM/SIGINT; a dry run asks the database which replays are no-ops.
+async fn show(db: &Pool, svix_id: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let Some(view) = dead_letter::show(db, svix_id).await? else {
+        eprintln!("no dead letter with svix id {svix_id}");
+        return Ok(ExitCode::from(EXIT_NO_LETTER));
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        print!("{}", report::letter_text(&view));
+        if let Some(user) = &view.user {
+            print!("\n{}", super::user::human(user));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Replays until done or SIGTERM/SIGINT.
 async fn replay(
-    database: &DatabaseSettings,
+    db: &Pool,
     broker: &BrokerSettings,
     plan: &ReplayPlan,
     json: bool,
-) -> anyhow::Result<()> {
-    let db = match plan.dry_run {
-        true => Some(
-            db::connect(database)
-                .await
-                .with_context(|| format!("a dry run asks {}", database.redacted_url()))?,
-        ),
-        false => None,
-    };
+) -> anyhow::Result<ExitCode> {
     let stop = CancellationToken::new();
     tokio::spawn(service::cancel_on_signal(stop.clone()));
-    let summary = dead_letter::replay(broker, db.as_ref(), plan, &stop).await?;
+    let summary = dead_letter::replay(broker, db, plan, &stop).await?;
     if json {
         println!("{}", json!(summary));
     } else {
         print!("{}", report::summary_text(&summary));
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn discard(
+    db: &Pool,
+    filter: &Filter,
+    actor: &Actor,
+    note: &str,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let chooses = !filter.ids.is_empty()
+        || filter.reason.is_some()
+        || filter.event_type.is_some()
+        || filter.user_id.is_some();
+    if !chooses {
+        eprintln!("discard needs --id, --reason, --type or --user: it never discards everything");
+        return Ok(ExitCode::from(EXIT_USAGE));
+    }
+    if note.trim().is_empty() {
+        eprintln!("--discard-reason must say why");
+        return Ok(ExitCode::from(EXIT_USAGE));
+    }
+    let summary = dead_letter::discard(db, filter, actor, note, dry_run).await?;
+    if json {
+        println!("{}", json!(summary));
+    } else if dry_run {
+        println!("dry run: would discard {}", summary.chosen);
+    } else {
+        println!("discarded {} of {} chosen", summary.discarded, summary.chosen);
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -83,7 +83,7 @@ fn describe(key: &UserKey) -> String {
     }
 }
 
-fn human(found: &Found) -> String {
+pub(super) fn human(found: &Found) -> String {
     match found {
         Found::Live(user) => human_user(user),
         Found::Deleted { id, deleted_at } => {

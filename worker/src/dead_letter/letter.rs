@@ -1,10 +1,18 @@
-//! One dead letter as operators see it, read from the message's headers, and the filter the
-//! `dlq` commands choose letters with.
+//! A dead letter three ways: as it arrives from the dead-letter queue ([`Arrival`], read from the
+//! message's headers), as operators see it ([`DeadLetter`]), and the [`Filter`] the `dlq`
+//! commands and the console choose letters with.
 
-use lapin::message::BasicGetMessage;
+use chrono::{DateTime, Utc};
+use entity::dead_letters;
+use lapin::message::Delivery;
 use lapin::types::{AMQPValue, FieldTable};
+use sea_orm::ColumnTrait;
+use sea_orm::sea_query::Condition;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
+use super::amqp_json;
+use super::failure::timestamp;
 use crate::broker::{integer_header, text_header};
 use crate::topology::header::{
     ATTEMPTS, DEATH, DEATH_REASON, FAILURE_DETAIL, FAILURE_REASON, FIRST_FAILED_AT, LAST_FAILED_AT,
@@ -13,6 +21,37 @@ use crate::topology::header::{
 
 /// The reason shown for letters the broker dead-lettered itself (delivery limit exceeded).
 const BROKER_REASON_FALLBACK: &str = "unknown";
+
+/// Where a dead letter stands: the `status` column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Status {
+    /// Waiting for an operator (or a reconcile run) to do something about it.
+    Open,
+    /// Published again; it reopens if it fails again.
+    Replayed,
+    /// A reconcile run found the database already reflects it.
+    Resolved,
+    /// An operator decided it will never be replayed.
+    Discarded,
+}
+
+impl Status {
+    pub const ALL: [Status; 4] = [
+        Status::Open,
+        Status::Replayed,
+        Status::Resolved,
+        Status::Discarded,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Open => "open",
+            Status::Replayed => "replayed",
+            Status::Resolved => "resolved",
+            Status::Discarded => "discarded",
+        }
+    }
+}
 
 /// One dead letter as operators see it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -26,60 +65,193 @@ pub struct DeadLetter {
     pub first_failed_at: Option<String>,
     pub last_failed_at: Option<String>,
     pub replay_count: i64,
+    pub status: String,
+    /// The database already reflects it: a replay would change nothing.
+    pub no_longer_needed: bool,
 }
 
-/// Which dead letters a command acts on; every given criterion must hold.
-#[derive(Clone, Debug, Default)]
-pub struct Filter {
-    pub reason: Option<String>,
-    pub event_type: Option<String>,
-    pub ids: Vec<String>,
-    pub limit: Option<usize>,
-}
-
-impl Filter {
-    pub fn matches(&self, letter: &DeadLetter) -> bool {
-        self.reason.as_ref().is_none_or(|r| *r == letter.reason)
-            && self
-                .event_type
-                .as_ref()
-                .is_none_or(|t| *t == letter.event_type)
-            && (self.ids.is_empty()
-                || letter
-                    .svix_id
-                    .as_ref()
-                    .is_some_and(|id| self.ids.contains(id)))
+impl From<&dead_letters::Model> for DeadLetter {
+    fn from(row: &dead_letters::Model) -> Self {
+        Self {
+            svix_id: Some(row.svix_id.clone()),
+            event_type: row.event_type.clone(),
+            user_id: row.user_id.clone(),
+            reason: row.reason.clone(),
+            detail: row.detail.clone(),
+            attempts: row.attempts.map(i64::from),
+            first_failed_at: Some(timestamp(row.first_failed_at.to_utc())),
+            last_failed_at: Some(timestamp(row.last_failed_at.to_utc())),
+            replay_count: i64::from(row.replay_count),
+            status: row.status.clone(),
+            no_longer_needed: false,
+        }
     }
 }
 
-impl DeadLetter {
-    pub fn from_message(message: &BasicGetMessage) -> Self {
-        let delivery = &message.delivery;
+/// Which dead letters a command acts on; every given criterion must hold.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Filter {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<String>,
+    /// Svix ids.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ids: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// Last failed at or after.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<DateTime<Utc>>,
+    /// Last failed before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<DateTime<Utc>>,
+    /// `None`: any status.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "status_name")]
+    pub status: Option<Status>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+fn status_name<S: serde::Serializer>(status: &Option<Status>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(status.map_or("any", Status::as_str))
+}
+
+impl Filter {
+    /// The open letters, which is what the `dlq` commands act on unless told otherwise.
+    pub fn open() -> Self {
+        Self {
+            status: Some(Status::Open),
+            ..Self::default()
+        }
+    }
+
+    /// The filter as a WHERE condition on `dead_letters` (the limit apart).
+    pub fn condition(&self) -> Condition {
+        use dead_letters::Column;
+        let mut all = Condition::all();
+        if let Some(reason) = &self.reason {
+            all = all.add(Column::Reason.eq(reason.as_str()));
+        }
+        if let Some(event_type) = &self.event_type {
+            all = all.add(Column::EventType.eq(event_type.as_str()));
+        }
+        if !self.ids.is_empty() {
+            all = all.add(Column::SvixId.is_in(self.ids.iter().map(String::as_str)));
+        }
+        if let Some(user_id) = &self.user_id {
+            all = all.add(Column::UserId.eq(user_id.as_str()));
+        }
+        if let Some(since) = self.since {
+            all = all.add(Column::LastFailedAt.gte(since));
+        }
+        if let Some(until) = self.until {
+            all = all.add(Column::LastFailedAt.lt(until));
+        }
+        if let Some(status) = self.status {
+            all = all.add(Column::Status.eq(status.as_str()));
+        }
+        all
+    }
+}
+
+/// A letter taken from the dead-letter queue, as the store keeps it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Arrival {
+    pub svix_id: String,
+    pub event_type: String,
+    pub user_id: Option<String>,
+    /// The body, base64: the store decodes it back to bytes in SQL.
+    #[serde(serialize_with = "base64_bytes")]
+    pub body: Vec<u8>,
+    pub headers: serde_json::Value,
+    pub properties: serde_json::Value,
+    pub event_updated_at: Option<DateTime<Utc>>,
+    pub reason: String,
+    pub detail: Option<String>,
+    pub attempts: Option<i32>,
+    pub first_failed_at: DateTime<Utc>,
+    pub last_failed_at: DateTime<Utc>,
+    pub replay_count: i32,
+}
+
+fn base64_bytes<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    use base64::Engine;
+    s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+impl Arrival {
+    /// Reads a delivery from the dead-letter queue; `now` stands in for failure times a letter
+    /// does not carry (one the broker dead-lettered itself).
+    pub fn from_delivery(delivery: &Delivery, now: DateTime<Utc>) -> Self {
         let headers = delivery.properties.headers().clone().unwrap_or_default();
+        let time = |name| text_header(&headers, name).and_then(|t| parse_time(&t));
+        let last_failed_at = time(LAST_FAILED_AT).unwrap_or(now);
+        let body = Body::read(&delivery.data);
         Self {
             svix_id: delivery
                 .properties
                 .message_id()
                 .as_ref()
-                .map(|id| id.as_str().to_owned()),
+                .map(|id| id.as_str().to_owned())
+                .unwrap_or_else(|| unidentified_id(&delivery.data)),
             event_type: delivery.routing_key.as_str().to_owned(),
-            user_id: user_id_of(&delivery.data),
+            user_id: body.user_id,
+            body: delivery.data.clone(),
+            headers: amqp_json::headers_to_json(&headers),
+            properties: amqp_json::properties_to_json(&delivery.properties),
+            event_updated_at: body.updated_at,
             reason: text_header(&headers, FAILURE_REASON)
                 .or_else(|| broker_reason(&headers))
                 .unwrap_or_else(|| BROKER_REASON_FALLBACK.to_owned()),
             detail: text_header(&headers, FAILURE_DETAIL),
-            attempts: integer_header(&headers, ATTEMPTS),
-            first_failed_at: text_header(&headers, FIRST_FAILED_AT),
-            last_failed_at: text_header(&headers, LAST_FAILED_AT),
-            replay_count: integer_header(&headers, REPLAY_COUNT).unwrap_or(0),
+            attempts: integer_header(&headers, ATTEMPTS).and_then(|n| i32::try_from(n).ok()),
+            first_failed_at: time(FIRST_FAILED_AT).unwrap_or(last_failed_at),
+            last_failed_at,
+            replay_count: integer_header(&headers, REPLAY_COUNT)
+                .and_then(|n| i32::try_from(n).ok())
+                .unwrap_or(0),
         }
     }
 }
 
-/// The Clerk user id in a body, if it is JSON with one: dead letters include malformed bodies.
-fn user_id_of(body: &[u8]) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    value.get("data")?.get("id")?.as_str().map(str::to_owned)
+/// A letter without a message id (never one from our ingress) is named by its body's digest, so
+/// the same letter arriving twice is still one row.
+fn unidentified_id(body: &[u8]) -> String {
+    let digest = Sha256::digest(body);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("unidentified-{hex}")
+}
+
+fn parse_time(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text).ok().map(|t| t.to_utc())
+}
+
+/// What a body says about its user, if it is JSON with one: dead letters include malformed
+/// bodies.
+#[derive(Default)]
+struct Body {
+    user_id: Option<String>,
+    updated_at: Option<DateTime<Utc>>,
+}
+
+impl Body {
+    fn read(body: &[u8]) -> Self {
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+            return Self::default();
+        };
+        let data = value.get("data");
+        Self {
+            user_id: data
+                .and_then(|d| d.get("id"))
+                .and_then(|id| id.as_str())
+                .map(str::to_owned),
+            updated_at: data
+                .and_then(|d| d.get("updated_at"))
+                .and_then(serde_json::Value::as_i64)
+                .and_then(DateTime::from_timestamp_millis),
+        }
+    }
 }
 
 /// Letters the broker dead-lettered (delivery limit) carry `x-death` with the broker's reason.
@@ -93,50 +265,59 @@ fn broker_reason(headers: &FieldTable) -> Option<String> {
     text_header(first, DEATH_REASON).map(|reason| format!("broker_{reason}"))
 }
 
+/// Orders the listing: newest failure first, ties by id.
+pub fn newest_first() -> [(dead_letters::Column, sea_orm::Order); 2] {
+    [
+        (dead_letters::Column::LastFailedAt, sea_orm::Order::Desc),
+        (dead_letters::Column::Id, sea_orm::Order::Desc),
+    ]
+}
+
+/// Keeps only letters after `(last_failed_at, id)` in [`newest_first`] order: a keyset page.
+pub fn after(last_failed_at: DateTime<Utc>, id: i64) -> Condition {
+    use dead_letters::Column;
+    Condition::any()
+        .add(Column::LastFailedAt.lt(last_failed_at))
+        .add(
+            Condition::all()
+                .add(Column::LastFailedAt.eq(last_failed_at))
+                .add(Column::Id.lt(id)),
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn letter(reason: &str, event_type: &str, id: &str) -> DeadLetter {
-        DeadLetter {
-            svix_id: Some(id.into()),
-            event_type: event_type.into(),
-            user_id: None,
-            reason: reason.into(),
-            detail: None,
-            attempts: None,
-            first_failed_at: None,
-            last_failed_at: None,
-            replay_count: 0,
-        }
-    }
-
     #[test]
-    fn an_empty_filter_matches_everything() {
-        assert!(Filter::default().matches(&letter("missing_email", "user.created", "msg_1")));
-    }
-
-    #[test]
-    fn every_given_criterion_must_hold() {
-        let filter = Filter {
-            reason: Some("email_conflict".into()),
-            event_type: Some("user.created".into()),
-            ids: vec!["msg_1".into(), "msg_2".into()],
-            limit: None,
-        };
-        assert!(filter.matches(&letter("email_conflict", "user.created", "msg_2")));
-        assert!(!filter.matches(&letter("missing_email", "user.created", "msg_2")));
-        assert!(!filter.matches(&letter("email_conflict", "user.updated", "msg_2")));
-        assert!(!filter.matches(&letter("email_conflict", "user.created", "msg_3")));
-    }
-
-    #[test]
-    fn the_user_id_is_read_from_json_bodies_only() {
+    fn the_user_and_its_version_are_read_from_json_bodies_only() {
+        let body = Body::read(br#"{"data":{"id":"user_1","updated_at":1764300000123}}"#);
+        assert_eq!(body.user_id, Some("user_1".into()));
         assert_eq!(
-            user_id_of(br#"{"data":{"id":"user_1"}}"#),
-            Some("user_1".into())
+            body.updated_at.map(|t| t.timestamp_millis()),
+            Some(1_764_300_000_123)
         );
-        assert_eq!(user_id_of(b"{not json"), None);
-        assert_eq!(user_id_of(br#"{"data":{}}"#), None);
+        assert_eq!(Body::read(b"{not json").user_id, None);
+        assert_eq!(Body::read(br#"{"data":{}}"#).user_id, None);
+    }
+
+    #[test]
+    fn a_letter_without_a_message_id_is_named_by_its_body() {
+        assert_eq!(unidentified_id(b"x"), unidentified_id(b"x"));
+        assert_ne!(unidentified_id(b"x"), unidentified_id(b"y"));
+        assert!(unidentified_id(b"x").starts_with("unidentified-"));
+    }
+
+    #[test]
+    fn the_broker_s_own_dead_letters_show_its_reason() {
+        let mut death = FieldTable::default();
+        death.insert(DEATH_REASON.into(), crate::broker::long_string("delivery_limit"));
+        let mut headers = FieldTable::default();
+        headers.insert(
+            DEATH.into(),
+            AMQPValue::FieldArray(vec![AMQPValue::FieldTable(death)].into()),
+        );
+        assert_eq!(broker_reason(&headers), Some("broker_delivery_limit".into()));
+        assert_eq!(broker_reason(&FieldTable::default()), None);
     }
 }

@@ -1,30 +1,38 @@
 //! Dead letters: events that can never be provisioned, kept byte for byte with why they failed,
-//! for operators to inspect and replay.
+//! for operators to find, read, replay or discard.
 //!
-//! The consumer writes them ([`publish`], with the [`Failure`] as headers); the `worker dlq`
-//! commands operate on them: [`list`] what failed and why, preview a [`replay`] and replay exactly
-//! the chosen events, safely, while the worker keeps running; [`report`] prints the results.
-//!
-//! Reading a dead letter never removes it: each is taken unacknowledged on a channel of our own
-//! and goes back to the queue when that channel closes, even if this process is killed. A replayed
-//! one is acknowledged (removed) only after the broker confirmed its republish, so an
-//! interruption can at worst replay an event twice, which provisioning absorbs.
+//! The consumer writes them to the dead-letter queue ([`publish`], with the [`Failure`] as
+//! headers), which is only their durable landing: the worker's [`Keeper`] moves each into the
+//! [`store`] in PostgreSQL, acknowledging it once its row is committed, and the `worker dlq`
+//! commands first [`move_waiting`] letters themselves, so they work with no worker running.
+//! Everything operators do reads and writes the store: [`list`], [`show`], [`replay`] (each
+//! letter marked replayed only after the broker confirmed its copy) and [`discard`], each
+//! action recorded with who did it. No letter is ever browsed in the queue, so looking costs the
+//! broker nothing and never counts as a redelivery.
 
-mod browser;
+mod amqp_json;
+mod discard;
 mod failure;
+mod keeper;
 mod letter;
 mod list;
 mod replay;
 pub mod report;
+mod show;
+pub mod store;
 
 use crate::broker;
 
+pub use amqp_json::headers_from_json;
+pub use discard::{DiscardSummary, discard, discard_ids};
 pub use failure::{Failure, publish, timestamp};
-pub use letter::{DeadLetter, Filter};
+pub use keeper::{Keeper, move_waiting};
+pub use letter::{DeadLetter, Filter, Status};
 pub use list::{Listing, list};
-pub use replay::{ReplayPlan, ReplaySummary, replay};
+pub use replay::{ReplayPlan, ReplaySummary, Replayed, Replayer, replay, tally};
+pub use show::{LetterView, show};
 
-/// Why a `dlq` command could not finish.
+/// Why a dead-letter command or the keeper could not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
     #[error("broker: {0}")]
@@ -33,4 +41,6 @@ pub enum DlqError {
     Database(#[from] sea_orm::DbErr),
     #[error("republishing failed: {0}")]
     Publish(#[from] broker::PublishError),
+    #[error("broker: the dead-letter queue's consumer was cancelled")]
+    ConsumerEnded,
 }

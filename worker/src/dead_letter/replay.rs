@@ -1,158 +1,235 @@
-//! `worker dlq replay`: republish chosen dead letters to the main exchange, each removed from the
-//! dead-letter queue only once the broker confirmed its copy.
+//! `worker dlq replay` (and the console's replay): republish chosen dead letters from the store
+//! to the main exchange, each marked replayed only once the broker confirmed its copy.
+//!
+//! Each letter is replayed in a transaction of its own that locks its row while it is open, so
+//! two operators replaying at once never publish one letter twice; a crash between the confirm
+//! and the commit leaves the row open, and the next replay publishes it once more, which
+//! provisioning absorbs.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use chrono::Utc;
-use lapin::message::BasicGetMessage;
-use lapin::options::BasicAckOptions;
-use lapin::types::AMQPValue;
-use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Connection};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::browser::Browser;
-use super::{DeadLetter, DlqError, Filter};
+use super::store::{self, Action, Actor, Chosen};
+use super::{DlqError, Filter, amqp_json};
 use crate::broker;
 use crate::config::BrokerSettings;
 use crate::db::Pool;
-use crate::domain::event_type::{USER_CREATED, USER_UPDATED};
+use crate::topology::Topology;
 use crate::topology::header::{
-    FAILING_SINCE_MS, ORIGINAL_RECEIVED_AT_MS, RECEIVED_AT_MS, REPLAY_COUNT, RETRY_ATTEMPTS,
+    ACQUIRED_COUNT, DEATH, DELIVERY_COUNT, FAILING_SINCE_MS, ORIGINAL_RECEIVED_AT_MS,
+    RECEIVED_AT_MS, REPLAY_COUNT, RETRY_ATTEMPTS,
 };
 
-/// Whether the user of a user.created/updated dead letter is already provisioned.
-const HAS_WORKSPACE: &str = "SELECT EXISTS (SELECT 1 FROM users u JOIN workspaces w ON w.user_id = u.id \
-                             WHERE u.id = $1) AS provisioned";
+/// How long a replay waits for the broker's confirm of one letter.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Headers a replay drops: it starts afresh, with no failed attempts and a whole conflict window,
+/// and the broker's own bookkeeping of the earlier life (a replayed letter that still carried
+/// `x-death` would be dropped by RabbitMQ 3.10 as a dead-letter cycle if it failed again).
+const DROPPED_HEADERS: [&str; 5] = [
+    RETRY_ATTEMPTS,
+    FAILING_SINCE_MS,
+    DEATH,
+    DELIVERY_COUNT,
+    ACQUIRED_COUNT,
+];
 
 pub struct ReplayPlan {
     pub filter: Filter,
     /// Change nothing; report what a replay would do.
     pub dry_run: bool,
+    pub actor: Actor,
 }
 
 /// What a replay did (or, dry, would do).
 #[derive(Debug, Default, Serialize)]
 pub struct ReplaySummary {
     pub dry_run: bool,
-    /// Republished and removed from the dead-letter queue (0 when dry).
+    /// Republished and marked replayed (0 when dry).
     pub replayed: usize,
-    /// Dead letters that did not match (or were past `--limit`): left where they were.
+    /// Open dead letters that did not match (or were past `--limit`): left as they were.
     pub skipped: usize,
     /// Matching dead letters, by reason and by event type.
     pub by_reason: BTreeMap<String, usize>,
     pub by_type: BTreeMap<String, usize>,
-    /// Dry run only: matching letters whose user the database already holds with a workspace.
+    /// Dry run only: matching letters the database already reflects (no longer needed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub no_ops: Option<usize>,
-    /// Stopped early by a signal; what was not reached stays in the dead-letter queue.
+    /// Stopped early by a signal; what was not reached stays open.
     pub interrupted: bool,
 }
 
-/// Replays the dead letters matching `plan`, until done or `stop` is cancelled. `db` is asked,
-/// on a dry run, which replays would be no-ops.
+/// Replays the open letters matching `plan` (a snapshot taken at the start), until done or
+/// `stop` is cancelled.
 pub async fn replay(
     settings: &BrokerSettings,
-    db: Option<&Pool>,
+    db: &Pool,
     plan: &ReplayPlan,
     stop: &CancellationToken,
 ) -> Result<ReplaySummary, DlqError> {
-    let mut browser = Browser::open(settings).await?;
-    let result = replay_with(&mut browser, db, plan, stop).await;
-    browser.close().await;
-    result
-}
-
-async fn replay_with(
-    browser: &mut Browser,
-    db: Option<&Pool>,
-    plan: &ReplayPlan,
-    stop: &CancellationToken,
-) -> Result<ReplaySummary, DlqError> {
-    let publisher = broker::confirm_channel(&browser.connection).await?;
-    let mut summary = ReplaySummary {
-        dry_run: plan.dry_run,
-        no_ops: (plan.dry_run && db.is_some()).then_some(0),
-        ..ReplaySummary::default()
-    };
-    let exchange = browser.topology.exchange.clone();
-    let mut matched = 0;
-    while let Some(message) = browser.next().await? {
-        if stop.is_cancelled() {
-            summary.interrupted = true;
-            break;
-        }
-        let letter = DeadLetter::from_message(&message);
-        let within_limit = plan.filter.limit.is_none_or(|limit| matched < limit);
-        if !within_limit || !plan.filter.matches(&letter) {
-            summary.skipped += 1;
-            continue;
-        }
-        matched += 1;
-        *summary.by_reason.entry(letter.reason.clone()).or_default() += 1;
-        *summary
-            .by_type
-            .entry(letter.event_type.clone())
-            .or_default() += 1;
-        if plan.dry_run {
-            if let (Some(db), Some(no_ops)) = (db, summary.no_ops.as_mut()) {
-                *no_ops += usize::from(already_provisioned(db, &letter).await?);
-            }
-            continue;
-        }
-        republish(&publisher, &exchange, &message, &letter).await?;
-        message
-            .delivery
-            .acker
-            .ack(BasicAckOptions::default())
-            .await?;
-        summary.replayed += 1;
+    let chosen = store::snapshot(db, &plan.filter).await?;
+    let open: u64 = store::counts_by_reason(db, &Filter::open())
+        .await?
+        .values()
+        .sum();
+    let mut summary = tally(&chosen, plan.dry_run);
+    summary.skipped = (open as usize).saturating_sub(chosen.len());
+    let ids: Vec<i64> = chosen.iter().map(|c| c.id).collect();
+    if plan.dry_run {
+        summary.no_ops = Some(store::no_longer_needed(db, &ids).await?.len());
+        return Ok(summary);
     }
+    let replayer = Replayer::connect(settings).await?;
+    let action =
+        store::start_action(db, &plan.actor, Action::Replay, &plan.filter, None, ids.len()).await;
+    let result = match action {
+        Ok(action) => replayer.replay(db, &ids, action, stop).await,
+        Err(error) => Err(error.into()),
+    };
+    replayer.close().await;
+    let done = result?;
+    summary.replayed = done.replayed;
+    summary.interrupted = done.interrupted;
     Ok(summary)
 }
 
-/// The same body, routing key, message id and headers, plus the replay count and a fresh
-/// receive time.
-async fn republish(
-    channel: &lapin::Channel,
-    exchange: &str,
-    message: &BasicGetMessage,
-    letter: &DeadLetter,
-) -> Result<(), DlqError> {
-    broker::republish(channel, exchange, &message.delivery, |headers| {
-        if let Some(original) = headers.inner().get(RECEIVED_AT_MS).cloned() {
-            headers.insert(ORIGINAL_RECEIVED_AT_MS.into(), original);
-        }
-        // A replay starts afresh: no failed attempts, and a whole conflict window.
-        for carried in [RETRY_ATTEMPTS, FAILING_SINCE_MS] {
-            *headers = broker::without_header(headers, carried);
-        }
-        let now = Utc::now().timestamp_millis();
-        headers.insert(RECEIVED_AT_MS.into(), AMQPValue::LongLongInt(now));
-        headers.insert(
-            REPLAY_COUNT.into(),
-            AMQPValue::LongLongInt(letter.replay_count + 1),
-        );
-    })
-    .await?;
-    Ok(())
+/// The chosen letters counted by reason and by type.
+pub fn tally(chosen: &[Chosen], dry_run: bool) -> ReplaySummary {
+    let mut summary = ReplaySummary {
+        dry_run,
+        ..ReplaySummary::default()
+    };
+    for letter in chosen {
+        *summary.by_reason.entry(letter.reason.clone()).or_default() += 1;
+        *summary.by_type.entry(letter.event_type.clone()).or_default() += 1;
+    }
+    summary
 }
 
-/// A user.created/updated whose user already has a workspace would change nothing new.
-async fn already_provisioned(db: &Pool, letter: &DeadLetter) -> Result<bool, DlqError> {
-    let (Some(user_id), USER_CREATED | USER_UPDATED) =
-        (&letter.user_id, letter.event_type.as_str())
-    else {
-        return Ok(false);
-    };
-    let statement = Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        HAS_WORKSPACE,
-        [user_id.clone().into()],
+/// What [`Replayer::replay`] got through.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Replayed {
+    pub replayed: usize,
+    pub interrupted: bool,
+}
+
+/// A broker connection that republishes stored letters with confirms.
+pub struct Replayer {
+    connection: Connection,
+    channel: Channel,
+    exchange: String,
+}
+
+impl Replayer {
+    pub async fn connect(settings: &BrokerSettings) -> Result<Self, DlqError> {
+        let topology = Topology::from_settings(settings);
+        let connection = broker::connect(settings, "dlq-replay").await?;
+        let channel = broker::confirm_channel(&connection).await?;
+        broker::declare(&channel, &topology).await?;
+        Ok(Self {
+            connection,
+            channel,
+            exchange: topology.exchange,
+        })
+    }
+
+    /// Replays each of `ids` still open, for the action `action_id`, until done or `stop`.
+    pub async fn replay(
+        &self,
+        db: &Pool,
+        ids: &[i64],
+        action_id: i64,
+        stop: &CancellationToken,
+    ) -> Result<Replayed, DlqError> {
+        let mut done = Replayed::default();
+        for &id in ids {
+            if stop.is_cancelled() {
+                done.interrupted = true;
+                break;
+            }
+            done.replayed += usize::from(self.replay_one(db, id, action_id).await?);
+        }
+        Ok(done)
+    }
+
+    /// Publishes one letter if it is still open, then marks it; false when it was not open.
+    async fn replay_one(&self, db: &Pool, id: i64, action_id: i64) -> Result<bool, DlqError> {
+        let txn = db.begin().await?;
+        let Some(letter) = store::lock_open(&txn, id).await? else {
+            return Ok(false);
+        };
+        let headers = replay_headers(
+            amqp_json::headers_from_json(&letter.headers),
+            letter.replay_count,
+        );
+        let properties = amqp_json::properties_from_json(&letter.properties, headers)
+            .with_message_id(letter.svix_id.as_str().into());
+        broker::publish_confirmed(
+            &self.channel,
+            &self.exchange,
+            &letter.event_type,
+            &letter.body,
+            properties,
+            CONFIRM_TIMEOUT,
+        )
+        .await?;
+        store::mark_replayed(&txn, id, action_id).await?;
+        txn.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn close(self) {
+        let _ = self.channel.close(200, "replay done".into()).await;
+        let _ = self.connection.close(200, "replay done".into()).await;
+    }
+}
+
+/// The stored headers as a replay sends them: a fresh receive time (the one before kept), the
+/// replay counted, and [`DROPPED_HEADERS`] gone.
+fn replay_headers(stored: FieldTable, replay_count: i32) -> FieldTable {
+    let mut headers = DROPPED_HEADERS
+        .iter()
+        .fold(stored, |headers, name| broker::without_header(&headers, name));
+    if let Some(original) = headers.inner().get(RECEIVED_AT_MS).cloned() {
+        headers.insert(ORIGINAL_RECEIVED_AT_MS.into(), original);
+    }
+    let now = Utc::now().timestamp_millis();
+    headers.insert(RECEIVED_AT_MS.into(), AMQPValue::LongLongInt(now));
+    headers.insert(
+        REPLAY_COUNT.into(),
+        AMQPValue::LongLongInt(i64::from(replay_count) + 1),
     );
-    let row = db.query_one_raw(statement).await?;
-    Ok(row
-        .map(|row| row.try_get::<bool>("", "provisioned"))
-        .transpose()?
-        .unwrap_or(false))
+    headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replay_starts_afresh_and_keeps_the_first_receive_time() {
+        let mut stored = FieldTable::default();
+        stored.insert(RECEIVED_AT_MS.into(), AMQPValue::LongLongInt(7));
+        stored.insert(RETRY_ATTEMPTS.into(), AMQPValue::LongLongInt(3));
+        stored.insert(FAILING_SINCE_MS.into(), AMQPValue::LongLongInt(5));
+        stored.insert(DEATH.into(), AMQPValue::FieldArray(Vec::new().into()));
+        stored.insert("x-failure-reason".into(), broker::long_string("email_conflict"));
+        let headers = replay_headers(stored, 2);
+        let get = |name: &str| headers.inner().get(name).cloned();
+        assert_eq!(get(ORIGINAL_RECEIVED_AT_MS), Some(AMQPValue::LongLongInt(7)));
+        assert_eq!(get(REPLAY_COUNT), Some(AMQPValue::LongLongInt(3)));
+        for dropped in DROPPED_HEADERS {
+            assert_eq!(get(dropped), None, "{dropped}");
+        }
+        assert_eq!(
+            get("x-failure-reason"),
+            Some(broker::long_string("email_conflict"))
+        );
+    }
 }

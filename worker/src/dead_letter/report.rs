@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use super::{DeadLetter, Listing, ReplaySummary};
+use super::{DeadLetter, LetterView, Listing, ReplaySummary};
 
 const DETAIL_WIDTH: usize = 60;
 
@@ -16,9 +16,10 @@ pub fn listing_table(listing: &Listing) -> String {
         "ATTEMPTS",
         "FIRST_FAILED",
         "LAST_FAILED",
+        "STATUS",
         "DETAIL",
     ];
-    let rows: Vec<[String; 8]> = listing.dead_letters.iter().map(row).collect();
+    let rows: Vec<[String; 9]> = listing.dead_letters.iter().map(row).collect();
     let mut widths = header.map(str::len);
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -59,7 +60,7 @@ fn limited(shown: usize, total: usize) -> String {
     }
 }
 
-fn row(letter: &DeadLetter) -> [String; 8] {
+fn row(letter: &DeadLetter) -> [String; 9] {
     let dash = || "-".to_owned();
     let detail: String = letter
         .detail
@@ -76,6 +77,7 @@ fn row(letter: &DeadLetter) -> [String; 8] {
         letter.attempts.map_or_else(dash, |n| n.to_string()),
         letter.first_failed_at.clone().unwrap_or_else(dash),
         letter.last_failed_at.clone().unwrap_or_else(dash),
+        status(letter),
         detail.replace('\n', " "),
     ]
 }
@@ -93,7 +95,7 @@ pub fn summary_text(summary: &ReplaySummary) -> String {
         if let Some(no_ops) = summary.no_ops {
             let _ = writeln!(
                 out,
-                "  of which no-ops (user already has a workspace): {no_ops}"
+                "  of which no longer needed (the database already reflects them): {no_ops}"
             );
         }
     } else {
@@ -110,7 +112,66 @@ pub fn summary_text(summary: &ReplaySummary) -> String {
         let _ = writeln!(out, "  type {event_type}: {count}");
     }
     if summary.interrupted {
-        let _ = writeln!(out, "interrupted: the rest stays in the dead-letter queue");
+        let _ = writeln!(out, "interrupted: the rest stays open");
+    }
+    out
+}
+
+/// A letter's status, with "no longer needed" when a replay would change nothing.
+fn status(letter: &DeadLetter) -> String {
+    match letter.no_longer_needed {
+        true => format!("{}/no-longer-needed", letter.status),
+        false => letter.status.clone(),
+    }
+}
+
+/// `worker dlq show`: the letter, its payload and headers, and its history.
+pub fn letter_text(view: &LetterView) -> String {
+    let letter = &view.letter;
+    let dash = "-".to_owned();
+    let mut out = String::new();
+    let fields = [
+        ("svix id", letter.svix_id.clone().unwrap_or_else(|| dash.clone())),
+        ("type", letter.event_type.clone()),
+        ("user id", letter.user_id.clone().unwrap_or_else(|| dash.clone())),
+        ("status", status(letter)),
+        ("reason", letter.reason.clone()),
+        ("detail", letter.detail.clone().unwrap_or_else(|| dash.clone())),
+        ("attempts", letter.attempts.map_or(dash.clone(), |n| n.to_string())),
+        ("first failed", letter.first_failed_at.clone().unwrap_or_else(|| dash.clone())),
+        ("last failed", letter.last_failed_at.clone().unwrap_or_else(|| dash.clone())),
+        ("replays", letter.replay_count.to_string()),
+        ("arrived", view.arrived_at.clone()),
+    ];
+    for (name, value) in fields {
+        let _ = writeln!(out, "{name:<13} {value}");
+    }
+    let pretty = |value: &serde_json::Value| {
+        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+    };
+    let body = match (&view.body, view.body_is_json) {
+        (serde_json::Value::String(text), false) => text.clone(),
+        (value, _) => pretty(value),
+    };
+    let _ = writeln!(out, "\nheaders:\n{}", pretty(&view.headers));
+    let _ = writeln!(out, "\npayload:\n{body}");
+    let _ = writeln!(out, "\nhistory:");
+    for entry in &view.history {
+        let who = match (&entry.actor, &entry.source) {
+            (Some(actor), Some(source)) => format!(" by {actor} ({source})"),
+            _ => String::new(),
+        };
+        let why = entry
+            .reason
+            .as_ref()
+            .or(entry.note.as_ref())
+            .map_or(String::new(), |why| format!(": {why}"));
+        let _ = writeln!(
+            out,
+            "  {} {}{who}{why}",
+            super::timestamp(entry.at),
+            entry.event
+        );
     }
     out
 }

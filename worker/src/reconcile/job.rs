@@ -13,6 +13,7 @@ use super::{Options, Progress, ReconcileError, Report, Writer};
 use crate::clerk_api::ClerkApi;
 use crate::config::DatabaseSettings;
 use crate::db::Pool;
+use crate::dead_letter;
 use crate::metrics::Metrics;
 
 /// What a run needs besides its options: where, as whom, and where to count.
@@ -104,9 +105,22 @@ impl Job<'_> {
             finished.error.as_deref(),
         )
         .await;
+        if options.apply && finished.result == RunResult::Succeeded {
+            self.resolve_dead_letters(run_id).await;
+        }
         lease.release(self.db).await;
         self.count(&finished, began);
         recorded.map(|()| finished)
+    }
+
+    /// After a run that brought the database in step with Clerk, closes the open dead letters it
+    /// made unnecessary (the database now reflects them), as this run's action.
+    async fn resolve_dead_letters(&self, run_id: i64) {
+        match dead_letter::store::resolve_no_longer_needed(self.db, run_id).await {
+            Ok(0) => {}
+            Ok(resolved) => info!(run_id, resolved, "dead letters no longer needed were resolved"),
+            Err(err) => warn!(run_id, error = %err, "cannot resolve dead letters after the run"),
+        }
     }
 
     /// Counts the run in the metrics (the schedule refreshes the last-success gauge after it).

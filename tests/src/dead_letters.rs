@@ -22,10 +22,14 @@ pub async fn take_all(broker: &TestBroker, db: &TestDb) -> Vec<Message> {
     let mut letters = broker.take_dead_letters().await;
     let rows = db
         .rows(
-            "DELETE FROM dead_letters RETURNING svix_id, event_type, \
-             encode(body, 'base64') AS body, headers, properties",
+            "SELECT id, svix_id, event_type, encode(body, 'base64') AS body, headers, properties \
+             FROM dead_letters ORDER BY id",
         )
         .await;
+    if let Some(last) = rows.last().and_then(|row| row["id"].as_i64()) {
+        db.execute(&format!("DELETE FROM dead_letters WHERE id <= {last}"))
+            .await;
+    }
     letters.extend(rows.iter().map(message_of));
     letters
 }

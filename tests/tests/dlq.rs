@@ -5,12 +5,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::Duration;
 
+use integration_tests::TestDb;
 use integration_tests::app::TestApp;
 use integration_tests::clerk::{UserEvent, fixture, provision};
 use integration_tests::eventually;
 use integration_tests::ops::series;
 use integration_tests::process::WorkerProcess;
-use integration_tests::TestDb;
 use integration_tests::stack::Stack;
 use serde_json::Value;
 use worker::metrics;
@@ -376,8 +376,10 @@ async fn a_replay_killed_halfway_loses_nothing() {
     replay.kill();
 
     let replayed = stack.broker.take_all(&main_queue).await;
-    let replayed_ids: BTreeSet<String> =
-        replayed.iter().filter_map(|m| m.message_id.clone()).collect();
+    let replayed_ids: BTreeSet<String> = replayed
+        .iter()
+        .filter_map(|m| m.message_id.clone())
+        .collect();
     let still_open: BTreeSet<String> = stack
         .db
         .rows("SELECT svix_id FROM dead_letters WHERE status = 'open'")
@@ -417,7 +419,10 @@ async fn the_dlq_commands_fail_clearly_without_a_broker() {
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("from the broker") && stderr.contains("broker:"), "{stderr}");
+    assert!(
+        stderr.contains("from the broker") && stderr.contains("broker:"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
@@ -450,7 +455,13 @@ async fn the_dlq_commands_without_their_database_fail_clearly_and_change_nothing
         );
     }
     dead_letters_settle_at(&stack, 1, "a command without its database removes nothing").await;
-    assert_eq!(stack.broker.ready(&stack.broker.topology.dead_letter_queue).await, 1);
+    assert_eq!(
+        stack
+            .broker
+            .ready(&stack.broker.topology.dead_letter_queue)
+            .await,
+        1
+    );
 }
 
 /// Waits until `n` letters are open in the store: a running worker's keeper moved them there.

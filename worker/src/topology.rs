@@ -108,6 +108,8 @@ pub mod header {
     pub const DEATH: &str = "x-death";
     /// The field of a [`DEATH`] table saying why (e.g. `delivery_limit`).
     pub const DEATH_REASON: &str = "reason";
+    /// The field of a [`DEATH`] table saying when (an AMQP timestamp, in seconds).
+    pub const DEATH_TIME: &str = "time";
 }
 
 /// Queue arguments (`x-arguments`) and their values.

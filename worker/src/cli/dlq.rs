@@ -282,7 +282,10 @@ async fn discard(
     } else if dry_run {
         println!("dry run: would discard {}", summary.chosen);
     } else {
-        println!("discarded {} of {} chosen", summary.discarded, summary.chosen);
+        println!(
+            "discarded {} of {} chosen",
+            summary.discarded, summary.chosen
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

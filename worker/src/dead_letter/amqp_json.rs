@@ -49,7 +49,10 @@ pub fn properties_to_json(properties: &BasicProperties) -> Value {
 /// The properties of [`properties_to_json`] again, with `headers`.
 pub fn properties_from_json(value: &Value, headers: FieldTable) -> BasicProperties {
     let text = |name: &str| -> Option<ShortString> {
-        value.get(name).and_then(Value::as_str).map(ShortString::from)
+        value
+            .get(name)
+            .and_then(Value::as_str)
+            .map(ShortString::from)
     };
     let mut properties = BasicProperties::default().with_headers(headers);
     type Set = fn(BasicProperties, ShortString) -> BasicProperties;
@@ -114,7 +117,9 @@ fn value_to_json(value: &AMQPValue) -> Value {
         AMQPValue::DecimalValue(d) => Value::String(format!("{d:?}")),
         AMQPValue::ShortString(s) => Value::String(s.as_str().to_owned()),
         AMQPValue::LongString(s) => Value::String(String::from_utf8_lossy(s.as_bytes()).into()),
-        AMQPValue::ByteArray(bytes) => Value::String(String::from_utf8_lossy(bytes.as_slice()).into()),
+        AMQPValue::ByteArray(bytes) => {
+            Value::String(String::from_utf8_lossy(bytes.as_slice()).into())
+        }
         AMQPValue::FieldArray(items) => {
             Value::Array(items.as_slice().iter().map(value_to_json).collect())
         }
@@ -132,9 +137,9 @@ fn value_from_json(value: &Value) -> AMQPValue {
             None => AMQPValue::Double(n.as_f64().unwrap_or_default()),
         },
         Value::String(s) => broker::long_string(s),
-        Value::Array(items) => {
-            AMQPValue::FieldArray(FieldArray::from(items.iter().map(value_from_json).collect::<Vec<_>>()))
-        }
+        Value::Array(items) => AMQPValue::FieldArray(FieldArray::from(
+            items.iter().map(value_from_json).collect::<Vec<_>>(),
+        )),
         Value::Object(_) => AMQPValue::FieldTable(headers_from_json(value)),
     }
 }
@@ -146,8 +151,14 @@ mod tests {
     #[test]
     fn the_product_s_own_headers_survive_the_round_trip_exactly() {
         let mut headers = FieldTable::default();
-        headers.insert("x-received-at-ms".into(), AMQPValue::LongLongInt(1_764_300_000_123));
-        headers.insert("x-failure-reason".into(), broker::long_string("email_conflict"));
+        headers.insert(
+            "x-received-at-ms".into(),
+            AMQPValue::LongLongInt(1_764_300_000_123),
+        );
+        headers.insert(
+            "x-failure-reason".into(),
+            broker::long_string("email_conflict"),
+        );
         headers.insert("traceparent".into(), broker::long_string("00-abc-def-01"));
         let mut death = FieldTable::default();
         death.insert("reason".into(), broker::long_string("delivery_limit"));

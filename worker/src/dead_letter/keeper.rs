@@ -9,7 +9,6 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
@@ -46,6 +45,8 @@ struct Intake {
     channel: Channel,
     deliveries: lapin::Consumer,
     queue: String,
+    /// Letters ready in the queue just before consuming began.
+    waiting: u32,
 }
 
 impl Intake {
@@ -54,9 +55,9 @@ impl Intake {
         let connection = broker::connect(settings, role).await?;
         let channel = connection.create_channel().await?;
         broker::declare(&channel, &topology).await?;
-        channel
-            .basic_qos(BATCH, BasicQosOptions::default())
-            .await?;
+        channel.basic_qos(BATCH, BasicQosOptions::default()).await?;
+        // Counted before consuming: once it starts, the letters handed to it are no longer ready.
+        let waiting = broker::ready_messages(&channel, &topology.dead_letter_queue).await?;
         let deliveries = channel
             .basic_consume(
                 topology.dead_letter_queue.as_str().into(),
@@ -70,6 +71,7 @@ impl Intake {
             channel,
             deliveries,
             queue: topology.dead_letter_queue,
+            waiting,
         })
     }
 
@@ -99,9 +101,7 @@ impl Intake {
     /// Acknowledges every letter of `batch` (they were taken in order on this channel).
     async fn ack(&self, batch: &[Delivery]) -> Result<(), DlqError> {
         if let Some(last) = batch.last() {
-            last.acker
-                .ack(BasicAckOptions { multiple: true })
-                .await?;
+            last.acker.ack(BasicAckOptions { multiple: true }).await?;
         }
         Ok(())
     }
@@ -114,11 +114,7 @@ impl Intake {
 
 /// Keeps one batch in the store, then acknowledges it.
 async fn keep(intake: &Intake, db: &Pool, batch: &[Delivery]) -> Result<(), DlqError> {
-    let now = Utc::now();
-    let arrivals: Vec<Arrival> = batch
-        .iter()
-        .map(|delivery| Arrival::from_delivery(delivery, now))
-        .collect();
+    let arrivals: Vec<Arrival> = batch.iter().map(Arrival::from_delivery).collect();
     store::keep(db, &arrivals).await?;
     intake.ack(batch).await
 }
@@ -128,9 +124,8 @@ async fn keep(intake: &Intake, db: &Pool, batch: &[Delivery]) -> Result<(), DlqE
 pub async fn move_waiting(settings: &BrokerSettings, db: &Pool) -> Result<u64, DlqError> {
     let mut intake = Intake::open(settings, "dlq").await?;
     let result = async {
-        let waiting = broker::ready_messages(&intake.channel, &intake.queue).await?;
         let mut moved = 0u64;
-        while moved < u64::from(waiting) {
+        while moved < u64::from(intake.waiting) {
             let batch = intake.next_batch(Some(QUIET)).await?;
             if batch.is_empty() {
                 break;

@@ -15,8 +15,8 @@ use super::amqp_json;
 use super::failure::timestamp;
 use crate::broker::{integer_header, text_header};
 use crate::topology::header::{
-    ATTEMPTS, DEATH, DEATH_REASON, FAILURE_DETAIL, FAILURE_REASON, FIRST_FAILED_AT, LAST_FAILED_AT,
-    REPLAY_COUNT,
+    ATTEMPTS, DEATH, DEATH_REASON, DEATH_TIME, FAILURE_DETAIL, FAILURE_REASON, FIRST_FAILED_AT,
+    LAST_FAILED_AT, REPLAY_COUNT,
 };
 
 /// The reason shown for letters the broker dead-lettered itself (delivery limit exceeded).
@@ -107,7 +107,10 @@ pub struct Filter {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub until: Option<DateTime<Utc>>,
     /// `None`: any status.
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "status_name")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "status_name"
+    )]
     pub status: Option<Status>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
@@ -170,8 +173,11 @@ pub struct Arrival {
     pub reason: String,
     pub detail: Option<String>,
     pub attempts: Option<i32>,
-    pub first_failed_at: DateTime<Utc>,
-    pub last_failed_at: DateTime<Utc>,
+    pub first_failed_at: Option<DateTime<Utc>>,
+    /// When it failed: the consumer's `x-last-failed-at`, or the broker's `x-death` time for a
+    /// letter it dead-lettered itself. A letter with neither is stored with its arrival time and
+    /// never reopens a row (nothing tells a new failure from the same letter taken twice).
+    pub last_failed_at: Option<DateTime<Utc>>,
     pub replay_count: i32,
 }
 
@@ -181,12 +187,11 @@ fn base64_bytes<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Er
 }
 
 impl Arrival {
-    /// Reads a delivery from the dead-letter queue; `now` stands in for failure times a letter
-    /// does not carry (one the broker dead-lettered itself).
-    pub fn from_delivery(delivery: &Delivery, now: DateTime<Utc>) -> Self {
+    /// Reads a delivery from the dead-letter queue.
+    pub fn from_delivery(delivery: &Delivery) -> Self {
         let headers = delivery.properties.headers().clone().unwrap_or_default();
         let time = |name| text_header(&headers, name).and_then(|t| parse_time(&t));
-        let last_failed_at = time(LAST_FAILED_AT).unwrap_or(now);
+        let last_failed_at = time(LAST_FAILED_AT).or_else(|| broker_death_time(&headers));
         let body = Body::read(&delivery.data);
         Self {
             svix_id: delivery
@@ -206,7 +211,7 @@ impl Arrival {
                 .unwrap_or_else(|| BROKER_REASON_FALLBACK.to_owned()),
             detail: text_header(&headers, FAILURE_DETAIL),
             attempts: integer_header(&headers, ATTEMPTS).and_then(|n| i32::try_from(n).ok()),
-            first_failed_at: time(FIRST_FAILED_AT).unwrap_or(last_failed_at),
+            first_failed_at: time(FIRST_FAILED_AT).or(last_failed_at),
             last_failed_at,
             replay_count: integer_header(&headers, REPLAY_COUNT)
                 .and_then(|n| i32::try_from(n).ok())
@@ -256,13 +261,26 @@ impl Body {
 
 /// Letters the broker dead-lettered (delivery limit) carry `x-death` with the broker's reason.
 fn broker_reason(headers: &FieldTable) -> Option<String> {
+    text_header(latest_death(headers)?, DEATH_REASON).map(|reason| format!("broker_{reason}"))
+}
+
+/// When the broker dead-lettered it (`x-death`'s `time`, in seconds).
+fn broker_death_time(headers: &FieldTable) -> Option<DateTime<Utc>> {
+    match latest_death(headers)?.inner().get(DEATH_TIME)? {
+        AMQPValue::Timestamp(seconds) => DateTime::from_timestamp(i64::try_from(*seconds).ok()?, 0),
+        _ => None,
+    }
+}
+
+/// The most recent entry of `x-death` (the broker puts it first).
+fn latest_death(headers: &FieldTable) -> Option<&FieldTable> {
     let AMQPValue::FieldArray(deaths) = headers.inner().get(DEATH)? else {
         return None;
     };
-    let AMQPValue::FieldTable(first) = deaths.as_slice().first()? else {
-        return None;
-    };
-    text_header(first, DEATH_REASON).map(|reason| format!("broker_{reason}"))
+    match deaths.as_slice().first()? {
+        AMQPValue::FieldTable(first) => Some(first),
+        _ => None,
+    }
 }
 
 /// Orders the listing: newest failure first, ties by id.
@@ -311,13 +329,20 @@ mod tests {
     #[test]
     fn the_broker_s_own_dead_letters_show_its_reason() {
         let mut death = FieldTable::default();
-        death.insert(DEATH_REASON.into(), crate::broker::long_string("delivery_limit"));
+        death.insert(
+            DEATH_REASON.into(),
+            crate::broker::long_string("delivery_limit"),
+        );
         let mut headers = FieldTable::default();
         headers.insert(
             DEATH.into(),
             AMQPValue::FieldArray(vec![AMQPValue::FieldTable(death)].into()),
         );
-        assert_eq!(broker_reason(&headers), Some("broker_delivery_limit".into()));
+        assert_eq!(
+            broker_reason(&headers),
+            Some("broker_delivery_limit".into())
+        );
+        assert_eq!(broker_death_time(&headers), None);
         assert_eq!(broker_reason(&FieldTable::default()), None);
     }
 }

@@ -27,7 +27,7 @@ pub use amqp_json::headers_from_json;
 pub use discard::{DiscardSummary, discard, discard_ids};
 pub use failure::{Failure, publish, timestamp};
 pub use keeper::{Keeper, move_waiting};
-pub use letter::{DeadLetter, Filter, Status};
+pub use letter::{Arrival, DeadLetter, Filter, Status};
 pub use list::{Listing, list};
 pub use replay::{ReplayPlan, ReplaySummary, Replayed, Replayer, replay, tally};
 pub use show::{LetterView, show};

@@ -86,8 +86,15 @@ pub async fn replay(
         return Ok(summary);
     }
     let replayer = Replayer::connect(settings).await?;
-    let action =
-        store::start_action(db, &plan.actor, Action::Replay, &plan.filter, None, ids.len()).await;
+    let action = store::start_action(
+        db,
+        &plan.actor,
+        Action::Replay,
+        &plan.filter,
+        None,
+        ids.len(),
+    )
+    .await;
     let result = match action {
         Ok(action) => replayer.replay(db, &ids, action, stop).await,
         Err(error) => Err(error.into()),
@@ -107,7 +114,10 @@ pub fn tally(chosen: &[Chosen], dry_run: bool) -> ReplaySummary {
     };
     for letter in chosen {
         *summary.by_reason.entry(letter.reason.clone()).or_default() += 1;
-        *summary.by_type.entry(letter.event_type.clone()).or_default() += 1;
+        *summary
+            .by_type
+            .entry(letter.event_type.clone())
+            .or_default() += 1;
     }
     summary
 }
@@ -193,9 +203,9 @@ impl Replayer {
 /// The stored headers as a replay sends them: a fresh receive time (the one before kept), the
 /// replay counted, and [`DROPPED_HEADERS`] gone.
 fn replay_headers(stored: FieldTable, replay_count: i32) -> FieldTable {
-    let mut headers = DROPPED_HEADERS
-        .iter()
-        .fold(stored, |headers, name| broker::without_header(&headers, name));
+    let mut headers = DROPPED_HEADERS.iter().fold(stored, |headers, name| {
+        broker::without_header(&headers, name)
+    });
     if let Some(original) = headers.inner().get(RECEIVED_AT_MS).cloned() {
         headers.insert(ORIGINAL_RECEIVED_AT_MS.into(), original);
     }
@@ -219,10 +229,16 @@ mod tests {
         stored.insert(RETRY_ATTEMPTS.into(), AMQPValue::LongLongInt(3));
         stored.insert(FAILING_SINCE_MS.into(), AMQPValue::LongLongInt(5));
         stored.insert(DEATH.into(), AMQPValue::FieldArray(Vec::new().into()));
-        stored.insert("x-failure-reason".into(), broker::long_string("email_conflict"));
+        stored.insert(
+            "x-failure-reason".into(),
+            broker::long_string("email_conflict"),
+        );
         let headers = replay_headers(stored, 2);
         let get = |name: &str| headers.inner().get(name).cloned();
-        assert_eq!(get(ORIGINAL_RECEIVED_AT_MS), Some(AMQPValue::LongLongInt(7)));
+        assert_eq!(
+            get(ORIGINAL_RECEIVED_AT_MS),
+            Some(AMQPValue::LongLongInt(7))
+        );
         assert_eq!(get(REPLAY_COUNT), Some(AMQPValue::LongLongInt(3)));
         for dropped in DROPPED_HEADERS {
             assert_eq!(get(dropped), None, "{dropped}");

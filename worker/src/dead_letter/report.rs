@@ -131,15 +131,39 @@ pub fn letter_text(view: &LetterView) -> String {
     let dash = "-".to_owned();
     let mut out = String::new();
     let fields = [
-        ("svix id", letter.svix_id.clone().unwrap_or_else(|| dash.clone())),
+        (
+            "svix id",
+            letter.svix_id.clone().unwrap_or_else(|| dash.clone()),
+        ),
         ("type", letter.event_type.clone()),
-        ("user id", letter.user_id.clone().unwrap_or_else(|| dash.clone())),
+        (
+            "user id",
+            letter.user_id.clone().unwrap_or_else(|| dash.clone()),
+        ),
         ("status", status(letter)),
         ("reason", letter.reason.clone()),
-        ("detail", letter.detail.clone().unwrap_or_else(|| dash.clone())),
-        ("attempts", letter.attempts.map_or(dash.clone(), |n| n.to_string())),
-        ("first failed", letter.first_failed_at.clone().unwrap_or_else(|| dash.clone())),
-        ("last failed", letter.last_failed_at.clone().unwrap_or_else(|| dash.clone())),
+        (
+            "detail",
+            letter.detail.clone().unwrap_or_else(|| dash.clone()),
+        ),
+        (
+            "attempts",
+            letter.attempts.map_or(dash.clone(), |n| n.to_string()),
+        ),
+        (
+            "first failed",
+            letter
+                .first_failed_at
+                .clone()
+                .unwrap_or_else(|| dash.clone()),
+        ),
+        (
+            "last failed",
+            letter
+                .last_failed_at
+                .clone()
+                .unwrap_or_else(|| dash.clone()),
+        ),
         ("replays", letter.replay_count.to_string()),
         ("arrived", view.arrived_at.clone()),
     ];

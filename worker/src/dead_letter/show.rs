@@ -31,7 +31,9 @@ pub async fn show(db: &Pool, svix_id: &str) -> Result<Option<LetterView>, DlqErr
     let Some(row) = store::find(db, svix_id).await? else {
         return Ok(None);
     };
-    let no_longer_needed = store::no_longer_needed(db, &[row.id]).await?.contains(&row.id);
+    let no_longer_needed = store::no_longer_needed(db, &[row.id])
+        .await?
+        .contains(&row.id);
     let user = match &row.user_id {
         Some(id) => users::find(db, &UserKey::Id(id.clone())).await?,
         None => None,

@@ -29,19 +29,19 @@ pub const NO_LONGER_NEEDED: &str = "(dead_letters.user_id IS NOT NULL AND (\
 
 /// Keeps arriving letters, one statement for a batch: a new svix id is a new open row; a known
 /// one reopens with the new failure only when it failed later than the row says, so the same
-/// letter taken twice (a redelivery after a crash) changes nothing. Each kept failure is a
-/// history row.
+/// letter taken twice (a redelivery after a crash) changes nothing. A letter with no failure
+/// time only ever adds a row. Each kept failure is a history row.
 const KEEP: &str = "WITH incoming AS ( \
        SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(svix_id text, event_type text, \
          user_id text, body text, headers jsonb, properties jsonb, event_updated_at timestamptz, \
          reason text, detail text, attempts int, first_failed_at timestamptz, \
          last_failed_at timestamptz, replay_count int)), \
-     kept AS ( \
+     timed AS ( \
        INSERT INTO dead_letters AS d (svix_id, event_type, user_id, body, headers, properties, \
          event_updated_at, reason, detail, attempts, first_failed_at, last_failed_at, replay_count) \
        SELECT svix_id, event_type, user_id, decode(body, 'base64'), headers, properties, \
          event_updated_at, reason, detail, attempts, first_failed_at, last_failed_at, replay_count \
-       FROM incoming \
+       FROM incoming WHERE last_failed_at IS NOT NULL \
        ON CONFLICT (svix_id) DO UPDATE SET event_type = EXCLUDED.event_type, \
          user_id = EXCLUDED.user_id, body = EXCLUDED.body, headers = EXCLUDED.headers, \
          properties = EXCLUDED.properties, event_updated_at = EXCLUDED.event_updated_at, \
@@ -51,9 +51,19 @@ const KEEP: &str = "WITH incoming AS ( \
          replay_count = GREATEST(d.replay_count, EXCLUDED.replay_count), \
          status = 'open', updated_at = clock_timestamp() \
        WHERE EXCLUDED.last_failed_at > d.last_failed_at \
-       RETURNING d.id, d.reason, d.attempts, d.last_failed_at) \
+       RETURNING d.id, d.reason, d.attempts, d.last_failed_at), \
+     untimed AS ( \
+       INSERT INTO dead_letters (svix_id, event_type, user_id, body, headers, properties, \
+         event_updated_at, reason, detail, attempts, first_failed_at, last_failed_at, replay_count) \
+       SELECT svix_id, event_type, user_id, decode(body, 'base64'), headers, properties, \
+         event_updated_at, reason, detail, attempts, COALESCE(first_failed_at, clock_timestamp()), \
+         clock_timestamp(), replay_count \
+       FROM incoming WHERE last_failed_at IS NULL \
+       ON CONFLICT (svix_id) DO NOTHING \
+       RETURNING id, reason, attempts, last_failed_at) \
      INSERT INTO dead_letter_history (dead_letter_id, at, event, reason, attempts) \
-     SELECT id, last_failed_at, 'failed', reason, attempts FROM kept";
+     SELECT id, last_failed_at, 'failed', reason, attempts FROM timed \
+     UNION ALL SELECT id, last_failed_at, 'failed', reason, attempts FROM untimed";
 
 /// The largest LIMIT PostgreSQL takes (a BIGINT); a larger `--limit` means no limit.
 const MAX_LIMIT: u64 = i64::MAX as u64;
@@ -64,13 +74,15 @@ const IDS: &str = "(SELECT jsonb_array_elements_text($1::jsonb)::bigint)";
 const START_ACTION: &str = "INSERT INTO dead_letter_actions (actor, source, action, filter, note, chosen) \
      VALUES ($1, $2, $3, $4, $5, $6) RETURNING id";
 
-/// Marks one letter replayed (its republish was confirmed) and counts it on its action.
+/// Marks one letter replayed (its republish was confirmed) and counts it on its action. The
+/// history says it was replayed when its transaction began, before the publish: the event may
+/// fail again before this commits.
 const MARK_REPLAYED: &str = "WITH replayed AS ( \
        UPDATE dead_letters SET status = 'replayed', replay_count = replay_count + 1, \
          updated_at = clock_timestamp() WHERE id = $1 RETURNING id), \
      counted AS (UPDATE dead_letter_actions SET changed = changed + 1 WHERE id = $2) \
-     INSERT INTO dead_letter_history (dead_letter_id, event, action_id) \
-     SELECT id, 'replayed', $2 FROM replayed";
+     INSERT INTO dead_letter_history (dead_letter_id, at, event, action_id) \
+     SELECT id, now(), 'replayed', $2 FROM replayed";
 
 const PURGE_CLOSED: &str = "DELETE FROM dead_letters WHERE id IN ( \
        SELECT id FROM dead_letters WHERE status <> 'open' AND updated_at < clock_timestamp() - $1 * interval '1 second' \
@@ -128,9 +140,32 @@ pub async fn keep(db: &Pool, arrivals: &[Arrival]) -> Result<(), DbErr> {
         }
     }
     let batch: Vec<&Arrival> = latest.into_values().collect();
-    let json = serde_json::to_value(&batch).map_err(|e| DbErr::Custom(e.to_string()))?;
+    let mut json = serde_json::to_value(&batch).map_err(|e| DbErr::Custom(e.to_string()))?;
+    without_nul(&mut json);
     db.execute_raw(statement(KEEP, [json.into()])).await?;
     Ok(())
+}
+
+/// PostgreSQL's text and jsonb cannot hold U+0000, which a header or an id from any producer
+/// may: each becomes U+FFFD, so such a letter is kept (and can be read) rather than refused on
+/// every attempt. The body is base64 here and kept byte for byte.
+fn without_nul(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::String(text) if text.contains('\0') => {
+            *text = text.replace('\0', "\u{FFFD}");
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(without_nul),
+        serde_json::Value::Object(map) => {
+            let keys: Vec<String> = map.keys().filter(|k| k.contains('\0')).cloned().collect();
+            for key in keys {
+                if let Some(inner) = map.remove(&key) {
+                    map.insert(key.replace('\0', "\u{FFFD}"), inner);
+                }
+            }
+            map.values_mut().for_each(without_nul);
+        }
+        _ => {}
+    }
 }
 
 /// The letters matching `filter`, newest failure first, after the keyset `page` when given.
@@ -181,7 +216,9 @@ fn to_counts(rows: Vec<ReasonCount>) -> BTreeMap<String, u64> {
 
 /// Open letters by reason, for the `dead_letters_open` gauge.
 pub async fn open_by_reason(db: &Pool) -> Result<BTreeMap<String, u64>, DbErr> {
-    let rows = ReasonCount::find_by_statement(statement(OPEN_BY_REASON, [])).all(db).await?;
+    let rows = ReasonCount::find_by_statement(statement(OPEN_BY_REASON, []))
+        .all(db)
+        .await?;
     Ok(to_counts(rows))
 }
 
@@ -210,9 +247,8 @@ pub async fn snapshot(db: &Pool, filter: &Filter) -> Result<Vec<Chosen>, DbErr> 
 
 /// The snapshot of `ids` again, as they stand now (for a preview the operator confirmed).
 pub async fn chosen(db: &Pool, ids: &[i64]) -> Result<Vec<Chosen>, DbErr> {
-    let sql = format!(
-        "SELECT id, reason, event_type FROM dead_letters WHERE id IN {IDS} ORDER BY id"
-    );
+    let sql =
+        format!("SELECT id, reason, event_type FROM dead_letters WHERE id IN {IDS} ORDER BY id");
     Chosen::find_by_statement(statement(&sql, [ids_json(ids)]))
         .all(db)
         .await
@@ -220,17 +256,20 @@ pub async fn chosen(db: &Pool, ids: &[i64]) -> Result<Vec<Chosen>, DbErr> {
 
 /// Which of `ids` are no longer needed (see [`NO_LONGER_NEEDED`]).
 pub async fn no_longer_needed(db: &Pool, ids: &[i64]) -> Result<BTreeSet<i64>, DbErr> {
-    let sql = format!(
-        "SELECT id FROM dead_letters WHERE id IN {IDS} AND {NO_LONGER_NEEDED}"
-    );
+    let sql = format!("SELECT id FROM dead_letters WHERE id IN {IDS} AND {NO_LONGER_NEEDED}");
     let rows = db.query_all_raw(statement(&sql, [ids_json(ids)])).await?;
-    rows.iter().map(|row| row.try_get::<i64>("", "id")).collect()
+    rows.iter()
+        .map(|row| row.try_get::<i64>("", "id"))
+        .collect()
 }
 
 /// One letter by svix id.
 pub async fn find(db: &Pool, svix_id: &str) -> Result<Option<dead_letters::Model>, DbErr> {
     dead_letters::Entity::find()
-        .filter(sea_orm::ColumnTrait::eq(&dead_letters::Column::SvixId, svix_id))
+        .filter(sea_orm::ColumnTrait::eq(
+            &dead_letters::Column::SvixId,
+            svix_id,
+        ))
         .one(db)
         .await
 }
@@ -248,11 +287,12 @@ pub struct HistoryEntry {
     pub note: Option<String>,
 }
 
-/// A letter's history, oldest first.
+/// A letter's history in the order it happened (a failure that arrives while a replay of the
+/// same letter commits waits for it, so insertion order is the causal order).
 pub async fn history(db: &Pool, dead_letter_id: i64) -> Result<Vec<HistoryEntry>, DbErr> {
     const HISTORY: &str = "SELECT h.at, h.event, h.reason, h.attempts, a.actor, a.source, a.note \
          FROM dead_letter_history h LEFT JOIN dead_letter_actions a ON a.id = h.action_id \
-         WHERE h.dead_letter_id = $1 ORDER BY h.at, h.id";
+         WHERE h.dead_letter_id = $1 ORDER BY h.id";
     HistoryEntry::find_by_statement(statement(HISTORY, [dead_letter_id.into()]))
         .all(db)
         .await
@@ -292,7 +332,10 @@ pub async fn lock_open(
     use sea_orm::sea_query::LockBehavior;
     use sea_orm::sea_query::LockType;
     dead_letters::Entity::find_by_id(id)
-        .filter(sea_orm::ColumnTrait::eq(&dead_letters::Column::Status, "open"))
+        .filter(sea_orm::ColumnTrait::eq(
+            &dead_letters::Column::Status,
+            "open",
+        ))
         .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
         .one(txn)
         .await
@@ -323,7 +366,10 @@ pub async fn discard(db: &Pool, ids: &[i64], action_id: i64) -> Result<u64, DbEr
     let row = db
         .query_one_raw(statement(&sql, [ids_json(ids), action_id.into()]))
         .await?;
-    let changed: i64 = row.map(|r| r.try_get("", "changed")).transpose()?.unwrap_or(0);
+    let changed: i64 = row
+        .map(|r| r.try_get("", "changed"))
+        .transpose()?
+        .unwrap_or(0);
     Ok(u64::try_from(changed).unwrap_or_default())
 }
 
@@ -354,7 +400,10 @@ pub async fn purge_closed(
         retention.as_secs_f64().into(),
         i64::try_from(batch).unwrap_or(i64::MAX).into(),
     ];
-    Ok(db.execute_raw(statement(PURGE_CLOSED, values)).await?.rows_affected())
+    Ok(db
+        .execute_raw(statement(PURGE_CLOSED, values))
+        .await?
+        .rows_affected())
 }
 
 fn ids_json(ids: &[i64]) -> Value {

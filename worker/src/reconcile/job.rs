@@ -118,7 +118,10 @@ impl Job<'_> {
     async fn resolve_dead_letters(&self, run_id: i64) {
         match dead_letter::store::resolve_no_longer_needed(self.db, run_id).await {
             Ok(0) => {}
-            Ok(resolved) => info!(run_id, resolved, "dead letters no longer needed were resolved"),
+            Ok(resolved) => info!(
+                run_id,
+                resolved, "dead letters no longer needed were resolved"
+            ),
             Err(err) => warn!(run_id, error = %err, "cannot resolve dead letters after the run"),
         }
     }

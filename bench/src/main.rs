@@ -13,6 +13,7 @@ mod ceiling;
 mod chaos;
 mod compare;
 mod cpu;
+mod dead_letters;
 mod drain;
 mod e2e;
 mod heal;
@@ -112,6 +113,12 @@ struct Args {
     /// `heal`: the worker's RECONCILE_INTERVAL.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     heal_interval: std::time::Duration,
+    /// `dead-letters`: letters moved from the dead-letter queue into the store.
+    #[arg(long, default_value_t = 10_000)]
+    move_letters: usize,
+    /// `dead-letters`: letters in the store when listing pages are timed.
+    #[arg(long, default_value_t = 100_000)]
+    store_letters: usize,
     /// Also write the figures here as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -137,6 +144,9 @@ enum Phase {
     /// Webhooks lost on purpose and repaired by the worker's reconcile schedule, and the time a
     /// run takes per 100,000 users; never part of `all`.
     Heal,
+    /// Moving dead letters from the queue into the store, and listing pages at 100,000 letters;
+    /// never part of `all`.
+    DeadLetters,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -158,6 +168,7 @@ struct Report {
     chaos: Option<integration_tests::chaos::Verdict>,
     compare: Option<compare::Comparison>,
     heal: Option<heal::Heal>,
+    dead_letters: Option<dead_letters::DeadLetters>,
     /// Events/s of every run of `drain`, `drain_batched` and `e2e` (their medians above).
     runs: Runs,
     drain_over_ceiling: Option<f64>,
@@ -290,6 +301,10 @@ async fn main() -> anyhow::Result<()> {
             .await?,
         );
     }
+    if args.phase == Phase::DeadLetters {
+        report.dead_letters =
+            Some(dead_letters::measure(&head, args.move_letters, args.store_letters).await?);
+    }
     if args.phase == Phase::All {
         eprintln!("ceiling again, after the other phases");
         report.ceiling_after =
@@ -336,6 +351,9 @@ fn table(report: &Report) -> String {
     }
     if let Some(heal) = &report.heal {
         return out + &heal::table(heal);
+    }
+    if let Some(figures) = &report.dead_letters {
+        return out + &dead_letters::table(figures);
     }
     out += &row(
         "phase",

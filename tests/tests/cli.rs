@@ -265,8 +265,17 @@ async fn the_migration_cli_goes_up_status_down_and_fresh() {
     migration(&["up"]);
     let status = migration(&["status"]);
     assert!(
-        status.contains("m20261203_000008_create_reconcile_runs"),
+        status.contains("m20261204_000009_create_dead_letters"),
         "{status}"
+    );
+    // The dead-letter store's down drops its three tables.
+    migration(&["down", "-n", "1"]);
+    assert_eq!(
+        db.scalar(
+            "SELECT count(*) FROM pg_tables WHERE tablename IN ('dead_letters', 'dead_letter_actions', 'dead_letter_history')"
+        )
+        .await,
+        0
     );
     // The reconcile tables' down drops them and the tombstones' column.
     migration(&["down", "-n", "1"]);

@@ -99,9 +99,10 @@ async fn a_database_not_migrated_yet_pauses_the_consumer_until_it_is_without_loo
     use migration::MigratorTrait;
     let broker = TestBroker::with_delivery_limit(2).await;
     let db = TestDb::migrated().await;
-    // The three newest migrations undone (the reconcile tables; v3 brings v2 back, whose own
-    // down drops the function): every event fails as "unavailable" (function missing).
-    migration::Migrator::down(&db.conn, Some(3))
+    // The four newest migrations undone (the dead-letter store; the reconcile tables; v3 brings
+    // v2 back, whose own down drops the function): every event fails as "unavailable" (function
+    // missing).
+    migration::Migrator::down(&db.conn, Some(4))
         .await
         .expect("one migration down");
     let mut env = broker.env();

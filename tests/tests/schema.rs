@@ -36,6 +36,18 @@ async fn migrations_go_up_down_and_up_again() {
 
     let functions = "SELECT count(*) FROM pg_proc WHERE proname = 'provision_user'";
     Migrator::down(&db.conn, Some(1)).await.unwrap();
+    let store_tables = db
+        .scalar(
+            "SELECT count(*) FROM pg_tables WHERE tablename IN \
+             ('dead_letters', 'dead_letter_actions', 'dead_letter_history')",
+        )
+        .await;
+    assert_eq!(
+        store_tables, 0,
+        "the ninth migration's down drops its tables"
+    );
+
+    Migrator::down(&db.conn, Some(1)).await.unwrap();
     let reconcile_tables = db
         .scalar(
             "SELECT count(*) FROM pg_tables WHERE tablename IN ('job_leases', 'reconcile_runs')",

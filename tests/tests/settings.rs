@@ -456,6 +456,8 @@ async fn a_refused_database_password_is_reported_without_it_and_the_driver_sent_
 #[tokio::test]
 async fn a_wrong_broker_password_is_refused_and_never_shown() {
     let broker = TestBroker::new().await;
+    // The dlq commands keep letters in the database, then ask the broker.
+    let db = TestDb::migrated().await;
     let urls = [
         (
             format!("amqp://guest:{ENCODED}@127.0.0.1:5672/%2f"),
@@ -470,6 +472,7 @@ async fn a_wrong_broker_password_is_refused_and_never_shown() {
         for format in ["text", "json"] {
             let mut env = broker.env();
             env.push(("AMQP_URL", url.clone()));
+            env.push(("DATABASE_URL", db.settings.expose_url().to_owned()));
             env.push(("LOG_FORMAT", format.to_owned()));
             let output = run_blocking(worker(&["dlq", "list"], &env)).await;
             let what = format!("worker dlq list ({format}) with {url}");
@@ -528,11 +531,13 @@ async fn a_running_service_never_logs_either_password() {
 async fn a_broker_user_with_a_url_unfriendly_password_works() {
     let user = BrokerUser::create(PASSWORD);
     let broker = TestBroker::new().await;
+    let db = TestDb::migrated().await;
     let mut env = broker.env();
     env.push((
         "AMQP_URL",
         format!("amqp://{}:{ENCODED}@127.0.0.1:5672/%2f", user.name),
     ));
+    env.push(("DATABASE_URL", db.settings.expose_url().to_owned()));
     let output = run_blocking(worker(&["dlq", "list", "--json"], &env)).await;
     assert!(output.status.success(), "{}", stderr(&output));
     assert_output_clean(&output, PASSWORD, "worker dlq list");

@@ -11,7 +11,8 @@ use chrono::{DateTime, Utc};
 use integration_tests::process::WorkerProcess;
 use serde::Serialize;
 use worker::db::Pool;
-use worker::dead_letter::{Filter, store};
+use worker::dead_letter::Filter;
+use worker::dead_letter::store::{self, Order};
 
 use crate::stack::{Build, Stack};
 use crate::stats::Latency;
@@ -135,7 +136,7 @@ async fn fill(stack: &Stack, n: usize) {
 async fn deep_page(pool: &Pool) -> anyhow::Result<(DateTime<Utc>, i64)> {
     let mut page = None;
     for _ in 0..999 {
-        let rows = store::list(pool, &Filter::open(), page, Some(PAGE)).await?;
+        let rows = store::list(pool, &Filter::open(), Order::NewestFirst, page, Some(PAGE)).await?;
         let Some(last) = rows.last() else { break };
         page = Some((last.last_failed_at.to_utc(), last.id));
     }
@@ -151,7 +152,7 @@ async fn time_page(
     let mut samples = Vec::with_capacity(SAMPLES);
     for _ in 0..SAMPLES {
         let started = Instant::now();
-        let rows = store::list(pool, filter, page, Some(PAGE)).await?;
+        let rows = store::list(pool, filter, Order::NewestFirst, page, Some(PAGE)).await?;
         store::counts_by_reason(pool, filter).await?;
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         store::no_longer_needed(pool, &ids).await?;

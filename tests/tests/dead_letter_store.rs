@@ -609,7 +609,9 @@ async fn keyset_pages_walk_every_letter_once_newest_first() {
     let mut seen = Vec::new();
     let mut page = None;
     loop {
-        let rows = store::list(&pool, &filter, page, Some(100)).await.unwrap();
+        let rows = store::list(&pool, &filter, store::Order::NewestFirst, page, Some(100))
+            .await
+            .unwrap();
         let Some(last) = rows.last() else { break };
         page = Some((last.last_failed_at.to_utc(), last.id));
         seen.extend(rows.iter().map(|r| (r.last_failed_at, r.id)));
@@ -618,4 +620,60 @@ async fn keyset_pages_walk_every_letter_once_newest_first() {
     let mut sorted = seen.clone();
     sorted.sort_by(|a, b| b.cmp(a));
     assert_eq!(seen, sorted, "newest first, no repeats");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_letter_the_broker_dead_letters_again_reopens_with_the_broker_s_reason() {
+    use lapin::BasicProperties;
+    use lapin::types::{AMQPValue, FieldTable};
+    let stack = Stack::new().await;
+    let failed_at = Utc::now() - chrono::Duration::hours(1);
+    let mut headers = FieldTable::default();
+    let text = |s: &str| AMQPValue::LongString(s.into());
+    headers.insert("x-failure-reason".into(), text("email_conflict"));
+    headers.insert(
+        "x-last-failed-at".into(),
+        text(&worker::dead_letter::timestamp(failed_at)),
+    );
+    let letter = |headers: FieldTable| {
+        BasicProperties::default()
+            .with_message_id("msg_crash".into())
+            .with_headers(headers)
+    };
+    let body = phone_only("user_2crash").body();
+    let dlx = stack.broker.topology.dead_letter_exchange.clone();
+    stack
+        .broker
+        .publish_as(&dlx, "user.created", &body, letter(headers.clone()))
+        .await;
+    assert_eq!(dlq_json(&stack, &["list"])["total"], 1);
+    let replayed = dlq_json(&stack, &["replay"]);
+    assert_eq!(replayed["replayed"], 1);
+
+    // The replay crashed workers until the main queue's delivery limit: the broker's own dead
+    // letter, with the consumer's headers of the earlier failure and a new x-death.
+    let mut death = FieldTable::default();
+    death.insert("reason".into(), text("delivery_limit"));
+    let now = u64::try_from(Utc::now().timestamp()).unwrap();
+    death.insert("time".into(), AMQPValue::Timestamp(now));
+    headers.insert(
+        "x-death".into(),
+        AMQPValue::FieldArray(vec![AMQPValue::FieldTable(death)].into()),
+    );
+    stack
+        .broker
+        .publish_as(&dlx, "user.created", &body, letter(headers))
+        .await;
+    let listing = dlq_json(&stack, &["list"]);
+    assert_eq!(listing["total"], 1, "reopened: {listing}");
+    let shown = dlq_json(&stack, &["show", "msg_crash"]);
+    assert_eq!(shown["reason"], "broker_delivery_limit");
+    assert_eq!(shown["status"], "open");
+    let events: Vec<&str> = shown["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["event"].as_str())
+        .collect();
+    assert_eq!(events, ["failed", "replayed", "failed"]);
 }

@@ -409,20 +409,31 @@ async fn a_replay_killed_halfway_loses_nothing() {
 }
 
 #[tokio::test]
-async fn the_dlq_commands_fail_clearly_without_a_broker() {
+async fn without_a_broker_the_store_still_answers_and_a_replay_fails_clearly() {
     let db = TestDb::migrated().await;
-    let output = Command::new(WORKER)
-        .args(["dlq", "list"])
-        .env("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
-        .env("DATABASE_URL", db.settings.expose_url())
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let run = |args: &[&str]| {
+        Command::new(WORKER)
+            .arg("dlq")
+            .args(args)
+            .env("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+            .env("DATABASE_URL", db.settings.expose_url())
+            .output()
+            .unwrap()
+    };
+    let listed = run(&["list", "--json"]);
+    let stderr = String::from_utf8_lossy(&listed.stderr);
+    assert_eq!(listed.status.code(), Some(0), "{stderr}");
     assert!(
-        stderr.contains("from the broker") && stderr.contains("broker:"),
+        stderr.contains("could not be moved into the store"),
         "{stderr}"
     );
+    let listing: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listing["total"], 0);
+
+    let replayed = run(&["replay"]);
+    let stderr = String::from_utf8_lossy(&replayed.stderr);
+    assert_eq!(replayed.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("broker"), "{stderr}");
 }
 
 #[tokio::test]

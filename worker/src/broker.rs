@@ -55,12 +55,39 @@ pub async fn connect_to_node(
     settings: &BrokerSettings,
     role: &str,
 ) -> Result<(Connection, String), lapin::Error> {
+    connect_with_frames(settings, role, None).await
+}
+
+/// As [`connect`], for a connection that carries little (the dead-letter keeper, the `dlq`
+/// commands): it asks for [`LIGHT_FRAME_MAX`]-byte frames, since lapin keeps rings of frames of
+/// the negotiated size for each connection's life (2 x 32 x 128 KiB at RabbitMQ's default).
+/// Larger messages still pass, in more frames.
+pub async fn connect_light(
+    settings: &BrokerSettings,
+    role: &str,
+) -> Result<Connection, lapin::Error> {
+    connect_with_frames(settings, role, Some(LIGHT_FRAME_MAX))
+        .await
+        .map(|(connection, _)| connection)
+}
+
+/// The frame size [`connect_light`] asks for.
+pub const LIGHT_FRAME_MAX: u32 = 16 * 1024;
+
+async fn connect_with_frames(
+    settings: &BrokerSettings,
+    role: &str,
+    frame_max: Option<u32>,
+) -> Result<(Connection, String), lapin::Error> {
     let nodes = settings
         .amqp_nodes()
         .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidInput, err))?;
     let name = format!("{role}@{}#{}", hostname(), std::process::id());
     let mut last_error = None;
-    for node in in_order(nodes, settings.node_order) {
+    for mut node in in_order(nodes, settings.node_order) {
+        if let Some(frame_max) = frame_max {
+            node.uri.query.frame_max = Some(frame_max);
+        }
         let properties = ConnectionProperties::default().with_connection_name(name.clone().into());
         let attempt = Connection::connect_uri(node.uri, properties);
         match tokio::time::timeout(NODE_CONNECT_TIMEOUT, attempt).await {

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{BrokerSettings, DatabaseSettings};
 use crate::db::Pool;
 use crate::dead_letter::store::{Actor, Source};
-use crate::dead_letter::{self, Filter, ReplayPlan, Status, report};
+use crate::dead_letter::{self, DlqError, Filter, ReplayPlan, Status, report};
 use crate::{db, service};
 
 /// Exit status of `worker dlq show` when the store has no such letter (sysexits EX_NOINPUT).
@@ -25,6 +25,9 @@ pub enum DlqCommand {
     List {
         #[command(flatten)]
         filter: FilterArgs,
+        /// Only letters with this status; `any` for all.
+        #[arg(long, value_name = "STATUS", default_value = "open")]
+        status: StatusArg,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -89,9 +92,6 @@ pub struct FilterArgs {
     /// Only this Clerk user id.
     #[arg(long = "user", value_name = "USER_ID")]
     user_id: Option<String>,
-    /// Only letters with this status; `any` for all. Replay and discard act on open ones only.
-    #[arg(long, value_name = "STATUS", default_value = "open")]
-    status: StatusArg,
     /// At most this many dead letters.
     #[arg(long, value_name = "N")]
     limit: Option<usize>,
@@ -99,7 +99,7 @@ pub struct FilterArgs {
 
 /// `--status`: one status, or any.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum StatusArg {
+pub enum StatusArg {
     Open,
     Replayed,
     Resolved,
@@ -120,23 +120,16 @@ impl StatusArg {
 }
 
 impl FilterArgs {
-    fn into_filter(self, ids: Vec<String>) -> Filter {
+    /// The letters with `status` (`None`: any) matching these flags and `ids`.
+    fn into_filter(self, status: Option<Status>, ids: Vec<String>) -> Filter {
         Filter {
             reason: self.reason,
             event_type: self.event_type,
             ids,
             user_id: self.user_id,
-            status: self.status.status(),
+            status,
             limit: self.limit,
             ..Filter::default()
-        }
-    }
-
-    /// Acting letters are open ones, whatever `--status` said.
-    fn into_open_filter(self, ids: Vec<String>) -> Filter {
-        Filter {
-            status: Some(Status::Open),
-            ..self.into_filter(ids)
         }
     }
 }
@@ -171,7 +164,11 @@ pub(super) async fn run(
 ) -> anyhow::Result<ExitCode> {
     let db = store_ready(database, broker).await?;
     match command {
-        DlqCommand::List { filter, json } => list(&db, filter, json).await,
+        DlqCommand::List {
+            filter,
+            status,
+            json,
+        } => list(&db, filter.into_filter(status.status(), Vec::new()), json).await,
         DlqCommand::Show { svix_id, json } => show(&db, &svix_id, json).await,
         DlqCommand::Replay {
             filter,
@@ -181,7 +178,7 @@ pub(super) async fn run(
             actor,
         } => {
             let plan = ReplayPlan {
-                filter: filter.into_open_filter(ids),
+                filter: filter.into_filter(Some(Status::Open), ids),
                 dry_run,
                 actor: actor.actor(),
             };
@@ -195,25 +192,30 @@ pub(super) async fn run(
             json,
             actor,
         } => {
-            let filter = filter.into_open_filter(ids);
+            let filter = filter.into_filter(Some(Status::Open), ids);
             discard(&db, &filter, &actor.actor(), &discard_reason, dry_run, json).await
         }
     }
 }
 
-/// Connects to the store and moves into it whatever waits in the dead-letter queue.
+/// Connects to the store and moves into it whatever waits in the dead-letter queue. A broker
+/// that cannot be reached is a warning, not a failure: the store still answers what it holds
+/// (a replay then fails on its own, asking the broker to publish).
 async fn store_ready(database: &DatabaseSettings, broker: &BrokerSettings) -> anyhow::Result<Pool> {
     let db = db::connect(database)
         .await
         .with_context(|| format!("the dead letters are kept in {}", database.redacted_url()))?;
-    dead_letter::move_waiting(broker, &db)
-        .await
-        .context("moving waiting dead letters from the broker into the store")?;
+    if let Err(error) = dead_letter::move_waiting(broker, &db).await {
+        eprintln!(
+            "warning: letters waiting in the dead-letter queue could not be moved into the store \
+             ({error}); showing what the store holds"
+        );
+    }
     Ok(db)
 }
 
-async fn list(db: &Pool, filter: FilterArgs, json: bool) -> anyhow::Result<ExitCode> {
-    let listing = dead_letter::list(db, &filter.into_filter(Vec::new())).await?;
+async fn list(db: &Pool, filter: Filter, json: bool) -> anyhow::Result<ExitCode> {
+    let listing = dead_letter::list(db, &filter).await?;
     if json {
         println!("{}", json!(listing));
     } else {
@@ -264,19 +266,13 @@ async fn discard(
     dry_run: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let chooses = !filter.ids.is_empty()
-        || filter.reason.is_some()
-        || filter.event_type.is_some()
-        || filter.user_id.is_some();
-    if !chooses {
-        eprintln!("discard needs --id, --reason, --type or --user: it never discards everything");
-        return Ok(ExitCode::from(EXIT_USAGE));
-    }
-    if note.trim().is_empty() {
-        eprintln!("--discard-reason must say why");
-        return Ok(ExitCode::from(EXIT_USAGE));
-    }
-    let summary = dead_letter::discard(db, filter, actor, note, dry_run).await?;
+    let summary = match dead_letter::discard(db, filter, actor, note, dry_run).await {
+        Err(DlqError::Refused(why)) => {
+            eprintln!("{why}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+        other => other?,
+    };
     if json {
         println!("{}", json!(summary));
     } else if dry_run {

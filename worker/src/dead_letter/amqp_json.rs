@@ -3,8 +3,9 @@
 //!
 //! Plain, not typed: strings stay strings and integers numbers, so `headers->>'x-failure-reason'`
 //! reads as it looks. Going back, an integer becomes a long-long and a string a long string,
-//! which are the types this product writes its own headers in; other producers' header types
-//! may change width, never value.
+//! which are the types this product writes its own headers in. Other producers' headers may come
+//! back wider (a short int as a long-long), decimals as text and non-finite floats as void: a
+//! replay carries what this product reads exactly, the rest as near as JSON allows.
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldArray, FieldTable, ShortString};

@@ -18,7 +18,8 @@ pub struct DiscardSummary {
     pub discarded: u64,
 }
 
-/// Discards the letters matching `filter` now (a snapshot), with `note` as the reason.
+/// Discards the open letters matching `filter` now (a snapshot), with `note` as the reason.
+/// Refuses a filter that chooses by nothing (it never discards everything) and an empty note.
 pub async fn discard(
     db: &Pool,
     filter: &Filter,
@@ -26,6 +27,18 @@ pub async fn discard(
     note: &str,
     dry_run: bool,
 ) -> Result<DiscardSummary, DlqError> {
+    let chooses = !filter.ids.is_empty()
+        || filter.reason.is_some()
+        || filter.event_type.is_some()
+        || filter.user_id.is_some();
+    if !chooses {
+        return Err(DlqError::Refused(
+            "discard needs --id, --reason, --type or --user: it never discards everything",
+        ));
+    }
+    if note.trim().is_empty() {
+        return Err(DlqError::Refused("a discard must say why"));
+    }
     let ids: Vec<i64> = store::snapshot(db, filter)
         .await?
         .iter()
@@ -37,21 +50,13 @@ pub async fn discard(
         discarded: 0,
     };
     if !dry_run {
-        summary.discarded = discard_ids(db, &ids, filter, actor, note).await?;
+        // The action and its effect commit together: no audit row for a discard that failed.
+        let txn = db.begin().await?;
+        let action =
+            store::start_action(&txn, actor, Action::Discard, filter, Some(note), ids.len())
+                .await?;
+        summary.discarded = store::discard(&txn, &ids, action).await?;
+        txn.commit().await?;
     }
     Ok(summary)
-}
-
-/// Discards exactly `ids` (those still open), recording the action with the `filter` they were
-/// chosen by.
-pub async fn discard_ids(
-    db: &Pool,
-    ids: &[i64],
-    filter: &Filter,
-    actor: &Actor,
-    note: &str,
-) -> Result<u64, DlqError> {
-    let action =
-        store::start_action(db, actor, Action::Discard, filter, Some(note), ids.len()).await?;
-    Ok(store::discard(db, ids, action).await?)
 }

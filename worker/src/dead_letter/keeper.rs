@@ -14,21 +14,26 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
+use sea_orm::DbErr;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use super::letter::Arrival;
+use super::letter::{Arrival, Filter};
 use super::{DlqError, store};
 use crate::broker;
 use crate::config::BrokerSettings;
 use crate::db::Pool;
+use crate::error::ProvisionError;
 use crate::metrics::Metrics;
 use crate::retry::RetryPolicy;
 use crate::topology::Topology;
 
 /// Letters kept per transaction, and held unacknowledged at once.
 const BATCH: u16 = 256;
+/// Body bytes per transaction: a batch ends at the letter that reaches it, so large bodies never
+/// make one statement of hundreds of megabytes.
+const BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// How long [`move_waiting`] waits for a letter before deciding the queue is empty (another
 /// process may have taken the ones it counted).
 const QUIET: Duration = Duration::from_secs(1);
@@ -52,7 +57,7 @@ struct Intake {
 impl Intake {
     async fn open(settings: &BrokerSettings, role: &str) -> Result<Self, DlqError> {
         let topology = Topology::from_settings(settings);
-        let connection = broker::connect(settings, role).await?;
+        let connection = broker::connect_light(settings, role).await?;
         let channel = connection.create_channel().await?;
         broker::declare(&channel, &topology).await?;
         channel.basic_qos(BATCH, BasicQosOptions::default()).await?;
@@ -89,16 +94,22 @@ impl Intake {
             return Err(DlqError::ConsumerEnded);
         };
         let mut batch = vec![first?];
-        while batch.len() < usize::from(BATCH) {
+        let mut bytes = batch[0].data.len();
+        while batch.len() < usize::from(BATCH) && bytes < BATCH_BYTES {
             match self.deliveries.next().now_or_never() {
-                Some(Some(delivery)) => batch.push(delivery?),
+                Some(Some(delivery)) => {
+                    let delivery = delivery?;
+                    bytes += delivery.data.len();
+                    batch.push(delivery);
+                }
                 _ => break,
             }
         }
         Ok(batch)
     }
 
-    /// Acknowledges every letter of `batch` (they were taken in order on this channel).
+    /// Acknowledges every letter of `batch` at once (`multiple`): they were taken in order on
+    /// this one channel, and every earlier batch is acknowledged already.
     async fn ack(&self, batch: &[Delivery]) -> Result<(), DlqError> {
         if let Some(last) = batch.last() {
             last.acker.ack(BasicAckOptions { multiple: true }).await?;
@@ -112,11 +123,46 @@ impl Intake {
     }
 }
 
-/// Keeps one batch in the store, then acknowledges it.
+/// Keeps one batch in the store, then acknowledges it. A batch the store refuses for any reason
+/// but being unavailable is kept letter by letter, so one odd letter never holds up the others.
 async fn keep(intake: &Intake, db: &Pool, batch: &[Delivery]) -> Result<(), DlqError> {
     let arrivals: Vec<Arrival> = batch.iter().map(Arrival::from_delivery).collect();
-    store::keep(db, &arrivals).await?;
+    if let Err(refused) = refused_unless_unavailable(store::keep(db, &arrivals).await)? {
+        warn!(error = %refused, letters = arrivals.len(), "the store refused a batch of dead letters; keeping them one by one");
+        for arrival in arrivals {
+            keep_one(db, arrival).await?;
+        }
+    }
     intake.ack(batch).await
+}
+
+/// Keeps one letter; one the store still refuses is kept without what it can refuse (headers,
+/// properties, Clerk's time), with the refusal in its detail: the body, the id and the reason
+/// are always kept, and a replay needs nothing more.
+async fn keep_one(db: &Pool, arrival: Arrival) -> Result<(), DlqError> {
+    let one = std::slice::from_ref(&arrival);
+    let mut kept = refused_unless_unavailable(store::keep(db, one).await)?;
+    if kept.is_err() {
+        // Once more as it is: a passing conflict (a deadlock, a lock timeout) is not the data's.
+        kept = refused_unless_unavailable(store::keep(db, one).await)?;
+    }
+    if let Err(refused) = kept {
+        error!(svix_id = %arrival.svix_id, error = %refused, "the store refused a dead letter as received; keeping it without its headers");
+        store::keep(db, &[arrival.stripped(&refused.to_string())]).await?;
+    }
+    Ok(())
+}
+
+/// `Ok(Ok(()))` kept; `Ok(Err(refusal))` refused by the store for this data; `Err` when the
+/// database is unavailable (the caller waits; the letters stay in the queue meanwhile).
+fn refused_unless_unavailable(
+    kept: Result<(), DbErr>,
+) -> Result<Result<(), ProvisionError>, DlqError> {
+    match kept.map_err(ProvisionError::from_db) {
+        Ok(()) => Ok(Ok(())),
+        Err(ProvisionError::Unavailable(err)) => Err(DlqError::Database(err)),
+        Err(refused) => Ok(Err(refused)),
+    }
 }
 
 /// Moves every letter waiting in the dead-letter queue into the store; returns how many. For the
@@ -231,7 +277,7 @@ impl Keeper {
 async fn refresh_gauge(db: Pool, metrics: Metrics, kept: Arc<Notify>, stop: CancellationToken) {
     let mut shown: BTreeSet<String> = BTreeSet::new();
     loop {
-        match store::open_by_reason(&db).await {
+        match store::counts_by_reason(&db, &Filter::open()).await {
             Ok(open) => {
                 for gone in shown.iter().filter(|reason| !open.contains_key(*reason)) {
                     metrics.set_dead_letters_open(gone, 0);

@@ -4,13 +4,14 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{DeadLetter, DlqError, Filter, store};
+use super::store::{self, Order};
+use super::{DeadLetter, DlqError, Filter};
 use crate::db::Pool;
 
 /// What `dlq list` prints.
 #[derive(Debug, Serialize)]
 pub struct Listing {
-    /// Newest failure first.
+    /// In the order they arrived.
     pub dead_letters: Vec<DeadLetter>,
     /// Over every matching dead letter, `--limit` or not.
     pub counts_by_reason: BTreeMap<String, usize>,
@@ -19,7 +20,8 @@ pub struct Listing {
 
 /// Lists the letters matching `filter`, marking those no longer needed.
 pub async fn list(db: &Pool, filter: &Filter) -> Result<Listing, DlqError> {
-    let rows = store::list(db, filter, None, filter.limit.map(|l| l as u64)).await?;
+    let limit = filter.limit.map(|l| l as u64);
+    let rows = store::list(db, filter, Order::OldestFirst, None, limit).await?;
     let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
     let no_longer_needed = store::no_longer_needed(db, &ids).await?;
     let counts_by_reason: BTreeMap<String, usize> = store::counts_by_reason(db, filter)

@@ -61,6 +61,9 @@ pub struct ReplaySummary {
     /// Dry run only: matching letters the database already reflects (no longer needed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub no_ops: Option<usize>,
+    /// Chosen, but no longer open when their turn came (replayed, resolved or discarded
+    /// meanwhile, or being replayed by someone else at that moment).
+    pub not_open: usize,
     /// Stopped early by a signal; what was not reached stays open.
     pub interrupted: bool,
 }
@@ -102,12 +105,13 @@ pub async fn replay(
     replayer.close().await;
     let done = result?;
     summary.replayed = done.replayed;
+    summary.not_open = done.not_open;
     summary.interrupted = done.interrupted;
     Ok(summary)
 }
 
 /// The chosen letters counted by reason and by type.
-pub fn tally(chosen: &[Chosen], dry_run: bool) -> ReplaySummary {
+fn tally(chosen: &[Chosen], dry_run: bool) -> ReplaySummary {
     let mut summary = ReplaySummary {
         dry_run,
         ..ReplaySummary::default()
@@ -124,22 +128,23 @@ pub fn tally(chosen: &[Chosen], dry_run: bool) -> ReplaySummary {
 
 /// What [`Replayer::replay`] got through.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Replayed {
-    pub replayed: usize,
-    pub interrupted: bool,
+struct Replayed {
+    replayed: usize,
+    not_open: usize,
+    interrupted: bool,
 }
 
 /// A broker connection that republishes stored letters with confirms.
-pub struct Replayer {
+struct Replayer {
     connection: Connection,
     channel: Channel,
     exchange: String,
 }
 
 impl Replayer {
-    pub async fn connect(settings: &BrokerSettings) -> Result<Self, DlqError> {
+    async fn connect(settings: &BrokerSettings) -> Result<Self, DlqError> {
         let topology = Topology::from_settings(settings);
-        let connection = broker::connect(settings, "dlq-replay").await?;
+        let connection = broker::connect_light(settings, "dlq-replay").await?;
         let channel = broker::confirm_channel(&connection).await?;
         broker::declare(&channel, &topology).await?;
         Ok(Self {
@@ -150,7 +155,7 @@ impl Replayer {
     }
 
     /// Replays each of `ids` still open, for the action `action_id`, until done or `stop`.
-    pub async fn replay(
+    async fn replay(
         &self,
         db: &Pool,
         ids: &[i64],
@@ -163,7 +168,10 @@ impl Replayer {
                 done.interrupted = true;
                 break;
             }
-            done.replayed += usize::from(self.replay_one(db, id, action_id).await?);
+            match self.replay_one(db, id, action_id).await? {
+                true => done.replayed += 1,
+                false => done.not_open += 1,
+            }
         }
         Ok(done)
     }
@@ -194,7 +202,7 @@ impl Replayer {
         Ok(true)
     }
 
-    pub async fn close(self) {
+    async fn close(self) {
         let _ = self.channel.close(200, "replay done".into()).await;
         let _ = self.connection.close(200, "replay done".into()).await;
     }

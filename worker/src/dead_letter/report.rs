@@ -16,8 +16,8 @@ pub fn listing_table(listing: &Listing) -> String {
         "ATTEMPTS",
         "FIRST_FAILED",
         "LAST_FAILED",
-        "STATUS",
         "DETAIL",
+        "STATUS",
     ];
     let rows: Vec<[String; 9]> = listing.dead_letters.iter().map(row).collect();
     let mut widths = header.map(str::len);
@@ -77,8 +77,8 @@ fn row(letter: &DeadLetter) -> [String; 9] {
         letter.attempts.map_or_else(dash, |n| n.to_string()),
         letter.first_failed_at.clone().unwrap_or_else(dash),
         letter.last_failed_at.clone().unwrap_or_else(dash),
-        status(letter),
         detail.replace('\n', " "),
+        status(letter),
     ]
 }
 

@@ -13,7 +13,7 @@ use sea_orm::{
 };
 use serde::Serialize;
 
-use super::letter::{Arrival, Filter, newest_first};
+use super::letter::{Arrival, Filter, Status};
 use crate::db::{Pool, statement};
 
 /// Whether the database already reflects a letter, so replaying it would change nothing: its
@@ -65,9 +65,6 @@ const KEEP: &str = "WITH incoming AS ( \
      SELECT id, last_failed_at, 'failed', reason, attempts FROM timed \
      UNION ALL SELECT id, last_failed_at, 'failed', reason, attempts FROM untimed";
 
-/// The largest LIMIT PostgreSQL takes (a BIGINT); a larger `--limit` means no limit.
-const MAX_LIMIT: u64 = i64::MAX as u64;
-
 /// The ids in $1 (a JSON array) as a set to match `id` against.
 const IDS: &str = "(SELECT jsonb_array_elements_text($1::jsonb)::bigint)";
 
@@ -88,9 +85,6 @@ const PURGE_CLOSED: &str = "DELETE FROM dead_letters WHERE id IN ( \
        SELECT id FROM dead_letters WHERE status <> 'open' AND updated_at < clock_timestamp() - $1 * interval '1 second' \
        LIMIT $2)";
 
-const OPEN_BY_REASON: &str =
-    "SELECT reason, count(*) AS n FROM dead_letters WHERE status = 'open' GROUP BY reason";
-
 /// Who acted, from where: written on every action.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Actor {
@@ -102,14 +96,12 @@ pub struct Actor {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
     Cli,
-    Console,
 }
 
 impl Source {
     fn as_str(self) -> &'static str {
         match self {
             Source::Cli => "cli",
-            Source::Console => "console",
         }
     }
 }
@@ -130,19 +122,23 @@ impl Action {
     }
 }
 
-/// Keeps `arrivals` (deduplicated by svix id, the latest failure winning) in one transaction.
+/// Keeps `arrivals` (deduplicated by svix id, the latest failure winning) in one statement.
 pub async fn keep(db: &Pool, arrivals: &[Arrival]) -> Result<(), DbErr> {
-    let mut latest: BTreeMap<&str, &Arrival> = BTreeMap::new();
+    let mut latest: BTreeMap<String, (Option<DateTime<Utc>>, serde_json::Value)> = BTreeMap::new();
     for arrival in arrivals {
-        let entry = latest.entry(arrival.svix_id.as_str()).or_insert(arrival);
-        if arrival.last_failed_at > entry.last_failed_at {
-            *entry = arrival;
+        let mut json = serde_json::to_value(arrival).map_err(|e| DbErr::Custom(e.to_string()))?;
+        without_nul(&mut json);
+        let id = json["svix_id"].as_str().unwrap_or_default().to_owned();
+        let newer = latest
+            .get(&id)
+            .is_none_or(|(at, _)| arrival.last_failed_at > *at);
+        if newer {
+            latest.insert(id, (arrival.last_failed_at, json));
         }
     }
-    let batch: Vec<&Arrival> = latest.into_values().collect();
-    let mut json = serde_json::to_value(&batch).map_err(|e| DbErr::Custom(e.to_string()))?;
-    without_nul(&mut json);
-    db.execute_raw(statement(KEEP, [json.into()])).await?;
+    let batch: Vec<serde_json::Value> = latest.into_values().map(|(_, json)| json).collect();
+    db.execute_raw(statement(KEEP, [serde_json::Value::Array(batch).into()]))
+        .await?;
     Ok(())
 }
 
@@ -168,24 +164,45 @@ fn without_nul(value: &mut serde_json::Value) {
     }
 }
 
-/// The letters matching `filter`, newest failure first, after the keyset `page` when given.
+/// The order letters are listed in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    /// Newest failure first, ties by id: the console's, paged by keyset.
+    NewestFirst,
+    /// As they arrived: `worker dlq list`'s (the dead-letter queue's order before the store).
+    OldestFirst,
+}
+
+/// The letters matching `filter` in `order`, after the keyset `page` (newest first only).
 pub async fn list(
     db: &Pool,
     filter: &Filter,
+    order: Order,
     page: Option<(DateTime<Utc>, i64)>,
     limit: Option<u64>,
 ) -> Result<Vec<dead_letters::Model>, DbErr> {
+    use dead_letters::Column;
     let mut query = dead_letters::Entity::find().filter(filter.condition());
-    if let Some((last_failed_at, id)) = page {
-        query = query.filter(super::letter::after(last_failed_at, id));
-    }
-    for (column, order) in newest_first() {
-        query = query.order_by(column, order);
-    }
+    query = match order {
+        Order::NewestFirst => {
+            if let Some((last_failed_at, id)) = page {
+                query = query.filter(super::letter::after(last_failed_at, id));
+            }
+            query
+                .order_by_desc(Column::LastFailedAt)
+                .order_by_desc(Column::Id)
+        }
+        Order::OldestFirst => query.order_by_asc(Column::Id),
+    };
     if let Some(limit) = limit {
-        query = query.limit(limit.min(MAX_LIMIT));
+        query = query.limit(within_postgres(limit));
     }
     query.all(db).await
+}
+
+/// A LIMIT PostgreSQL takes (a BIGINT): a larger `--limit` means no limit.
+fn within_postgres(limit: u64) -> u64 {
+    limit.min(i64::MAX as u64)
 }
 
 #[derive(FromQueryResult)]
@@ -214,14 +231,6 @@ fn to_counts(rows: Vec<ReasonCount>) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// Open letters by reason, for the `dead_letters_open` gauge.
-pub async fn open_by_reason(db: &Pool) -> Result<BTreeMap<String, u64>, DbErr> {
-    let rows = ReasonCount::find_by_statement(statement(OPEN_BY_REASON, []))
-        .all(db)
-        .await?;
-    Ok(to_counts(rows))
-}
-
 /// A letter chosen for a bulk action, with what its summary counts.
 #[derive(Clone, Debug, PartialEq, Eq, FromQueryResult)]
 pub struct Chosen {
@@ -240,18 +249,9 @@ pub async fn snapshot(db: &Pool, filter: &Filter) -> Result<Vec<Chosen>, DbErr> 
         .filter(filter.condition())
         .order_by_asc(Column::Id);
     if let Some(limit) = filter.limit {
-        query = query.limit((limit as u64).min(MAX_LIMIT));
+        query = query.limit(within_postgres(limit as u64));
     }
     query.into_model::<Chosen>().all(db).await
-}
-
-/// The snapshot of `ids` again, as they stand now (for a preview the operator confirmed).
-pub async fn chosen(db: &Pool, ids: &[i64]) -> Result<Vec<Chosen>, DbErr> {
-    let sql =
-        format!("SELECT id, reason, event_type FROM dead_letters WHERE id IN {IDS} ORDER BY id");
-    Chosen::find_by_statement(statement(&sql, [ids_json(ids)]))
-        .all(db)
-        .await
 }
 
 /// Which of `ids` are no longer needed (see [`NO_LONGER_NEEDED`]).
@@ -300,7 +300,7 @@ pub async fn history(db: &Pool, dead_letter_id: i64) -> Result<Vec<HistoryEntry>
 
 /// Records an operator's action on `chosen` letters; its `changed` count grows as it goes.
 pub async fn start_action(
-    db: &Pool,
+    db: &impl ConnectionTrait,
     actor: &Actor,
     action: Action,
     filter: &Filter,
@@ -334,7 +334,7 @@ pub async fn lock_open(
     dead_letters::Entity::find_by_id(id)
         .filter(sea_orm::ColumnTrait::eq(
             &dead_letters::Column::Status,
-            "open",
+            Status::Open.as_str(),
         ))
         .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
         .one(txn)
@@ -353,7 +353,7 @@ pub async fn mark_replayed(
 }
 
 /// Discards those of `ids` still open, for `action_id`; returns how many it changed.
-pub async fn discard(db: &Pool, ids: &[i64], action_id: i64) -> Result<u64, DbErr> {
+pub async fn discard(db: &impl ConnectionTrait, ids: &[i64], action_id: i64) -> Result<u64, DbErr> {
     let sql = format!(
         "WITH discarded AS ( \
            UPDATE dead_letters SET status = 'discarded', updated_at = clock_timestamp() \

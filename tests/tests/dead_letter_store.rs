@@ -677,3 +677,46 @@ async fn a_replayed_letter_the_broker_dead_letters_again_reopens_with_the_broker
         .collect();
     assert_eq!(events, ["failed", "replayed", "failed"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn letters_arriving_while_the_database_is_down_wait_in_the_queue_and_are_kept_after() {
+    use integration_tests::proxy::CuttableProxy;
+    let stack = Stack::new().await;
+    let proxy = CuttableProxy::start(integration_tests::server_addr()).await;
+    let url = format!("postgres://postgres@{}/{}", proxy.addr, stack.db.name);
+    let through_proxy = [
+        ("DATABASE_URL", url.as_str()),
+        ("DATABASE_CONNECT_TIMEOUT", "500ms"),
+        ("DATABASE_OUTAGE_PAUSE", "1s"),
+    ];
+    let worker = stack.start(&["consume"], &through_proxy).await;
+    worker.wait_ready(Duration::from_secs(30)).await;
+
+    proxy.cut().await;
+    for i in 0..20 {
+        let body = phone_only(&format!("user_2down{i}")).body();
+        let id = format!("msg_down{i}");
+        stack
+            .broker
+            .publish_dead_letter("user.created", &body, &id, "missing_email")
+            .await;
+    }
+    // Held by the keeper or back in the queue, never acknowledged: not in the store, not lost.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(open_in_store(&stack).await, 0);
+
+    proxy.restore();
+    eventually(
+        "kept once the database is back",
+        Duration::from_secs(30),
+        || async { open_in_store(&stack).await == 20 },
+    )
+    .await;
+    assert_eq!(
+        stack
+            .broker
+            .ready(&stack.broker.topology.dead_letter_queue)
+            .await,
+        0
+    );
+}

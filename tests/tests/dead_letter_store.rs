@@ -65,14 +65,22 @@ async fn wait_open_in_store(stack: &Stack, n: i64) {
     .await;
 }
 
-/// A user who holds `email`, so a sign-up with it is an email conflict.
-async fn owner_of(stack: &Stack, id: &str, email: &str) {
+/// A sign-up of `user` (svix id `svix_id`) with an email that `holder` already has: an email
+/// conflict. Returns the sign-up.
+async fn email_conflict(stack: &Stack, holder: &str, user: &str, svix_id: &str) -> UserEvent {
+    let email = format!("{holder}@example.com");
     stack
         .db
         .execute(&format!(
-            "INSERT INTO users (id, email, username) VALUES ('{id}', '{email}', '{id}')"
+            "INSERT INTO users (id, email, username) VALUES ('{holder}', '{email}', '{holder}')"
         ))
         .await;
+    let signup = UserEvent::created(user, &email, Some(&user.replace("user_2", "")));
+    stack
+        .broker
+        .publish("user.created", &signup.body(), svix_id)
+        .await;
+    signup
 }
 
 fn phone_only(id: &str) -> UserEvent {
@@ -230,12 +238,7 @@ async fn a_worker_killed_while_moving_letters_loses_none_and_counts_none_twice()
 async fn show_discard_and_replay_leave_an_audit_trail_and_the_gauge_follows() {
     let stack = Stack::new().await;
     let worker = worker(&stack).await;
-    owner_of(&stack, "user_2holder", "taken@example.com").await;
-    let conflict = UserEvent::created("user_2wants", "taken@example.com", Some("wants"));
-    stack
-        .broker
-        .publish("user.created", &conflict.body(), "msg_wants")
-        .await;
+    email_conflict(&stack, "user_2holder", "user_2wants", "msg_wants").await;
     for i in 0..2 {
         let body = phone_only(&format!("user_2phone{i}")).body();
         stack
@@ -403,12 +406,7 @@ async fn a_replay_that_fails_again_reopens_its_row_with_the_new_failure() {
 async fn a_reconcile_run_resolves_the_letters_it_made_unnecessary() {
     let stack = Stack::new().await;
     let worker = worker(&stack).await;
-    owner_of(&stack, "user_2stale", "moved@example.com").await;
-    let signup = UserEvent::created("user_2heals", "moved@example.com", Some("heals"));
-    stack
-        .broker
-        .publish("user.created", &signup.body(), "msg_heals")
-        .await;
+    let signup = email_conflict(&stack, "user_2stale", "user_2heals", "msg_heals").await;
     stack
         .broker
         .publish(

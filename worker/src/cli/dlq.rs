@@ -46,9 +46,6 @@ pub enum DlqCommand {
     Replay {
         #[command(flatten)]
         filter: FilterArgs,
-        /// Only these svix ids (repeatable).
-        #[arg(long = "id", value_name = "SVIX_ID")]
-        ids: Vec<String>,
         /// Change nothing; print what a replay would do, and how many replays the database
         /// says are no longer needed.
         #[arg(long)]
@@ -64,9 +61,6 @@ pub enum DlqCommand {
     Discard {
         #[command(flatten)]
         filter: FilterArgs,
-        /// Only these svix ids (repeatable).
-        #[arg(long = "id", value_name = "SVIX_ID")]
-        ids: Vec<String>,
         /// Why they will never be replayed, recorded with the action.
         #[arg(long, value_name = "TEXT")]
         discard_reason: String,
@@ -83,6 +77,9 @@ pub enum DlqCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct FilterArgs {
+    /// Only these svix ids (repeatable).
+    #[arg(long = "id", value_name = "SVIX_ID")]
+    ids: Vec<String>,
     /// Only dead letters with this failure reason (e.g. `email_conflict`).
     #[arg(long, value_name = "CODE")]
     reason: Option<String>,
@@ -120,12 +117,12 @@ impl StatusArg {
 }
 
 impl FilterArgs {
-    /// The letters with `status` (`None`: any) matching these flags and `ids`.
-    fn into_filter(self, status: Option<Status>, ids: Vec<String>) -> Filter {
+    /// The letters with `status` (`None`: any) matching these flags.
+    fn into_filter(self, status: Option<Status>) -> Filter {
         Filter {
             reason: self.reason,
             event_type: self.event_type,
-            ids,
+            ids: self.ids,
             user_id: self.user_id,
             status,
             limit: self.limit,
@@ -168,17 +165,16 @@ pub(super) async fn run(
             filter,
             status,
             json,
-        } => list(&db, filter.into_filter(status.status(), Vec::new()), json).await,
+        } => list(&db, filter.into_filter(status.status()), json).await,
         DlqCommand::Show { svix_id, json } => show(&db, &svix_id, json).await,
         DlqCommand::Replay {
             filter,
-            ids,
             dry_run,
             json,
             actor,
         } => {
             let plan = ReplayPlan {
-                filter: filter.into_filter(Some(Status::Open), ids),
+                filter: filter.into_filter(Some(Status::Open)),
                 dry_run,
                 actor: actor.actor(),
             };
@@ -186,13 +182,12 @@ pub(super) async fn run(
         }
         DlqCommand::Discard {
             filter,
-            ids,
             discard_reason,
             dry_run,
             json,
             actor,
         } => {
-            let filter = filter.into_filter(Some(Status::Open), ids);
+            let filter = filter.into_filter(Some(Status::Open));
             discard(&db, &filter, &actor.actor(), &discard_reason, dry_run, json).await
         }
     }

@@ -21,6 +21,8 @@ pub struct TestApp {
     ops: OpsClient,
     /// Where `worker ingress` / `worker run` listen for webhooks (unspecified otherwise).
     pub ingress_addr: SocketAddr,
+    /// Where the operator console answers, when CONSOLE_ADDR was given.
+    pub console_addr: Option<SocketAddr>,
     /// The application's own metrics, readable without a scrape.
     pub metrics: Metrics,
     stop: CancellationToken,
@@ -50,6 +52,7 @@ impl TestApp {
             ingress_addr: app
                 .ingress_addr()
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+            console_addr: app.console_addr(),
             metrics: app.metrics(),
             running: Some(tokio::spawn(app.run_until_stopped(stop.clone()))),
             stop,

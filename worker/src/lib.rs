@@ -38,6 +38,7 @@ pub mod clerk;
 pub mod clerk_api;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod consumer;
 pub mod db;
 pub mod dead_letter;

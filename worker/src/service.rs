@@ -24,6 +24,7 @@ use crate::config::{
     BrokerSettings, ConsumerSettings, DatabaseSettings, IngressSettings, OpsSettings,
     ShutdownSettings,
 };
+use crate::console::{self, ConsoleSettings, ConsoleState};
 use crate::consumer::Consumer;
 use crate::db::{self, Pool};
 use crate::dead_letter::Keeper;
@@ -51,12 +52,20 @@ pub struct Plan {
     pub ingress: Option<IngressSettings>,
     /// The reconcile schedule, run beside the consumer when it is on.
     pub reconcile: Option<ScheduleSettings>,
+    /// The operator console, served beside the consumer when CONSOLE_ADDR is set.
+    pub console: Option<ConsoleSettings>,
 }
 
 impl Plan {
     /// The plan with the reconcile schedule `settings` (on only when they say so).
     pub fn with_reconcile(mut self, settings: ScheduleSettings) -> Self {
         self.reconcile = Some(settings);
+        self
+    }
+
+    /// The plan with the operator console's `settings` (on only when CONSOLE_ADDR is set).
+    pub fn with_console(mut self, settings: ConsoleSettings) -> Self {
+        self.console = Some(settings);
         self
     }
 }
@@ -70,6 +79,8 @@ pub struct Application {
     /// Moves dead letters into the store, beside the consumer.
     keeper: Option<Keeper>,
     reconcile: Option<Schedule>,
+    /// The operator console, bound.
+    console: Option<(TcpListener, ConsoleState)>,
     ops_listener: TcpListener,
     ops_state: OpsState,
     upkeep_interval: Duration,
@@ -171,6 +182,17 @@ impl Application {
             _ => None,
         };
 
+        let console = match (&plan.console, &db) {
+            (Some(settings), Some(db)) => match settings.console_addr {
+                Some(addr) => Some((
+                    bind(addr, "CONSOLE_ADDR").await?,
+                    ConsoleState::new(settings, db.clone(), plan.broker.clone()),
+                )),
+                None => None,
+            },
+            _ => None,
+        };
+
         let reconcile = match (plan.reconcile, &db) {
             (Some(settings), Some(db)) => schedule(settings, db, &plan.database, &metrics)?,
             _ => None,
@@ -185,6 +207,7 @@ impl Application {
             consumer,
             keeper,
             reconcile,
+            console,
             ops_listener,
             ops_state,
             upkeep_interval: plan.ops.metrics_upkeep_interval,
@@ -207,6 +230,13 @@ impl Application {
             .map(|ingress| local_addr(&ingress.listener))
     }
 
+    /// Where the operator console answers, when CONSOLE_ADDR is set.
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.console
+            .as_ref()
+            .map(|(listener, _)| local_addr(listener))
+    }
+
     /// The application's metrics, for tests to read without a scrape.
     pub fn metrics(&self) -> Metrics {
         self.metrics.clone()
@@ -218,6 +248,9 @@ impl Application {
             info!(addr = %addr, "ingress listening");
         }
         info!(addr = %self.ops_addr(), "ops server listening");
+        if let Some(addr) = self.console_addr() {
+            info!(addr = %addr, "console listening");
+        }
     }
 
     /// Runs every part until `shutdown` is cancelled, then stops them in order: the ingress
@@ -246,6 +279,14 @@ impl Application {
             let stop = stop.clone();
             parts.spawn(async move {
                 consumer.run(stop).await;
+                Ok(())
+            });
+        }
+
+        if let Some((listener, state)) = self.console {
+            let stop = stop.clone();
+            parts.spawn(async move {
+                console::serve(listener, state, stop).await;
                 Ok(())
             });
         }

@@ -24,6 +24,7 @@ use crate::config::{
     BrokerSettings, ConfigError, ConsumerSettings, DatabaseSettings, EXIT_CONFIG, IngressSettings,
     LogFormat, OpsSettings, Secret, ShutdownSettings,
 };
+use crate::console::ConsoleSettings;
 use crate::reconcile::settings::ScheduleSettings;
 use crate::{service, telemetry};
 
@@ -75,6 +76,8 @@ pub enum Command {
         #[command(flatten)]
         reconcile: Box<ScheduleSettings>,
         #[command(flatten)]
+        console: Box<ConsoleSettings>,
+        #[command(flatten)]
         ops: OpsSettings,
         #[command(flatten)]
         shutdown: ShutdownSettings,
@@ -106,6 +109,8 @@ pub enum Command {
         consumer: ConsumerSettings,
         #[command(flatten)]
         reconcile: Box<ScheduleSettings>,
+        #[command(flatten)]
+        console: Box<ConsoleSettings>,
         #[command(flatten)]
         ingress: IngressSettings,
         #[command(flatten)]
@@ -233,9 +238,17 @@ impl Cli {
         match &self.command {
             Command::Ingress { ingress, .. } => ingress.check(),
             Command::Run {
-                ingress, reconcile, ..
-            } => ingress.check().and_then(|()| reconcile.check()),
-            Command::Consume { reconcile, .. } => reconcile.check(),
+                ingress,
+                reconcile,
+                console,
+                ..
+            } => ingress
+                .check()
+                .and_then(|()| reconcile.check())
+                .and_then(|()| console.check()),
+            Command::Consume {
+                reconcile, console, ..
+            } => reconcile.check().and_then(|()| console.check()),
             Command::Reconcile(args) if args.calls_clerk() => args.clerk.check(),
             _ => Ok(()),
         }
@@ -282,17 +295,20 @@ impl Cli {
                 consumer,
                 ingress,
                 reconcile: None,
+                console: None,
             }
         };
         match &self.command {
             Command::Consume {
                 consumer,
                 reconcile,
+                console,
                 ops,
                 shutdown,
             } => Some(
                 plan(ops, shutdown, false, Some(consumer.clone()), None)
-                    .with_reconcile(reconcile.as_ref().clone()),
+                    .with_reconcile(reconcile.as_ref().clone())
+                    .with_console(console.as_ref().clone()),
             ),
             Command::Ingress {
                 ingress,
@@ -302,6 +318,7 @@ impl Cli {
             Command::Run {
                 consumer,
                 reconcile,
+                console,
                 ingress,
                 ops,
                 shutdown,
@@ -313,7 +330,8 @@ impl Cli {
                     Some(consumer.clone()),
                     Some(ingress.clone()),
                 )
-                .with_reconcile(reconcile.as_ref().clone()),
+                .with_reconcile(reconcile.as_ref().clone())
+                .with_console(console.as_ref().clone()),
             ),
             Command::Migrate
             | Command::Health

@@ -33,6 +33,11 @@ pub enum ConfigError {
     WebhookSecret(#[from] SecretError),
     #[error("{setting} and {setting}_FILE are both set: give the secret one way")]
     SecretTwice { setting: &'static str },
+    #[error(
+        "CONSOLE_ADDR is not a loopback address and CONSOLE_TOKEN is not set: the operator \
+         console replays and discards dead letters, so it needs a token beyond this machine"
+    )]
+    ConsoleWithoutToken,
     #[error("{setting}_FILE ({path}) cannot be read: {reason}")]
     SecretFile {
         setting: &'static str,

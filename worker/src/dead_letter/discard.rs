@@ -50,13 +50,25 @@ pub async fn discard(
         discarded: 0,
     };
     if !dry_run {
-        // The action and its effect commit together: no audit row for a discard that failed.
-        let txn = db.begin().await?;
-        let action =
-            store::start_action(&txn, actor, Action::Discard, filter, Some(note), ids.len())
-                .await?;
-        summary.discarded = store::discard(&txn, &ids, action).await?;
-        txn.commit().await?;
+        summary.discarded = discard_ids(db, &ids, filter, actor, note).await?;
     }
     Ok(summary)
+}
+
+/// Discards exactly `ids` (those still open), recording `filter` as what chose them; returns
+/// how many it closed. The action and its effect commit together: no audit row for a discard
+/// that failed.
+pub async fn discard_ids(
+    db: &Pool,
+    ids: &[i64],
+    filter: &Filter,
+    actor: &Actor,
+    note: &str,
+) -> Result<u64, DlqError> {
+    let txn = db.begin().await?;
+    let action =
+        store::start_action(&txn, actor, Action::Discard, filter, Some(note), ids.len()).await?;
+    let discarded = store::discard(&txn, ids, action).await?;
+    txn.commit().await?;
+    Ok(discarded)
 }

@@ -24,12 +24,12 @@ pub mod store;
 use crate::broker;
 
 pub use amqp_json::headers_from_json;
-pub use discard::{DiscardSummary, discard};
+pub use discard::{DiscardSummary, discard, discard_ids};
 pub use failure::{Failure, publish, timestamp};
 pub use keeper::{Keeper, move_waiting};
 pub use letter::{Arrival, DeadLetter, Filter, Status};
 pub use list::{Listing, list};
-pub use replay::{ReplayPlan, ReplaySummary, replay};
+pub use replay::{ReplayPlan, ReplaySummary, Replayed, replay, replay_ids};
 pub use show::{LetterView, show};
 
 /// Why a dead-letter command or the keeper could not finish.

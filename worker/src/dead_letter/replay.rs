@@ -88,26 +88,31 @@ pub async fn replay(
         summary.no_ops = Some(store::no_longer_needed(db, &ids).await?.len());
         return Ok(summary);
     }
-    let replayer = Replayer::connect(settings).await?;
-    let action = store::start_action(
-        db,
-        &plan.actor,
-        Action::Replay,
-        &plan.filter,
-        None,
-        ids.len(),
-    )
-    .await;
-    let result = match action {
-        Ok(action) => replayer.replay(db, &ids, action, stop).await,
-        Err(error) => Err(error.into()),
-    };
-    replayer.close().await;
-    let done = result?;
+    let done = replay_ids(settings, db, &ids, &plan.filter, &plan.actor, stop).await?;
     summary.replayed = done.replayed;
     summary.not_open = done.not_open;
     summary.interrupted = done.interrupted;
     Ok(summary)
+}
+
+/// Replays exactly `ids` (those still open when their turn comes) for `actor`, recording
+/// `filter` as what chose them, until done or `stop`.
+pub async fn replay_ids(
+    settings: &BrokerSettings,
+    db: &Pool,
+    ids: &[i64],
+    filter: &Filter,
+    actor: &Actor,
+    stop: &CancellationToken,
+) -> Result<Replayed, DlqError> {
+    let replayer = Replayer::connect(settings).await?;
+    let action = store::start_action(db, actor, Action::Replay, filter, None, ids.len()).await;
+    let result = match action {
+        Ok(action) => replayer.replay(db, ids, action, stop).await,
+        Err(error) => Err(error.into()),
+    };
+    replayer.close().await;
+    result
 }
 
 /// The chosen letters counted by reason and by type.
@@ -128,10 +133,10 @@ fn tally(chosen: &[Chosen], dry_run: bool) -> ReplaySummary {
 
 /// What [`Replayer::replay`] got through.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Replayed {
-    replayed: usize,
-    not_open: usize,
-    interrupted: bool,
+pub struct Replayed {
+    pub replayed: usize,
+    pub not_open: usize,
+    pub interrupted: bool,
 }
 
 /// A broker connection that republishes stored letters with confirms.

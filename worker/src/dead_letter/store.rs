@@ -96,12 +96,14 @@ pub struct Actor {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
     Cli,
+    Console,
 }
 
 impl Source {
     fn as_str(self) -> &'static str {
         match self {
             Source::Cli => "cli",
+            Source::Console => "console",
         }
     }
 }

@@ -1,0 +1,376 @@
+//! The operator console over real HTTP against the real database and broker: who may see it
+//! (token, login form, signed cookie, bearer), what it refuses (cross-site POSTs, actions in
+//! read-only mode), its headers, and its pages and actions on dead letters in the store.
+
+use std::time::Duration;
+
+use integration_tests::app::TestApp;
+use integration_tests::clerk::UserEvent;
+use integration_tests::eventually;
+use integration_tests::stack::Stack;
+use reqwest::StatusCode;
+use reqwest::header::{CONTENT_TYPE, COOKIE, HeaderMap, LOCATION, SET_COOKIE};
+
+const TOKEN: &str = "console-token-for-tests-5f2a";
+
+struct Console {
+    _app: TestApp,
+    base: String,
+    http: reqwest::Client,
+}
+
+async fn console(stack: &Stack, extra: &[(&'static str, &str)]) -> Console {
+    let mut env = vec![("CONSOLE_ADDR", "127.0.0.1:0"), ("CONSOLE_TOKEN", TOKEN)];
+    env.extend_from_slice(extra);
+    let app = stack.start(&["consume"], &env).await;
+    let addr = app.console_addr.expect("the console listens");
+    Console {
+        _app: app,
+        base: format!("http://{addr}"),
+        http: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+    }
+}
+
+impl Console {
+    async fn get(&self, path: &str, cookie: Option<&str>) -> reqwest::Response {
+        let mut request = self.http.get(format!("{}{path}", self.base));
+        if let Some(cookie) = cookie {
+            request = request.header(COOKIE, cookie);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// A form POST as the console's own page sends it (same origin).
+    async fn post(&self, path: &str, cookie: Option<&str>, form: &str) -> reqwest::Response {
+        self.post_from(path, cookie, form, &self.base.clone()).await
+    }
+
+    async fn post_from(
+        &self,
+        path: &str,
+        cookie: Option<&str>,
+        form: &str,
+        origin: &str,
+    ) -> reqwest::Response {
+        let mut request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header("origin", origin)
+            .body(form.to_owned());
+        if let Some(cookie) = cookie {
+            request = request.header(COOKIE, cookie);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// Logs in as `name`; the session cookie to send back.
+    async fn log_in(&self, name: &str) -> String {
+        let answer = self
+            .post("/login", None, &format!("name={name}&token={TOKEN}"))
+            .await;
+        assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+        let set = header(answer.headers(), SET_COOKIE);
+        set.split(';').next().unwrap().to_owned()
+    }
+}
+
+fn header(headers: &HeaderMap, name: impl reqwest::header::AsHeaderName) -> String {
+    headers
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+async fn letters(stack: &Stack, n: usize, reason: &str, prefix: &str) {
+    for i in 0..n {
+        let user = UserEvent {
+            email: None,
+            ..UserEvent::created(&format!("user_2{prefix}{i:03}"), "x@example.com", None)
+        };
+        stack
+            .broker
+            .publish_dead_letter(
+                "user.created",
+                &user.body(),
+                &format!("msg_{prefix}{i:03}"),
+                reason,
+            )
+            .await;
+    }
+}
+
+async fn stored(stack: &Stack, n: i64) {
+    eventually(
+        "the letters in the store",
+        Duration::from_secs(20),
+        || async { stack.db.scalar("SELECT count(*) FROM dead_letters").await == n },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nobody_sees_a_page_without_logging_in_or_the_token() {
+    let stack = Stack::new().await;
+    let console = console(&stack, &[]).await;
+    for path in ["/", "/dead-letters", "/dead-letters/msg_x"] {
+        let answer = console.get(path, None).await;
+        assert_eq!(answer.status(), StatusCode::SEE_OTHER, "{path}");
+        assert_eq!(header(answer.headers(), LOCATION), "/login");
+    }
+    let forged = console
+        .get("/dead-letters", Some("console_session=YWxpY2U.AAAA"))
+        .await;
+    assert_eq!(forged.status(), StatusCode::SEE_OTHER, "a forged cookie");
+    let wrong = console
+        .http
+        .get(format!("{}/dead-letters", console.base))
+        .bearer_auth("not-the-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let script = console
+        .http
+        .get(format!("{}/dead-letters", console.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(script.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_login_form_checks_the_token_and_sets_a_strict_http_only_cookie() {
+    let stack = Stack::new().await;
+    let console = console(&stack, &[]).await;
+    let form = console.get("/login", None).await;
+    assert_eq!(form.status(), StatusCode::OK);
+    let html = form.text().await.unwrap();
+    assert!(html.contains(r#"<label for="token">"#) && html.contains(r#"<label for="name">"#));
+
+    let refused = console
+        .post("/login", None, "name=mallory&token=guess")
+        .await;
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert!(header(refused.headers(), SET_COOKIE).is_empty());
+    let nameless = console
+        .post("/login", None, &format!("name=+&token={TOKEN}"))
+        .await;
+    assert_eq!(nameless.status(), StatusCode::UNAUTHORIZED);
+
+    let answer = console
+        .post("/login", None, &format!("name=alice&token={TOKEN}"))
+        .await;
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+    let set = header(answer.headers(), SET_COOKIE);
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    assert!(!set.contains("Secure"), "loopback, no TLS: {set}");
+    let cookie = set.split(';').next().unwrap();
+    let page = console.get("/dead-letters", Some(cookie)).await;
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.text().await.unwrap().contains("alice"));
+
+    let out = console.post("/logout", Some(cookie), "").await;
+    assert!(header(out.headers(), SET_COOKIE).contains("Max-Age=0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_carries_a_strict_policy_and_cross_site_posts_are_refused() {
+    let stack = Stack::new().await;
+    let console = console(&stack, &[]).await;
+    let cookie = console.log_in("alice").await;
+    for answer in [
+        console.get("/dead-letters", Some(&cookie)).await,
+        console.get("/login", None).await,
+        console.get("/dead-letters", None).await,
+    ] {
+        let policy = header(answer.headers(), "content-security-policy");
+        assert!(policy.starts_with("default-src 'none'"), "{policy}");
+        assert_eq!(
+            header(answer.headers(), "x-content-type-options"),
+            "nosniff"
+        );
+    }
+    let css = console.get("/assets/console.css", None).await;
+    assert_eq!(
+        header(css.headers(), CONTENT_TYPE),
+        "text/css; charset=utf-8"
+    );
+
+    let evil = "http://evil.example";
+    let cross = console
+        .post_from("/dead-letters/msg_x/replay", Some(&cookie), "", evil)
+        .await;
+    assert_eq!(cross.status(), StatusCode::FORBIDDEN);
+    let fetched = console
+        .http
+        .post(format!("{}/dead-letters/msg_x/discard", console.base))
+        .header(COOKIE, &cookie)
+        .header("sec-fetch-site", "cross-site")
+        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body("note=x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fetched.status(), StatusCode::FORBIDDEN);
+    let same = console
+        .post("/dead-letters/msg_x/replay", Some(&cookie), "")
+        .await;
+    assert_eq!(same.status(), StatusCode::NOT_FOUND, "past the CSRF check");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_list_filters_counts_and_pages_and_a_letter_shows_everything() {
+    let stack = Stack::new().await;
+    let console = console(&stack, &[]).await;
+    letters(&stack, 55, "missing_email", "page").await;
+    letters(&stack, 3, "email_conflict", "conf").await;
+    stored(&stack, 58).await;
+    let cookie = console.log_in("alice").await;
+
+    let all = console
+        .get("/dead-letters", Some(&cookie))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(all.contains("58 matching"), "{all}");
+    assert!(all.contains("missing_email</a>: 55") && all.contains("email_conflict</a>: 3"));
+    let next = all
+        .split(r#"<a rel="next" href=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a link to the older letters")
+        .replace("&amp;", "&");
+    let older = console
+        .get(&next, Some(&cookie))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let rows = |html: &str| html.matches("<td><a href=\"/dead-letters/").count();
+    assert_eq!(rows(&all) + rows(&older), 58);
+    assert!(!older.contains(r#"rel="next""#));
+
+    let conflicts = console
+        .get("/dead-letters?reason=email_conflict", Some(&cookie))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(rows(&conflicts), 3);
+    assert!(conflicts.contains("msg_conf001") && !conflicts.contains("msg_page001"));
+    let one = console
+        .get(
+            "/dead-letters?svix_id=msg_page007&status=any",
+            Some(&cookie),
+        )
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(rows(&one), 1);
+    let bad = console
+        .get("/dead-letters?since=yesterday", Some(&cookie))
+        .await;
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+
+    let letter = console
+        .get("/dead-letters/msg_conf001", Some(&cookie))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(letter.contains("email_conflict") && letter.contains("x-failure-reason"));
+    assert!(
+        letter.contains("&#34;user_2conf001&#34;") || letter.contains("&quot;user_2conf001&quot;"),
+        "the payload, escaped"
+    );
+    assert!(letter.contains("No row for this user"));
+    let missing = console.get("/dead-letters/msg_nobody", Some(&cookie)).await;
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_and_discard_are_recorded_with_the_operator_and_read_only_refuses_both() {
+    let stack = Stack::new().await;
+    let console = console(&stack, &[]).await;
+    letters(&stack, 2, "missing_email", "act").await;
+    stored(&stack, 2).await;
+    let cookie = console.log_in("alice").await;
+
+    let replayed = console
+        .post("/dead-letters/msg_act000/replay", Some(&cookie), "")
+        .await;
+    assert_eq!(replayed.status(), StatusCode::SEE_OTHER);
+    let discarded = console
+        .post(
+            "/dead-letters/msg_act001/discard",
+            Some(&cookie),
+            "note=phone+only",
+        )
+        .await;
+    assert_eq!(discarded.status(), StatusCode::SEE_OTHER);
+    let audit = stack
+        .db
+        .rows("SELECT actor, source, action, note, changed FROM dead_letter_actions ORDER BY id")
+        .await;
+    assert_eq!(audit.len(), 2, "{audit:?}");
+    assert_eq!(audit[0]["actor"], "alice");
+    assert_eq!(audit[0]["source"], "console");
+    assert_eq!(audit[0]["action"], "replay");
+    assert_eq!(audit[1]["action"], "discard");
+    assert_eq!(audit[1]["note"], "phone only");
+    let again = console
+        .post("/dead-letters/msg_act001/replay", Some(&cookie), "")
+        .await;
+    assert_eq!(
+        again.status(),
+        StatusCode::BAD_REQUEST,
+        "a discarded letter stays discarded"
+    );
+    drop(console);
+
+    let read_only = console_read_only(&stack).await;
+    let cookie = read_only.log_in("bob").await;
+    letters(&stack, 1, "missing_email", "ro").await;
+    stored(&stack, 3).await;
+    let page = read_only
+        .get("/dead-letters/msg_ro000", Some(&cookie))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!page.contains("Replay</button>") && !page.contains("Discard</button>"));
+    let refused = read_only
+        .post("/dead-letters/msg_ro000/replay", Some(&cookie), "")
+        .await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        stack
+            .db
+            .scalar("SELECT count(*) FROM dead_letter_actions")
+            .await,
+        2
+    );
+}
+
+async fn console_read_only(stack: &Stack) -> Console {
+    console(stack, &[("CONSOLE_READ_ONLY", "true")]).await
+}
+
+#[tokio::test]
+async fn a_console_beyond_loopback_without_a_token_refuses_to_start() {
+    let stack = Stack::new().await;
+    let env = stack.env(&[("CONSOLE_ADDR", "0.0.0.0:0")]);
+    let refused = TestApp::start(&["consume"], &env).await;
+    let error = format!("{:#}", refused.err().expect("refused"));
+    assert!(error.contains("CONSOLE_TOKEN"), "{error}");
+}

@@ -1,0 +1,104 @@
+//! The operator console: a web page, on its own address (`CONSOLE_ADDR`, off unless set), to
+//! find, read, replay and discard dead letters from the store. Served by `worker run` and
+//! `worker consume` beside the consumer.
+//!
+//! Server-rendered HTML from templates compiled into the binary, with its one stylesheet: no
+//! CDN, no JavaScript, so it works in closed networks and reads without scripts. Every page
+//! needs an [`session::Operator`] (the login form's signed cookie, or the token as `Bearer`);
+//! every action is a POST, refused cross-site (tower-http's CSRF layer: `Sec-Fetch-Site` /
+//! `Origin` against `Host`) and in read-only mode; a strict Content-Security-Policy; the ops
+//! server's connection limits and head timeout.
+
+mod actions;
+mod page;
+mod pages;
+pub mod session;
+pub mod settings;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::csrf::CsrfLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
+
+use crate::config::BrokerSettings;
+use crate::db::Pool;
+use crate::http_server;
+
+use session::SessionKey;
+pub use settings::ConsoleSettings;
+
+/// Scripts, frames, other origins: none. Styles and forms: this origin only.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self'; img-src 'self'; \
+     form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+const STYLESHEET: &str = include_str!("console.css");
+
+/// What every console request can reach.
+#[derive(Clone)]
+pub struct ConsoleState {
+    pub db: Pool,
+    pub broker: BrokerSettings,
+    pub key: Arc<SessionKey>,
+    pub read_only: bool,
+    /// Mark the session cookie `Secure` (a console beyond loopback belongs behind TLS).
+    pub secure_cookie: bool,
+}
+
+impl ConsoleState {
+    pub fn new(settings: &ConsoleSettings, db: Pool, broker: BrokerSettings) -> Self {
+        Self {
+            db,
+            broker,
+            key: Arc::new(SessionKey::new(settings.token())),
+            read_only: settings.console_read_only,
+            secure_cookie: settings.is_public(),
+        }
+    }
+}
+
+/// Every page and action, with the console's protections.
+pub fn router(state: ConsoleState) -> Router {
+    Router::new()
+        .route("/", get(pages::overview))
+        .route("/login", get(pages::login_form).post(pages::log_in))
+        .route("/logout", post(pages::log_out))
+        .route("/dead-letters", get(pages::dead_letters))
+        .route("/dead-letters/{svix_id}", get(pages::letter))
+        .route("/dead-letters/{svix_id}/replay", post(actions::replay_one))
+        .route(
+            "/dead-letters/{svix_id}/discard",
+            post(actions::discard_one),
+        )
+        .route("/assets/console.css", get(stylesheet))
+        .with_state(state)
+        .layer(CsrfLayer::new())
+        .layer(header_layer(
+            header::CONTENT_SECURITY_POLICY,
+            CONTENT_SECURITY_POLICY,
+        ))
+        .layer(header_layer(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .layer(header_layer(header::REFERRER_POLICY, "no-referrer"))
+        .layer(header_layer(header::CACHE_CONTROL, "no-store"))
+}
+
+fn header_layer(name: HeaderName, value: &'static str) -> SetResponseHeaderLayer<HeaderValue> {
+    SetResponseHeaderLayer::overriding(name, HeaderValue::from_static(value))
+}
+
+async fn stylesheet() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        STYLESHEET,
+    )
+        .into_response()
+}
+
+/// Serves the console on `listener` until `shutdown`, with the ops server's limits.
+pub async fn serve(listener: TcpListener, state: ConsoleState, shutdown: CancellationToken) {
+    http_server::serve(listener, router(state), crate::ops::LIMITS, None, shutdown).await;
+}

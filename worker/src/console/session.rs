@@ -1,0 +1,223 @@
+//! Who is at the console: the operator's name from a signed session cookie (set by the login
+//! form), or a script sending the token as `Authorization: Bearer`. The name is what the audit
+//! records for each replay and discard.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::ConsoleState;
+use super::page::Refusal;
+
+/// The session cookie's name.
+pub const COOKIE: &str = "console_session";
+/// The actor recorded for a script that sent the token.
+pub const BEARER_ACTOR: &str = "bearer-token";
+/// Longest operator name kept.
+pub const MAX_NAME: usize = 64;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Signs session cookies. Derived from the token when there is one, so every replica accepts
+/// every replica's sessions and a restart logs nobody out; random per process otherwise.
+pub struct SessionKey {
+    key: [u8; 32],
+    token: Option<String>,
+}
+
+impl SessionKey {
+    pub fn new(token: Option<&str>) -> Self {
+        let key = match token {
+            Some(token) => Sha256::new()
+                .chain_update(b"worker console session key\0")
+                .chain_update(token.as_bytes())
+                .finalize()
+                .into(),
+            None => std::array::from_fn(|_| fastrand::u8(..)),
+        };
+        Self {
+            key,
+            token: token.map(str::to_owned),
+        }
+    }
+
+    /// Whether a login must give the token.
+    pub fn needs_token(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// Whether `given` is the token, in constant time; true when there is none to give.
+    pub fn accepts(&self, given: &str) -> bool {
+        match &self.token {
+            Some(token) => bool::from(token.as_bytes().ct_eq(given.as_bytes())),
+            None => true,
+        }
+    }
+
+    /// The cookie value naming `operator`.
+    pub fn seal(&self, operator: &str) -> String {
+        let name = URL_SAFE_NO_PAD.encode(operator.as_bytes());
+        let tag = URL_SAFE_NO_PAD.encode(self.tag(&name));
+        format!("{name}.{tag}")
+    }
+
+    /// The operator a cookie value names, if this key signed it.
+    pub fn open(&self, sealed: &str) -> Option<String> {
+        let (name, tag) = sealed.split_once('.')?;
+        let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
+        let mut mac = HmacSha256::new_from_slice(&self.key).ok()?;
+        mac.update(name.as_bytes());
+        mac.verify_slice(&tag).ok()?;
+        String::from_utf8(URL_SAFE_NO_PAD.decode(name).ok()?).ok()
+    }
+
+    fn tag(&self, name: &str) -> Vec<u8> {
+        match HmacSha256::new_from_slice(&self.key) {
+            Ok(mut mac) => {
+                mac.update(name.as_bytes());
+                mac.finalize().into_bytes().to_vec()
+            }
+            // HMAC takes keys of any length: unreachable, and an empty tag never verifies.
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// The operator behind a request; extracting it refuses anyone else.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Operator {
+    pub name: String,
+}
+
+impl FromRequestParts<ConsoleState> for Operator {
+    type Rejection = Refusal;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &ConsoleState,
+    ) -> Result<Self, Self::Rejection> {
+        if let Some(token) = bearer(&parts.headers) {
+            return match state.key.needs_token() && state.key.accepts(token) {
+                true => Ok(Self {
+                    name: BEARER_ACTOR.to_owned(),
+                }),
+                false => Err(Refusal::Unauthorized),
+            };
+        }
+        cookie(&parts.headers, COOKIE)
+            .and_then(|sealed| state.key.open(sealed))
+            .map(|name| Self { name })
+            .ok_or(Refusal::LogIn)
+    }
+}
+
+/// The `Authorization: Bearer` token, if any.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// The value of cookie `name`, if the request carries it.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
+}
+
+/// The `Set-Cookie` value of a session for `sealed`: HttpOnly, SameSite=Strict, and Secure when
+/// the console is reachable beyond this machine (where it belongs behind TLS).
+pub fn set_cookie(sealed: &str, secure: bool) -> String {
+    let secure = if secure { "; Secure" } else { "" };
+    format!("{COOKIE}={sealed}; Path=/; HttpOnly; SameSite=Strict{secure}")
+}
+
+/// The `Set-Cookie` value that ends a session.
+pub fn clear_cookie(secure: bool) -> String {
+    let secure = if secure { "; Secure" } else { "" };
+    format!("{COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict{secure}")
+}
+
+/// An operator's name as typed at the login form: trimmed, without control characters,
+/// at most [`MAX_NAME`] characters; `None` when nothing is left.
+pub fn operator_name(typed: &str) -> Option<String> {
+    let name: String = typed
+        .trim()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_NAME)
+        .collect();
+    Some(name).filter(|name| !name.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sealed_name_opens_only_with_its_key_and_unchanged() {
+        let key = SessionKey::new(Some("t0ken"));
+        let sealed = key.seal("alice");
+        assert_eq!(key.open(&sealed), Some("alice".into()));
+        assert_eq!(SessionKey::new(Some("other")).open(&sealed), None);
+        let forged = sealed.replacen(
+            &URL_SAFE_NO_PAD.encode("alice"),
+            &URL_SAFE_NO_PAD.encode("bob"),
+            1,
+        );
+        assert_eq!(key.open(&forged), None);
+        assert_eq!(key.open("garbage"), None);
+    }
+
+    #[test]
+    fn replicas_with_one_token_share_sessions() {
+        let sealed = SessionKey::new(Some("t0ken")).seal("alice");
+        assert_eq!(
+            SessionKey::new(Some("t0ken")).open(&sealed),
+            Some("alice".into())
+        );
+    }
+
+    #[test]
+    fn the_token_is_required_only_when_set() {
+        assert!(SessionKey::new(None).accepts(""));
+        let key = SessionKey::new(Some("t0ken"));
+        assert!(key.accepts("t0ken"));
+        assert!(!key.accepts("t0ke"));
+        assert!(!key.accepts(""));
+    }
+
+    #[test]
+    fn names_are_trimmed_and_bounded() {
+        assert_eq!(operator_name("  alice \n"), Some("alice".into()));
+        assert_eq!(operator_name(" \t "), None);
+        assert_eq!(
+            operator_name(&"x".repeat(100)).map(|n| n.len()),
+            Some(MAX_NAME)
+        );
+    }
+
+    #[test]
+    fn cookies_are_found_among_others() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            "a=1; console_session=v.t; b=2".parse().unwrap(),
+        );
+        assert_eq!(cookie(&headers, COOKIE), Some("v.t"));
+        assert_eq!(cookie(&headers, "c"), None);
+    }
+}

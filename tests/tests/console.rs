@@ -374,3 +374,123 @@ async fn a_console_beyond_loopback_without_a_token_refuses_to_start() {
     let error = format!("{:#}", refused.err().expect("refused"));
     assert!(error.contains("CONSOLE_TOKEN"), "{error}");
 }
+
+/// The value of the hidden field `name` in `html`.
+fn hidden(html: &str, name: &str) -> String {
+    let marker = format!(r#"name="{name}" value=""#);
+    html.split(&marker)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no hidden {name} in {html}"))
+        .replace("&#34;", "\"")
+        .replace("&quot;", "\"")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_replay_acts_on_exactly_the_letters_previewed() {
+    let stack = Stack::new().await;
+    let console = console(&stack, &[]).await;
+    letters(&stack, 5, "missing_email", "bulk").await;
+    letters(&stack, 2, "email_conflict", "other").await;
+    stored(&stack, 7).await;
+    let cookie = console.log_in("carol").await;
+
+    let preview = console
+        .post(
+            "/dead-letters/preview",
+            Some(&cookie),
+            "reason=missing_email",
+        )
+        .await;
+    assert_eq!(preview.status(), StatusCode::OK);
+    let html = preview.text().await.unwrap();
+    assert!(html.contains("Act on 5 open letters"), "{html}");
+    assert!(html.contains("0 of them would change nothing"), "{html}");
+    let ids = hidden(&html, "ids");
+    let filter = hidden(&html, "filter");
+
+    // Letters that arrive after the preview match the filter, and are not acted on.
+    letters(&stack, 3, "missing_email", "late").await;
+    stored(&stack, 10).await;
+    let form = format!(
+        "ids={}&filter={}&action=replay&note=",
+        ids.replace(',', "%2C"),
+        url_encode(&filter)
+    );
+    let done = console
+        .post("/dead-letters/bulk", Some(&cookie), &form)
+        .await;
+    assert_eq!(done.status(), StatusCode::OK);
+    let outcome = done.text().await.unwrap();
+    assert!(outcome.contains("Replayed 5 of 5 letters"), "{outcome}");
+    // The running worker takes the replays, which fail again (phone-only) and reopen: the
+    // history says what was replayed.
+    let replayed = stack
+        .db
+        .rows(
+            "SELECT d.svix_id FROM dead_letter_history h JOIN dead_letters d ON d.id = h.dead_letter_id \
+             WHERE h.event = 'replayed' ORDER BY d.svix_id",
+        )
+        .await;
+    assert_eq!(replayed.len(), 5);
+    assert!(
+        replayed
+            .iter()
+            .all(|r| r["svix_id"].as_str().unwrap().starts_with("msg_bulk"))
+    );
+    let audit = stack
+        .db
+        .rows("SELECT actor, chosen, changed, filter FROM dead_letter_actions")
+        .await;
+    assert_eq!(audit[0]["actor"], "carol");
+    assert_eq!(audit[0]["changed"], 5);
+    assert_eq!(audit[0]["filter"]["reason"], "missing_email");
+
+    let refused = console
+        .post(
+            "/dead-letters/bulk",
+            Some(&cookie),
+            "ids=1%2Cx&action=replay",
+        )
+        .await;
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+}
+
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_are_found_by_id_email_or_username() {
+    let stack = Stack::new().await;
+    let console = console(&stack, &[]).await;
+    stack
+        .db
+        .execute("INSERT INTO users (id, email, username) VALUES ('user_2found', 'found@example.com', 'finder')")
+        .await;
+    let cookie = console.log_in("dave").await;
+    for q in ["user_2found", "found%40example.com", "finder"] {
+        let page = console
+            .get(&format!("/users?q={q}"), Some(&cookie))
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            page.contains("user_2found") && page.contains("live"),
+            "{q}: {page}"
+        );
+    }
+    let none = console
+        .get("/users?q=nobody", Some(&cookie))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(none.contains("No user with nobody"));
+}

@@ -10,6 +10,7 @@
 //! server's connection limits and head timeout.
 
 mod actions;
+mod bulk;
 mod page;
 mod pages;
 pub mod session;
@@ -68,7 +69,10 @@ pub fn router(state: ConsoleState) -> Router {
         .route("/login", get(pages::login_form).post(pages::log_in))
         .route("/logout", post(pages::log_out))
         .route("/dead-letters", get(pages::dead_letters))
+        .route("/dead-letters/preview", post(bulk::preview))
+        .route("/dead-letters/bulk", post(bulk::act))
         .route("/dead-letters/{svix_id}", get(pages::letter))
+        .route("/users", get(pages::users))
         .route("/dead-letters/{svix_id}/replay", post(actions::replay_one))
         .route(
             "/dead-letters/{svix_id}/discard",

@@ -14,6 +14,7 @@ use super::page::{Refusal, render};
 use super::session::{self, Operator};
 use crate::dead_letter::store::{self, Order};
 use crate::dead_letter::{self, Filter, Status, timestamp};
+use crate::users::{self, UserKey};
 
 /// Letters per page.
 const PAGE: u64 = 50;
@@ -392,5 +393,51 @@ pub async fn overview(
         open_total: open.values().sum(),
         open: open.into_iter().collect(),
         last_run,
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct UserQuery {
+    #[serde(default)]
+    q: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/users.html")]
+struct UsersPage {
+    operator: String,
+    read_only: bool,
+    q: String,
+    found: Option<String>,
+}
+
+/// Finds a user by Clerk id (`user_...`), email (has an `@`) or username.
+pub async fn users(
+    State(state): State<ConsoleState>,
+    operator: Operator,
+    Query(query): Query<UserQuery>,
+) -> Result<Response, Refusal> {
+    let q = query.q.trim().to_owned();
+    let found = match q.as_str() {
+        "" => None,
+        text => {
+            let key = if text.starts_with("user_") {
+                UserKey::Id(text.to_owned())
+            } else if text.contains('@') {
+                UserKey::Email(text.to_owned())
+            } else {
+                UserKey::Username(text.to_owned())
+            };
+            Some(match users::find(&state.db, &key).await? {
+                Some(found) => serde_json::to_string_pretty(&found).unwrap_or_default(),
+                None => format!("No user with {text}."),
+            })
+        }
+    };
+    Ok(render(&UsersPage {
+        operator: operator.name,
+        read_only: state.read_only,
+        q,
+        found,
     }))
 }

@@ -1,0 +1,168 @@
+//! Bulk replay and discard: the operator previews what a filter matches now, and the action then
+//! applies to exactly the letters of that preview (their ids travel in the form), never to the
+//! filter evaluated again: letters that arrive in between are not touched.
+
+use std::collections::BTreeMap;
+
+use askama::Template;
+use axum::Form;
+use axum::extract::State;
+use axum::response::Response;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use super::ConsoleState;
+use super::page::{Refusal, render};
+use super::pages::ListQuery;
+use super::session::Operator;
+use crate::dead_letter::store::{self, Actor, Source};
+use crate::dead_letter::{self, Filter, Status};
+
+/// The most letters one preview holds (and one bulk action acts on).
+pub const MAX_LETTERS: usize = 10_000;
+
+#[derive(Template)]
+#[template(path = "console/preview.html")]
+struct PreviewPage {
+    operator: String,
+    read_only: bool,
+    chosen: usize,
+    capped: bool,
+    no_longer_needed: usize,
+    by_reason: Vec<(String, usize)>,
+    ids: String,
+    filter: String,
+}
+
+pub async fn preview(
+    State(state): State<ConsoleState>,
+    operator: Operator,
+    Form(query): Form<ListQuery>,
+) -> Result<Response, Refusal> {
+    if state.read_only {
+        return Err(Refusal::ReadOnly);
+    }
+    let filter = Filter {
+        limit: Some(MAX_LETTERS),
+        ..query.filter(Some(Status::Open))?
+    };
+    let chosen = store::snapshot(&state.db, &filter).await?;
+    let ids: Vec<i64> = chosen.iter().map(|c| c.id).collect();
+    let no_longer_needed = store::no_longer_needed(&state.db, &ids).await?.len();
+    let mut by_reason: BTreeMap<String, usize> = BTreeMap::new();
+    for letter in &chosen {
+        *by_reason.entry(letter.reason.clone()).or_default() += 1;
+    }
+    Ok(render(&PreviewPage {
+        operator: operator.name,
+        read_only: state.read_only,
+        chosen: ids.len(),
+        capped: ids.len() == MAX_LETTERS,
+        no_longer_needed,
+        by_reason: by_reason.into_iter().collect(),
+        ids: ids.iter().map(i64::to_string).collect::<Vec<_>>().join(","),
+        filter: serde_json::to_string(&filter).unwrap_or_default(),
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct Bulk {
+    ids: String,
+    #[serde(default)]
+    filter: String,
+    action: String,
+    #[serde(default)]
+    note: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/done.html")]
+struct DonePage {
+    operator: String,
+    read_only: bool,
+    outcome: String,
+}
+
+pub async fn act(
+    State(state): State<ConsoleState>,
+    operator: Operator,
+    Form(bulk): Form<Bulk>,
+) -> Result<Response, Refusal> {
+    if state.read_only {
+        return Err(Refusal::ReadOnly);
+    }
+    let ids = parse_ids(&bulk.ids)?;
+    // The filter is recorded as the operator saw it in the preview; it chooses nothing here.
+    let filter: Filter = serde_json::from_str::<serde_json::Value>(&bulk.filter)
+        .ok()
+        .map(|value| Filter {
+            ids: value["ids"]
+                .as_array()
+                .map(|ids| {
+                    ids.iter()
+                        .filter_map(|id| id.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            reason: value["reason"].as_str().map(str::to_owned),
+            event_type: value["event_type"].as_str().map(str::to_owned),
+            user_id: value["user_id"].as_str().map(str::to_owned),
+            since: time(&value["since"]),
+            until: time(&value["until"]),
+            ..Filter::open()
+        })
+        .unwrap_or_else(Filter::open);
+    let actor = Actor {
+        name: operator.name.clone(),
+        source: Source::Console,
+    };
+    let outcome = match bulk.action.as_str() {
+        "replay" => {
+            let stop = CancellationToken::new();
+            let done =
+                dead_letter::replay_ids(&state.broker, &state.db, &ids, &filter, &actor, &stop)
+                    .await?;
+            format!(
+                "Replayed {} of {} letters ({} were no longer open).",
+                done.replayed,
+                ids.len(),
+                done.not_open
+            )
+        }
+        "discard" => {
+            let note = bulk.note.trim();
+            if note.is_empty() {
+                return Err(Refusal::BadRequest("Say why they are discarded.".into()));
+            }
+            let discarded =
+                dead_letter::discard_ids(&state.db, &ids, &filter, &actor, note).await?;
+            format!("Discarded {discarded} of {} letters.", ids.len())
+        }
+        other => return Err(Refusal::BadRequest(format!("no action {other:?}"))),
+    };
+    Ok(render(&DonePage {
+        operator: operator.name,
+        read_only: state.read_only,
+        outcome,
+    }))
+}
+
+fn time(value: &serde_json::Value) -> Option<chrono::DateTime<chrono::Utc>> {
+    serde_json::from_value(value.clone()).ok()
+}
+
+/// The preview's ids: numbers, at most [`MAX_LETTERS`].
+fn parse_ids(text: &str) -> Result<Vec<i64>, Refusal> {
+    let ids: Vec<i64> = text
+        .split(',')
+        .filter(|id| !id.is_empty())
+        .map(|id| id.trim().parse())
+        .collect::<Result<_, _>>()
+        .map_err(|_| Refusal::BadRequest("the preview's letters are not a list of ids".into()))?;
+    if ids.is_empty() || ids.len() > MAX_LETTERS {
+        return Err(Refusal::BadRequest(format!(
+            "a bulk action takes 1 to {MAX_LETTERS} letters from a preview"
+        )));
+    }
+    Ok(ids)
+}

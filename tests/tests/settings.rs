@@ -474,8 +474,9 @@ async fn a_wrong_broker_password_is_refused_and_never_shown() {
             env.push(("AMQP_URL", url.clone()));
             env.push(("DATABASE_URL", db.settings.expose_url().to_owned()));
             env.push(("LOG_FORMAT", format.to_owned()));
-            let output = run_blocking(worker(&["dlq", "list"], &env)).await;
-            let what = format!("worker dlq list ({format}) with {url}");
+            // A replay needs the broker (a list would warn and answer from the store).
+            let output = run_blocking(worker(&["dlq", "replay"], &env)).await;
+            let what = format!("worker dlq replay ({format}) with {url}");
             assert_eq!(output.status.code(), Some(1), "{what}: {}", stderr(&output));
             assert!(
                 stderr(&output).contains("ACCESS_REFUSED"),

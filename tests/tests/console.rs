@@ -494,3 +494,40 @@ async fn users_are_found_by_id_email_or_username() {
         .unwrap();
     assert!(none.contains("No user with nobody"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_without_a_token_answers_only_to_loopback_names() {
+    let stack = Stack::new().await;
+    let console = console(&stack, &[("CONSOLE_TOKEN", "")]).await;
+    let form = console.get("/login", None).await.text().await.unwrap();
+    assert!(!form.contains(r#"name="token""#), "no token to ask for");
+    let cookie = console.log_in("erin").await;
+    assert_eq!(
+        console.get("/dead-letters", Some(&cookie)).await.status(),
+        StatusCode::OK
+    );
+    // A page that rebound its own name to 127.0.0.1: same origin as far as CSRF goes.
+    let rebound = console
+        .http
+        .post(format!("{}/login", console.base))
+        .header(reqwest::header::HOST, "evil.example")
+        .header("origin", "http://evil.example")
+        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body("name=mallory")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status(), StatusCode::MISDIRECTED_REQUEST);
+    let bearer = console
+        .http
+        .get(format!("{}/dead-letters", console.base))
+        .bearer_auth("anything")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        bearer.status(),
+        StatusCode::UNAUTHORIZED,
+        "no token, no bearer access"
+    );
+}

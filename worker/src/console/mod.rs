@@ -19,7 +19,9 @@ pub mod settings;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::{HeaderName, HeaderValue, header};
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
@@ -64,6 +66,7 @@ impl ConsoleState {
 
 /// Every page and action, with the console's protections.
 pub fn router(state: ConsoleState) -> Router {
+    let host_check = middleware::from_fn_with_state(state.clone(), loopback_host);
     Router::new()
         .route("/", get(pages::overview))
         .route("/login", get(pages::login_form).post(pages::log_in))
@@ -80,6 +83,7 @@ pub fn router(state: ConsoleState) -> Router {
         )
         .route("/assets/console.css", get(stylesheet))
         .with_state(state)
+        .layer(host_check)
         .layer(CsrfLayer::new())
         .layer(header_layer(
             header::CONTENT_SECURITY_POLICY,
@@ -88,6 +92,42 @@ pub fn router(state: ConsoleState) -> Router {
         .layer(header_layer(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .layer(header_layer(header::REFERRER_POLICY, "no-referrer"))
         .layer(header_layer(header::CACHE_CONTROL, "no-store"))
+}
+
+/// A console without a token listens on loopback and asks nobody for a secret, so a request
+/// there naming another host is a web page in the operator's browser that rebound its own name
+/// to 127.0.0.1 (DNS rebinding): its `Origin` matches its `Host`, which the CSRF check allows,
+/// and it could log in with any name. Such requests are refused (421); with a token, the token
+/// is the guard.
+async fn loopback_host(
+    State(state): State<ConsoleState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok());
+    if !state.key.needs_token() && !host.is_some_and(names_loopback) {
+        return (
+            StatusCode::MISDIRECTED_REQUEST,
+            "this console answers only to localhost and loopback addresses",
+        )
+            .into_response();
+    }
+    next.run(request).await
+}
+
+/// Whether a `Host` header names this machine: `localhost` or a loopback address, any port.
+fn names_loopback(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn header_layer(name: HeaderName, value: &'static str) -> SetResponseHeaderLayer<HeaderValue> {
@@ -105,4 +145,31 @@ async fn stylesheet() -> Response {
 /// Serves the console on `listener` until `shutdown`, with the ops server's limits.
 pub async fn serve(listener: TcpListener, state: ConsoleState, shutdown: CancellationToken) {
     http_server::serve(listener, router(state), crate::ops::LIMITS, None, shutdown).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_loopback;
+
+    #[test]
+    fn only_this_machine_s_names_are_loopback() {
+        for host in [
+            "localhost",
+            "localhost:9100",
+            "127.0.0.1:9100",
+            "[::1]:9100",
+            "127.1.2.3",
+        ] {
+            assert!(names_loopback(host), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:9100",
+            "10.0.0.1:9100",
+            "localhost.evil.example",
+            "",
+        ] {
+            assert!(!names_loopback(host), "{host}");
+        }
+    }
 }

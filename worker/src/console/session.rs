@@ -20,6 +20,8 @@ pub const COOKIE: &str = "console_session";
 pub const BEARER_ACTOR: &str = "bearer-token";
 /// Longest operator name kept.
 pub const MAX_NAME: usize = 64;
+/// How long a session lasts: a shift, not for ever (a cookie that leaks stops working).
+pub const LIFETIME_SECS: i64 = 12 * 3600;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -59,20 +61,34 @@ impl SessionKey {
         }
     }
 
-    /// The cookie value naming `operator`.
+    /// The cookie value naming `operator`, issued now.
     pub fn seal(&self, operator: &str) -> String {
-        let name = URL_SAFE_NO_PAD.encode(operator.as_bytes());
-        let tag = URL_SAFE_NO_PAD.encode(self.tag(&name));
-        format!("{name}.{tag}")
+        self.seal_at(operator, chrono::Utc::now().timestamp())
     }
 
-    /// The operator a cookie value names, if this key signed it.
+    fn seal_at(&self, operator: &str, issued: i64) -> String {
+        let signed = format!("{}.{issued}", URL_SAFE_NO_PAD.encode(operator.as_bytes()));
+        let tag = URL_SAFE_NO_PAD.encode(self.tag(&signed));
+        format!("{signed}.{tag}")
+    }
+
+    /// The operator a cookie value names, if this key signed it less than [`LIFETIME_SECS`]
+    /// ago.
     pub fn open(&self, sealed: &str) -> Option<String> {
-        let (name, tag) = sealed.split_once('.')?;
+        self.open_at(sealed, chrono::Utc::now().timestamp())
+    }
+
+    fn open_at(&self, sealed: &str, now: i64) -> Option<String> {
+        let (signed, tag) = sealed.rsplit_once('.')?;
         let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
         let mut mac = HmacSha256::new_from_slice(&self.key).ok()?;
-        mac.update(name.as_bytes());
+        mac.update(signed.as_bytes());
         mac.verify_slice(&tag).ok()?;
+        let (name, issued) = signed.split_once('.')?;
+        let age = now - issued.parse::<i64>().ok()?;
+        if !(0..LIFETIME_SECS).contains(&age) {
+            return None;
+        }
         String::from_utf8(URL_SAFE_NO_PAD.decode(name).ok()?).ok()
     }
 
@@ -142,7 +158,7 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// the console is reachable beyond this machine (where it belongs behind TLS).
 pub fn set_cookie(sealed: &str, secure: bool) -> String {
     let secure = if secure { "; Secure" } else { "" };
-    format!("{COOKIE}={sealed}; Path=/; HttpOnly; SameSite=Strict{secure}")
+    format!("{COOKIE}={sealed}; Path=/; Max-Age={LIFETIME_SECS}; HttpOnly; SameSite=Strict{secure}")
 }
 
 /// The `Set-Cookie` value that ends a session.
@@ -180,6 +196,18 @@ mod tests {
         );
         assert_eq!(key.open(&forged), None);
         assert_eq!(key.open("garbage"), None);
+    }
+
+    #[test]
+    fn a_session_ends_after_its_lifetime() {
+        let key = SessionKey::new(Some("t0ken"));
+        let sealed = key.seal_at("alice", 1_000);
+        assert_eq!(
+            key.open_at(&sealed, 1_000 + LIFETIME_SECS - 1),
+            Some("alice".into())
+        );
+        assert_eq!(key.open_at(&sealed, 1_000 + LIFETIME_SECS), None);
+        assert_eq!(key.open_at(&sealed, 999), None, "issued in the future");
     }
 
     #[test]

@@ -531,3 +531,17 @@ async fn a_console_without_a_token_answers_only_to_loopback_names() {
         "no token, no bearer access"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_shows_open_letters_the_queues_and_the_last_reconcile_run() {
+    let stack = Stack::new().await;
+    let console = console(&stack, &[]).await;
+    letters(&stack, 2, "missing_email", "over").await;
+    stored(&stack, 2).await;
+    let cookie = console.log_in("frank").await;
+    let page = console.get("/", Some(&cookie)).await.text().await.unwrap();
+    assert!(page.contains("Open dead letters: 2"), "{page}");
+    let main_queue = format!("{}: 0 ready, 1 consumers", stack.broker.topology.queue);
+    assert!(page.contains(&main_queue), "{page}");
+    assert!(page.contains("None yet."), "no reconcile run: {page}");
+}

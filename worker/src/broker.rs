@@ -291,6 +291,18 @@ fn dead_lettering_arguments(topology: &Topology, exchange: &str) -> FieldTable {
 
 /// Messages ready (not delivered) in a queue that exists.
 pub async fn ready_messages(channel: &Channel, queue: &str) -> Result<u32, lapin::Error> {
+    Ok(queue_depth(channel, queue).await?.ready)
+}
+
+/// What the broker says of a queue: messages ready, and consumers attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub ready: u32,
+    pub consumers: u32,
+}
+
+/// Asks the broker how deep `queue` is (a passive declare: it creates nothing).
+pub async fn queue_depth(channel: &Channel, queue: &str) -> Result<QueueDepth, lapin::Error> {
     let passive = QueueDeclareOptions {
         passive: true,
         ..QueueDeclareOptions::default()
@@ -298,7 +310,10 @@ pub async fn ready_messages(channel: &Channel, queue: &str) -> Result<u32, lapin
     let queue = channel
         .queue_declare(queue.into(), passive, FieldTable::default())
         .await?;
-    Ok(queue.message_count())
+    Ok(QueueDepth {
+        ready: queue.message_count(),
+        consumers: queue.consumer_count(),
+    })
 }
 
 pub fn long_string(value: &str) -> AMQPValue {

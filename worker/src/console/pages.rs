@@ -363,6 +363,8 @@ struct OverviewPage {
     open: Vec<(String, u64)>,
     open_total: u64,
     last_run: String,
+    /// Queue name and what the broker says of it.
+    queues: Vec<(String, String)>,
 }
 
 pub async fn overview(
@@ -370,6 +372,7 @@ pub async fn overview(
     operator: Operator,
 ) -> Result<Response, Refusal> {
     let open = store::counts_by_reason(&state.db, &Filter::open()).await?;
+    let queues = queue_depths(&state.broker).await;
     let last_run = crate::reconcile::runs::recent(&state.db, 1)
         .await?
         .into_iter()
@@ -393,7 +396,45 @@ pub async fn overview(
         open_total: open.values().sum(),
         open: open.into_iter().collect(),
         last_run,
+        queues,
     }))
+}
+
+/// How long the overview waits for the broker.
+const BROKER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The main and dead-letter queues' depth and consumers, in words; what failed instead.
+async fn queue_depths(broker: &crate::config::BrokerSettings) -> Vec<(String, String)> {
+    let topology = crate::topology::Topology::from_settings(broker);
+    let names = [topology.queue.clone(), topology.dead_letter_queue.clone()];
+    let asked = async {
+        let connection = crate::broker::connect_light(broker, "console").await?;
+        let channel = connection.create_channel().await?;
+        let mut depths = Vec::new();
+        for name in &names {
+            depths.push(crate::broker::queue_depth(&channel, name).await);
+        }
+        let _ = connection.close(200, "console overview".into()).await;
+        Ok::<_, lapin::Error>(depths)
+    };
+    match tokio::time::timeout(BROKER_TIMEOUT, asked).await {
+        Ok(Ok(depths)) => names
+            .iter()
+            .zip(depths)
+            .map(|(name, depth)| {
+                let said = depth.map_or_else(
+                    |error| format!("unknown ({error})"),
+                    |d| format!("{} ready, {} consumers", d.ready, d.consumers),
+                );
+                (name.clone(), said)
+            })
+            .collect(),
+        Ok(Err(error)) => vec![("broker".into(), format!("unreachable: {error}"))],
+        Err(_) => vec![(
+            "broker".into(),
+            format!("no answer within {BROKER_TIMEOUT:?}"),
+        )],
+    }
 }
 
 #[derive(Deserialize)]

@@ -91,6 +91,25 @@ pub struct Application {
     after_parts_timeout: Duration,
 }
 
+/// The operator console, bound, when CONSOLE_ADDR is set.
+async fn console(
+    settings: &ConsoleSettings,
+    db: &Pool,
+    broker: &BrokerSettings,
+) -> anyhow::Result<Option<(TcpListener, ConsoleState)>> {
+    let Some(addr) = settings.console_addr else {
+        return Ok(None);
+    };
+    if settings.token().is_none() {
+        warn!(%addr, "CONSOLE_TOKEN is not set: anyone who can reach the console's port on this machine (a local user, a port-forward, a proxy) can replay and discard dead letters");
+    }
+    let listener = bind(addr, "CONSOLE_ADDR").await?;
+    Ok(Some((
+        listener,
+        ConsoleState::new(settings, db.clone(), broker.clone()),
+    )))
+}
+
 /// The most stopping waits for the pool to close once the parts ended.
 const AFTER_PARTS_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -183,13 +202,7 @@ impl Application {
         };
 
         let console = match (&plan.console, &db) {
-            (Some(settings), Some(db)) => match settings.console_addr {
-                Some(addr) => Some((
-                    bind(addr, "CONSOLE_ADDR").await?,
-                    ConsoleState::new(settings, db.clone(), plan.broker.clone()),
-                )),
-                None => None,
-            },
+            (Some(settings), Some(db)) => console(settings, db, &plan.broker).await?,
             _ => None,
         };
 

@@ -5,6 +5,7 @@
 use axum::Form;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect, Response};
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
@@ -40,8 +41,40 @@ fn actor(operator: Operator) -> Actor {
 }
 
 fn letter_page(svix_id: &str) -> Response {
-    let path: String = url::form_urlencoded::byte_serialize(svix_id.as_bytes()).collect();
+    let path = utf8_percent_encode(svix_id, NON_ALPHANUMERIC);
     Redirect::to(&format!("/dead-letters/{path}")).into_response()
+}
+
+/// Longest discard reason kept.
+pub const MAX_NOTE: usize = 500;
+
+/// A discard's reason as typed: trimmed, at most [`MAX_NOTE`] characters, not empty.
+pub fn note(typed: &str) -> Result<String, Refusal> {
+    let note = typed.trim();
+    if note.is_empty() {
+        return Err(Refusal::BadRequest("Say why it is discarded.".into()));
+    }
+    Ok(note.chars().take(MAX_NOTE).collect())
+}
+
+/// Replays `ids` in a task of its own, which finishes each letter's publish and commit even if
+/// the request that asked goes away (a closed tab, a proxy's timeout): a replay cut between the
+/// confirm and the commit would publish that letter again next time.
+pub async fn replay_detached(
+    state: &ConsoleState,
+    ids: Vec<i64>,
+    filter: Filter,
+    actor: Actor,
+) -> Result<dead_letter::Replayed, Refusal> {
+    let (broker, db) = (state.broker.clone(), state.db.clone());
+    let task = tokio::spawn(async move {
+        let stop = CancellationToken::new();
+        dead_letter::replay_ids(&broker, &db, &ids, &filter, &actor, &stop).await
+    });
+    match task.await {
+        Ok(done) => Ok(done?),
+        Err(error) => Err(Refusal::Failed(error.to_string())),
+    }
 }
 
 pub async fn replay_one(
@@ -53,16 +86,7 @@ pub async fn replay_one(
         return Err(Refusal::ReadOnly);
     }
     let (id, filter) = open_letter(&state, &svix_id).await?;
-    let stop = CancellationToken::new();
-    dead_letter::replay_ids(
-        &state.broker,
-        &state.db,
-        &[id],
-        &filter,
-        &actor(operator),
-        &stop,
-    )
-    .await?;
+    replay_detached(&state, vec![id], filter, actor(operator)).await?;
     Ok(letter_page(&svix_id))
 }
 
@@ -80,11 +104,8 @@ pub async fn discard_one(
     if state.read_only {
         return Err(Refusal::ReadOnly);
     }
-    let note = discard.note.trim();
-    if note.is_empty() {
-        return Err(Refusal::BadRequest("Say why it is discarded.".into()));
-    }
+    let note = note(&discard.note)?;
     let (id, filter) = open_letter(&state, &svix_id).await?;
-    dead_letter::discard_ids(&state.db, &[id], &filter, &actor(operator), note).await?;
+    dead_letter::discard_ids(&state.db, &[id], &filter, &actor(operator), &note).await?;
     Ok(letter_page(&svix_id))
 }

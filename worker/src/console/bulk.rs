@@ -2,16 +2,16 @@
 //! applies to exactly the letters of that preview (their ids travel in the form), never to the
 //! filter evaluated again: letters that arrive in between are not touched.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use askama::Template;
 use axum::Form;
 use axum::extract::State;
 use axum::response::Response;
 use serde::Deserialize;
-use tokio_util::sync::CancellationToken;
 
 use super::ConsoleState;
+use super::actions::{note, replay_detached};
 use super::page::{Refusal, render};
 use super::pages::ListQuery;
 use super::session::Operator;
@@ -118,24 +118,17 @@ pub async fn act(
     };
     let outcome = match bulk.action.as_str() {
         "replay" => {
-            let stop = CancellationToken::new();
-            let done =
-                dead_letter::replay_ids(&state.broker, &state.db, &ids, &filter, &actor, &stop)
-                    .await?;
+            let count = ids.len();
+            let done = replay_detached(&state, ids, filter, actor).await?;
             format!(
-                "Replayed {} of {} letters ({} were no longer open).",
-                done.replayed,
-                ids.len(),
-                done.not_open
+                "Replayed {} of {count} letters ({} were no longer open).",
+                done.replayed, done.not_open
             )
         }
         "discard" => {
-            let note = bulk.note.trim();
-            if note.is_empty() {
-                return Err(Refusal::BadRequest("Say why they are discarded.".into()));
-            }
+            let note = note(&bulk.note)?;
             let discarded =
-                dead_letter::discard_ids(&state.db, &ids, &filter, &actor, note).await?;
+                dead_letter::discard_ids(&state.db, &ids, &filter, &actor, &note).await?;
             format!("Discarded {discarded} of {} letters.", ids.len())
         }
         other => return Err(Refusal::BadRequest(format!("no action {other:?}"))),
@@ -151,9 +144,9 @@ fn time(value: &serde_json::Value) -> Option<chrono::DateTime<chrono::Utc>> {
     serde_json::from_value(value.clone()).ok()
 }
 
-/// The preview's ids: numbers, at most [`MAX_LETTERS`].
+/// The preview's ids: distinct numbers, at most [`MAX_LETTERS`].
 fn parse_ids(text: &str) -> Result<Vec<i64>, Refusal> {
-    let ids: Vec<i64> = text
+    let ids: BTreeSet<i64> = text
         .split(',')
         .filter(|id| !id.is_empty())
         .map(|id| id.trim().parse())
@@ -164,5 +157,5 @@ fn parse_ids(text: &str) -> Result<Vec<i64>, Refusal> {
             "a bulk action takes 1 to {MAX_LETTERS} letters from a preview"
         )));
     }
-    Ok(ids)
+    Ok(ids.into_iter().collect())
 }

@@ -53,12 +53,15 @@ pub async fn log_in(State(state): State<ConsoleState>, Form(login): Form<Login>)
         page
     };
     let Some(name) = session::operator_name(&login.name) else {
-        return refuse("Give your name: it is recorded with what you do.");
+        return refuse(
+            "Give your name (letters, digits, spaces, . - _ @ ', at most 64): it is recorded with what you do.",
+        );
     };
     if !state.key.accepts(&login.token) {
         tracing::warn!(operator = %name, "console login with a wrong token");
         return refuse("That is not the console's token.");
     }
+    tracing::info!(operator = %name, "console login");
     let cookie = session::set_cookie(&state.key.seal(&name), state.secure_cookie);
     (
         [(header::SET_COOKIE, cookie)],

@@ -53,10 +53,14 @@ impl SessionKey {
         self.token.is_some()
     }
 
-    /// Whether `given` is the token, in constant time; true when there is none to give.
+    /// Whether `given` is the token, in constant time (digests compared, so not even the
+    /// length shows); true when there is none to give.
     pub fn accepts(&self, given: &str) -> bool {
         match &self.token {
-            Some(token) => bool::from(token.as_bytes().ct_eq(given.as_bytes())),
+            Some(token) => {
+                let digest = |text: &str| Sha256::digest(text.as_bytes());
+                bool::from(digest(token).ct_eq(&digest(given)))
+            }
             None => true,
         }
     }
@@ -167,16 +171,15 @@ pub fn clear_cookie(secure: bool) -> String {
     format!("{COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict{secure}")
 }
 
-/// An operator's name as typed at the login form: trimmed, without control characters,
-/// at most [`MAX_NAME`] characters; `None` when nothing is left.
+/// An operator's name as typed at the login form, if it is one: at most [`MAX_NAME`]
+/// characters of letters, digits, spaces and `.-_@'` (no invisible or direction-changing
+/// characters to make one name look like another, no parentheses to fake a source), and not the
+/// name recorded for scripts.
 pub fn operator_name(typed: &str) -> Option<String> {
-    let name: String = typed
-        .trim()
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(MAX_NAME)
-        .collect();
-    Some(name).filter(|name| !name.is_empty())
+    let name = typed.trim();
+    let allowed = |c: char| c.is_alphanumeric() || " .-_@'".contains(c);
+    let fits = !name.is_empty() && name.chars().count() <= MAX_NAME && name.chars().all(allowed);
+    Some(name.to_owned()).filter(|name| fits && name != BEARER_ACTOR)
 }
 
 #[cfg(test)]
@@ -231,11 +234,12 @@ mod tests {
     #[test]
     fn names_are_trimmed_and_bounded() {
         assert_eq!(operator_name("  alice \n"), Some("alice".into()));
+        assert_eq!(operator_name("Zoë O'Brien"), Some("Zoë O'Brien".into()));
         assert_eq!(operator_name(" \t "), None);
-        assert_eq!(
-            operator_name(&"x".repeat(100)).map(|n| n.len()),
-            Some(MAX_NAME)
-        );
+        assert_eq!(operator_name(&"x".repeat(100)), None);
+        assert_eq!(operator_name("ali\u{202e}ce"), None, "direction-changing");
+        assert_eq!(operator_name("alice (cli)"), None, "a faked source");
+        assert_eq!(operator_name(BEARER_ACTOR), None, "the scripts' name");
     }
 
     #[test]

@@ -544,4 +544,45 @@ async fn the_overview_shows_open_letters_the_queues_and_the_last_reconcile_run()
     let main_queue = format!("{}: 0 ready, 1 consumers", stack.broker.topology.queue);
     assert!(page.contains(&main_queue), "{page}");
     assert!(page.contains("None yet."), "no reconcile run: {page}");
+    assert!(
+        page.contains(r#"<dd id="failure-rate">0.0 %</dd>"#),
+        "nothing consumed yet: {page}"
+    );
+
+    // Three sign-ups and one the worker dead-letters: a quarter of what ended failed.
+    for i in 0..3 {
+        let user = UserEvent::created(
+            &format!("user_2rate{i}"),
+            &format!("r{i}@example.com"),
+            None,
+        );
+        stack
+            .broker
+            .publish("user.created", &user.body(), &format!("msg_rate{i}"))
+            .await;
+    }
+    let bad = UserEvent {
+        email: None,
+        ..UserEvent::created("user_2rate9", "x@example.com", None)
+    };
+    stack
+        .broker
+        .publish("user.created", &bad.body(), "msg_rate9")
+        .await;
+    stored(&stack, 3).await;
+    eventually("the three users", Duration::from_secs(20), || async {
+        stack.db.scalar("SELECT count(*) FROM users").await == 3
+    })
+    .await;
+    let page = console.get("/", Some(&cookie)).await.text().await.unwrap();
+    assert!(
+        page.contains(r#"<dd id="failure-rate">25.0 %</dd>"#),
+        "one of four failed: {page}"
+    );
+    let events_per_second: f64 = regex::Regex::new(r#"<dd id="events-per-second">([0-9.]+)</dd>"#)
+        .unwrap()
+        .captures(&page)
+        .and_then(|c| c[1].parse().ok())
+        .expect("events per second on the page");
+    assert!(events_per_second > 0.0, "{page}");
 }

@@ -2,9 +2,11 @@
 //!
 //! Names are a public contract: dashboards and alerts query them.
 
+mod activity;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{
@@ -16,6 +18,9 @@ use crate::error::{FailureReason, ProvisionError};
 use crate::memory::MemoryUsage;
 use crate::outcome::{NotProvisioned, Outcome};
 use crate::reconcile::{DRIFT_CLASSES, RunResult};
+
+use activity::Activity;
+pub use activity::{RATE_WINDOW, RecentRates};
 
 pub const WORKSPACE_CREATED: &str = "workspace_created_total";
 pub const WORKSPACE_FAILED: &str = "workspace_failed_total";
@@ -105,6 +110,7 @@ pub struct Metrics {
     recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
     upkeep_runs: Arc<AtomicU64>,
+    activity: Arc<Activity>,
 }
 
 impl Metrics {
@@ -124,6 +130,7 @@ impl Metrics {
             handle: recorder.handle(),
             recorder: Arc::new(recorder),
             upkeep_runs: Arc::default(),
+            activity: Arc::new(Activity::new(Instant::now())),
         };
         metrics.with(describe);
         metrics.with(register_at_zero);
@@ -146,10 +153,17 @@ impl Metrics {
     pub async fn run_upkeep(self, interval: Duration, shutdown: CancellationToken) {
         crate::schedule::every(interval, shutdown, || {
             self.handle.run_upkeep();
+            self.activity.sample(Instant::now());
             self.upkeep_runs.fetch_add(1, Ordering::Relaxed);
             std::future::ready(())
         })
         .await;
+    }
+
+    /// Events ended, dead-lettered and retried per second over the last minute: the console's
+    /// overview, read from the process rather than from a Prometheus it may not have.
+    pub fn recent_rates(&self) -> RecentRates {
+        self.activity.rates(Instant::now())
     }
 
     /// How many times the upkeep ran: what tests watch instead of memory.
@@ -160,6 +174,7 @@ impl Metrics {
     /// An event that ended well: counted by type and outcome, timed, and a new workspace counted.
     pub fn record_outcome(&self, event_type: &str, outcome: Outcome, duration: Duration) {
         let event_type = type_label(event_type);
+        self.activity.ended();
         self.with(|| {
             counter!(EVENTS_PROCESSED, "type" => event_type, "outcome" => outcome.as_str())
                 .increment(1);
@@ -183,6 +198,7 @@ impl Metrics {
     /// An event sent to the dead-letter queue.
     pub fn record_dead_letter(&self, event_type: &str, reason: FailureReason) {
         let event_type = type_label(event_type);
+        self.activity.dead_lettered();
         self.with(|| {
             counter!(WORKSPACE_FAILED, "reason" => reason.as_str()).increment(1);
             counter!(EVENTS_PROCESSED, "type" => event_type, "outcome" => NotProvisioned::DeadLettered.as_str())
@@ -192,6 +208,7 @@ impl Metrics {
 
     /// A retry about to wait, labelled with the error's code ([`ProvisionError::as_str`]).
     pub fn record_retry(&self, reason: &'static str) {
+        self.activity.retried();
         self.with(|| counter!(EVENTS_RETRIED, "reason" => reason).increment(1));
     }
 

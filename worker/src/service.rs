@@ -96,6 +96,7 @@ async fn console(
     settings: &ConsoleSettings,
     db: &Pool,
     broker: &BrokerSettings,
+    metrics: &Metrics,
 ) -> anyhow::Result<Option<(TcpListener, ConsoleState)>> {
     let Some(addr) = settings.console_addr else {
         return Ok(None);
@@ -106,7 +107,7 @@ async fn console(
     let listener = bind(addr, "CONSOLE_ADDR").await?;
     Ok(Some((
         listener,
-        ConsoleState::new(settings, db.clone(), broker.clone()),
+        ConsoleState::new(settings, db.clone(), broker.clone(), metrics.clone()),
     )))
 }
 
@@ -202,7 +203,7 @@ impl Application {
         };
 
         let console = match (&plan.console, &db) {
-            (Some(settings), Some(db)) => console(settings, db, &plan.broker).await?,
+            (Some(settings), Some(db)) => console(settings, db, &plan.broker, &metrics).await?,
             _ => None,
         };
 

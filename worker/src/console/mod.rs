@@ -32,6 +32,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use crate::config::BrokerSettings;
 use crate::db::Pool;
 use crate::http_server;
+use crate::metrics::Metrics;
 
 use session::SessionKey;
 pub use settings::ConsoleSettings;
@@ -46,6 +47,8 @@ const STYLESHEET: &str = include_str!("console.css");
 pub struct ConsoleState {
     pub db: Pool,
     pub broker: BrokerSettings,
+    /// The process's own figures: the overview's events per second and failure rate.
+    pub metrics: Metrics,
     pub key: Arc<SessionKey>,
     pub read_only: bool,
     /// Mark the session cookie `Secure` (a console beyond loopback belongs behind TLS).
@@ -53,10 +56,16 @@ pub struct ConsoleState {
 }
 
 impl ConsoleState {
-    pub fn new(settings: &ConsoleSettings, db: Pool, broker: BrokerSettings) -> Self {
+    pub fn new(
+        settings: &ConsoleSettings,
+        db: Pool,
+        broker: BrokerSettings,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             db,
             broker,
+            metrics,
             key: Arc::new(SessionKey::new(settings.token())),
             read_only: settings.console_read_only,
             secure_cookie: settings.is_public(),

@@ -14,6 +14,7 @@ use super::page::{Refusal, render};
 use super::session::{self, Operator};
 use crate::dead_letter::store::{self, Order};
 use crate::dead_letter::{self, Filter, Status, timestamp};
+use crate::metrics::RecentRates;
 use crate::users::{self, UserKey};
 
 /// Letters per page.
@@ -368,6 +369,28 @@ struct OverviewPage {
     last_run: String,
     /// Queue name and what the broker says of it.
     queues: Vec<(String, String)>,
+    throughput: Throughput,
+}
+
+/// This process's consumer over the last minute, in words.
+struct Throughput {
+    over_seconds: u64,
+    events_per_second: String,
+    dead_lettered_per_second: String,
+    failed_percent: String,
+    retries_per_second: String,
+}
+
+impl From<RecentRates> for Throughput {
+    fn from(rates: RecentRates) -> Self {
+        Self {
+            over_seconds: rates.over.as_secs(),
+            events_per_second: format!("{:.1}", rates.events_per_second),
+            dead_lettered_per_second: format!("{:.2}", rates.dead_lettered_per_second),
+            failed_percent: format!("{:.1}", rates.failed_share * 100.0),
+            retries_per_second: format!("{:.2}", rates.retries_per_second),
+        }
+    }
 }
 
 pub async fn overview(
@@ -400,6 +423,7 @@ pub async fn overview(
         open: open.into_iter().collect(),
         last_run,
         queues,
+        throughput: state.metrics.recent_rates().into(),
     }))
 }
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: makes sure everything the tests need is here and running (PostgreSQL,
-# RabbitMQ with rabbitmq_prometheus, promtool, docker compose for `config`, curl, PgBouncer),
+# RabbitMQ with rabbitmq_prometheus, promtool, docker compose for `config`, curl, PgBouncer,
+# Chromium and chromedriver),
 # installing from Debian's packages what is missing, then runs the whole suite. Extra arguments go
 # to cargo test.
 set -euo pipefail
@@ -56,6 +57,12 @@ ensure_tools() {
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
     apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -yq --no-install-recommends "${missing[@]}"
+  fi
+  # The console's browser tests drive Debian's Chromium through chromedriver; installed with its
+  # recommended fonts, so screenshots show text.
+  if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+    log "installing chromium and chromium-driver"
+    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -yq chromium chromium-driver
   fi
 }
 

@@ -9,11 +9,39 @@ use lapin::BasicProperties;
 
 use crate::TestDb;
 use crate::broker::{Message, TestBroker};
+use crate::clerk::UserEvent;
 
 /// How long the store must stay unchanged (with the queue empty) before it is read: a keeper
 /// holds a batch for the moment between taking it and committing it.
 const SETTLED: Duration = Duration::from_millis(300);
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Puts `n` sign-ups (users `user_2<prefix><i>`, svix ids `msg_<prefix><i>`, `i` in three
+/// digits) straight into the dead-letter queue with `reason`, as the worker would have. A
+/// `replayable` one provisions when replayed; otherwise it has no email and fails again.
+pub async fn publish(broker: &TestBroker, n: usize, reason: &str, prefix: &str, replayable: bool) {
+    for i in 0..n {
+        let id = format!("{prefix}{i:03}");
+        let mut user =
+            UserEvent::created(&format!("user_2{id}"), &format!("{id}@example.com"), None);
+        if !replayable {
+            user.email = None;
+        }
+        broker
+            .publish_dead_letter("user.created", &user.body(), &format!("msg_{id}"), reason)
+            .await;
+    }
+}
+
+/// Waits until the store holds `n` letters.
+pub async fn stored(db: &TestDb, n: i64) {
+    crate::eventually(
+        "the letters in the store",
+        Duration::from_secs(20),
+        || async { db.scalar("SELECT count(*) FROM dead_letters").await == n },
+    )
+    .await;
+}
 
 /// Takes every dead letter: from the queue, and from the store (deleting the rows), once letters
 /// in a keeper's hands have landed.

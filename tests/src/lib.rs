@@ -13,6 +13,7 @@
 
 pub mod app;
 pub mod broker;
+pub mod browser;
 pub mod chaos;
 pub mod clerk;
 pub mod clerk_api;

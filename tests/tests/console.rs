@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use integration_tests::app::TestApp;
 use integration_tests::clerk::UserEvent;
+use integration_tests::dead_letters;
 use integration_tests::eventually;
 use integration_tests::stack::Stack;
 use reqwest::StatusCode;
@@ -86,30 +87,11 @@ fn header(headers: &HeaderMap, name: impl reqwest::header::AsHeaderName) -> Stri
 }
 
 async fn letters(stack: &Stack, n: usize, reason: &str, prefix: &str) {
-    for i in 0..n {
-        let user = UserEvent {
-            email: None,
-            ..UserEvent::created(&format!("user_2{prefix}{i:03}"), "x@example.com", None)
-        };
-        stack
-            .broker
-            .publish_dead_letter(
-                "user.created",
-                &user.body(),
-                &format!("msg_{prefix}{i:03}"),
-                reason,
-            )
-            .await;
-    }
+    dead_letters::publish(&stack.broker, n, reason, prefix, false).await;
 }
 
 async fn stored(stack: &Stack, n: i64) {
-    eventually(
-        "the letters in the store",
-        Duration::from_secs(20),
-        || async { stack.db.scalar("SELECT count(*) FROM dead_letters").await == n },
-    )
-    .await;
+    dead_letters::stored(&stack.db, n).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

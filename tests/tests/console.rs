@@ -357,6 +357,48 @@ async fn a_console_beyond_loopback_without_a_token_refuses_to_start() {
     assert!(error.contains("CONSOLE_TOKEN"), "{error}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_can_come_from_a_file_and_not_from_both() {
+    let stack = Stack::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("console-token");
+    std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
+    let file = file.display().to_string();
+
+    // A public address is allowed: the file holds the token.
+    let app = stack
+        .start(
+            &["consume"],
+            &[("CONSOLE_ADDR", "0.0.0.0:0"), ("CONSOLE_TOKEN_FILE", &file)],
+        )
+        .await;
+    let port = app.console_addr.expect("the console listens").port();
+    let http = reqwest::Client::new();
+    let page = |token: &'static str| {
+        http.get(format!("http://127.0.0.1:{port}/dead-letters"))
+            .bearer_auth(token)
+            .send()
+    };
+    // The file's trailing newline is not part of the token.
+    assert_eq!(page(TOKEN).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        page("wrong").await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    let env = stack.env(&[
+        ("CONSOLE_ADDR", "127.0.0.1:0"),
+        ("CONSOLE_TOKEN", TOKEN),
+        ("CONSOLE_TOKEN_FILE", &file),
+    ]);
+    let both = TestApp::start(&["consume"], &env).await;
+    let error = format!("{:#}", both.err().expect("refused"));
+    assert!(
+        error.contains("CONSOLE_TOKEN and CONSOLE_TOKEN_FILE are both set"),
+        "{error}"
+    );
+}
+
 /// The value of the hidden field `name` in `html`.
 fn hidden(html: &str, name: &str) -> String {
     let marker = format!(r#"name="{name}" value=""#);

@@ -193,7 +193,10 @@ async fn a_page_on_another_site_cannot_make_the_browser_replay() {
         browser.path().await.ends_with("/replay"),
         "the browser posted"
     );
-    assert!(page.contains("HTTP ERROR 403"), "refused, not sent to log in: {page}");
+    assert!(
+        page.contains("HTTP ERROR 403"),
+        "refused, not sent to log in: {page}"
+    );
     browser.screenshot("refused").await;
     assert_eq!(
         stack

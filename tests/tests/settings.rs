@@ -218,6 +218,14 @@ fn each_setting_that_makes_no_sense_exits_2_naming_it_and_never_its_value() {
             vec![("AMQP_URL_FILE", "/nonexistent/amqp-url".into())],
             "AMQP_URL_FILE (/nonexistent/amqp-url) cannot be read",
         ),
+        (
+            vec!["consume"],
+            vec![
+                ("CONSOLE_ADDR", "127.0.0.1:0".into()),
+                ("CONSOLE_TOKEN_FILE", "/nonexistent/console-token".into()),
+            ],
+            "CONSOLE_TOKEN_FILE (/nonexistent/console-token) cannot be read",
+        ),
         // Clerk's API: a key, over TLS unless local, at a sane rate, a real fraction.
         (vec!["reconcile"], vec![], "CLERK_SECRET_KEY is required"),
         (

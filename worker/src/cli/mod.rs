@@ -192,9 +192,18 @@ impl Cli {
         let secrets = match command {
             Command::Ingress { ingress, .. } => vec![webhook_secret(ingress)],
             Command::Run {
-                ingress, reconcile, ..
-            } => vec![webhook_secret(ingress), secret_key(&mut reconcile.clerk)],
-            Command::Consume { reconcile, .. } => vec![secret_key(&mut reconcile.clerk)],
+                ingress,
+                reconcile,
+                console,
+                ..
+            } => vec![
+                webhook_secret(ingress),
+                secret_key(&mut reconcile.clerk),
+                console_token(console),
+            ],
+            Command::Consume {
+                reconcile, console, ..
+            } => vec![secret_key(&mut reconcile.clerk), console_token(console)],
             Command::Reconcile(args) => vec![secret_key(&mut args.clerk)],
             _ => Vec::new(),
         };
@@ -371,6 +380,17 @@ fn secret_key(clerk: &mut ClerkApiSettings) -> CommandSecret<'_> {
         id: "secret_key",
         file: clerk.secret_key_file.clone(),
         value: &mut clerk.secret_key,
+    }
+}
+
+/// The operator console's token.
+fn console_token(console: &mut ConsoleSettings) -> CommandSecret<'_> {
+    CommandSecret {
+        setting: "CONSOLE_TOKEN",
+        flag: "--console-token",
+        id: "console_token",
+        file: console.console_token_file.clone(),
+        value: &mut console.console_token,
     }
 }
 

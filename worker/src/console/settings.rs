@@ -2,6 +2,7 @@
 //! guards it, and whether it may act at all.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use secrecy::{ExposeSecret, SecretString};
 
@@ -26,6 +27,10 @@ pub struct ConsoleSettings {
         hide_default_value = true
     )]
     pub console_token: SecretString,
+
+    /// A file holding CONSOLE_TOKEN (a Docker or Kubernetes secret); refused beside it.
+    #[arg(long, env = "CONSOLE_TOKEN_FILE", value_name = "PATH")]
+    pub console_token_file: Option<PathBuf>,
 
     /// Hide and refuse every action (replay, discard): a console to look with.
     #[arg(

@@ -331,10 +331,21 @@ async fn replay_and_discard_are_recorded_with_the_operator_and_read_only_refuses
         .await
         .unwrap();
     assert!(!page.contains("Replay</button>") && !page.contains("Discard</button>"));
-    let refused = read_only
-        .post("/dead-letters/msg_ro000/replay", Some(&cookie), "")
-        .await;
-    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    for (action, form) in [
+        ("/dead-letters/msg_ro000/replay", ""),
+        ("/dead-letters/msg_ro000/discard", "note=x"),
+        ("/dead-letters/preview", "reason=missing_email"),
+        ("/dead-letters/bulk", "ids=1&action=replay"),
+    ] {
+        let refused = read_only.post(action, Some(&cookie), form).await;
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN, "{action}");
+        let anonymous = read_only.post(action, None, form).await;
+        assert_eq!(
+            anonymous.status(),
+            StatusCode::SEE_OTHER,
+            "{action}: logging in comes first"
+        );
+    }
     assert_eq!(
         stack
             .db

@@ -1,9 +1,10 @@
 //! What an operator does from the console: replay or discard one letter. Every action is a POST
-//! (refused cross-site by the router's CSRF layer), refused in read-only mode, and recorded
-//! with the operator's name.
+//! (refused cross-site by the router's CSRF layer), refused in read-only mode ([`allowed`]), and
+//! recorded with the operator's name.
 
 use axum::Form;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
@@ -31,6 +32,20 @@ async fn open_letter(state: &ConsoleState, svix_id: &str) -> Result<(i64, Filter
         ..Filter::open()
     };
     Ok((row.id, filter))
+}
+
+/// Lets an action through to a logged-in operator of a console that may act: the route layer of
+/// every POST that changes letters, so no action handler can forget it.
+pub async fn allowed(
+    State(state): State<ConsoleState>,
+    _operator: Operator,
+    request: Request,
+    next: Next,
+) -> Result<Response, Refusal> {
+    if state.read_only {
+        return Err(Refusal::ReadOnly);
+    }
+    Ok(next.run(request).await)
 }
 
 fn actor(operator: Operator) -> Actor {
@@ -82,9 +97,6 @@ pub async fn replay_one(
     operator: Operator,
     Path(svix_id): Path<String>,
 ) -> Result<Response, Refusal> {
-    if state.read_only {
-        return Err(Refusal::ReadOnly);
-    }
     let (id, filter) = open_letter(&state, &svix_id).await?;
     replay_detached(&state, vec![id], filter, actor(operator)).await?;
     Ok(letter_page(&svix_id))
@@ -101,9 +113,6 @@ pub async fn discard_one(
     Path(svix_id): Path<String>,
     Form(discard): Form<Discard>,
 ) -> Result<Response, Refusal> {
-    if state.read_only {
-        return Err(Refusal::ReadOnly);
-    }
     let note = note(&discard.note)?;
     let (id, filter) = open_letter(&state, &svix_id).await?;
     dead_letter::discard_ids(&state.db, &[id], &filter, &actor(operator), &note).await?;

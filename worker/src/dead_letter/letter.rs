@@ -8,7 +8,7 @@ use lapin::message::Delivery;
 use lapin::types::{AMQPValue, FieldTable};
 use sea_orm::ColumnTrait;
 use sea_orm::sea_query::{Condition, Expr};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::amqp_json;
@@ -23,7 +23,8 @@ use crate::topology::header::{
 const BROKER_REASON_FALLBACK: &str = "unknown";
 
 /// Where a dead letter stands: the `status` column.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Status {
     /// Waiting for an operator (or a reconcile run) to do something about it.
     Open,
@@ -81,8 +82,10 @@ impl From<&dead_letters::Model> for DeadLetter {
     }
 }
 
-/// Which dead letters a command acts on; every given criterion must hold.
-#[derive(Clone, Debug, Default, Serialize)]
+/// Which dead letters a command acts on; every given criterion must hold. Recorded as JSON with
+/// each action, and read back from the console's bulk form.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Filter {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -100,17 +103,10 @@ pub struct Filter {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub until: Option<DateTime<Utc>>,
     /// `None`: any status.
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "status_name"
-    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
-}
-
-fn status_name<S: serde::Serializer>(status: &Option<Status>, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(status.map_or("any", Status::as_str))
 }
 
 impl Filter {

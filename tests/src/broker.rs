@@ -220,7 +220,23 @@ impl TestBroker {
         message_id: &str,
         reason: &str,
     ) {
+        self.publish_dead_letter_with(routing_key, body, message_id, reason, &[])
+            .await;
+    }
+
+    /// [`Self::publish_dead_letter`] with `extra` headers.
+    pub async fn publish_dead_letter_with(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        message_id: &str,
+        reason: &str,
+        extra: &[(&str, &str)],
+    ) {
         let mut headers = FieldTable::default();
+        for (name, value) in extra {
+            headers.insert((*name).into(), AMQPValue::LongString((*value).into()));
+        }
         headers.insert(
             header::FAILURE_REASON.into(),
             AMQPValue::LongString(reason.into()),

@@ -718,3 +718,83 @@ async fn letters_arriving_while_the_database_is_down_wait_in_the_queue_and_are_k
         0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_letter_the_store_refuses_is_kept_without_its_headers_and_its_batch_whole() {
+    let stack = Stack::new().await;
+    // The store refuses one letter's headers, as it could refuse data nobody foresaw.
+    stack
+        .db
+        .execute(
+            "ALTER TABLE dead_letters ADD CONSTRAINT test_refuses_poison \
+             CHECK (NOT jsonb_exists(headers, 'x-poison'))",
+        )
+        .await;
+    for i in 0..3 {
+        let user = UserEvent::created(
+            &format!("user_2keep{i}"),
+            &format!("k{i}@example.com"),
+            None,
+        );
+        stack
+            .broker
+            .publish_dead_letter(
+                "user.created",
+                &user.body(),
+                &format!("msg_keep{i}"),
+                "retries_exhausted",
+            )
+            .await;
+    }
+    let poison = UserEvent::created("user_2poison", "p@example.com", None);
+    stack
+        .broker
+        .publish_dead_letter_with(
+            "user.created",
+            &poison.body(),
+            "msg_poison",
+            "retries_exhausted",
+            &[("x-poison", "yes")],
+        )
+        .await;
+
+    // Started after the letters are waiting: they come as one batch, which the store refuses.
+    let _worker = worker(&stack).await;
+    wait_open_in_store(&stack, 4).await;
+    let queue = &stack.broker.topology.dead_letter_queue;
+    assert_eq!(stack.broker.ready(queue).await, 0, "every letter acked");
+    let rows = stack
+        .db
+        .rows("SELECT svix_id, headers, detail FROM dead_letters ORDER BY svix_id")
+        .await;
+    for row in &rows {
+        let svix_id = row["svix_id"].as_str().unwrap();
+        let headers = row["headers"].as_object().unwrap();
+        if svix_id == "msg_poison" {
+            assert!(headers.is_empty(), "{row}");
+            let detail = row["detail"].as_str().unwrap();
+            assert!(
+                detail.starts_with("kept without its headers: the store refused them"),
+                "{detail}"
+            );
+            assert!(
+                detail.contains("made by the test"),
+                "the first detail kept: {detail}"
+            );
+        } else {
+            assert!(
+                headers.contains_key("x-failure-reason"),
+                "kept whole: {row}"
+            );
+        }
+    }
+    let body = stack
+        .db
+        .rows("SELECT convert_from(body, 'UTF8') AS body FROM dead_letters WHERE svix_id = 'msg_poison'")
+        .await;
+    assert_eq!(
+        body[0]["body"].as_str().unwrap().as_bytes(),
+        poison.body().as_slice(),
+        "the body byte for byte"
+    );
+}

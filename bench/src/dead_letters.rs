@@ -2,7 +2,8 @@
 //! the store (letters per second, through `worker dlq list`, which moves what waits before it
 //! reads), and the queries of one listing page at 100,000 letters (p50/p99): a page of 50 newest
 //! first, the counts by reason and which of the page are no longer needed, unfiltered, filtered
-//! by reason, by user, and a page deep into the keyset.
+//! by reason, by user, and a page deep into the keyset; then the same pages as the operator
+//! console serves them over HTTP (queries, template and transfer).
 
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,8 @@ pub struct DeadLetters {
     pub rows: i64,
     /// One listing page (page, counts by reason, no-longer-needed), by filter.
     pub pages: Vec<(String, Latency)>,
+    /// The same pages fetched from the console, by filter.
+    pub console_pages: Vec<(String, Latency)>,
 }
 
 /// Moves `letters` from the queue, then fills the store to `rows` and times listing pages.
@@ -75,12 +78,73 @@ pub async fn measure(build: &Build, letters: usize, rows: usize) -> anyhow::Resu
     for (name, filter, page) in filters {
         pages.push((name.to_owned(), time_page(&pool, &filter, page).await?));
     }
+    eprintln!("dead letters: timing the console's pages over HTTP");
+    let console_pages = time_console(&stack, deep).await?;
     Ok(DeadLetters {
         moved: letters,
         moved_per_s: letters as f64 / move_time.as_secs_f64(),
         rows: stack.db.scalar("SELECT count(*) FROM dead_letters").await,
         pages,
+        console_pages,
     })
+}
+
+/// The console's token in the bench's worker.
+const CONSOLE_TOKEN: &str = "bench-console-token";
+
+/// The listing pages as the console serves them (a worker in this process, fetched with the
+/// token as `Bearer`), [`SAMPLES`] times each.
+async fn time_console(
+    stack: &Stack,
+    deep: (DateTime<Utc>, i64),
+) -> anyhow::Result<Vec<(String, Latency)>> {
+    let app = stack
+        .start(
+            &["consume"],
+            &[
+                ("CONSOLE_ADDR", "127.0.0.1:0"),
+                ("CONSOLE_TOKEN", CONSOLE_TOKEN),
+            ],
+        )
+        .await;
+    let base = match app.console_addr {
+        Some(addr) => format!("http://{addr}"),
+        None => bail!("the console did not listen"),
+    };
+    let http = reqwest::Client::new();
+    let paths = [
+        ("open, newest first", "/dead-letters".to_owned()),
+        (
+            "reason email_conflict",
+            "/dead-letters?reason=email_conflict".to_owned(),
+        ),
+        ("one user", "/dead-letters?user=user_bench77777".to_owned()),
+        (
+            "page 1,000 (keyset)",
+            format!(
+                "/dead-letters?after={}.{}",
+                deep.0.timestamp_micros(),
+                deep.1
+            ),
+        ),
+    ];
+    let mut pages = Vec::new();
+    for (name, path) in paths {
+        let url = format!("{base}{path}");
+        let mut samples = Vec::with_capacity(SAMPLES);
+        for _ in 0..SAMPLES {
+            let started = Instant::now();
+            let answer = http.get(&url).bearer_auth(CONSOLE_TOKEN).send().await?;
+            let status = answer.status();
+            let page = answer.text().await?;
+            if !status.is_success() || !page.contains("<table>") {
+                bail!("{path}: {status}: {page}");
+            }
+            samples.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        pages.push((name.to_owned(), Latency::of(&mut samples)));
+    }
+    Ok(pages)
 }
 
 async fn publish(stack: &Stack, letters: usize) {
@@ -168,11 +232,16 @@ pub fn table(figures: &DeadLetters) -> String {
          listing page ({PAGE} letters, counts by reason, no-longer-needed) at {} letters:\n",
         figures.moved, figures.moved_per_s, figures.rows
     );
-    for (name, latency) in &figures.pages {
-        out += &format!(
-            "  {name:<24} p50 {:.1} ms  p99 {:.1} ms\n",
-            latency.p50_ms, latency.p99_ms
-        );
-    }
+    let lines = |out: &mut String, pages: &[(String, Latency)]| {
+        for (name, latency) in pages {
+            *out += &format!(
+                "  {name:<24} p50 {:.1} ms  p99 {:.1} ms\n",
+                latency.p50_ms, latency.p99_ms
+            );
+        }
+    };
+    lines(&mut out, &figures.pages);
+    out += "the console's page over HTTP (the same, rendered and sent):\n";
+    lines(&mut out, &figures.console_pages);
     out
 }

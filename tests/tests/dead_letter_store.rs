@@ -138,7 +138,8 @@ fn rabbitmqctl(args: &[&str]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn looking_thirty_times_at_a_queue_with_a_delivery_limit_of_five_loses_nothing() {
+async fn looking_thirty_times_by_cli_and_thirty_by_console_at_a_delivery_limit_of_five_loses_nothing()
+ {
     let stack = Stack::new().await;
     let queue = stack.broker.topology.dead_letter_queue.clone();
     let policy = DeliveryLimitPolicy::set(&queue, 5);
@@ -177,6 +178,41 @@ async fn looking_thirty_times_at_a_queue_with_a_delivery_limit_of_five_loses_not
             let shown = dlq_json(&stack, &["show", "msg_limit1"]);
             assert_eq!(shown["reason"], "missing_email");
         }
+    }
+    assert_eq!(open_in_store(&stack).await, 3, "every letter still there");
+    assert_eq!(stack.broker.ready(&queue).await, 0);
+
+    // And 30 looks through the console's pages: the list, and one letter.
+    let token = "console-token-thirty-looks";
+    let console = stack
+        .start(
+            &["consume"],
+            &[("CONSOLE_ADDR", "127.0.0.1:0"), ("CONSOLE_TOKEN", token)],
+        )
+        .await;
+    let base = format!("http://{}", console.console_addr.expect("the console"));
+    let http = reqwest::Client::new();
+    for look in 0..30 {
+        let path = if look % 2 == 0 {
+            "/dead-letters"
+        } else {
+            "/dead-letters/msg_limit1"
+        };
+        let page = http
+            .get(format!("{base}{path}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let expected = if look % 2 == 0 {
+            "3 matching"
+        } else {
+            "missing_email"
+        };
+        assert!(page.contains(expected), "look {look} at {path}: {page}");
     }
     assert_eq!(open_in_store(&stack).await, 3, "every letter still there");
     assert_eq!(stack.broker.ready(&queue).await, 0);

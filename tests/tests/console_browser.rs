@@ -233,3 +233,59 @@ async fn evil_site(target: &str) -> std::net::SocketAddr {
     tokio::spawn(async move { axum::serve(listener, app).await });
     addr
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_works_by_keyboard_and_labels_every_control() {
+    use fantoccini::key::Key;
+    let stack = Stack::new().await;
+    let (_app, base) = console(&stack).await;
+    dead_letters::publish(&stack.broker, 1, "retries_exhausted", "keys", true).await;
+    dead_letters::stored(&stack.db, 1).await;
+    let mut browser = Browser::start("console-keyboard").await;
+
+    // The name field has the focus; Tab reaches the token, Enter sends the form.
+    browser.goto(&format!("{base}/login")).await;
+    let focused = browser.client.active_element().await.unwrap();
+    assert_eq!(focused.attr("id").await.unwrap().as_deref(), Some("name"));
+    let keys = format!(
+        "Gus{}{TOKEN}{}",
+        char::from(Key::Tab),
+        char::from(Key::Enter)
+    );
+    focused.send_keys(&keys).await.unwrap();
+    browser.find("#counts").await;
+    assert_eq!(browser.path().await, "/dead-letters");
+
+    // Every page's every visible control has a label.
+    for path in [
+        "/",
+        "/dead-letters",
+        "/dead-letters/msg_keys000",
+        "/users?q=nobody@example.com",
+    ] {
+        browser.goto(&format!("{base}{path}")).await;
+        let controls = browser
+            .client
+            .execute(
+                "const all = [...document.querySelectorAll('input:not([type=hidden]), select, textarea')];
+                 return {
+                   count: all.length,
+                   unlabelled: all
+                     .filter(c => !(c.id && document.querySelector(`label[for='${c.id}']`)))
+                     .map(c => c.outerHTML),
+                 };",
+                vec![],
+            )
+            .await
+            .unwrap();
+        let overview = path == "/";
+        assert_eq!(
+            controls["count"].as_u64().unwrap() == 0,
+            overview,
+            "{path}: {controls}"
+        );
+        assert_eq!(controls["unlabelled"], serde_json::json!([]), "{path}");
+    }
+    browser.screenshot("labelled").await;
+    browser.close().await;
+}

@@ -54,49 +54,80 @@ pub async fn measure(build: &Build, letters: usize, rows: usize) -> anyhow::Resu
     fill(&stack, rows.saturating_sub(letters)).await;
     let pool = stack.db.pool();
     let deep = deep_page(&pool).await?;
-    let filters = [
-        ("open, newest first", Filter::open(), None),
-        (
+    let pages = listing_pages(deep);
+    let mut query_times = Vec::new();
+    for page in &pages {
+        let latency = time_page(&pool, &page.filter, page.after).await?;
+        query_times.push((page.name.to_owned(), latency));
+    }
+    eprintln!("dead letters: timing the console's pages over HTTP");
+    let console_pages = time_console(&stack, &pages).await?;
+    Ok(DeadLetters {
+        moved: letters,
+        moved_per_s: letters as f64 / move_time.as_secs_f64(),
+        rows: stack.db.scalar("SELECT count(*) FROM dead_letters").await,
+        pages: query_times,
+        console_pages,
+    })
+}
+
+/// One listing page timed: by its queries, and as the console's address that shows it.
+struct ListingPage {
+    name: &'static str,
+    filter: Filter,
+    after: Option<(DateTime<Utc>, i64)>,
+    console_path: String,
+}
+
+/// The pages timed: all open letters, one reason, one user, and page 1,000 (starting `deep`).
+fn listing_pages(deep: (DateTime<Utc>, i64)) -> Vec<ListingPage> {
+    let page = |name, filter, after, console_path: &str| ListingPage {
+        name,
+        filter,
+        after,
+        console_path: console_path.to_owned(),
+    };
+    vec![
+        page("open, newest first", Filter::open(), None, "/dead-letters"),
+        page(
             "reason email_conflict",
             Filter {
                 reason: Some("email_conflict".into()),
                 ..Filter::open()
             },
             None,
+            "/dead-letters?reason=email_conflict",
         ),
-        (
+        page(
             "one user",
             Filter {
                 user_id: Some("user_bench77777".into()),
                 ..Filter::open()
             },
             None,
+            "/dead-letters?user=user_bench77777",
         ),
-        ("page 1,000 (keyset)", Filter::open(), Some(deep)),
-    ];
-    let mut pages = Vec::new();
-    for (name, filter, page) in filters {
-        pages.push((name.to_owned(), time_page(&pool, &filter, page).await?));
-    }
-    eprintln!("dead letters: timing the console's pages over HTTP");
-    let console_pages = time_console(&stack, deep).await?;
-    Ok(DeadLetters {
-        moved: letters,
-        moved_per_s: letters as f64 / move_time.as_secs_f64(),
-        rows: stack.db.scalar("SELECT count(*) FROM dead_letters").await,
-        pages,
-        console_pages,
-    })
+        page(
+            "page 1,000 (keyset)",
+            Filter::open(),
+            Some(deep),
+            &format!(
+                "/dead-letters?after={}.{}",
+                deep.0.timestamp_micros(),
+                deep.1
+            ),
+        ),
+    ]
 }
 
 /// The console's token in the bench's worker.
 const CONSOLE_TOKEN: &str = "bench-console-token";
 
-/// The listing pages as the console serves them (a worker in this process, fetched with the
-/// token as `Bearer`), [`SAMPLES`] times each.
+/// `pages` as the console serves them (a worker in this process, fetched with the token as
+/// `Bearer`), [`SAMPLES`] times each.
 async fn time_console(
     stack: &Stack,
-    deep: (DateTime<Utc>, i64),
+    pages: &[ListingPage],
 ) -> anyhow::Result<Vec<(String, Latency)>> {
     let app = stack
         .start(
@@ -112,39 +143,24 @@ async fn time_console(
         None => bail!("the console did not listen"),
     };
     let http = reqwest::Client::new();
-    let paths = [
-        ("open, newest first", "/dead-letters".to_owned()),
-        (
-            "reason email_conflict",
-            "/dead-letters?reason=email_conflict".to_owned(),
-        ),
-        ("one user", "/dead-letters?user=user_bench77777".to_owned()),
-        (
-            "page 1,000 (keyset)",
-            format!(
-                "/dead-letters?after={}.{}",
-                deep.0.timestamp_micros(),
-                deep.1
-            ),
-        ),
-    ];
-    let mut pages = Vec::new();
-    for (name, path) in paths {
+    let mut times = Vec::new();
+    for page in pages {
+        let path = &page.console_path;
         let url = format!("{base}{path}");
         let mut samples = Vec::with_capacity(SAMPLES);
         for _ in 0..SAMPLES {
             let started = Instant::now();
             let answer = http.get(&url).bearer_auth(CONSOLE_TOKEN).send().await?;
             let status = answer.status();
-            let page = answer.text().await?;
-            if !status.is_success() || !page.contains("<table>") {
-                bail!("{path}: {status}: {page}");
+            let html = answer.text().await?;
+            if !status.is_success() || !html.contains("<table>") {
+                bail!("{path}: {status}: {html}");
             }
             samples.push(started.elapsed().as_secs_f64() * 1000.0);
         }
-        pages.push((name.to_owned(), Latency::of(&mut samples)));
+        times.push((page.name.to_owned(), Latency::of(&mut samples)));
     }
-    Ok(pages)
+    Ok(times)
 }
 
 async fn publish(stack: &Stack, letters: usize) {

@@ -4,7 +4,7 @@
 //! dropped. Screenshots go under `target/screenshots/<test>/`.
 
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,11 +18,28 @@ const INSTALL: &str = "install them with: apt-get install -y chromium chromium-d
 /// How long chromedriver gets to answer, and an element to appear.
 const PATIENCE: Duration = Duration::from_secs(30);
 
+/// A headless Chromium session, with the chromedriver that runs it and the profile it writes.
 pub struct Browser {
+    /// The WebDriver session, for what the helpers below do not cover.
     pub client: Client,
-    driver: Child,
+    _driver: Driver,
+    _profile: tempfile::TempDir,
     shots: PathBuf,
     taken: usize,
+}
+
+/// A chromedriver in a process group of its own: dropping it kills chromedriver and the
+/// Chromium it started, even when the test panicked before its session began.
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the process group this value started; no memory is involved.
+        unsafe {
+            libc::kill(-(self.0.id() as i32), libc::SIGKILL);
+        }
+        let _ = self.0.wait();
+    }
 }
 
 impl Browser {
@@ -34,24 +51,46 @@ impl Browser {
                 "{path} is missing: the browser tests need Chromium and chromedriver; {INSTALL}"
             );
         }
-        let port = free_port();
-        let driver = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            // Its own process group: dropping the browser kills chromedriver and its Chromium.
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("{CHROMEDRIVER} did not start ({e}); {INSTALL}"));
-        let webdriver = format!("http://127.0.0.1:{port}");
-        let client = connect(&webdriver).await;
+        let profile = tempfile::tempdir().expect("a Chromium profile folder");
         let shots = screenshot_root().join(test);
         std::fs::create_dir_all(&shots).expect("a screenshot folder under target/");
-        Self {
-            client,
-            driver,
-            shots,
-            taken: 0,
+        // A free port can be taken between finding it and chromedriver binding it: then
+        // chromedriver exits, and another port is tried.
+        for _ in 0..3 {
+            let port = free_port();
+            let mut driver = Driver(
+                Command::new(CHROMEDRIVER)
+                    .arg(format!("--port={port}"))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .process_group(0)
+                    .spawn()
+                    .unwrap_or_else(|e| panic!("{CHROMEDRIVER} did not start ({e}); {INSTALL}")),
+            );
+            let webdriver = format!("http://127.0.0.1:{port}");
+            if let Some(client) = connect(&webdriver, &mut driver.0, profile.path()).await {
+                return Self {
+                    client,
+                    _driver: driver,
+                    _profile: profile,
+                    shots,
+                    taken: 0,
+                };
+            }
+        }
+        panic!("chromedriver exited three times at start (ports taken?)");
+    }
+
+    /// Waits until the page shown is `path` (with its query, if any).
+    pub async fn wait_for_path(&self, path: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let now = self.path().await;
+            if now == path {
+                return;
+            }
+            assert!(Instant::now() < deadline, "still on {now}, not {path}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -69,6 +108,26 @@ impl Browser {
         match url.query() {
             Some(query) => format!("{}?{query}", url.path()),
             None => url.path().to_owned(),
+        }
+    }
+
+    /// Waits until the element `css` names holds `needle` in its text; that text.
+    pub async fn wait_for_text(&self, css: &str, needle: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            // The element may be on the page being left, or gone between finding and reading.
+            if let Ok(element) = self.client.find(Locator::Css(css)).await
+                && let Ok(text) = element.text().await
+                && text.contains(needle)
+            {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in {css} on {}",
+                self.path().await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -134,18 +193,8 @@ impl Browser {
     }
 }
 
-impl Drop for Browser {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the process group this value started; no memory is involved.
-        unsafe {
-            libc::kill(-(self.driver.id() as i32), libc::SIGKILL);
-        }
-        let _ = self.driver.wait();
-    }
-}
-
-/// A session in headless Chromium, once chromedriver answers.
-async fn connect(webdriver: &str) -> Client {
+/// A session in headless Chromium once chromedriver answers; `None` if chromedriver exited.
+async fn connect(webdriver: &str, driver: &mut Child, profile: &Path) -> Option<Client> {
     let capabilities = json!({
         "browserName": "chrome",
         "goog:chromeOptions": {
@@ -157,12 +206,12 @@ async fn connect(webdriver: &str) -> Client {
                 "--disable-gpu",
                 "--window-size=1280,900",
                 "--lang=en-US",
+                format!("--user-data-dir={}", profile.display()),
             ],
         },
     });
-    let capabilities = match capabilities {
-        serde_json::Value::Object(map) => map,
-        _ => unreachable!("an object"),
+    let serde_json::Value::Object(capabilities) = capabilities else {
+        unreachable!("an object")
     };
     let deadline = Instant::now() + PATIENCE;
     loop {
@@ -171,7 +220,8 @@ async fn connect(webdriver: &str) -> Client {
             .connect(webdriver)
             .await;
         match attempt {
-            Ok(client) => return client,
+            Ok(client) => return Some(client),
+            Err(_) if matches!(driver.try_wait(), Ok(Some(_))) => return None,
             Err(_) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }

@@ -479,7 +479,11 @@ async fn a_bulk_replay_acts_on_exactly_the_letters_previewed() {
         .await;
     assert_eq!(audit[0]["actor"], "carol");
     assert_eq!(audit[0]["changed"], 5);
-    assert_eq!(audit[0]["filter"]["reason"], "missing_email");
+    assert_eq!(
+        audit[0]["filter"],
+        serde_json::json!({"reason": "missing_email", "status": "open"}),
+        "the filter as the operator gave it, without the preview's cap"
+    );
 
     let refused = console
         .post(
@@ -609,11 +613,15 @@ async fn the_overview_shows_open_letters_the_queues_and_the_last_reconcile_run()
         stack.db.scalar("SELECT count(*) FROM users").await == 3
     })
     .await;
-    let page = console.get("/", Some(&cookie)).await.text().await.unwrap();
-    assert!(
-        page.contains(r#"<dd id="failure-rate">25.0 %</dd>"#),
-        "one of four failed: {page}"
-    );
+    // The counters follow the commit and the broker's confirm: wait for them too.
+    let overview = || async { console.get("/", Some(&cookie)).await.text().await.unwrap() };
+    eventually("a quarter failed", Duration::from_secs(20), || async {
+        overview()
+            .await
+            .contains(r#"<dd id="failure-rate">25.0 %</dd>"#)
+    })
+    .await;
+    let page = overview().await;
     let events_per_second: f64 = regex::Regex::new(r#"<dd id="events-per-second">([0-9.]+)</dd>"#)
         .unwrap()
         .captures(&page)

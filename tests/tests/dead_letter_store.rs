@@ -182,7 +182,8 @@ async fn looking_thirty_times_by_cli_and_thirty_by_console_at_a_delivery_limit_o
     assert_eq!(open_in_store(&stack).await, 3, "every letter still there");
     assert_eq!(stack.broker.ready(&queue).await, 0);
 
-    // And 30 looks through the console's pages: the list, and one letter.
+    // And 30 looks through the console's pages, the list and one letter: they read the store,
+    // never the queue, so the delivery limit has nothing to count.
     let token = "console-token-thirty-looks";
     let console = stack
         .start(

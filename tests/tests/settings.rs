@@ -226,6 +226,14 @@ fn each_setting_that_makes_no_sense_exits_2_naming_it_and_never_its_value() {
             ],
             "CONSOLE_TOKEN_FILE (/nonexistent/console-token) cannot be read",
         ),
+        (
+            vec!["consume"],
+            vec![
+                ("CONSOLE_ADDR", "127.0.0.1:0".into()),
+                ("CONSOLE_TOKEN_FILE", "/dev/null".into()),
+            ],
+            "CONSOLE_TOKEN_FILE names an empty file",
+        ),
         // Clerk's API: a key, over TLS unless local, at a sane rate, a real fraction.
         (vec!["reconcile"], vec![], "CLERK_SECRET_KEY is required"),
         (

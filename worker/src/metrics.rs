@@ -20,7 +20,7 @@ use crate::outcome::{NotProvisioned, Outcome};
 use crate::reconcile::{DRIFT_CLASSES, RunResult};
 
 use activity::Activity;
-pub use activity::{RATE_WINDOW, RecentRates};
+pub use activity::RecentRates;
 
 pub const WORKSPACE_CREATED: &str = "workspace_created_total";
 pub const WORKSPACE_FAILED: &str = "workspace_failed_total";

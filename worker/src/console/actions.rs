@@ -1,10 +1,9 @@
 //! What an operator does from the console: replay or discard one letter. Every action is a POST
-//! (refused cross-site by the router's CSRF layer), refused in read-only mode ([`allowed`]), and
+//! (refused cross-site by the router's CSRF layer), refused in read-only mode (each takes an [`ActingOperator`]), and
 //! recorded with the operator's name.
 
 use axum::Form;
-use axum::extract::{Path, Request, State};
-use axum::middleware::Next;
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
@@ -12,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ConsoleState;
 use super::page::Refusal;
-use super::session::Operator;
+use super::session::{ActingOperator, Operator};
 use crate::dead_letter::store::{self, Actor, Source};
 use crate::dead_letter::{self, Filter, Status};
 
@@ -32,20 +31,6 @@ async fn open_letter(state: &ConsoleState, svix_id: &str) -> Result<(i64, Filter
         ..Filter::open()
     };
     Ok((row.id, filter))
-}
-
-/// Lets an action through to a logged-in operator of a console that may act: the route layer of
-/// every POST that changes letters, so no action handler can forget it.
-pub async fn allowed(
-    State(state): State<ConsoleState>,
-    _operator: Operator,
-    request: Request,
-    next: Next,
-) -> Result<Response, Refusal> {
-    if state.read_only {
-        return Err(Refusal::ReadOnly);
-    }
-    Ok(next.run(request).await)
 }
 
 fn actor(operator: Operator) -> Actor {
@@ -94,7 +79,7 @@ pub async fn replay_detached(
 
 pub async fn replay_one(
     State(state): State<ConsoleState>,
-    operator: Operator,
+    ActingOperator(operator): ActingOperator,
     Path(svix_id): Path<String>,
 ) -> Result<Response, Refusal> {
     let (id, filter) = open_letter(&state, &svix_id).await?;
@@ -109,7 +94,7 @@ pub struct Discard {
 
 pub async fn discard_one(
     State(state): State<ConsoleState>,
-    operator: Operator,
+    ActingOperator(operator): ActingOperator,
     Path(svix_id): Path<String>,
     Form(discard): Form<Discard>,
 ) -> Result<Response, Refusal> {

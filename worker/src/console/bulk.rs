@@ -14,7 +14,7 @@ use super::ConsoleState;
 use super::actions::{note, replay_detached};
 use super::page::{Refusal, render};
 use super::pages::ListQuery;
-use super::session::Operator;
+use super::session::ActingOperator;
 use crate::dead_letter::store::{self, Actor, Source};
 use crate::dead_letter::{self, Filter, Status};
 
@@ -36,7 +36,7 @@ struct PreviewPage {
 
 pub async fn preview(
     State(state): State<ConsoleState>,
-    operator: Operator,
+    ActingOperator(operator): ActingOperator,
     Form(query): Form<ListQuery>,
 ) -> Result<Response, Refusal> {
     let filter = Filter {
@@ -82,12 +82,12 @@ struct DonePage {
 
 pub async fn act(
     State(state): State<ConsoleState>,
-    operator: Operator,
+    ActingOperator(operator): ActingOperator,
     Form(bulk): Form<Bulk>,
 ) -> Result<Response, Refusal> {
     let ids = parse_ids(&bulk.ids)?;
     // The filter is recorded as the operator saw it in the preview; it chooses nothing here.
-    let filter = serde_json::from_str(&bulk.filter).unwrap_or_else(|_| Filter::open());
+    let filter = recorded_filter(&bulk.filter)?;
     let actor = Actor {
         name: operator.name.clone(),
         source: Source::Console,
@@ -114,6 +114,19 @@ pub async fn act(
         read_only: state.read_only,
         outcome,
     }))
+}
+
+/// The filter the preview showed, for the audit: the open letters it matched (the preview's cap
+/// is not part of what the operator asked for).
+fn recorded_filter(json: &str) -> Result<Filter, Refusal> {
+    let filter: Filter = serde_json::from_str(json).map_err(|_| {
+        Refusal::BadRequest("the preview's filter is not one this console wrote".into())
+    })?;
+    Ok(Filter {
+        status: Some(Status::Open),
+        limit: None,
+        ..filter
+    })
 }
 
 /// The preview's ids: distinct numbers, at most [`MAX_LETTERS`].

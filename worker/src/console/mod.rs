@@ -76,27 +76,21 @@ impl ConsoleState {
 /// Every page and action, with the console's protections.
 pub fn router(state: ConsoleState) -> Router {
     let host_check = middleware::from_fn_with_state(state.clone(), loopback_host);
-    let actions = Router::new()
-        .route("/dead-letters/preview", post(bulk::preview))
-        .route("/dead-letters/bulk", post(bulk::act))
-        .route("/dead-letters/{svix_id}/replay", post(actions::replay_one))
-        .route(
-            "/dead-letters/{svix_id}/discard",
-            post(actions::discard_one),
-        )
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            actions::allowed,
-        ));
     Router::new()
         .route("/", get(pages::overview))
         .route("/login", get(pages::login_form).post(pages::log_in))
         .route("/logout", post(pages::log_out))
         .route("/dead-letters", get(pages::dead_letters))
+        .route("/dead-letters/preview", post(bulk::preview))
+        .route("/dead-letters/bulk", post(bulk::act))
         .route("/dead-letters/{svix_id}", get(pages::letter))
         .route("/users", get(pages::users))
+        .route("/dead-letters/{svix_id}/replay", post(actions::replay_one))
+        .route(
+            "/dead-letters/{svix_id}/discard",
+            post(actions::discard_one),
+        )
         .route("/assets/console.css", get(stylesheet))
-        .merge(actions)
         .with_state(state)
         .layer(host_check)
         .layer(CsrfLayer::new())

@@ -136,6 +136,26 @@ impl FromRequestParts<ConsoleState> for Operator {
     }
 }
 
+/// An operator who may act: logged in, on a console that is not read-only. Every action's
+/// handler takes one, so none can forget CONSOLE_READ_ONLY.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActingOperator(pub Operator);
+
+impl FromRequestParts<ConsoleState> for ActingOperator {
+    type Rejection = Refusal;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &ConsoleState,
+    ) -> Result<Self, Self::Rejection> {
+        let operator = Operator::from_request_parts(parts, state).await?;
+        if state.read_only {
+            return Err(Refusal::ReadOnly);
+        }
+        Ok(Self(operator))
+    }
+}
+
 /// The `Authorization: Bearer` token, if any.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers

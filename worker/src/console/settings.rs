@@ -55,7 +55,15 @@ impl ConsoleSettings {
     }
 
     /// Refuses a console reachable from other machines without a token.
+    /// An empty CONSOLE_TOKEN_FILE is refused: a mounted secret that came out empty must not
+    /// quietly turn the token off.
     pub fn check(&self) -> Result<(), ConfigError> {
+        if self.console_token_file.is_some() && self.token().is_none() {
+            return Err(ConfigError::Refused {
+                setting: "CONSOLE_TOKEN_FILE",
+                reason: "names an empty file: the console's token cannot be empty",
+            });
+        }
         if self.is_public() && self.token().is_none() {
             return Err(ConfigError::ConsoleWithoutToken);
         }

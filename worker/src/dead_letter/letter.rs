@@ -359,6 +359,21 @@ pub fn after(last_failed_at: DateTime<Utc>, id: i64) -> Condition {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_status_is_named_alike_in_json_and_in_the_column() {
+        for status in [
+            Status::Open,
+            Status::Replayed,
+            Status::Resolved,
+            Status::Discarded,
+        ] {
+            assert_eq!(
+                serde_json::to_value(status).unwrap(),
+                serde_json::json!(status.as_str())
+            );
+        }
+    }
     use super::*;
 
     #[test]

@@ -30,16 +30,20 @@ struct Sample {
 /// Rates over the last [`RATE_WINDOW`] (or since the process started, when younger).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RecentRates {
+    /// The span the rates cover.
     pub over: Duration,
     /// Events that ended (provisioned, skipped or dead-lettered) per second.
     pub events_per_second: f64,
+    /// Events that ended in the dead-letter queue per second.
     pub dead_lettered_per_second: f64,
+    /// Retries scheduled per second.
     pub retries_per_second: f64,
     /// Dead-lettered among the events that ended, 0 to 1; 0 when none ended.
     pub failed_share: f64,
 }
 
 impl Activity {
+    /// Totals at zero, sampled at `now` (the start of the first window).
     pub fn new(now: Instant) -> Self {
         let activity = Self {
             ended: AtomicU64::new(0),
@@ -51,15 +55,18 @@ impl Activity {
         activity
     }
 
+    /// An event ended: provisioned, skipped, or (through [`Self::dead_lettered`]) dead-lettered.
     pub fn ended(&self) {
         self.ended.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// An event ended in the dead-letter queue.
     pub fn dead_lettered(&self) {
         self.ended();
         self.dead_lettered.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A retry was scheduled.
     pub fn retried(&self) {
         self.retried.fetch_add(1, Ordering::Relaxed);
     }
@@ -101,13 +108,18 @@ impl Activity {
             seconds if seconds > 0.0 => delta as f64 / seconds,
             _ => 0.0,
         };
-        let ended = current.ended - since.ended;
-        let dead_lettered = current.dead_lettered - since.dead_lettered;
+        let ended = current.ended.saturating_sub(since.ended);
+        // The totals are read one after the other: a dead letter counted in one may not be
+        // counted as ended yet.
+        let dead_lettered = current
+            .dead_lettered
+            .saturating_sub(since.dead_lettered)
+            .min(ended);
         RecentRates {
             over,
             events_per_second: per_second(ended),
             dead_lettered_per_second: per_second(dead_lettered),
-            retries_per_second: per_second(current.retried - since.retried),
+            retries_per_second: per_second(current.retried.saturating_sub(since.retried)),
             failed_share: if ended == 0 {
                 0.0
             } else {

@@ -629,3 +629,44 @@ async fn the_overview_shows_open_letters_the_queues_and_the_last_reconcile_run()
         .expect("events per second on the page");
     assert!(events_per_second > 0.0, "{page}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_console_serves_the_console_alone_while_nothing_consumes() {
+    let stack = Stack::new().await;
+    // Letters a stopped worker's keeper already moved into the store.
+    let keeper = stack.start(&["consume"], &[]).await;
+    letters(&stack, 2, "missing_email", "alone").await;
+    stored(&stack, 2).await;
+    drop(keeper);
+
+    let app = stack
+        .start(
+            &["console"],
+            &[("CONSOLE_ADDR", "127.0.0.1:0"), ("CONSOLE_TOKEN", TOKEN)],
+        )
+        .await;
+    let base = format!("http://{}", app.console_addr.expect("the console listens"));
+    let http = reqwest::Client::new();
+    let overview = || async {
+        http.get(format!("{base}/"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    // Once the stopped worker's connection is gone, nothing consumes.
+    let idle = format!("{}: 0 ready, 0 consumers", stack.broker.topology.queue);
+    eventually("nothing consumes", Duration::from_secs(20), || async {
+        overview().await.contains(&idle)
+    })
+    .await;
+    let page = overview().await;
+    assert!(page.contains("Open dead letters: 2"), "{page}");
+
+    let refused = TestApp::start(&["console"], &stack.env(&[])).await;
+    let error = format!("{:#}", refused.err().expect("refused"));
+    assert!(error.contains("CONSOLE_ADDR is required"), "{error}");
+}

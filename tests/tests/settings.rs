@@ -234,6 +234,7 @@ fn each_setting_that_makes_no_sense_exits_2_naming_it_and_never_its_value() {
             ],
             "CONSOLE_TOKEN_FILE names an empty file",
         ),
+        (vec!["console"], vec![], "CONSOLE_ADDR is required"),
         // Clerk's API: a key, over TLS unless local, at a sane rate, a real fraction.
         (vec!["reconcile"], vec![], "CLERK_SECRET_KEY is required"),
         (

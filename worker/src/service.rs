@@ -137,10 +137,11 @@ impl Application {
             None => None,
         };
         let metrics = Metrics::new().context("building the metrics recorder")?;
-        // Only the consumer needs the database; an ingress-only process never touches it.
-        let db = match &plan.consumer {
-            None => None,
-            Some(_) => Some(service_database(&plan).await?),
+        // The consumer and the console need the database; an ingress-only process never
+        // touches it.
+        let db = match (&plan.consumer, &plan.console) {
+            (None, None) => None,
+            _ => Some(service_database(&plan).await?),
         };
         let mut readiness = Vec::new();
 

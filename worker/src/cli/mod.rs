@@ -91,6 +91,16 @@ pub enum Command {
         #[command(flatten)]
         shutdown: ShutdownSettings,
     },
+    /// Serve the operator console alone (CONSOLE_ADDR, required here): dead letters can be
+    /// read, replayed and discarded while no worker consumes.
+    Console {
+        #[command(flatten)]
+        console: Box<ConsoleSettings>,
+        #[command(flatten)]
+        ops: OpsSettings,
+        #[command(flatten)]
+        shutdown: ShutdownSettings,
+    },
     /// Inspect and replay dead letters.
     Dlq {
         #[command(subcommand)]
@@ -204,6 +214,7 @@ impl Cli {
             Command::Consume {
                 reconcile, console, ..
             } => vec![secret_key(&mut reconcile.clerk), console_token(console)],
+            Command::Console { console, .. } => vec![console_token(console)],
             Command::Reconcile(args) => vec![secret_key(&mut args.clerk)],
             _ => Vec::new(),
         };
@@ -236,7 +247,10 @@ impl Cli {
             | Command::User { .. }
             | Command::Reconcile(_) => (true, false),
             Command::Ingress { .. } => (false, true),
-            Command::Consume { .. } | Command::Run { .. } | Command::Dlq { .. } => (true, true),
+            Command::Consume { .. }
+            | Command::Run { .. }
+            | Command::Console { .. }
+            | Command::Dlq { .. } => (true, true),
         };
         if database {
             self.database.check()?;
@@ -258,6 +272,7 @@ impl Cli {
             Command::Consume {
                 reconcile, console, ..
             } => reconcile.check().and_then(|()| console.check()),
+            Command::Console { console, .. } => console.check_alone(),
             Command::Reconcile(args) if args.calls_clerk() => args.clerk.check(),
             _ => Ok(()),
         }
@@ -285,13 +300,14 @@ impl Cli {
             Command::User { command } => user::run(&database, command).await,
             Command::Reconcile(args) => reconcile::run(&database, *args).await,
             // Handled above, through their service plan.
-            Command::Consume { .. } | Command::Ingress { .. } | Command::Run { .. } => {
-                Ok(ExitCode::SUCCESS)
-            }
+            Command::Consume { .. }
+            | Command::Ingress { .. }
+            | Command::Run { .. }
+            | Command::Console { .. } => Ok(ExitCode::SUCCESS),
         }
     }
 
-    /// The parts a long-running command (`consume`, `ingress`, `run`) runs; `None` for the
+    /// The parts a long-running command (`consume`, `ingress`, `run`, `console`) runs; `None` for the
     /// one-shot commands. Tests build an in-process application from it.
     pub fn service_plan(&self) -> Option<service::Plan> {
         let plan = |ops: &OpsSettings, shutdown: &ShutdownSettings, migrate, consumer, ingress| {
@@ -342,6 +358,13 @@ impl Cli {
                 .with_reconcile(reconcile.as_ref().clone())
                 .with_console(console.as_ref().clone()),
             ),
+            Command::Console {
+                console,
+                ops,
+                shutdown,
+            } => {
+                Some(plan(ops, shutdown, false, None, None).with_console(console.as_ref().clone()))
+            }
             Command::Migrate
             | Command::Health
             | Command::Provision { .. }

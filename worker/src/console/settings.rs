@@ -54,9 +54,9 @@ impl ConsoleSettings {
             .is_some_and(|addr| !addr.ip().is_loopback())
     }
 
-    /// Refuses a console reachable from other machines without a token.
-    /// An empty CONSOLE_TOKEN_FILE is refused: a mounted secret that came out empty must not
-    /// quietly turn the token off.
+    /// Refuses a console reachable from other machines without a token. An empty
+    /// CONSOLE_TOKEN_FILE is refused: a mounted secret that came out empty must not quietly
+    /// turn the token off.
     pub fn check(&self) -> Result<(), ConfigError> {
         if self.console_token_file.is_some() && self.token().is_none() {
             return Err(ConfigError::Refused {
@@ -68,5 +68,17 @@ impl ConsoleSettings {
             return Err(ConfigError::ConsoleWithoutToken);
         }
         Ok(())
+    }
+
+    /// [`Self::check`], for `worker console`, which serves nothing else: CONSOLE_ADDR is
+    /// required.
+    pub fn check_alone(&self) -> Result<(), ConfigError> {
+        if self.console_addr.is_none() {
+            return Err(ConfigError::Refused {
+                setting: "CONSOLE_ADDR",
+                reason: "is required: `worker console` serves the console and nothing else",
+            });
+        }
+        self.check()
     }
 }

@@ -390,6 +390,7 @@ fn compose_config(profile: Option<&str>) -> Result<(), String> {
             ("RABBITMQ_PASSWORD", "test"),
             ("RABBITMQ_ERLANG_COOKIE", "test"),
             ("GRAFANA_ADMIN_PASSWORD", "test"),
+            ("CONSOLE_TOKEN", "test"),
         ])
         .current_dir(repo())
         .output()
@@ -415,6 +416,7 @@ fn docker_compose_accepts_the_compose_file() {
         "migrate",
         "ingress",
         "worker",
+        "console",
         "prometheus",
         "grafana",
     ] {

@@ -129,19 +129,7 @@ async fn time_console(
     stack: &Stack,
     pages: &[ListingPage],
 ) -> anyhow::Result<Vec<(String, Latency)>> {
-    let app = stack
-        .start(
-            &["consume"],
-            &[
-                ("CONSOLE_ADDR", "127.0.0.1:0"),
-                ("CONSOLE_TOKEN", CONSOLE_TOKEN),
-            ],
-        )
-        .await;
-    let base = match app.console_addr {
-        Some(addr) => format!("http://{addr}"),
-        None => bail!("the console did not listen"),
-    };
+    let (_app, base) = stack.start_with_console(&["consume"], CONSOLE_TOKEN).await;
     let http = reqwest::Client::new();
     let mut times = Vec::new();
     for page in pages {

@@ -39,6 +39,19 @@ impl Stack {
         app
     }
 
+    /// [`Self::start`] with the operator console on a port of its own, guarded by `token`;
+    /// the application and the console's base URL.
+    pub async fn start_with_console(&self, args: &[&str], token: &str) -> (TestApp, String) {
+        let app = self
+            .start(
+                args,
+                &[("CONSOLE_ADDR", "127.0.0.1:0"), ("CONSOLE_TOKEN", token)],
+            )
+            .await;
+        let addr = app.console_addr.expect("the console listens");
+        (app, format!("http://{addr}"))
+    }
+
     /// Starts `bin args...` as a process on this stack and waits until `/readyz` says ready.
     pub async fn spawn(
         &self,

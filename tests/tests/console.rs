@@ -639,13 +639,7 @@ async fn worker_console_serves_the_console_alone_while_nothing_consumes() {
     stored(&stack, 2).await;
     drop(keeper);
 
-    let app = stack
-        .start(
-            &["console"],
-            &[("CONSOLE_ADDR", "127.0.0.1:0"), ("CONSOLE_TOKEN", TOKEN)],
-        )
-        .await;
-    let base = format!("http://{}", app.console_addr.expect("the console listens"));
+    let (_app, base) = stack.start_with_console(&["console"], TOKEN).await;
     let http = reqwest::Client::new();
     let overview = || async {
         http.get(format!("{base}/"))

@@ -16,14 +16,7 @@ const TOKEN: &str = "console-token-for-browser-tests-91c4";
 
 /// A worker consuming, with the console on a port of its own; its address.
 async fn console(stack: &Stack) -> (TestApp, String) {
-    let app = stack
-        .start(
-            &["consume"],
-            &[("CONSOLE_ADDR", "127.0.0.1:0"), ("CONSOLE_TOKEN", TOKEN)],
-        )
-        .await;
-    let base = format!("http://{}", app.console_addr.expect("the console listens"));
-    (app, base)
+    stack.start_with_console(&["consume"], TOKEN).await
 }
 
 /// Logs in through the form as `name`; lands on the dead letters.

@@ -185,13 +185,7 @@ async fn looking_thirty_times_by_cli_and_thirty_by_console_at_a_delivery_limit_o
     // And 30 looks through the console's pages, the list and one letter: they read the store,
     // never the queue, so the delivery limit has nothing to count.
     let token = "console-token-thirty-looks";
-    let console = stack
-        .start(
-            &["consume"],
-            &[("CONSOLE_ADDR", "127.0.0.1:0"), ("CONSOLE_TOKEN", token)],
-        )
-        .await;
-    let base = format!("http://{}", console.console_addr.expect("the console"));
+    let (_console, base) = stack.start_with_console(&["consume"], token).await;
     let http = reqwest::Client::new();
     for look in 0..30 {
         let path = if look % 2 == 0 {

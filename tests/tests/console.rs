@@ -659,6 +659,10 @@ async fn worker_console_serves_the_console_alone_while_nothing_consumes() {
     .await;
     let page = overview().await;
     assert!(page.contains("Open dead letters: 2"), "{page}");
+    assert!(
+        page.contains(r#"<p id="no-consumer">"#) && !page.contains("failure-rate"),
+        "no rates where nothing consumes: {page}"
+    );
 
     let refused = TestApp::start(&["console"], &stack.env(&[])).await;
     let error = format!("{:#}", refused.err().expect("refused"));

@@ -97,6 +97,7 @@ async fn console(
     db: &Pool,
     broker: &BrokerSettings,
     metrics: &Metrics,
+    consumes: bool,
 ) -> anyhow::Result<Option<(TcpListener, ConsoleState)>> {
     let Some(addr) = settings.console_addr else {
         return Ok(None);
@@ -107,7 +108,13 @@ async fn console(
     let listener = bind(addr, "CONSOLE_ADDR").await?;
     Ok(Some((
         listener,
-        ConsoleState::new(settings, db.clone(), broker.clone(), metrics.clone()),
+        ConsoleState::new(
+            settings,
+            db.clone(),
+            broker.clone(),
+            metrics.clone(),
+            consumes,
+        ),
     )))
 }
 
@@ -204,7 +211,9 @@ impl Application {
         };
 
         let console = match (&plan.console, &db) {
-            (Some(settings), Some(db)) => console(settings, db, &plan.broker, &metrics).await?,
+            (Some(settings), Some(db)) => {
+                console(settings, db, &plan.broker, &metrics, consumer.is_some()).await?
+            }
             _ => None,
         };
 

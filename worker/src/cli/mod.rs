@@ -307,8 +307,8 @@ impl Cli {
         }
     }
 
-    /// The parts a long-running command (`consume`, `ingress`, `run`, `console`) runs; `None` for the
-    /// one-shot commands. Tests build an in-process application from it.
+    /// The parts a long-running command (`consume`, `ingress`, `run`, `console`) runs; `None`
+    /// for the one-shot commands. Tests build an in-process application from it.
     pub fn service_plan(&self) -> Option<service::Plan> {
         let plan = |ops: &OpsSettings, shutdown: &ShutdownSettings, migrate, consumer, ingress| {
             service::Plan {

@@ -1,6 +1,6 @@
 //! What an operator does from the console: replay or discard one letter. Every action is a POST
-//! (refused cross-site by the router's CSRF layer), refused in read-only mode (each takes an [`ActingOperator`]), and
-//! recorded with the operator's name.
+//! (refused cross-site by the router's CSRF layer), refused in read-only mode (each takes an
+//! [`ActingOperator`]), and recorded with the operator's name.
 
 use axum::Form;
 use axum::extract::{Path, State};

@@ -49,6 +49,8 @@ pub struct ConsoleState {
     pub broker: BrokerSettings,
     /// The process's own figures: the overview's events per second and failure rate.
     pub metrics: Metrics,
+    /// Whether this process consumes (`worker console` does not: it has no rates to show).
+    pub consumes: bool,
     pub key: Arc<SessionKey>,
     pub read_only: bool,
     /// Mark the session cookie `Secure` (a console beyond loopback belongs behind TLS).
@@ -61,11 +63,13 @@ impl ConsoleState {
         db: Pool,
         broker: BrokerSettings,
         metrics: Metrics,
+        consumes: bool,
     ) -> Self {
         Self {
             db,
             broker,
             metrics,
+            consumes,
             key: Arc::new(SessionKey::new(settings.token())),
             read_only: settings.console_read_only,
             secure_cookie: settings.is_public(),

@@ -369,7 +369,8 @@ struct OverviewPage {
     last_run: String,
     /// Queue name and what the broker says of it.
     queues: Vec<(String, String)>,
-    throughput: Throughput,
+    /// `None` in a process that does not consume.
+    throughput: Option<Throughput>,
 }
 
 /// This process's consumer over the last minute, in words.
@@ -423,7 +424,7 @@ pub async fn overview(
         open: open.into_iter().collect(),
         last_run,
         queues,
-        throughput: state.metrics.recent_rates().into(),
+        throughput: state.consumes.then(|| state.metrics.recent_rates().into()),
     }))
 }
 

@@ -263,6 +263,26 @@ async fn the_list_filters_counts_and_pages_and_a_letter_shows_everything() {
         .get("/dead-letters?since=yesterday", Some(&cookie))
         .await;
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    // The other filters: time range, event type, Clerk user id.
+    for (query, matching) in [
+        ("since=2000-01-01T00:00:00Z&until=2999-01-01T00:00:00Z", 58),
+        ("since=2999-01-01T00:00:00Z", 0),
+        ("until=2000-01-01T00:00:00Z", 0),
+        ("type=user.created", 58),
+        ("type=user.deleted", 0),
+        ("user=user_2conf001", 1),
+    ] {
+        let page = console
+            .get(&format!("/dead-letters?{query}"), Some(&cookie))
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            page.contains(&format!("{matching} matching")),
+            "{query}: {page}"
+        );
+    }
 
     let letter = console
         .get("/dead-letters/msg_conf001", Some(&cookie))

@@ -228,6 +228,17 @@ async fn sigterm_stops_a_worker_stuck_on_a_silent_database_within_the_grace_peri
     proxy.stall();
     let sign_ups: Vec<_> = (0..8).map(|i| sign_up("sigterm", i)).collect();
     stack.broker.publish_many(&sign_ups).await;
+    // And a dead letter, which the keeper takes and cannot store: the stop must not wait for it.
+    let (_, body, _) = sign_up("sigtermdead", 0);
+    stack
+        .broker
+        .publish_dead_letter(
+            "user.created",
+            &body,
+            "msg_sigterm_dead",
+            "retries_exhausted",
+        )
+        .await;
     eventually("deliveries taken", Duration::from_secs(10), || async {
         stack.main_queue_ready().await < 8
     })

@@ -20,6 +20,11 @@ where
             _ = ticks.tick() => {}
             () = shutdown.cancelled() => return,
         }
-        tick().await;
+        // A tick still running at shutdown is abandoned (a query on a silent database would
+        // otherwise hold the stop past its grace period): each must be safe to drop halfway.
+        tokio::select! {
+            () = tick() => {}
+            () = shutdown.cancelled() => return,
+        }
     }
 }

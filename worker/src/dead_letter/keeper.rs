@@ -255,7 +255,13 @@ impl Keeper {
     ) -> Result<(), DlqError> {
         let mut delays = RetryPolicy::RECONNECT.delays();
         loop {
-            match keep(intake, &self.db, batch).await {
+            // Abandoned at stop, on a silent database too: the batch is not acked, so the broker
+            // hands it out again, and keeping a letter twice changes nothing.
+            let kept = tokio::select! {
+                kept = keep(intake, &self.db, batch) => kept,
+                () = stop.cancelled() => return Ok(()),
+            };
+            match kept {
                 Ok(()) => return Ok(()),
                 Err(DlqError::Database(error)) => {
                     warn!(%error, letters = batch.len(), "cannot keep dead letters yet; they stay in the queue");
@@ -276,8 +282,14 @@ impl Keeper {
 /// letters are all closed goes back to 0.
 async fn refresh_gauge(db: Pool, metrics: Metrics, kept: Arc<Notify>, stop: CancellationToken) {
     let mut shown: BTreeSet<String> = BTreeSet::new();
+    let open_letters = Filter::open();
     loop {
-        match store::counts_by_reason(&db, &Filter::open()).await {
+        // Abandoned at stop: on a silent database the count would hold the stop past its grace.
+        let counted = tokio::select! {
+            counted = store::counts_by_reason(&db, &open_letters) => counted,
+            () = stop.cancelled() => return,
+        };
+        match counted {
             Ok(open) => {
                 for gone in shown.iter().filter(|reason| !open.contains_key(*reason)) {
                     metrics.set_dead_letters_open(gone, 0);

@@ -40,6 +40,20 @@ pub enum PublishError {
     NotConfirmMode,
 }
 
+impl PublishError {
+    /// A stable code for the failure, for a span's `error.type`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::NotConnected => "not_connected",
+            Self::Broker(_) => "broker_error",
+            Self::Nacked => "nacked",
+            Self::Unroutable(_) => "unroutable",
+            Self::TimedOut(_) => "confirm_timeout",
+            Self::NotConfirmMode => "not_confirm_mode",
+        }
+    }
+}
+
 /// Opens a connection named after this process, so operators can find it in the management UI.
 /// The URL is parsed by our code: lapin's own parse errors quote the URL, password included.
 pub async fn connect(settings: &BrokerSettings, role: &str) -> Result<Connection, lapin::Error> {

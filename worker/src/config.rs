@@ -536,6 +536,12 @@ pub struct IngressSettings {
     #[arg(long, env = "INGRESS_MAX_BODY_MEMORY", default_value_t = 64 * 1024 * 1024)]
     pub ingress_max_body_memory: usize,
 
+    /// Continue the trace a webhook request names in its own `traceparent` header (when traces
+    /// are on). Off by default: Svix sends none, and anyone who can reach the endpoint could
+    /// then choose our trace ids. Turn it on only behind a proxy of yours that sets it.
+    #[arg(long, env = "INGRESS_TRUST_TRACEPARENT", default_value_t = false, action = clap::ArgAction::Set)]
+    pub ingress_trust_traceparent: bool,
+
     /// How long to wait for the broker to confirm a publish before answering 503.
     #[arg(long, env = "PUBLISH_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub publish_timeout: Duration,

@@ -5,7 +5,8 @@
 //! [`error`] decides whether a failure is worth retrying.
 //!
 //! - [`config`]: settings from environment variables and flags.
-//! - [`telemetry`]: log set-up.
+//! - [`telemetry`]: log and trace set-up; [`traces`]: the spans of one sign-up's trace, their
+//!   propagation through the broker, and their export by OTLP.
 //! - [`clerk`]: Clerk's webhook shapes and their conversion into domain types.
 //! - [`domain`]: validated types (user id, email, username, names, avatar, workspace name, event)
 //!   and Clerk's event type names.
@@ -59,5 +60,6 @@ pub mod schedule;
 pub mod service;
 pub mod telemetry;
 pub mod topology;
+pub mod traces;
 pub mod users;
 pub mod webhook_secret;

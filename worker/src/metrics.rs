@@ -18,6 +18,7 @@ use crate::error::{FailureReason, ProvisionError};
 use crate::memory::MemoryUsage;
 use crate::outcome::{NotProvisioned, Outcome};
 use crate::reconcile::{DRIFT_CLASSES, RunResult};
+use crate::traces::queue::{self, DropReason};
 
 use activity::Activity;
 pub use activity::RecentRates;
@@ -48,10 +49,11 @@ pub const RECONCILE_LAST_SUCCESS: &str = "reconcile_last_success_timestamp_secon
 pub const RECONCILE_DRIFT: &str = "reconcile_drift_total";
 pub const RECONCILE_INTERVAL: &str = "reconcile_interval_seconds";
 pub const DEAD_LETTERS_OPEN: &str = "dead_letters_open";
+pub const TRACE_SPANS_DROPPED: &str = "trace_spans_dropped_total";
 
 /// Every metric family this service exports, with whether it is a histogram (exported as
 /// `_bucket`, `_sum` and `_count` series). Dashboards and alerts may only use these.
-pub const ALL: [(&str, bool); 26] = [
+pub const ALL: [(&str, bool); 27] = [
     (BATCH_SIZE, true),
     (WORKSPACE_CREATED, false),
     (WORKSPACE_FAILED, false),
@@ -78,6 +80,7 @@ pub const ALL: [(&str, bool); 26] = [
     (RECONCILE_DRIFT, false),
     (RECONCILE_INTERVAL, false),
     (DEAD_LETTERS_OPEN, false),
+    (TRACE_SPANS_DROPPED, false),
 ];
 
 /// 1 ms to 10 s: the provisioning target is 200 ms, so resolution matters below a second.
@@ -139,6 +142,7 @@ impl Metrics {
 
     /// The Prometheus text page `/metrics` serves.
     pub fn render(&self) -> String {
+        self.with(record_dropped_spans);
         self.handle.render()
     }
 
@@ -417,6 +421,10 @@ fn describe() {
         metrics::Unit::Bytes,
         "Heap freed but kept by the allocator after the last trim."
     );
+    describe_counter!(
+        TRACE_SPANS_DROPPED,
+        "Spans the trace export dropped, by reason: queue_full (the collector is slower than the spans come) or export_failed (a batch the collector did not take)."
+    );
 }
 
 /// Counters whose label values are all known, and the gauges, exported at zero from the start:
@@ -443,12 +451,20 @@ fn register_at_zero() {
     for reason in ProvisionError::RETRY_REASONS {
         counter!(EVENTS_RETRIED, "reason" => reason.as_str()).absolute(0);
     }
+    record_dropped_spans();
     for name in [
         CONSUMER_CONNECTED,
         DELIVERIES_IN_FLIGHT,
         WEBHOOK_CONNECTIONS_OPEN,
     ] {
         gauge!(name).set(0.0);
+    }
+}
+
+/// The spans the trace export dropped, as the export queue counts them (for the whole process).
+fn record_dropped_spans() {
+    for reason in DropReason::ALL {
+        counter!(TRACE_SPANS_DROPPED, "reason" => reason.as_str()).absolute(queue::dropped(reason));
     }
 }
 

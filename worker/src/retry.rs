@@ -43,6 +43,19 @@ pub enum Fate {
     GiveBack,
 }
 
+impl Fate {
+    /// What a delivery's span says became of it when it did not end provisioned.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ack => "acked",
+            Self::Retry { .. } => "retrying",
+            Self::Defer { .. } => "deferred",
+            Self::DeadLetter(_) => crate::outcome::NotProvisioned::DeadLettered.as_str(),
+            Self::GiveBack => "given_back",
+        }
+    }
+}
+
 /// How far a delivery has got: counts kept per delivery while it is retried.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Attempts {

@@ -172,6 +172,7 @@ impl Application {
                     body_memory: Arc::new(BodyMemory::new(settings.ingress_max_body_memory)),
                     publish_slots: Arc::new(Semaphore::new(settings.ingress_max_concurrency)),
                     refusal_log: Arc::new(RefusalLog::new(REFUSAL_LOG_EVERY)),
+                    trust_traceparent: settings.ingress_trust_traceparent,
                 };
                 Some(Ingress {
                     listener,

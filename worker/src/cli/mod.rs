@@ -13,6 +13,7 @@ mod user;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -26,6 +27,7 @@ use crate::config::{
 };
 use crate::console::ConsoleSettings;
 use crate::reconcile::settings::ScheduleSettings;
+use crate::traces::Export;
 use crate::{service, telemetry};
 
 pub use dlq::{DlqCommand, FilterArgs};
@@ -140,15 +142,29 @@ pub fn main() -> ExitCode {
             return ExitCode::from(err.exit_code());
         }
     };
-    telemetry::init(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
+            telemetry::init(cli.log_format, None);
             error!(error = %err, "cannot start the async runtime");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli.run()) {
+    // The gRPC exporter's channel is made inside the runtime.
+    let export = match runtime.block_on(async { Export::from_env() }) {
+        Ok(export) => export,
+        Err(err) => {
+            telemetry::init(cli.log_format, None);
+            error!(error = %err, "traces are misconfigured");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    telemetry::init(cli.log_format, export.as_ref());
+    let result = runtime.block_on(cli.run());
+    if let Some(export) = export {
+        export.shutdown(TRACE_SHUTDOWN_TIMEOUT);
+    }
+    match result {
         Ok(code) => code,
         Err(err) => {
             error!(error = format!("{err:#}"), "command failed");
@@ -159,6 +175,11 @@ pub fn main() -> ExitCode {
         }
     }
 }
+
+/// The most a stopping process waits for its last spans to reach the collector: SIGTERM's bound
+/// is the grace period and a few seconds, and a collector that does not answer must not stretch
+/// it.
+const TRACE_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Cli {
     /// Parses `args` and the environment, then refuses settings that make no sense for the

@@ -73,6 +73,17 @@ pub fn earlier_attempts(delivery: &Delivery) -> Attempts {
     }
 }
 
+/// Whether this is the event's first delivery: not redelivered, not a retry from a delay queue,
+/// not a replayed dead letter. Its trace then continues the publisher's.
+pub fn is_first_delivery(delivery: &Delivery) -> bool {
+    let Some(headers) = delivery.properties.headers() else {
+        return true;
+    };
+    [DELIVERY_COUNT, RETRY_ATTEMPTS, REPLAY_COUNT]
+        .iter()
+        .all(|name| integer_header(headers, name).unwrap_or(0) == 0)
+}
+
 /// When the event first failed, as a deferred retry carries it; never later than now, so
 /// neither a clock ahead of ours nor a bad header can stretch the conflict window.
 pub fn failing_since(delivery: &Delivery) -> Option<DateTime<Utc>> {

@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use lapin::message::Delivery;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, Span, debug, info, warn};
 
 use super::batch::split;
 use super::delivery::{
-    Context, earlier_attempts, failing_for, failing_since, lag_since_received, redeliveries,
+    Context, earlier_attempts, failing_for, failing_since, is_first_delivery, lag_since_received,
+    redeliveries,
 };
 use super::outage::Outage;
 use super::settle::{Record, Settler};
@@ -28,6 +29,7 @@ use crate::metrics::Metrics;
 use crate::outcome::Outcome;
 use crate::provision::{self, Provisioned};
 use crate::retry::{Attempts, Fate, RetryPolicy};
+use crate::traces::spans::{self, Lineage};
 
 /// Takes deliveries to their end; shared by every delivery task of one broker session.
 pub struct Pipeline {
@@ -55,9 +57,11 @@ impl Pipeline {
                 .map(|(delivery, profile)| (delivery, Ok(Event::UserChanged(profile))));
             alone.extend(one_by_one);
         }
-        let each = alone
-            .into_iter()
-            .map(|(delivery, parsed)| self.run_one(delivery, parsed));
+        let each = alone.into_iter().map(|(delivery, parsed)| {
+            let span = delivery_span(&delivery, earlier_attempts(&delivery));
+            self.run_one(delivery, parsed, span.clone())
+                .instrument(span)
+        });
         futures::future::join_all(each).await;
     }
 
@@ -71,15 +75,27 @@ impl Pipeline {
             return Err(together);
         }
         self.metrics.deliveries_in_flight(together.len() as f64);
+        let delivery_spans: Vec<Span> = together
+            .iter()
+            .map(|(delivery, profile)| {
+                let span = delivery_span(delivery, earlier_attempts(delivery));
+                spans::record_event(&span, profile.event_type(), Some(profile.id.as_ref()));
+                span
+            })
+            .collect();
+        let batch_span = spans::batch(&delivery_spans);
         let started = Instant::now();
         let profiles: Vec<&UserProfile> = together.iter().map(|(_, p)| p.as_ref()).collect();
         let batch = provision::provision_batch(&self.db, &profiles);
-        let result = provision::within(&self.db, self.attempt_timeout, batch).await;
+        let result = provision::within(&self.db, self.attempt_timeout, batch)
+            .instrument(batch_span.clone())
+            .await;
         let elapsed = started.elapsed();
         let results = match result {
             Ok(results) => results,
             Err(err) => {
                 self.metrics.deliveries_in_flight(-(together.len() as f64));
+                spans::record_error(&batch_span, err.as_str());
                 debug!(size = together.len(), error = %err, "batch failed; one event at a time");
                 return Err(together);
             }
@@ -87,6 +103,9 @@ impl Pipeline {
         self.outage.over();
         self.metrics.record_batch(together.len());
         let mut contexts = Vec::with_capacity(together.len());
+        for (span, provisioned) in delivery_spans.iter().zip(&results) {
+            spans::record_outcome(span, provisioned.outcome.as_str());
+        }
         for ((delivery, profile), provisioned) in together.iter().zip(results) {
             let context = Context::named(delivery, profile.event_type(), Some(&profile.id));
             let attempts = Attempts {
@@ -107,9 +126,10 @@ impl Pipeline {
 
     /// One delivery, parsed once: attempted and decided until its fate is one the settler
     /// carries out. Never drops it silently.
-    async fn run_one(&self, delivery: Delivery, parsed: Result<Event, Rejected>) {
+    async fn run_one(&self, delivery: Delivery, parsed: Result<Event, Rejected>, span: Span) {
         self.metrics.deliveries_in_flight(1.0);
         let context = Context::of(&delivery, &parsed);
+        spans::record_event(&span, &context.event_type, context.user_id.as_deref());
         let mut attempts = earlier_attempts(&delivery);
         let mut first_failed_at = None;
         loop {
@@ -138,6 +158,7 @@ impl Pipeline {
                 }
                 fate = Fate::GiveBack;
             }
+            trace_fate(&span, fate, &result);
             let record = Record {
                 attempts,
                 first_failed_at,
@@ -246,5 +267,31 @@ impl Pipeline {
             self.metrics.record_replayed(reason);
         }
         self.metrics.deliveries_in_flight(-1.0);
+    }
+}
+
+/// The span of one delivery: under the span that published it on its first delivery, else a
+/// trace of its own linked to that one; `earlier` says which, and numbers the attempt.
+fn delivery_span(delivery: &Delivery, earlier: Attempts) -> Span {
+    let lineage = match is_first_delivery(delivery) {
+        true => Lineage::Child,
+        false => Lineage::Linked,
+    };
+    spans::delivery(delivery, lineage, earlier.made + 1)
+}
+
+/// What the delivery's span says of its fate: the outcome, or the reason it failed.
+fn trace_fate(span: &Span, fate: Fate, result: &Result<Provisioned, ProvisionError>) {
+    match (fate, result) {
+        (Fate::Ack, Ok(provisioned)) => spans::record_outcome(span, provisioned.outcome.as_str()),
+        (Fate::DeadLetter(reason), _) => {
+            spans::record_outcome(span, fate.as_str());
+            spans::record_error(span, reason.as_str());
+        }
+        (_, Err(err)) => {
+            spans::record_outcome(span, fate.as_str());
+            spans::record_error(span, err.as_str());
+        }
+        (_, Ok(_)) => spans::record_outcome(span, fate.as_str()),
     }
 }

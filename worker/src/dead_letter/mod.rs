@@ -47,3 +47,16 @@ pub enum DlqError {
     #[error("{0}")]
     Refused(&'static str),
 }
+
+impl DlqError {
+    /// A stable code for the failure, for a span's `error.type`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Broker(_) => "broker_error",
+            Self::Database(_) => "database",
+            Self::Publish(err) => err.as_str(),
+            Self::ConsumerEnded => "consumer_ended",
+            Self::Refused(_) => "refused",
+        }
+    }
+}

@@ -14,6 +14,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::store::{self, Action, Actor, Chosen};
 use super::{DlqError, Filter, amqp_json};
@@ -25,6 +26,7 @@ use crate::topology::header::{
     ACQUIRED_COUNT, DEATH, DELIVERY_COUNT, FAILING_SINCE_MS, ORIGINAL_RECEIVED_AT_MS,
     RECEIVED_AT_MS, REPLAY_COUNT, RETRY_ATTEMPTS,
 };
+use crate::traces::spans;
 
 /// How long a replay waits for the broker's confirm of one letter.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
@@ -187,10 +189,28 @@ impl Replayer {
         let Some(letter) = store::lock_open(&txn, id).await? else {
             return Ok(false);
         };
-        let headers = replay_headers(
-            amqp_json::headers_from_json(&letter.headers),
-            letter.replay_count,
-        );
+        let stored = amqp_json::headers_from_json(&letter.headers);
+        let span = spans::replay(&letter.svix_id, &stored);
+        let replayed = self
+            .publish_and_mark(txn, letter, stored, action_id)
+            .instrument(span.clone())
+            .await;
+        if let Err(err) = &replayed {
+            spans::record_error(&span, err.as_str());
+        }
+        replayed.map(|()| true)
+    }
+
+    /// Publishes a locked letter with the headers a replay sends (the original trace context
+    /// kept, so the replayed event's trace links to it), then marks it replayed.
+    async fn publish_and_mark(
+        &self,
+        txn: sea_orm::DatabaseTransaction,
+        letter: entity::dead_letters::Model,
+        stored: FieldTable,
+        action_id: i64,
+    ) -> Result<(), DlqError> {
+        let headers = replay_headers(stored, letter.replay_count);
         let properties = amqp_json::properties_from_json(&letter.properties, headers)
             .with_message_id(letter.svix_id.as_str().into());
         broker::publish_confirmed(
@@ -202,9 +222,9 @@ impl Replayer {
             CONFIRM_TIMEOUT,
         )
         .await?;
-        store::mark_replayed(&txn, id, action_id).await?;
+        store::mark_replayed(&txn, letter.id, action_id).await?;
         txn.commit().await?;
-        Ok(true)
+        Ok(())
     }
 
     async fn close(self) {

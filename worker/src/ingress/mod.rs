@@ -36,7 +36,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::Semaphore;
-use tracing::{info, instrument, warn};
+use tracing::{Instrument, Span, info, instrument, warn};
 
 pub use crate::http_server::{ServerLimits, serve};
 pub use body::{BodyLimits, BodyMemory};
@@ -49,6 +49,7 @@ use crate::http_server::Trust;
 use crate::http_server::refusal_log::RefusalLog;
 use crate::metrics::Metrics;
 use crate::topology::header::RECEIVED_AT_MS;
+use crate::traces::{propagation, spans};
 
 /// What the handler needs, shared by every request.
 #[derive(Clone)]
@@ -67,6 +68,8 @@ pub struct IngressState {
     pub publish_slots: Arc<Semaphore>,
     /// Refusals of unverified requests, logged at most once per interval.
     pub refusal_log: Arc<RefusalLog>,
+    /// Whether a request's own `traceparent` is honoured (`INGRESS_TRUST_TRACEPARENT`).
+    pub trust_traceparent: bool,
 }
 
 pub fn router(state: IngressState) -> Router {
@@ -142,12 +145,20 @@ struct EventType {
     event_type: String,
 }
 
-#[instrument(skip_all, fields(event_id))]
+/// One webhook, in its trace's root span.
 async fn receive(State(state): State<IngressState>, request: Request) -> Response {
+    let trace = spans::webhook_request(request.headers(), state.trust_traceparent);
+    respond(state, request, trace.clone())
+        .instrument(trace)
+        .await
+}
+
+#[instrument(skip_all, fields(event_id))]
+async fn respond(state: IngressState, request: Request, trace: Span) -> Response {
     let started = Instant::now();
     let mut verified = false;
-    let outcome = within_deadline(&state, request, &mut verified).await;
-    let (status, event_type, body) = answer(&state, outcome, verified);
+    let outcome = within_deadline(&state, request, &mut verified, &trace).await;
+    let (status, event_type, body) = answer(&state, outcome, verified, &trace);
     state
         .metrics
         .record_webhook(status.as_u16(), event_type.as_deref(), started.elapsed());
@@ -159,15 +170,18 @@ fn answer(
     state: &IngressState,
     outcome: Result<Accepted, Refused>,
     verified: bool,
+    trace: &Span,
 ) -> (StatusCode, Option<String>, serde_json::Value) {
     match outcome {
         Ok(Accepted::Queued { event_type, id }) => {
             info!(event_id = %id, event_type = %event_type, "webhook queued");
+            spans::record_answer(trace, StatusCode::ACCEPTED.as_u16(), None);
             let body = json!({"status": "queued", "id": id});
             (StatusCode::ACCEPTED, Some(event_type), body)
         }
         Ok(Accepted::Ignored { event_type }) => {
             info!(event_type = %event_type, "webhook type not handled; ignored");
+            spans::record_answer(trace, StatusCode::OK.as_u16(), None);
             (
                 StatusCode::OK,
                 Some(event_type),
@@ -176,6 +190,7 @@ fn answer(
         }
         Err(refused) => {
             let status = refused.status();
+            spans::record_answer(trace, status.as_u16(), Some(refused.as_str()));
             state.metrics.record_refused(refused.as_str());
             if verified {
                 warn!(status = status.as_u16(), error = refused.as_str(), detail = %refused, "verified webhook refused");
@@ -195,9 +210,10 @@ async fn within_deadline(
     state: &IngressState,
     request: Request,
     verified: &mut bool,
+    trace: &Span,
 ) -> Result<Accepted, Refused> {
     let deadline = state.request_timeout;
-    tokio::time::timeout(deadline, accept(state, request, verified))
+    tokio::time::timeout(deadline, accept(state, request, verified, trace))
         .await
         .unwrap_or(Err(Refused::TimedOut(deadline)))
 }
@@ -208,16 +224,20 @@ async fn accept(
     state: &IngressState,
     request: Request,
     verified: &mut bool,
+    trace: &Span,
 ) -> Result<Accepted, Refused> {
     let received_at_ms = Utc::now().timestamp_millis();
     let (parts, body) = request.into_parts();
     let signed = SignedHeaders::from_headers(&parts.headers)?;
     tracing::Span::current().record("event_id", signed.id.as_str());
+    trace.record("messaging.message.id", signed.id.as_str());
     signed.check_timestamp(received_at_ms / 1000)?;
     let body = body::read_body(body, state.body_limits, &state.body_memory).await?;
-    state
-        .verifier
-        .verify(&signed, &body.bytes, received_at_ms / 1000)?;
+    spans::verify_signature().in_scope(|| {
+        state
+            .verifier
+            .verify(&signed, &body.bytes, received_at_ms / 1000)
+    })?;
     *verified = true;
     let closing = parts
         .extensions
@@ -230,6 +250,7 @@ async fn accept(
     }
     let EventType { event_type } =
         serde_json::from_slice(&body.bytes).map_err(|err| Refused::NotJson(err.to_string()))?;
+    trace.record("clerk.event_type", event_type.as_str());
     if !clerk::is_supported(&event_type) {
         return Ok(Accepted::Ignored { event_type });
     }
@@ -238,13 +259,18 @@ async fn accept(
         .publish_slots
         .try_acquire()
         .map_err(|_| Refused::Overloaded)?;
-    let properties = properties(&signed, received_at_ms);
+    let publish = spans::publish(state.publisher.exchange(), &event_type, &signed.id);
+    let properties = properties(&signed, received_at_ms, &publish);
     let started = Instant::now();
     let published = state
         .publisher
         .publish(&event_type, &body.bytes, properties, state.publish_timeout)
+        .instrument(publish.clone())
         .await;
     state.metrics.record_publish_confirm(started.elapsed());
+    if let Err(err) = &published {
+        spans::record_error(&publish, err.as_str());
+    }
     published?;
     Ok(Accepted::Queued {
         event_type,
@@ -252,13 +278,15 @@ async fn accept(
     })
 }
 
-/// Persistent JSON with the Svix id as message id, so every hop can name the event.
-fn properties(signed: &SignedHeaders, received_at_ms: i64) -> BasicProperties {
+/// Persistent JSON with the Svix id as message id, so every hop can name the event, and the
+/// trace context of `publish`, so the consumer's span continues its trace.
+fn properties(signed: &SignedHeaders, received_at_ms: i64, publish: &Span) -> BasicProperties {
     let mut headers = FieldTable::default();
     headers.insert(
         RECEIVED_AT_MS.into(),
         AMQPValue::LongLongInt(received_at_ms),
     );
+    propagation::inject(publish, &mut headers);
     BasicProperties::default()
         .with_content_type("application/json".into())
         .with_message_id(signed.id.as_str().into())

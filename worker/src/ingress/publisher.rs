@@ -42,6 +42,11 @@ impl Publisher {
         publisher
     }
 
+    /// The exchange events are published to.
+    pub fn exchange(&self) -> &str {
+        &self.exchange
+    }
+
     /// Publishes `body` to the events exchange and waits for the broker's confirm.
     pub async fn publish(
         &self,

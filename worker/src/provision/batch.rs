@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use sea_orm::{DbErr, FromQueryResult};
 
 use super::answer::ProvisionUserRow;
-use super::{Provisioned, sql, statement, with_arguments};
+use super::{Provisioned, in_transaction_span, sql, statement, traced, with_arguments};
 use crate::db::Pool;
 use crate::domain::UserProfile;
 use crate::error::ProvisionError;
@@ -30,11 +30,15 @@ pub async fn provision_batch(
     db: &Pool,
     profiles: &[&UserProfile],
 ) -> Result<Vec<Provisioned>, ProvisionError> {
-    let rows =
+    let call =
         BatchRow::find_by_statement(statement(&sql::PROVISION_USERS, [rows(profiles)?.into()]))
-            .all(db)
+            .all(db);
+    let rows = in_transaction_span(async {
+        traced("SELECT", "SELECT provision_user", call)
             .await
-            .map_err(ProvisionError::from_db)?;
+            .map_err(ProvisionError::from_db)
+    })
+    .await?;
     let mut by_user = HashMap::with_capacity(rows.len());
     for row in rows {
         let provisioned = Provisioned::try_from(row.answer).map_err(ProvisionError::from_db)?;

@@ -24,17 +24,18 @@ pub use deadline::within;
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, FromQueryResult, Statement};
 use serde::Serialize;
-use tracing::{debug, instrument};
+use tracing::{Instrument, debug, instrument};
 
 use self::answer::ProvisionUserRow;
 use self::contract::Arguments;
-use crate::db::{Pool, statement};
+use crate::db::{Pool, sqlstate, statement};
 use crate::domain::{
     ClerkTime, DerivedUsername, Event, UserDeletion, UserId, UserProfile, UsernameChoice,
     WorkspaceName,
 };
 use crate::error::{FailureReason, ProvisionError};
 use crate::outcome::Outcome;
+use crate::traces::spans;
 
 /// The result of provisioning one event, for callers to log, count and print.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -60,9 +61,36 @@ pub struct Reassigned {
 pub async fn provision(db: &Pool, event: &Event) -> Result<Provisioned, ProvisionError> {
     match event {
         Event::UserChanged(profile) => provision_user(db, profile).await,
-        Event::UserDeleted(deletion) => delete_user(db, deletion).await,
+        Event::UserDeleted(deletion) => in_transaction_span(delete_user(db, deletion)).await,
         Event::Unsupported { .. } => Ok(unsupported()),
     }
+}
+
+/// Runs a provisioning transaction in its span, marked with the error's code if it fails.
+async fn in_transaction_span<T>(
+    transaction: impl Future<Output = Result<T, ProvisionError>>,
+) -> Result<T, ProvisionError> {
+    let span = spans::transaction();
+    let result = transaction.instrument(span.clone()).await;
+    if let Err(err) = &result {
+        spans::record_error(&span, err.as_str());
+    }
+    result
+}
+
+/// Runs one statement in its span, marked with the SQLSTATE if it fails.
+async fn traced<T>(
+    operation: &'static str,
+    summary: &'static str,
+    statement: impl Future<Output = Result<T, DbErr>>,
+) -> Result<T, DbErr> {
+    let span = spans::statement(operation, summary);
+    let result = statement.instrument(span.clone()).await;
+    if let Err(err) = &result {
+        let code = sqlstate(err);
+        spans::record_error(&span, code.as_deref().unwrap_or("database_error"));
+    }
+    result
 }
 
 async fn provision_user(db: &Pool, profile: &UserProfile) -> Result<Provisioned, ProvisionError> {
@@ -104,9 +132,12 @@ async fn provision_user_once(
     db: &Pool,
     profile: &UserProfile,
 ) -> Result<Provisioned, ProvisionError> {
-    call_provision_user(db, profile)
-        .await
-        .map_err(ProvisionError::from_db)
+    let call = async {
+        call_provision_user(db, profile)
+            .await
+            .map_err(ProvisionError::from_db)
+    };
+    in_transaction_span(call).await
 }
 
 async fn call_provision_user(
@@ -114,8 +145,8 @@ async fn call_provision_user(
     profile: &UserProfile,
 ) -> Result<Provisioned, DbErr> {
     let values = with_arguments(profile, |arguments| arguments.values());
-    ProvisionUserRow::find_by_statement(statement(&sql::PROVISION_USER, values))
-        .one(db)
+    let call = ProvisionUserRow::find_by_statement(statement(&sql::PROVISION_USER, values)).one(db);
+    traced("SELECT", "SELECT provision_user", call)
         .await
         .and_then(|row| {
             row.ok_or_else(|| DbErr::RecordNotFound("provision_user returned no row".into()))
@@ -176,25 +207,34 @@ async fn finish<T>(
 ) -> Result<T, ProvisionError> {
     match result {
         Ok(provisioned) => {
-            txn.commit().await.map_err(ProvisionError::from_db)?;
+            traced("COMMIT", "COMMIT", txn.commit())
+                .await
+                .map_err(ProvisionError::from_db)?;
             Ok(provisioned)
         }
         Err(err) => {
             // The error that made us roll back is the one worth reporting.
-            let _ = txn.rollback().await;
+            let _ = traced("ROLLBACK", "ROLLBACK", txn.rollback()).await;
             Err(ProvisionError::from_db(err))
         }
     }
 }
 
+/// Starts an explicit transaction, in its statement's span.
+async fn begin(db: &Pool) -> Result<DatabaseTransaction, ProvisionError> {
+    traced("BEGIN", "BEGIN", db.begin())
+        .await
+        .map_err(ProvisionError::from_db)
+}
+
 async fn lock_user(txn: &DatabaseTransaction, id: &UserId) -> Result<(), DbErr> {
-    txn.execute_raw(statement(&sql::LOCK_USER, [id.as_ref().into()]))
-        .await?;
+    let lock = txn.execute_raw(statement(&sql::LOCK_USER, [id.as_ref().into()]));
+    traced("SELECT", "SELECT pg_advisory_xact_lock", lock).await?;
     Ok(())
 }
 
 async fn delete_user(db: &Pool, deletion: &UserDeletion) -> Result<Provisioned, ProvisionError> {
-    let txn = db.begin().await.map_err(ProvisionError::from_db)?;
+    let txn = begin(db).await?;
     let result = delete_user_in(&txn, deletion, None).await;
     finish(txn, result).await
 }
@@ -212,12 +252,10 @@ async fn delete_user_in(
         deletion.deleted_at.as_datetime().into(),
         reconcile_run.into(),
     ];
-    txn.execute_raw(statement(sql::RECORD_TOMBSTONE, tombstone))
-        .await?;
-    let deleted = txn
-        .query_one_raw(statement(sql::DELETE_USER, [deletion.id.as_ref().into()]))
-        .await?
-        .is_some();
+    let record = txn.execute_raw(statement(sql::RECORD_TOMBSTONE, tombstone));
+    traced("INSERT", "INSERT user_tombstones", record).await?;
+    let delete = txn.query_one_raw(statement(sql::DELETE_USER, [deletion.id.as_ref().into()]));
+    let deleted = traced("DELETE", "DELETE users", delete).await?.is_some();
     Ok(Provisioned {
         outcome: if deleted {
             Outcome::Deleted
@@ -244,10 +282,10 @@ pub async fn provision_guarded(
     event: &Event,
     guard: &Guard,
 ) -> Result<Option<Provisioned>, ProvisionError> {
-    let first = provision_guarded_once(db, event, guard).await;
+    let first = in_transaction_span(provision_guarded_once(db, event, guard)).await;
     match event {
         Event::UserChanged(profile) if lost_derived_username_race(&first, profile) => {
-            provision_guarded_once(db, event, guard).await
+            in_transaction_span(provision_guarded_once(db, event, guard)).await
         }
         _ => first,
     }
@@ -258,12 +296,13 @@ async fn provision_guarded_once(
     event: &Event,
     guard: &Guard,
 ) -> Result<Option<Provisioned>, ProvisionError> {
-    let txn = db.begin().await.map_err(ProvisionError::from_db)?;
-    let allowed = txn.query_one_raw(guard.check.clone()).await;
+    let txn = begin(db).await?;
+    let check = txn.query_one_raw(guard.check.clone());
+    let allowed = traced("SELECT", "SELECT reconcile lease", check).await;
     let result = match allowed {
         Err(err) => Err(err),
         Ok(None) => {
-            let _ = txn.rollback().await;
+            let _ = traced("ROLLBACK", "ROLLBACK", txn.rollback()).await;
             return Ok(None);
         }
         Ok(Some(_)) => match event {

@@ -29,7 +29,7 @@ use entity::{users, workspaces};
 use futures::{StreamExt, stream};
 use sea_orm::{ColumnTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter};
 use serde_json::value::RawValue;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use crate::clerk;
 use crate::clerk_api::{ClerkApi, ClerkApiError, MAX_USER_IDS, UserPages, id_of};
@@ -39,6 +39,7 @@ use crate::domain::{ClerkTime, Event, UserDeletion, UserId, UserProfile};
 use crate::error::ProvisionError;
 use crate::outcome::Outcome;
 use crate::provision::{self, Guard, Provisioned};
+use crate::traces::spans;
 
 pub use lease::Lease;
 pub use report::{Class, DRIFT_CLASSES, MAX_LISTED_IDS, Report, Unprovisionable};
@@ -76,6 +77,17 @@ pub enum ReconcileError {
     /// The lease went to another holder (or expired): this run writes nothing more.
     #[error("the reconcile lease was lost; another replica may hold it now")]
     LeaseLost,
+}
+
+impl ReconcileError {
+    /// A stable code for the failure, for a span's `error.type`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::ClerkApi(_) => "clerk_api",
+            Self::Database(_) => "database",
+            Self::LeaseLost => "lease_lost",
+        }
+    }
 }
 
 /// The run's right to write: its lease, checked before each step and fenced in each write, and
@@ -125,9 +137,17 @@ pub async fn run(
     progress: &dyn Progress,
     writer: Writer<'_>,
 ) -> Result<Report, ReconcileError> {
-    let seen = Seen::open(settings).await?;
-    let result = run_with(db, &seen, api, options, progress, writer).await;
-    seen.close().await;
+    let span = spans::reconcile_run();
+    let run = async {
+        let seen = Seen::open(settings).await?;
+        let result = run_with(db, &seen, api, options, progress, writer).await;
+        seen.close().await;
+        result
+    };
+    let result = run.instrument(span.clone()).await;
+    if let Err(err) = &result {
+        spans::record_error(&span, err.as_str());
+    }
     result
 }
 

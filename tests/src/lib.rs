@@ -26,6 +26,7 @@ pub mod proxy;
 pub mod rabbit_nodes;
 pub mod raw_http;
 pub mod stack;
+pub mod traces;
 pub mod webhook;
 
 use std::path::PathBuf;

@@ -44,6 +44,8 @@ pub struct Pipeline {
     /// Cancelled when the session ends (shutdown, or the broker connection lost): a delivery
     /// waiting to retry is given back instead.
     pub stop: CancellationToken,
+    /// The queue deliveries come from, naming their spans.
+    pub queue: String,
 }
 
 impl Pipeline {
@@ -58,7 +60,7 @@ impl Pipeline {
             alone.extend(one_by_one);
         }
         let each = alone.into_iter().map(|(delivery, parsed)| {
-            let span = delivery_span(&delivery, earlier_attempts(&delivery));
+            let span = self.delivery_span(&delivery);
             self.run_one(delivery, parsed, span.clone())
                 .instrument(span)
         });
@@ -78,7 +80,7 @@ impl Pipeline {
         let delivery_spans: Vec<Span> = together
             .iter()
             .map(|(delivery, profile)| {
-                let span = delivery_span(delivery, earlier_attempts(delivery));
+                let span = self.delivery_span(delivery);
                 spans::record_event(&span, profile.event_type(), Some(profile.id.as_ref()));
                 span
             })
@@ -261,6 +263,17 @@ impl Pipeline {
         }
     }
 
+    /// The span of one delivery: under the span that published it on its first delivery, else
+    /// a trace of its own linked to that one.
+    fn delivery_span(&self, delivery: &Delivery) -> Span {
+        let lineage = match is_first_delivery(delivery) {
+            true => Lineage::Child,
+            false => Lineage::Linked,
+        };
+        let attempt = earlier_attempts(delivery).made + 1;
+        spans::delivery(delivery, &self.queue, lineage, attempt)
+    }
+
     /// The delivery's fate is carried out: count it as done.
     fn settled(&self, context: &Context) {
         if let Some(reason) = &context.replayed_after {
@@ -268,16 +281,6 @@ impl Pipeline {
         }
         self.metrics.deliveries_in_flight(-1.0);
     }
-}
-
-/// The span of one delivery: under the span that published it on its first delivery, else a
-/// trace of its own linked to that one; `earlier` says which, and numbers the attempt.
-fn delivery_span(delivery: &Delivery, earlier: Attempts) -> Span {
-    let lineage = match is_first_delivery(delivery) {
-        true => Lineage::Child,
-        false => Lineage::Linked,
-    };
-    spans::delivery(delivery, lineage, earlier.made + 1)
 }
 
 /// What the delivery's span says of its fate: the outcome, or the reason it failed.

@@ -78,6 +78,7 @@ impl Session {
             metrics: consumer.metrics.clone(),
             outage: Outage::new(consumer.settings.database_outage_pause),
             stop: stop.clone(),
+            queue: topology.queue.clone(),
         });
         let deliveries = channel
             .basic_consume(

@@ -84,9 +84,14 @@ pub enum Lineage {
     Linked,
 }
 
-/// One delivery taken from the queue to its end (a consumer span).
-pub fn delivery(delivery: &lapin::message::Delivery, lineage: Lineage, attempt: u32) -> Span {
-    let exchange = delivery.exchange.as_str();
+/// One delivery taken from `queue` to its end (a consumer span), named after the queue: a
+/// retry comes back through another exchange than the event's first delivery.
+pub fn delivery(
+    delivery: &lapin::message::Delivery,
+    queue: &str,
+    lineage: Lineage,
+    attempt: u32,
+) -> Span {
     let message_id = delivery
         .properties
         .message_id()
@@ -95,14 +100,15 @@ pub fn delivery(delivery: &lapin::message::Delivery, lineage: Lineage, attempt: 
     let span = info_span!(
         parent: None,
         "delivery",
-        otel.name = format!("process {exchange}").as_str(),
+        otel.name = format!("process {queue}").as_str(),
         otel.kind = "consumer",
         otel.status_code = Empty,
         error.type = Empty,
         messaging.system = RABBITMQ,
         messaging.operation.type = "process",
         messaging.operation.name = "process",
-        messaging.destination.name = exchange,
+        messaging.destination.name = delivery.exchange.as_str(),
+        messaging.destination.subscription.name = queue,
         messaging.rabbitmq.destination.routing_key = delivery.routing_key.as_str(),
         messaging.rabbitmq.message.delivery_tag = delivery.delivery_tag,
         messaging.message.id = message_id,

@@ -1,0 +1,256 @@
+//! One trace per sign-up, read from an in-memory exporter behind the product's own export queue:
+//! a signed webhook through the in-process application is one trace from the request to the
+//! statement that provisioned it; a retried event and a replayed dead letter are traces of their
+//! own, linked to the first; no span attribute holds an email, a name or a secret.
+//!
+//! This binary installs the process's subscriber with traces on, so it holds only these tests.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use integration_tests::clerk::UserEvent;
+use integration_tests::stack::Stack;
+use integration_tests::traces::{Span, assert_no_attribute_holds, from_sdk, named, trace_of};
+use integration_tests::webhook::{SECRET, Webhook};
+use integration_tests::{dead_letters, eventually};
+use opentelemetry_sdk::trace::InMemorySpanExporter;
+use tokio_util::sync::CancellationToken;
+use worker::config::LogFormat;
+use worker::db::Pool;
+use worker::dead_letter::store::{Actor, Source};
+use worker::dead_letter::{Filter, ReplayPlan};
+use worker::traces::Export;
+
+static TRACES: OnceLock<(InMemorySpanExporter, Export)> = OnceLock::new();
+
+/// Every span finished so far in this process.
+fn finished() -> Vec<Span> {
+    let (exporter, export) = TRACES.get_or_init(|| {
+        let exporter = InMemorySpanExporter::default();
+        let export = Export::with_exporter(exporter.clone());
+        worker::telemetry::init(LogFormat::Json, Some(&export));
+        (exporter, export)
+    });
+    let _ = export.flush();
+    from_sdk(exporter.get_finished_spans().unwrap_or_default())
+}
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Spans of `svix_id`'s event outside the trace `first_trace`, once `at_least` of them
+/// satisfy `done`.
+async fn later_spans(
+    svix_id: &str,
+    first_trace: &str,
+    name: &str,
+    done: impl Fn(&[Span]) -> bool,
+) -> Vec<Span> {
+    let mut found = Vec::new();
+    eventually("the later spans", WAIT, || {
+        found = finished()
+            .into_iter()
+            .filter(|span| {
+                span.name == name
+                    && span.trace_id != first_trace
+                    && (span.attribute("messaging.message.id") == Some(svix_id)
+                        || name == "replay dead letter")
+            })
+            .collect();
+        let ready = done(&found);
+        async move { ready }
+    })
+    .await;
+    found
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sign_up_is_one_trace_from_the_webhook_to_the_statement_that_provisioned_it() {
+    finished();
+    let stack = Stack::new().await;
+    let app = stack
+        .start(&["run"], &[("CLERK_WEBHOOK_SECRET", SECRET)])
+        .await;
+    let mut user = UserEvent::created(
+        "user_2traced",
+        "marguerite.secret@example.com",
+        Some("m_hidden"),
+    );
+    user.first_name = Some("Marguerite".to_owned());
+    user.last_name = Some("Yourcenar".to_owned());
+    let webhook = Webhook::signed(SECRET, &user.body());
+    assert_eq!(webhook.post(app.ingress_addr).await.0, 202);
+
+    let spans = trace_of(finished, &webhook.id, 6, WAIT).await;
+    let exchange = &stack.broker.topology.exchange;
+    let request = named(&spans, "POST /webhooks/clerk");
+    let verify = named(&spans, "verify signature");
+    let publish = named(&spans, &format!("publish {exchange}"));
+    let process = named(&spans, &format!("process {}", stack.broker.topology.queue));
+    let transaction = named(&spans, "provisioning transaction");
+    let statement = named(&spans, "SELECT provision_user");
+
+    assert!(request.is_root(), "the request starts the trace");
+    assert_eq!(request.kind, "server");
+    assert_eq!(request.attribute("http.request.method"), Some("POST"));
+    assert_eq!(request.attribute("http.route"), Some("/webhooks/clerk"));
+    assert_eq!(request.attribute("http.response.status_code"), Some("202"));
+    assert_eq!(
+        request.attribute("messaging.message.id"),
+        Some(webhook.id.as_str())
+    );
+    for child in [verify, publish] {
+        assert_eq!(
+            child.parent_span_id, request.span_id,
+            "{} under the request",
+            child.name
+        );
+    }
+    assert_eq!(publish.kind, "producer");
+    assert_eq!(process.kind, "consumer");
+    assert_eq!(
+        process.parent_span_id, publish.span_id,
+        "the delivery continues the publish"
+    );
+    assert_eq!(transaction.parent_span_id, process.span_id);
+    assert_eq!(statement.parent_span_id, transaction.span_id);
+    assert_eq!(statement.kind, "client");
+    for messaging in [publish, process] {
+        assert_eq!(messaging.attribute("messaging.system"), Some("rabbitmq"));
+        assert_eq!(
+            messaging.attribute("messaging.destination.name"),
+            Some(exchange.as_str())
+        );
+        assert_eq!(
+            messaging.attribute("messaging.message.id"),
+            Some(webhook.id.as_str())
+        );
+    }
+    assert_eq!(process.attribute("clerk.user_id"), Some("user_2traced"));
+    assert_eq!(process.attribute("worker.attempt"), Some("1"));
+    assert_eq!(process.attribute("worker.outcome"), Some("created"));
+    for database in [transaction, statement] {
+        assert_eq!(database.attribute("db.system"), Some("postgresql"));
+    }
+    assert_eq!(statement.attribute("db.operation.name"), Some("SELECT"));
+    assert_no_attribute_holds(
+        &spans,
+        &[
+            "marguerite.secret",
+            "m_hidden",
+            "Marguerite",
+            "Yourcenar",
+            SECRET,
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retried_event_and_its_replay_are_traces_of_their_own_linked_to_the_first() {
+    finished();
+    let stack = Stack::new().await;
+    stack
+        .db
+        .execute("INSERT INTO users (id, email, username) VALUES ('user_2holder', 'held@example.com', 'holder')")
+        .await;
+    let app = stack
+        .start(
+            &["run"],
+            &[
+                ("CLERK_WEBHOOK_SECRET", SECRET),
+                ("CONFLICT_RETRY_WINDOW", "1s"),
+                ("RETRY_INITIAL_DELAY", "20ms"),
+                ("RETRY_MAX_DELAY", "500ms"),
+            ],
+        )
+        .await;
+    let claimant = UserEvent::created("user_2claimant", "held@example.com", Some("claimant"));
+    let webhook = Webhook::signed(SECRET, &claimant.body());
+    assert_eq!(webhook.post(app.ingress_addr).await.0, 202);
+    dead_letters::stored(&stack.db, 1).await;
+
+    let first = trace_of(finished, &webhook.id, 6, WAIT).await;
+    let exchange = &stack.broker.topology.exchange;
+    let publish = named(&first, &format!("publish {exchange}"));
+    let deferred = named(&first, &format!("process {}", stack.broker.topology.queue));
+    assert_eq!(deferred.attribute("worker.outcome"), Some("deferred"));
+    assert_eq!(deferred.attribute("error.type"), Some("email_conflict"));
+    assert_eq!(deferred.status, "error");
+    let origin = (publish.trace_id.clone(), publish.span_id.clone());
+
+    let process = format!("process {}", stack.broker.topology.queue);
+    let retries = later_spans(&webhook.id, &publish.trace_id, &process, |spans| {
+        spans
+            .iter()
+            .any(|span| span.attribute("worker.outcome") == Some("dead_lettered"))
+    })
+    .await;
+    for retry in &retries {
+        assert!(retry.is_root(), "a retry starts a trace of its own");
+        assert_eq!(
+            retry.links,
+            [origin.clone()],
+            "a retry links to the publish"
+        );
+        let attempt: u32 = retry.attribute("worker.attempt").unwrap().parse().unwrap();
+        assert!(attempt >= 2, "a retry is attempt {attempt}");
+    }
+
+    stack
+        .db
+        .execute("UPDATE users SET email = 'moved@example.com' WHERE id = 'user_2holder'")
+        .await;
+    let plan = ReplayPlan {
+        filter: Filter {
+            reason: Some("email_conflict".to_owned()),
+            ..Filter::open()
+        },
+        dry_run: false,
+        actor: Actor {
+            name: "tester".to_owned(),
+            source: Source::Cli,
+        },
+    };
+    let pool = Pool::from(stack.db.conn.clone());
+    let replayed = worker::dead_letter::replay(
+        &stack.broker.settings,
+        &pool,
+        &plan,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(replayed.replayed, 1);
+    eventually("the replayed user", WAIT, || async {
+        stack.users().await == 2
+    })
+    .await;
+
+    let replay = later_spans(
+        &webhook.id,
+        &publish.trace_id,
+        "replay dead letter",
+        |spans| spans.iter().any(|span| span.links.contains(&origin)),
+    )
+    .await;
+    assert!(
+        replay.iter().all(Span::is_root),
+        "a replay is a trace of its own"
+    );
+    let provisioned = later_spans(&webhook.id, &publish.trace_id, &process, |spans| {
+        spans
+            .iter()
+            .any(|span| span.attribute("worker.outcome") == Some("created"))
+    })
+    .await;
+    let replayed_delivery = provisioned
+        .iter()
+        .find(|span| span.attribute("worker.outcome") == Some("created"))
+        .unwrap();
+    assert!(replayed_delivery.is_root());
+    assert_eq!(
+        replayed_delivery.links,
+        [origin],
+        "the replayed event links to its first trace"
+    );
+    assert_no_attribute_holds(&finished(), &["held@example.com", SECRET]);
+}

@@ -27,6 +27,8 @@ pub struct EndToEnd {
     pub events_per_s: f64,
     pub latency: Latency,
     pub peak_rss_mib: Option<f64>,
+    /// Spans the worker's trace export dropped (`trace_spans_dropped_total`, every reason).
+    pub trace_spans_dropped: Option<f64>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -98,6 +100,7 @@ pub async fn saturate(
     wait_for_workspaces(&stack, events as i64, Duration::from_secs(600)).await?;
     let latency = latencies(&stack, &starts).await?;
     let last_commit = last_commit(&stack).await?;
+    let trace_spans_dropped = spans_dropped(&service).await;
     Ok(EndToEnd {
         events,
         connections,
@@ -105,7 +108,22 @@ pub async fn saturate(
         events_per_s: events as f64 / (last_commit - first).as_seconds_f64(),
         latency,
         peak_rss_mib: peak_rss_mib(service.pid()),
+        trace_spans_dropped,
     })
+}
+
+/// The spans `service` dropped, read from its `/metrics`.
+async fn spans_dropped(service: &WorkerProcess) -> Option<f64> {
+    let ops = integration_tests::ops::OpsClient::new(service.ops_addr());
+    let mut dropped = 0.0;
+    for reason in worker::traces::queue::DropReason::ALL {
+        let series = integration_tests::ops::series(
+            worker::metrics::TRACE_SPANS_DROPPED,
+            &[("reason", reason.as_str())],
+        );
+        dropped += ops.metric(&series).await?;
+    }
+    Some(dropped)
 }
 
 /// N webhooks at a fixed rate, each on its own task, so latency is not queueing behind the bench.

@@ -21,6 +21,7 @@ mod hostile;
 mod soak;
 mod stack;
 mod stats;
+mod traces;
 mod wire;
 
 use std::path::PathBuf;
@@ -147,6 +148,9 @@ enum Phase {
     /// Moving dead letters from the queue into the store, and listing pages at 100,000 letters;
     /// never part of `all`.
     DeadLetters,
+    /// `e2e` with traces off and on (every trace sampled, exported to a local sink), alternating
+    /// rounds; never part of `all`.
+    Traces,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -169,6 +173,7 @@ struct Report {
     compare: Option<compare::Comparison>,
     heal: Option<heal::Heal>,
     dead_letters: Option<dead_letters::DeadLetters>,
+    traces: Option<traces::TracesOnOff>,
     /// Events/s of every run of `drain`, `drain_batched` and `e2e` (their medians above).
     runs: Runs,
     drain_over_ceiling: Option<f64>,
@@ -305,6 +310,12 @@ async fn main() -> anyhow::Result<()> {
         report.dead_letters =
             Some(dead_letters::measure(&head, args.move_letters, args.store_letters).await?);
     }
+    if args.phase == Phase::Traces {
+        let (figures, off, on) =
+            traces::measure(&head, args.events, args.connections, rounds, &worker_env).await?;
+        print!("{}", traces::table(&figures, &off, &on));
+        report.traces = Some(figures);
+    }
     if args.phase == Phase::All {
         eprintln!("ceiling again, after the other phases");
         report.ceiling_after =
@@ -422,7 +433,7 @@ fn table(report: &Report) -> String {
 
 /// The median run by `rate` (for an even count, the faster of the two middle runs: a real run,
 /// not an average), and every run's rate (in the order run).
-fn median_run<T>(mut runs: Vec<T>, rate: impl Fn(&T) -> f64) -> (Option<T>, Vec<f64>) {
+pub(crate) fn median_run<T>(mut runs: Vec<T>, rate: impl Fn(&T) -> f64) -> (Option<T>, Vec<f64>) {
     let rates = runs.iter().map(&rate).collect();
     runs.sort_by(|a, b| rate(a).total_cmp(&rate(b)));
     let middle = runs.len() / 2;

@@ -112,6 +112,7 @@ async fn a_collector_that_never_answers_changes_nothing_for_provisioning() {
         &traced(&endpoint, "http/protobuf")[..],
         &[
             ("OTEL_BSP_MAX_QUEUE_SIZE", "16"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "300"),
             ("CLERK_WEBHOOK_SECRET", SECRET),
             ("SHUTDOWN_GRACE_PERIOD", "2s"),
         ],
@@ -135,11 +136,13 @@ async fn a_collector_that_never_answers_changes_nothing_for_provisioning() {
     .await;
 
     let ops = OpsClient::new(service.ops_addr());
-    let dropped = series(metrics::TRACE_SPANS_DROPPED, &[("reason", "queue_full")]);
-    eventually("spans dropped at the full queue", WAIT, || async {
-        ops.metric(&dropped).await.unwrap_or_default() > 0.0
-    })
-    .await;
+    for reason in ["queue_full", "export_failed"] {
+        let dropped = series(metrics::TRACE_SPANS_DROPPED, &[("reason", reason)]);
+        eventually(&format!("spans dropped: {reason}"), WAIT, || async {
+            ops.metric(&dropped).await.unwrap_or_default() > 0.0
+        })
+        .await;
+    }
 
     let stopping = Instant::now();
     service.terminate();

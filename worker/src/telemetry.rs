@@ -44,9 +44,15 @@ pub fn init(format: LogFormat, export: Option<&Export>) {
             .boxed(),
         LogFormat::Text => logs.with_filter(logged).boxed(),
     };
+    // Only what the spans say: no source location, thread, target or busy/idle times, which
+    // would double every span's size and its cost on the hot path.
     let traced = export.map(|export| {
         tracing_opentelemetry::layer()
             .with_tracer(export.tracer())
+            .with_location(false)
+            .with_threads(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
             .with_filter(filter_fn(traces::is_product_span))
     });
     let installed = tracing_subscriber::registry()

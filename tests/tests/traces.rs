@@ -188,7 +188,7 @@ async fn a_retried_event_and_its_replay_are_traces_of_their_own_linked_to_the_fi
         assert!(retry.is_root(), "a retry starts a trace of its own");
         assert_eq!(
             retry.links,
-            [origin.clone()],
+            std::slice::from_ref(&origin),
             "a retry links to the publish"
         );
         let attempt: u32 = retry.attribute("worker.attempt").unwrap().parse().unwrap();

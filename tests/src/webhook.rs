@@ -42,6 +42,24 @@ impl Webhook {
         ingress: SocketAddr,
         omit: &[&str],
     ) -> (u16, serde_json::Value) {
+        self.send(ingress, omit, &[]).await
+    }
+
+    /// POSTs to `/webhooks/clerk` with the `extra` headers besides Svix's.
+    pub async fn post_with(
+        &self,
+        ingress: SocketAddr,
+        extra: &[(&str, &str)],
+    ) -> (u16, serde_json::Value) {
+        self.send(ingress, &[], extra).await
+    }
+
+    async fn send(
+        &self,
+        ingress: SocketAddr,
+        omit: &[&str],
+        extra: &[(&str, &str)],
+    ) -> (u16, serde_json::Value) {
         let mut request = reqwest::Client::new()
             .post(format!("http://{ingress}/webhooks/clerk"))
             .header("content-type", "application/json")
@@ -54,6 +72,9 @@ impl Webhook {
             if !omit.contains(&name) {
                 request = request.header(name, value);
             }
+        }
+        for (name, value) in extra {
+            request = request.header(*name, *value);
         }
         let response = match request.send().await {
             Ok(response) => response,

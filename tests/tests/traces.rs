@@ -254,3 +254,144 @@ async fn a_retried_event_and_its_replay_are_traces_of_their_own_linked_to_the_fi
     );
     assert_no_attribute_holds(&finished(), &["held@example.com", SECRET]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_is_one_span_linked_to_each_delivery_it_provisioned() {
+    finished();
+    let stack = Stack::new().await;
+    let ids: Vec<String> = (0..6)
+        .map(|i| format!("msg_batch{i}_{}", stack.db.name))
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        let user = UserEvent::created(
+            &format!("user_2batch{i}"),
+            &format!("batch{i}@example.com"),
+            None,
+        );
+        stack.broker.publish("user.created", &user.body(), id).await;
+    }
+    let _worker = stack.start(&["consume"], &[("BATCH_SIZE", "8")]).await;
+    eventually("six workspaces", WAIT, || async {
+        stack.workspaces().await == 6
+    })
+    .await;
+
+    let process = format!("process {}", stack.broker.topology.queue);
+    let mut spans = Vec::new();
+    eventually("a batch span and its deliveries", WAIT, || {
+        spans = finished();
+        let ready = spans.iter().any(|span| {
+            span.name == "provision batch"
+                && span.links.len() >= 2
+                && span.links.iter().all(|(trace, id)| {
+                    spans.iter().any(|d| {
+                        &d.trace_id == trace
+                            && &d.span_id == id
+                            && d.name == process
+                            && ids
+                                .iter()
+                                .any(|ours| d.attribute("messaging.message.id") == Some(ours))
+                    })
+                })
+        });
+        async move { ready }
+    })
+    .await;
+    let batch = spans
+        .iter()
+        .find(|span| {
+            span.name == "provision batch"
+                && span.links.iter().any(|(trace, id)| {
+                    spans.iter().any(|d| {
+                        &d.trace_id == trace
+                            && &d.span_id == id
+                            && ids
+                                .iter()
+                                .any(|ours| d.attribute("messaging.message.id") == Some(ours))
+                    })
+                })
+        })
+        .unwrap();
+    assert!(batch.is_root(), "a batch is a trace of its own");
+    assert_eq!(
+        batch.attribute("worker.batch.size"),
+        Some(batch.links.len().to_string().as_str())
+    );
+    for (trace, id) in &batch.links {
+        let delivery = spans
+            .iter()
+            .find(|d| &d.trace_id == trace && &d.span_id == id)
+            .unwrap();
+        assert_eq!(delivery.kind, "consumer");
+        assert_eq!(delivery.attribute("worker.outcome"), Some("created"));
+        assert!(
+            delivery
+                .attribute("clerk.user_id")
+                .is_some_and(|u| u.starts_with("user_2batch"))
+        );
+    }
+    let transaction = spans
+        .iter()
+        .find(|s| s.name == "provisioning transaction" && s.parent_span_id == batch.span_id)
+        .expect("the batch's transaction");
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.name == "SELECT provision_user" && s.parent_span_id == transaction.span_id),
+        "its statement"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_traceparent_is_honoured_only_when_trusted() {
+    finished();
+    let stack = Stack::new().await;
+    let upstream_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let upstream_span = "00f067aa0ba902b7";
+    let traceparent = format!("00-{upstream_trace}-{upstream_span}-01");
+    for trusted in ["false", "true"] {
+        let app = stack
+            .start(
+                &["ingress"],
+                &[
+                    ("CLERK_WEBHOOK_SECRET", SECRET),
+                    ("INGRESS_TRUST_TRACEPARENT", trusted),
+                ],
+            )
+            .await;
+        let user = UserEvent::created(
+            &format!("user_2parent{trusted}"),
+            "parent@example.com",
+            None,
+        );
+        let webhook = Webhook::signed(SECRET, &user.body());
+        let (status, _) = webhook
+            .post_with(app.ingress_addr, &[("traceparent", &traceparent)])
+            .await;
+        assert_eq!(status, 202);
+        let mut request = None;
+        eventually("the request's span", WAIT, || {
+            request = finished().into_iter().find(|span| {
+                span.kind == "server"
+                    && span.attribute("messaging.message.id") == Some(webhook.id.as_str())
+            });
+            let found = request.is_some();
+            async move { found }
+        })
+        .await;
+        let request = request.unwrap();
+        match trusted {
+            "true" => {
+                assert_eq!(request.trace_id, upstream_trace);
+                assert_eq!(request.parent_span_id, upstream_span);
+            }
+            _ => {
+                assert_ne!(
+                    request.trace_id, upstream_trace,
+                    "an outsider chose our trace id"
+                );
+                assert!(request.is_root());
+            }
+        }
+    }
+}

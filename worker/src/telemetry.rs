@@ -45,7 +45,9 @@ pub fn init(format: LogFormat, export: Option<&Export>) {
         LogFormat::Text => logs.with_filter(logged).boxed(),
     };
     // Only what the spans say: no source location, thread, target or busy/idle times, which
-    // would double every span's size and its cost on the hot path.
+    // would double every span's size and its cost on the hot path; and no OpenTelemetry
+    // context made current on every poll of an instrumented future (nothing here reads it: the
+    // propagation takes each span's own).
     let traced = export.map(|export| {
         tracing_opentelemetry::layer()
             .with_tracer(export.tracer())
@@ -53,6 +55,7 @@ pub fn init(format: LogFormat, export: Option<&Export>) {
             .with_threads(false)
             .with_target(false)
             .with_tracked_inactivity(false)
+            .with_context_activation(false)
             .with_filter(filter_fn(traces::is_product_span))
     });
     let installed = tracing_subscriber::registry()

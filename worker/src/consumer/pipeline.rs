@@ -29,7 +29,10 @@ use crate::metrics::Metrics;
 use crate::outcome::Outcome;
 use crate::provision::{self, Provisioned};
 use crate::retry::{Attempts, Fate, RetryPolicy};
-use crate::traces::spans::{self, Lineage};
+use crate::traces::{
+    self,
+    spans::{self, Lineage},
+};
 
 /// Takes deliveries to their end; shared by every delivery task of one broker session.
 pub struct Pipeline {
@@ -266,6 +269,9 @@ impl Pipeline {
     /// The span of one delivery: under the span that published it on its first delivery, else
     /// a trace of its own linked to that one.
     fn delivery_span(&self, delivery: &Delivery) -> Span {
+        if !traces::on() {
+            return Span::none();
+        }
         let lineage = match is_first_delivery(delivery) {
             true => Lineage::Child,
             false => Lineage::Linked,

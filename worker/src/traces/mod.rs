@@ -23,6 +23,12 @@ pub use export::{Export, ExportError};
 /// and the log layer leaves them out (so logs look the same whether traces are on or off).
 pub const TARGET: &str = "worker::traces";
 
+/// Whether traces are on in this process: a caller with work to do before it builds a span
+/// (reading headers) asks first, so that work costs nothing with traces off.
+pub fn on() -> bool {
+    tracing::span_enabled!(target: TARGET, tracing::Level::INFO)
+}
+
 /// Whether `metadata` is one of the product's trace spans.
 pub fn is_product_span(metadata: &tracing::Metadata<'_>) -> bool {
     metadata.is_span() && metadata.target().starts_with(TARGET)

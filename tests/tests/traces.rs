@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use integration_tests::clerk::UserEvent;
+use integration_tests::clerk_api::FakeClerk;
 use integration_tests::stack::Stack;
 use integration_tests::traces::{Span, assert_no_attribute_holds, from_sdk, named, trace_of};
 use integration_tests::webhook::{SECRET, Webhook};
@@ -394,4 +395,52 @@ async fn a_request_traceparent_is_honoured_only_when_trusted() {
             }
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reconcile_run_is_a_trace_of_its_own_holding_its_repairs() {
+    finished();
+    let stack = Stack::new().await;
+    let key = "sk_test_traces_5d2a";
+    let clerk = FakeClerk::start(key).await;
+    clerk.add(UserEvent::created("user_2repaired", "repaired@example.com", None).data());
+    let url = clerk.url();
+    let _worker = stack
+        .start(
+            &["consume"],
+            &[
+                ("CLERK_API_URL", url.as_str()),
+                ("CLERK_SECRET_KEY", key),
+                ("CLERK_API_RATE", "1000"),
+                ("RECONCILE_INTERVAL", "2s"),
+            ],
+        )
+        .await;
+    eventually("the repaired user", WAIT, || async {
+        stack.workspaces().await == 1
+    })
+    .await;
+
+    let mut spans = Vec::new();
+    eventually("the run's span holding its repair", WAIT, || {
+        spans = finished();
+        let ready = spans.iter().any(|repair| {
+            repair.name == "SELECT provision_user"
+                && root_of(&spans, repair).is_some_and(|root| root.name == "reconcile run")
+        });
+        async move { ready }
+    })
+    .await;
+    assert_no_attribute_holds(&spans, &["repaired@example.com", key]);
+}
+
+/// The root `span` descends from, among `spans`.
+fn root_of<'a>(spans: &'a [Span], span: &'a Span) -> Option<&'a Span> {
+    let mut current = span;
+    while !current.is_root() {
+        current = spans
+            .iter()
+            .find(|s| s.trace_id == current.trace_id && s.span_id == current.parent_span_id)?;
+    }
+    Some(current)
 }

@@ -444,3 +444,55 @@ fn root_of<'a>(spans: &'a [Span], span: &'a Span) -> Option<&'a Span> {
     }
     Some(current)
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delivery_whose_batch_failed_still_has_one_span() {
+    finished();
+    let stack = Stack::new().await;
+    stack
+        .db
+        .execute("INSERT INTO users (id, email, username) VALUES ('user_2owner', 'taken@example.com', 'owner')")
+        .await;
+    let ids: Vec<String> = (0..4)
+        .map(|i| format!("msg_fallback{i}_{}", stack.db.name))
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        // The last one's email is taken: its batch fails, and every delivery goes one by one.
+        let email = match i {
+            3 => "taken@example.com".to_owned(),
+            _ => format!("fallback{i}@example.com"),
+        };
+        let user = UserEvent::created(&format!("user_2fallback{i}"), &email, None);
+        stack.broker.publish("user.created", &user.body(), id).await;
+    }
+    let _worker = stack
+        .start(
+            &["consume"],
+            &[("BATCH_SIZE", "8"), ("CONFLICT_RETRY_WINDOW", "0")],
+        )
+        .await;
+    eventually("three workspaces", WAIT, || async {
+        stack.workspaces().await == 3
+    })
+    .await;
+
+    let process = format!("process {}", stack.broker.topology.queue);
+    let spans_of = |id: &str| -> Vec<Span> {
+        finished()
+            .into_iter()
+            .filter(|span| {
+                span.name == process && span.attribute("messaging.message.id") == Some(id)
+            })
+            .collect()
+    };
+    eventually("every delivery's span", WAIT, || {
+        let ready = ids.iter().all(|id| !spans_of(id).is_empty());
+        async move { ready }
+    })
+    .await;
+    for id in &ids[..3] {
+        let spans = spans_of(id);
+        assert_eq!(spans.len(), 1, "one span for {id}: {spans:?}");
+        assert_eq!(spans[0].attribute("worker.outcome"), Some("created"));
+    }
+}

@@ -73,9 +73,13 @@ pub fn earlier_attempts(delivery: &Delivery) -> Attempts {
     }
 }
 
-/// Whether this is the event's first delivery: not redelivered, not a retry from a delay queue,
-/// not a replayed dead letter. Its trace then continues the publisher's.
+/// Whether this is the event's first delivery: not redelivered (the broker's flag covers the
+/// returns without blame, which `x-delivery-count` does not count), not a retry from a delay
+/// queue, not a replayed dead letter. Its trace then continues the publisher's.
 pub fn is_first_delivery(delivery: &Delivery) -> bool {
+    if delivery.redelivered {
+        return false;
+    }
     let Some(headers) = delivery.properties.headers() else {
         return true;
     };

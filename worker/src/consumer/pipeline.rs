@@ -54,19 +54,25 @@ pub struct Pipeline {
 impl Pipeline {
     /// Takes a batch of deliveries (one or more) to their end.
     pub async fn run(&self, deliveries: Vec<Delivery>) {
-        let batch = split(deliveries, |delivery| &delivery.data);
+        // Each delivery's span is made once, whether it ends in a batch or on its own.
+        let traced = deliveries.into_iter().map(|delivery| Traced {
+            span: self.delivery_span(&delivery),
+            delivery,
+        });
+        let batch = split(traced.collect(), |traced| &traced.delivery.data);
         let mut alone = batch.alone;
         if let Err(rest) = self.attempt_together(batch.together).await {
             let one_by_one = rest
                 .into_iter()
-                .map(|(delivery, profile)| (delivery, Ok(Event::UserChanged(profile))));
+                .map(|(traced, profile)| (traced, Ok(Event::UserChanged(profile))));
             alone.extend(one_by_one);
         }
-        let each = alone.into_iter().map(|(delivery, parsed)| {
-            let span = self.delivery_span(&delivery);
-            self.run_one(delivery, parsed, span.clone())
-                .instrument(span)
-        });
+        let each = alone
+            .into_iter()
+            .map(|(Traced { delivery, span }, parsed)| {
+                self.run_one(delivery, parsed, span.clone())
+                    .instrument(span)
+            });
         futures::future::join_all(each).await;
     }
 
@@ -74,20 +80,17 @@ impl Pipeline {
     /// few to share, or the transaction fails, the deliveries come back for one by one.
     async fn attempt_together(
         &self,
-        together: Vec<(Delivery, Box<UserProfile>)>,
-    ) -> Result<(), Vec<(Delivery, Box<UserProfile>)>> {
+        together: Vec<(Traced, Box<UserProfile>)>,
+    ) -> Result<(), Vec<(Traced, Box<UserProfile>)>> {
         if together.len() < 2 {
             return Err(together);
         }
         self.metrics.deliveries_in_flight(together.len() as f64);
-        let delivery_spans: Vec<Span> = together
-            .iter()
-            .map(|(delivery, profile)| {
-                let span = self.delivery_span(delivery);
-                spans::record_event(&span, profile.event_type(), Some(profile.id.as_ref()));
-                span
-            })
-            .collect();
+        for (traced, profile) in &together {
+            let user_id = Some(profile.id.as_ref());
+            spans::record_event(&traced.span, profile.event_type(), user_id);
+        }
+        let delivery_spans: Vec<&Span> = together.iter().map(|(t, _)| &t.span).collect();
         let batch_span = spans::batch(&delivery_spans);
         let started = Instant::now();
         let profiles: Vec<&UserProfile> = together.iter().map(|(_, p)| p.as_ref()).collect();
@@ -111,7 +114,7 @@ impl Pipeline {
         for (span, provisioned) in delivery_spans.iter().zip(&results) {
             spans::record_outcome(span, provisioned.outcome.as_str());
         }
-        for ((delivery, profile), provisioned) in together.iter().zip(results) {
+        for ((Traced { delivery, .. }, profile), provisioned) in together.iter().zip(results) {
             let context = Context::named(delivery, profile.event_type(), Some(&profile.id));
             let attempts = Attempts {
                 made: redeliveries(delivery) + 1,
@@ -121,7 +124,7 @@ impl Pipeline {
             self.record_success(delivery, &context, &provisioned, attempts, elapsed);
             contexts.push(context);
         }
-        let deliveries: Vec<&Delivery> = together.iter().map(|(delivery, _)| delivery).collect();
+        let deliveries: Vec<&Delivery> = together.iter().map(|(t, _)| &t.delivery).collect();
         if let Some(first) = contexts.first() {
             self.settler.ack(&deliveries, first).await;
         }
@@ -163,7 +166,7 @@ impl Pipeline {
                 }
                 fate = Fate::GiveBack;
             }
-            trace_fate(&span, fate, &result);
+            trace_fate(&span, fate, attempts, &result);
             let record = Record {
                 attempts,
                 first_failed_at,
@@ -289,8 +292,21 @@ impl Pipeline {
     }
 }
 
-/// What the delivery's span says of its fate: the outcome, or the reason it failed.
-fn trace_fate(span: &Span, fate: Fate, result: &Result<Provisioned, ProvisionError>) {
+/// A delivery and its span, made once when the delivery is taken.
+struct Traced {
+    delivery: Delivery,
+    span: Span,
+}
+
+/// What the delivery's span says of its fate: the outcome, or the reason it failed, and the
+/// attempt it ended on (a retry in this worker keeps the delivery and its span).
+fn trace_fate(
+    span: &Span,
+    fate: Fate,
+    attempts: Attempts,
+    result: &Result<Provisioned, ProvisionError>,
+) {
+    spans::record_attempt(span, attempts.made);
     match (fate, result) {
         (Fate::Ack, Ok(provisioned)) => spans::record_outcome(span, provisioned.outcome.as_str()),
         (Fate::DeadLetter(reason), _) => {

@@ -230,15 +230,21 @@ async fn accept(
     let (parts, body) = request.into_parts();
     let signed = SignedHeaders::from_headers(&parts.headers)?;
     tracing::Span::current().record("event_id", signed.id.as_str());
-    trace.record("messaging.message.id", signed.id.as_str());
     signed.check_timestamp(received_at_ms / 1000)?;
     let body = body::read_body(body, state.body_limits, &state.body_memory).await?;
-    spans::verify_signature().in_scope(|| {
+    let verify = spans::verify_signature();
+    let verification = verify.in_scope(|| {
         state
             .verifier
             .verify(&signed, &body.bytes, received_at_ms / 1000)
-    })?;
+    });
+    if let Err(err) = &verification {
+        spans::record_error(&verify, err.as_str());
+    }
+    verification?;
     *verified = true;
+    // Only now: an unsigned request's id is whatever its sender wrote.
+    trace.record("messaging.message.id", signed.id.as_str());
     let closing = parts
         .extensions
         .get::<Trust>()

@@ -5,7 +5,10 @@
 //! itself (logged once, at shutdown), so the same bound is enforced here first and counted:
 //! [`Gate`] admits a span only while fewer than the queue size are admitted and not yet exported,
 //! and [`Counted`] gives their places back after each export, whatever its result. The processor's
-//! own queue therefore never overflows, and `trace_spans_dropped_total` is exact.
+//! own queue therefore never overflows, and `trace_spans_dropped_total` counts every span dropped
+//! while the process runs. (The batch being exported still holds its places, so the queue is
+//! up to one export batch smaller than `OTEL_BSP_MAX_QUEUE_SIZE`; spans still queued when the
+//! 1 s of shutdown runs out are not counted.)
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -26,8 +29,10 @@ pub enum DropReason {
 }
 
 impl DropReason {
+    /// Every reason: the label values exported from the start, at zero.
     pub const ALL: [Self; 2] = [Self::QueueFull, Self::ExportFailed];
 
+    /// The `reason` label's value.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::QueueFull => "queue_full",
@@ -58,19 +63,20 @@ fn count_dropped(reason: DropReason, spans: usize) {
 
 /// Spans admitted and not yet exported, shared by the [`Gate`] and the [`Counted`] exporter.
 #[derive(Clone, Debug, Default)]
-pub struct Admitted(Arc<AtomicUsize>);
+pub(super) struct Admitted(Arc<AtomicUsize>);
 
 /// A span processor that admits at most `capacity` spans into `inner` until they are exported,
 /// and counts the others as dropped.
 #[derive(Debug)]
-pub struct Gate<P> {
+pub(super) struct Gate<P> {
     inner: P,
     admitted: Admitted,
     capacity: usize,
 }
 
 impl<P> Gate<P> {
-    pub fn new(inner: P, admitted: Admitted, capacity: usize) -> Self {
+    /// Admits at most `capacity` spans into `inner` at once, counted in `admitted`.
+    pub(super) fn new(inner: P, admitted: Admitted, capacity: usize) -> Self {
         Self {
             inner,
             admitted,
@@ -114,13 +120,14 @@ impl<P: SpanProcessor> SpanProcessor for Gate<P> {
 /// An exporter that gives the [`Gate`] its places back as batches leave, and counts the spans of
 /// a batch it failed to export.
 #[derive(Debug)]
-pub struct Counted<E> {
+pub(super) struct Counted<E> {
     inner: E,
     admitted: Admitted,
 }
 
 impl<E> Counted<E> {
-    pub fn new(inner: E, admitted: Admitted) -> Self {
+    /// Gives `admitted` its places back as `inner` exports.
+    pub(super) fn new(inner: E, admitted: Admitted) -> Self {
         Self { inner, admitted }
     }
 }
@@ -129,7 +136,12 @@ impl<E: SpanExporter> SpanExporter for Counted<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let spans = batch.len();
         let result = self.inner.export(batch).await;
-        self.admitted.0.fetch_sub(spans, Ordering::AcqRel);
+        let _ = self
+            .admitted
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |admitted| {
+                Some(admitted.saturating_sub(spans))
+            });
         if result.is_err() {
             count_dropped(DropReason::ExportFailed, spans);
         }

@@ -9,7 +9,7 @@ use tracing::field::Empty;
 use tracing::{Span, info_span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::propagation;
+use super::{TARGET, propagation};
 
 /// The ingress's route, as `http.route` names it.
 pub const WEBHOOK_ROUTE: &str = "/webhooks/clerk";
@@ -21,6 +21,7 @@ const POSTGRESQL: &str = "postgresql";
 /// outsider would choose our trace ids.
 pub fn webhook_request(headers: &axum::http::HeaderMap, trusted: bool) -> Span {
     let span = info_span!(
+        target: TARGET,
         parent: None,
         "webhook request",
         otel.name = "POST /webhooks/clerk",
@@ -54,12 +55,13 @@ pub fn record_answer(span: &Span, status: u16, refusal: Option<&'static str>) {
 
 /// Checking the Svix signature of a request's body.
 pub fn verify_signature() -> Span {
-    info_span!("verify signature", otel.status_code = Empty, error.type = Empty)
+    info_span!(target: TARGET, "verify signature", otel.status_code = Empty, error.type = Empty)
 }
 
 /// Publishing an event to the broker, until its confirm: the context the message carries.
 pub fn publish(exchange: &str, routing_key: &str, message_id: &str) -> Span {
     info_span!(
+        target: TARGET,
         "publish",
         otel.name = format!("publish {exchange}").as_str(),
         otel.kind = "producer",
@@ -98,6 +100,7 @@ pub fn delivery(
         .as_ref()
         .map(|id| id.as_str());
     let span = info_span!(
+        target: TARGET,
         parent: None,
         "delivery",
         otel.name = format!("process {queue}").as_str(),
@@ -154,9 +157,15 @@ pub fn record_error(span: &Span, code: &str) {
     span.record("otel.status_code", "error");
 }
 
+/// The attempt a delivery ended on (its span starts with the first attempt it makes).
+pub fn record_attempt(span: &Span, attempt: u32) {
+    span.record("worker.attempt", attempt);
+}
+
 /// One transaction for several deliveries: a trace of its own, linked to each delivery's span.
-pub fn batch(delivery_spans: &[Span]) -> Span {
+pub fn batch(delivery_spans: &[&Span]) -> Span {
     let span = info_span!(
+        target: TARGET,
         parent: None,
         "provision batch",
         otel.status_code = Empty,
@@ -180,6 +189,7 @@ pub fn span_context(span: &Span) -> SpanContext {
 /// One provisioning transaction (one event, or a batch).
 pub fn transaction() -> Span {
     info_span!(
+        target: TARGET,
         "transaction",
         otel.name = "provisioning transaction",
         otel.kind = "client",
@@ -194,6 +204,7 @@ pub fn transaction() -> Span {
 /// (`SELECT provision_user`); never its parameters.
 pub fn statement(operation: &'static str, summary: &'static str) -> Span {
     info_span!(
+        target: TARGET,
         "statement",
         otel.name = summary,
         otel.kind = "client",
@@ -209,6 +220,7 @@ pub fn statement(operation: &'static str, summary: &'static str) -> Span {
 /// One reconcile run: a trace of its own.
 pub fn reconcile_run() -> Span {
     info_span!(
+        target: TARGET,
         parent: None,
         "reconcile run",
         otel.status_code = Empty,
@@ -220,6 +232,7 @@ pub fn reconcile_run() -> Span {
 /// had when its headers carry one.
 pub fn replay(message_id: &str, headers: &lapin::types::FieldTable) -> Span {
     let span = info_span!(
+        target: TARGET,
         parent: None,
         "replay dead letter",
         otel.kind = "producer",
